@@ -1,0 +1,266 @@
+"""The registered mini-programs: the apps file (TOML), its validation, lookup by (platform, app_id).
+
+An apps file lists any number of apps per platform::
+
+    [[apps]]
+    platform = "wechat"
+    app_id = "wx1234567890abcdef"
+    secret_env = "WX_APP_SECRET"          # or secret_file = "/run/secrets/wx"
+    api_base = "http://127.0.0.1:8090/wechat"   # optional: the sandbox or a staging endpoint
+    expose_openid = false                  # put openid/unionid into login responses
+
+Secrets are never written in the file itself: only the name of an environment variable or the
+path of a file holding them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from shared.errors import ConfigurationError
+
+Platform = Literal["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]
+PLATFORMS: tuple[Platform, ...] = ("wechat", "alipay", "douyin", "kuaishou", "baidu", "qq")
+
+DEFAULT_API_BASE: dict[str, str] = {
+    "wechat": "https://api.weixin.qq.com",
+    "alipay": "https://openapi.alipay.com",
+    "douyin": "https://developer.toutiao.com",
+    "kuaishou": "https://open.kuaishou.com",
+    "baidu": "https://spapi.baidu.com",
+    "qq": "https://api.q.qq.com",
+}
+
+
+class AppsFileError(ValueError):
+    """The apps file is unusable; the message names the app and the field."""
+
+
+class AppEntry(BaseModel):
+    """One app as written in the apps file (references to secrets, not the secrets)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    platform: Platform
+    app_id: str = Field(min_length=1, max_length=128)
+    name: str | None = None
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    api_base: str | None = None
+    expose_openid: bool = False
+    # Alipay
+    private_key_env: str | None = None
+    private_key_file: Path | None = None
+    alipay_public_key_env: str | None = None
+    alipay_public_key_file: Path | None = None
+    identity_field: Literal["open_id", "user_id"] = "open_id"
+    aes_key_env: str | None = None
+    aes_key_file: Path | None = None
+    # Baidu: the AppKey (client_id) that the session-key endpoint takes, distinct from app_id.
+    app_key: str | None = None
+
+    @field_validator("api_base")
+    @classmethod
+    def _check_base(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+
+class AppConfig(BaseModel):
+    """One app with its secrets resolved; what the adapters receive."""
+
+    model_config = ConfigDict(frozen=True)
+
+    platform: Platform
+    app_id: str
+    name: str | None = None
+    secret: SecretStr | None = None
+    api_base: str
+    expose_openid: bool = False
+    private_key_pem: SecretStr | None = None
+    alipay_public_key_pem: str | None = None
+    identity_field: Literal["open_id", "user_id"] = "open_id"
+    aes_key: SecretStr | None = None
+    app_key: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The (platform, app_id) pair every cache entry, lock and log line is keyed by."""
+        return (self.platform, self.app_id)
+
+    def __repr__(self) -> str:
+        return f"AppConfig(platform={self.platform!r}, app_id={self.app_id!r})"
+
+
+def _read_ref(
+    entry: AppEntry, field: str, env_name: str | None, file: Path | None, env: Mapping[str, str],
+    base_dir: Path,
+) -> str | None:
+    if env_name and file:
+        raise AppsFileError(f"{_label(entry)}: give either {field}_env or {field}_file, not both")
+    if env_name:
+        value = env.get(env_name)
+        if not value:
+            raise AppsFileError(f"{_label(entry)}: {field}_env names {env_name}, which is not set")
+        return value
+    if file:
+        path = file if file.is_absolute() else base_dir / file
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AppsFileError(
+                f"{_label(entry)}: {field}_file {path} cannot be read ({exc.strerror})"
+            ) from None
+        if not value:
+            raise AppsFileError(f"{_label(entry)}: {field}_file {path} is empty")
+        return value
+    return None
+
+
+def _label(entry: AppEntry) -> str:
+    return f"app {entry.platform}/{entry.app_id}"
+
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "wechat": ("secret",),
+    "qq": ("secret",),
+    "douyin": ("secret",),
+    "kuaishou": ("secret",),
+    "baidu": ("secret", "app_key"),
+    "alipay": ("private_key", "alipay_public_key"),
+}
+
+
+def resolve(entry: AppEntry, env: Mapping[str, str], base_dir: Path) -> AppConfig:
+    """Resolve one entry's secret references; raises AppsFileError naming the app and field."""
+    secret = _read_ref(entry, "secret", entry.secret_env, entry.secret_file, env, base_dir)
+    private_key = _read_ref(
+        entry, "private_key", entry.private_key_env, entry.private_key_file, env, base_dir
+    )
+    alipay_pub = _read_ref(
+        entry, "alipay_public_key", entry.alipay_public_key_env, entry.alipay_public_key_file,
+        env, base_dir,
+    )
+    aes_key = _read_ref(entry, "aes_key", entry.aes_key_env, entry.aes_key_file, env, base_dir)
+    present = {
+        "secret": secret,
+        "private_key": private_key,
+        "alipay_public_key": alipay_pub,
+        "app_key": entry.app_key,
+    }
+    for field in REQUIRED[entry.platform]:
+        if not present[field]:
+            hint = "app_key" if field == "app_key" else f"{field}_env or {field}_file"
+            raise AppsFileError(f"{_label(entry)}: {field} is required (set {hint})")
+    return AppConfig(
+        platform=entry.platform,
+        app_id=entry.app_id,
+        name=entry.name,
+        secret=SecretStr(secret) if secret else None,
+        api_base=entry.api_base or DEFAULT_API_BASE[entry.platform],
+        expose_openid=entry.expose_openid,
+        private_key_pem=SecretStr(private_key) if private_key else None,
+        alipay_public_key_pem=alipay_pub,
+        identity_field=entry.identity_field,
+        aes_key=SecretStr(aes_key) if aes_key else None,
+        app_key=entry.app_key,
+    )
+
+
+class AppRegistry:
+    """Lookup of registered apps by (platform, app_id)."""
+
+    def __init__(self, apps: Iterable[AppConfig]) -> None:
+        self._apps: dict[tuple[str, str], AppConfig] = {}
+        for app in apps:
+            if app.key in self._apps:
+                raise AppsFileError(f"app {app.platform}/{app.app_id} is registered twice")
+            self._apps[app.key] = app
+
+    def __iter__(self) -> Iterator[AppConfig]:
+        return iter(self._apps.values())
+
+    def __len__(self) -> int:
+        return len(self._apps)
+
+    def all(self) -> list[AppConfig]:
+        """Every registered app."""
+        return list(self._apps.values())
+
+    def get(self, platform: str, app_id: str | None) -> AppConfig:
+        """The app for (platform, app_id); app_id may be omitted when the platform has one app."""
+        from shared.errors import ErrorCode, MPLoginError
+
+        if platform not in PLATFORMS:
+            raise MPLoginError(ErrorCode.UNSUPPORTED_PLATFORM)
+        if app_id is None:
+            candidates = [a for a in self._apps.values() if a.platform == platform]
+            if len(candidates) == 1:
+                return candidates[0]
+            raise MPLoginError(
+                ErrorCode.UNKNOWN_APP,
+                "app_id is required: this platform has "
+                + ("no registered app." if not candidates else "several registered apps."),
+            )
+        app = self._apps.get((platform, app_id))
+        if app is None:
+            raise MPLoginError(ErrorCode.UNKNOWN_APP)
+        return app
+
+
+def parse_entries(text: str, source: str = "apps file") -> list[AppEntry]:
+    """Parse the TOML text of an apps file into entries; errors name the app and field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AppsFileError(f"{source}: not valid TOML ({exc})") from None
+    raw_apps = data.get("apps", [])
+    if not isinstance(raw_apps, list):
+        raise AppsFileError(f"{source}: 'apps' must be an array of tables ([[apps]])")
+    entries: list[AppEntry] = []
+    for index, raw in enumerate(raw_apps):
+        label = f"app #{index + 1}"
+        if isinstance(raw, dict) and raw.get("app_id"):
+            label = f"app {raw.get('platform', '?')}/{raw['app_id']}"
+        try:
+            entries.append(AppEntry.model_validate(raw))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+                for err in exc.errors(include_input=False)
+            )
+            raise AppsFileError(f"{label}: {problems}") from None
+    return entries
+
+
+def load_apps(
+    path: Path | None, env: Mapping[str, str] | None = None, extra: Iterable[AppConfig] = ()
+) -> AppRegistry:
+    """Load and resolve the apps file at ``path`` (None: no file) plus ``extra`` apps."""
+    env = os.environ if env is None else env
+    apps: list[AppConfig] = list(extra)
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise AppsFileError(f"apps file {path} cannot be read ({exc.strerror})") from None
+        apps.extend(resolve(e, env, path.parent) for e in parse_entries(text, str(path)))
+    return AppRegistry(apps)
+
+
+def configuration_error(app: AppConfig, what: str) -> ConfigurationError:
+    """A configuration error naming the app, for credentials the platform rejects."""
+    return ConfigurationError(f"app {app.platform}/{app.app_id}: {what}")

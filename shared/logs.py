@@ -1,0 +1,173 @@
+"""Structured logs: structlog over std logging, JSON or console lines, a request id, no secrets.
+
+Every log line of the project, whether written with ``logging.getLogger(...)`` (the key=value
+messages most modules use) or with a structlog logger, goes through one chain of processors:
+
+- ``merge_contextvars`` adds what ``structlog.contextvars`` holds for the current task, above all
+  the ``request_id`` the gateway's middleware and the worker's ``RpcServer`` bind per request;
+- logger name, level and an ISO timestamp (UTC);
+- exceptions are rendered to text *before* redaction, so a traceback is redacted too;
+- :func:`redact` replaces the values of secret-looking keys and masks secret-looking text
+  (design.md §3.7: secrets never appear in a log line, whatever a caller logs);
+- a renderer: one JSON object per line (production) or a readable console line (development).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LogFormat = Literal["json", "console"]
+
+REDACTED = "[redacted]"
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+"""What a request id may look like when it comes from outside (a trusted proxy, a message)."""
+
+# A key is secret when its name contains one of these (after lower-casing, '-' → '_') ...
+_SECRET_KEY_PARTS = (
+    "secret", "session_key", "sessionkey", "refresh_token", "access_token", "password",
+    "passwd", "authorization", "private_key", "privatekey", "api_key", "aes_key", "cookie",
+)
+# ... or is exactly one of these (``error_code`` or ``platform_code`` are not secrets).
+_SECRET_KEY_NAMES = frozenset({
+    "code", "js_code", "auth_code", "authcode", "anonymous_code", "login_code", "sign",
+    "signature", "token",
+})
+
+# Values that are secret wherever they appear inside a string.
+_SECRET_TEXT = (
+    # Our refresh tokens: "mplrt_" + url-safe base64.
+    (re.compile(r"mplrt_[A-Za-z0-9_\-]+"), "mplrt_" + REDACTED),
+    # JWTs (our access tokens, platform tokens): three base64url parts, the first a JSON header.
+    (re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), REDACTED),
+    # PEM blocks, including one cut off before its END line.
+    (re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|\Z)", re.DOTALL),
+     REDACTED),
+    # name=value pairs of secrets, in URLs and in key=value messages alike.
+    (re.compile(
+        r"(?<![A-Za-z0-9_])((?:app_?|client_?)?secret|js_code|anonymous_code|auth_code"
+        r"|access_token|refresh_token|session_key|password|private_key)"
+        r"(=|%3D)[^&\s\"',;]+", re.IGNORECASE),
+     r"\1\2" + REDACTED),
+    # Generic names (code, sign, token) only as URL query parameters: ``code=invalid_code``
+    # in a log message is our error code, ``?code=...`` is a login code.
+    (re.compile(r"([?&](?:code|sign|token|key))=[^&\s\"',;]+", re.IGNORECASE),
+     r"\1=" + REDACTED),
+)
+_MAX_DEPTH = 8
+
+
+def is_secret_key(name: str) -> bool:
+    """True when a field called ``name`` holds a secret and must not be logged."""
+    key = name.lower().replace("-", "_")
+    return key in _SECRET_KEY_NAMES or any(part in key for part in _SECRET_KEY_PARTS)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every secret-looking substring masked."""
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _scrub(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if depth >= _MAX_DEPTH:
+        return value if isinstance(value, int | float | bool | None) else REDACTED
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED if isinstance(key, str) and is_secret_key(key)
+            else _scrub(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub(item, depth + 1) for item in value]
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """A processor: secret keys (at any depth) get ``[redacted]``, secret-looking text is masked.
+
+    Values that are neither strings, containers nor numbers (e.g. a ``SecretStr``) are rendered
+    later with ``repr`` or ``str``; masking is applied again to the final line by the renderer
+    wrappers, so an object whose ``str`` holds a token is masked too.
+    """
+    for key in list(event_dict):
+        if key.startswith("_"):
+            continue  # structlog's own metadata (the LogRecord)
+        if is_secret_key(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _scrub(event_dict[key], 0)
+    return event_dict
+
+
+class _MaskedRenderer:
+    """Wraps a renderer so the rendered line itself is masked once more."""
+
+    def __init__(self, renderer: Processor) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        rendered = self._renderer(logger, name, event_dict)
+        return mask_text(rendered if isinstance(rendered, str) else str(rendered))
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def build_formatter(fmt: LogFormat, *, colors: bool = False) -> logging.Formatter:
+    """The formatter that renders every record (std logging and structlog) through our chain."""
+    renderer: Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(ensure_ascii=False, default=str)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False)
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact,
+            _MaskedRenderer(renderer),
+        ],
+    )
+
+
+def configure_structlog() -> None:
+    """Route structlog loggers into std logging, where :func:`build_formatter` renders them."""
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_shared_processors(),
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def safe_request_id(value: object) -> str | None:
+    """``value`` if it is a string that may serve as a request id, else None."""
+    if isinstance(value, bytes):  # AMQP header strings may arrive undecoded
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value):
+        return value
+    return None

@@ -1,0 +1,403 @@
+"""Request/reply over RabbitMQ: the gateway's ``RpcClient`` and the worker's ``RpcServer``.
+
+Rules (design.md §3.3): one robust connection per process; publisher confirms; requests are
+published ``mandatory`` with returns raised, so an unroutable request fails at once; each request
+carries a per-message ``expiration`` (the remaining HTTP budget) and an absolute deadline header
+that workers check, because expiry never reaches messages already prefetched; pending calls live
+in a dict that is cleaned in ``finally``; late or unknown replies are ignored; every pending call
+fails at once when the channel closes; the reply queue is named and non-exclusive with
+``x-expires``, so a fast reconnect never meets RESOURCE_LOCKED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from pydantic import ValidationError
+
+from shared.errors import ErrorCode, MPLoginError
+from shared.logs import safe_request_id
+from shared.messages import RpcReply, RpcRequest, dumps
+
+log = logging.getLogger("mplogin.rpc")
+
+DEADLINE_HEADER = "x-deadline-ms"
+REQUEST_ID_HEADER = "x-request-id"
+REPLY_QUEUE_EXPIRES_MS = 60_000
+REQUEST_TTL_CEILING_MS = 120_000
+
+
+def request_queue_arguments(dead_letter_queue: str) -> dict[str, Any]:
+    """Arguments of the request queue; gateways and workers must declare it identically."""
+    return {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue,
+        "x-message-ttl": REQUEST_TTL_CEILING_MS,
+    }
+
+
+async def connect(url: str, name: str) -> AbstractRobustConnection:
+    """Open the process's one robust connection, named so it shows in the management UI.
+
+    Unless the URL says otherwise, reconnect every second (aio-pika's default is five) and
+    send heartbeats every ten seconds, so a dead link is noticed in about half a minute.
+    """
+    options: dict[str, Any] = {}
+    if "reconnect_interval=" not in url:
+        options["reconnect_interval"] = 1
+    if "heartbeat=" not in url:
+        options["heartbeat"] = 10
+    try:
+        connection: AbstractRobustConnection = await aio_pika.connect_robust(
+            url, client_properties={"connection_name": name}, timeout=10, **options
+        )
+    except (TimeoutError, OSError, AMQPError) as exc:
+        raise ConnectionError(f"RabbitMQ is unreachable ({type(exc).__name__})") from None
+    return connection
+
+
+class RpcClient:
+    """Publishes requests to the worker queue and waits for their replies (gateway side)."""
+
+    def __init__(self, url: str, request_queue: str, *, reply_prefix: str, name: str) -> None:
+        self._url = url
+        self._request_queue = request_queue
+        self._reply_queue_name = f"{reply_prefix}.reply.{uuid.uuid4().hex}"
+        self._name = name
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._reply_queue: AbstractQueue | None = None
+        self._pending: dict[str, asyncio.Future[RpcReply]] = {}
+        self._up = False
+        self.reconnects = 0
+
+    @property
+    def pending(self) -> int:
+        """How many calls are waiting for a reply."""
+        return len(self._pending)
+
+    @property
+    def ready(self) -> bool:
+        """True while the connection and channel are open."""
+        return self._up
+
+    async def start(self) -> None:
+        """Connect, declare the reply queue and start consuming replies."""
+        self._connection = await connect(self._url, self._name)
+        self._connection.close_callbacks.add(self._on_connection_close)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        assert isinstance(channel, aio_pika.RobustChannel)  # noqa: S101 - robust connection
+        self._channel = channel
+        channel.close_callbacks.add(self._on_channel_close)
+        channel.reopen_callbacks.add(self._on_channel_reopen)
+        self._reply_queue = await channel.declare_queue(
+            self._reply_queue_name,
+            durable=False,
+            exclusive=False,
+            auto_delete=False,
+            arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
+        )
+        await self._reply_queue.consume(self._on_reply, no_ack=True)
+        self._up = True
+
+    async def close(self) -> None:
+        """Fail every pending call and close the connection."""
+        self._up = False
+        self._fail_pending("the gateway is shutting down")
+        if self._connection is not None:
+            await self._connection.close()
+
+    def _fail_pending(self, why: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(MPLoginError(ErrorCode.SERVICE_UNAVAILABLE))
+        if self._pending:
+            log.warning("rpc.pending_failed count=%d reason=%s", len(self._pending), why)
+
+    def _on_connection_close(self, *_: Any) -> None:
+        self._up = False
+        self._fail_pending("connection closed")
+
+    def _on_channel_close(self, *_: Any) -> None:
+        self._up = False
+        self._fail_pending("channel closed")
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self.reconnects += 1
+        log.info("rpc.reconnected name=%s", self._name)
+
+    def _on_channel_reopen(self, *_: Any) -> None:
+        self._up = True
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is None or future.done():
+            log.info("rpc.late_reply_ignored")
+            return
+        try:
+            reply = RpcReply.model_validate_json(message.body)
+        except ValidationError:
+            log.error("rpc.malformed_reply")
+            future.set_exception(MPLoginError(ErrorCode.INTERNAL_ERROR))
+            return
+        future.set_result(reply)
+
+    async def call(
+        self, method: str, params: dict[str, Any], *, request_id: str, timeout: float  # noqa: ASYNC109
+    ) -> RpcReply:
+        """Send one request and wait at most ``timeout`` seconds for its reply."""
+        if not self._up or self._channel is None or self._reply_queue is None:
+            raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE)
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[RpcReply] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        deadline_ms = int((time.time() + timeout) * 1000)
+        body = dumps(RpcRequest(method=method, request_id=request_id, params=params))
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            correlation_id=correlation_id,
+            reply_to=self._reply_queue_name,
+            expiration=timeout,
+            headers={DEADLINE_HEADER: deadline_ms, REQUEST_ID_HEADER: request_id},
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await self._channel.default_exchange.publish(
+                        message, routing_key=self._request_queue, mandatory=True
+                    )
+                except PublishError:
+                    log.warning("rpc.unroutable queue=%s", self._request_queue)
+                    raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None
+                except (DeliveryError, AMQPError, ChannelInvalidStateError, ConnectionError):
+                    raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None
+                return await future
+        except TimeoutError:
+            raise MPLoginError(ErrorCode.TIMEOUT) from None
+        finally:
+            self._pending.pop(correlation_id, None)
+            # The channel may have failed the future while the publish itself was failing:
+            # read its exception so asyncio does not report it as never retrieved.
+            if future.done() and not future.cancelled():
+                future.exception()
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a handler knows about the delivery it is handling."""
+
+    request_id: str
+    deadline: float
+    redelivered: bool
+
+    def remaining(self) -> float:
+        """Seconds left before the caller gives up."""
+        return self.deadline - time.time()
+
+
+Handler = Callable[[RpcRequest, CallContext], Awaitable[RpcReply]]
+RpcObserver = Callable[[str, dict[str, Any], RpcReply, float], None]
+"""Told of each request a handler answered: method, params, reply and seconds (for metrics)."""
+RedeliveryGuard = Callable[[str], Awaitable[bool]]
+"""Told the id of a redelivered message; answers whether it may be handled once more."""
+
+
+class RejectAfterReply(Exception):
+    """The work was not done (e.g. the database is down): reply, then dead-letter, never ack."""
+
+    def __init__(self, reply: RpcReply) -> None:
+        super().__init__(reply.error.code if reply.error else "rejected")
+        self.reply = reply
+
+
+class RpcServer:
+    """Consumes the request queue and replies (worker side); acks after the reply is published."""
+
+    def __init__(
+        self,
+        url: str,
+        request_queue: str,
+        dead_letter_queue: str,
+        handler: Handler,
+        *,
+        prefetch: int,
+        name: str,
+        redelivery_guard: RedeliveryGuard | None = None,
+        observer: RpcObserver | None = None,
+    ) -> None:
+        self._url = url
+        self._request_queue = request_queue
+        self._dead_letter_queue = dead_letter_queue
+        self._handler = handler
+        self._redelivery_guard = redelivery_guard
+        self._observer = observer
+        self._prefetch = prefetch
+        self._name = name
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._reply_channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.handled = 0
+        self.dead_lettered = 0
+        self.reconnects = 0
+
+    @property
+    def in_flight(self) -> int:
+        """How many deliveries are being handled right now."""
+        return len(self._in_flight)
+
+    async def start(self) -> None:
+        """Connect, declare the queues and start consuming."""
+        self._connection = await connect(self._url, self._name)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        channel = await self._connection.channel(publisher_confirms=True)
+        assert isinstance(channel, aio_pika.RobustChannel)  # noqa: S101 - robust connection
+        self._channel = channel
+        await channel.set_qos(prefetch_count=self._prefetch)
+        await channel.declare_queue(
+            self._dead_letter_queue,
+            durable=True,
+            arguments={"x-message-ttl": 86_400_000, "x-max-length": 100_000},
+        )
+        self._queue = await channel.declare_queue(
+            self._request_queue,
+            durable=True,
+            arguments=request_queue_arguments(self._dead_letter_queue),
+        )
+        # Replies go on a channel of their own without publisher confirms: a reply the broker
+        # loses is a timeout the client already handles, and not waiting for its confirm saves
+        # a frame and a wait per request. Frames keep their order on the one connection, so the
+        # reply still leaves before the ack.
+        self._reply_channel = await self._connection.channel(publisher_confirms=False)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop consuming, finish and ack what is held, then close."""
+        if self._queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError):
+                await self._queue.cancel(self._consumer_tag)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=grace)
+        if self._connection is not None:
+            await self._connection.close()
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self.reconnects += 1
+        log.info("rpc.reconnected name=%s", self._name)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        # Every log line written while this delivery is handled carries its request id; the
+        # binding is undone afterwards, so the next delivery on this task starts clean.
+        request_id = safe_request_id((message.headers or {}).get(REQUEST_ID_HEADER)) or "-"
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                await self._process(message, request_id)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, why: str,
+                           request_id: str) -> None:
+        """Reject without requeue: the message moves to the dead-letter queue for inspection."""
+        log.warning("rpc.dead_lettered reason=%s request_id=%s", why, request_id)
+        self.dead_lettered += 1
+        await message.reject(requeue=False)
+
+    async def _process(self, message: AbstractIncomingMessage, request_id: str) -> None:
+        headers = message.headers or {}
+        raw_deadline = headers.get(DEADLINE_HEADER)
+        deadline = (
+            raw_deadline / 1000 if isinstance(raw_deadline, int) else time.time() + 30.0
+        )
+        if time.time() >= deadline:
+            # The caller has given up: doing the work now would only surprise the user later.
+            # This also bounds a message that keeps killing its workers: it stops at its deadline.
+            await self._dead_letter(message, "expired", request_id)
+            return
+        if (
+            message.redelivered
+            and self._redelivery_guard is not None
+            and not await self._redelivery_guard(message.correlation_id or request_id)
+        ):
+            await self._dead_letter(message, "too_many_deliveries", request_id)
+            return
+        try:
+            request = RpcRequest.model_validate_json(message.body)
+        except ValidationError:
+            await self._reply(message, RpcReply.failure(
+                ErrorCode.INVALID_REQUEST, "Malformed request message."))
+            await self._dead_letter(message, "malformed", request_id)
+            return
+        context = CallContext(
+            request_id=request.request_id, deadline=deadline, redelivered=bool(message.redelivered)
+        )
+        started = time.monotonic()
+        try:
+            reply = await self._handler(request, context)
+        except RejectAfterReply as rejected:
+            self._observe(request, rejected.reply, started)
+            await self._reply(message, rejected.reply)
+            await self._dead_letter(message, "not_done", request_id)
+            return
+        except Exception:
+            log.exception("rpc.handler_failed request_id=%s", request_id)
+            failure = RpcReply.failure(ErrorCode.INTERNAL_ERROR, "Unexpected error.")
+            self._observe(request, failure, started)
+            await self._reply(message, failure)
+            await self._dead_letter(message, "handler_failed", request_id)
+            return
+        self.handled += 1
+        self._observe(request, reply, started)
+        await self._reply(message, reply)
+        await message.ack()
+        log.info("rpc.handled method=%s outcome=%s seconds=%.4f", request.method,
+                 "ok" if reply.ok or reply.error is None else reply.error.code.value,
+                 time.monotonic() - started)
+
+    def _observe(self, request: RpcRequest, reply: RpcReply, started: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer(request.method, request.params, reply, time.monotonic() - started)
+        except Exception:  # metrics must never cost a reply
+            log.exception("rpc.observer_failed")
+
+    async def _reply(self, message: AbstractIncomingMessage, reply: RpcReply) -> None:
+        if not message.reply_to or self._reply_channel is None:
+            return
+        await self._reply_channel.default_exchange.publish(
+            aio_pika.Message(
+                orjson.dumps(reply.model_dump(mode="json", exclude_none=True)),
+                content_type="application/json",
+                correlation_id=message.correlation_id,
+                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            ),
+            routing_key=message.reply_to,
+            mandatory=False,
+        )

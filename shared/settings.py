@@ -1,0 +1,122 @@
+"""Configuration from the environment (prefix ``MPLOGIN_``), one class for every process."""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "xxx", "todo"}
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway, the worker, the sandbox and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="MPLOGIN_", extra="ignore")
+
+    mode: Literal["production", "development"] = "production"
+
+    broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    queue_prefix: str = Field(default="mplogin", pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
+
+    mongo_url: SecretStr | None = None
+    mongo_db: str = "mplogin"
+
+    apps_file: Path | None = None
+
+    keys_dir: Path = Path(".mplogin/keys")
+    session_key_encryption_key: SecretStr | None = None
+    token_issuer: str = "mplogin"  # noqa: S105 - a claim value, not a secret
+    token_audience: str = "mplogin"  # noqa: S105 - a claim value, not a secret
+    access_token_ttl: int = Field(default=900, ge=30, le=86400)
+    refresh_token_ttl: int = Field(default=30 * 86400, ge=60)
+    refresh_token_max_age: int = Field(default=90 * 86400, ge=60)
+    key_reload_interval: float = Field(default=5.0, gt=0)
+    open_data_max_age: int = Field(default=600, ge=0)
+
+    login_deadline: float = Field(default=10.0, gt=0, le=120)
+    platform_timeout: float = Field(default=5.0, gt=0, le=60)
+    code_result_ttl: int = Field(default=300, ge=10)
+
+    gateway_host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
+    gateway_port: int = 8080
+    max_body_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
+    body_read_timeout: float = Field(default=10.0, gt=0, le=300)
+
+    worker_concurrency: int = Field(default=256, ge=1, le=2000)
+    # Each worker serves GET /metrics here; 0 switches it off. Several workers on one host
+    # (not in containers) need one port each.
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
+    worker_metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped from another host
+    max_redeliveries: int = Field(default=3, ge=0, le=100)
+
+    rate_limit_ip_per_minute: int = Field(default=60, ge=0)
+    rate_limit_ip_burst: int = Field(default=20, ge=0)
+    trusted_proxies: str = ""
+    rate_limit_app_per_second: int = Field(default=200, ge=0)
+    platform_rate_per_second: float = Field(default=100.0, ge=0)
+    platform_rate_max_wait: float = Field(default=0.5, ge=0, le=60)
+
+    sandbox_host: str = "127.0.0.1"
+    sandbox_port: int = 8090
+
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    data_dir: Path = Path(".mplogin")
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] | None = None  # None: json in production
+
+    @property
+    def log_renderer(self) -> Literal["json", "console"]:
+        """How log lines are written: the setting, else JSON in production, console otherwise."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.mode == "production" else "console"
+
+    @property
+    def request_queue(self) -> str:
+        """The queue every gateway publishes to and every worker consumes."""
+        return f"{self.queue_prefix}.requests"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """Where requests that cannot be processed end up."""
+        return f"{self.queue_prefix}.dead"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                ip_network(item.strip(), strict=False)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.mode == "production" and self.session_key_encryption_key is not None:
+            value = self.session_key_encryption_key.get_secret_value().strip().lower()
+            if value in PLACEHOLDERS:
+                raise ValueError("MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is a placeholder value")
+        return self
+
+    def require_production_secrets(self) -> None:
+        """Refuse to start a worker outside development mode without real secrets."""
+        if self.mode == "development":
+            return
+        if self.session_key_encryption_key is None:
+            raise ValueError(
+                "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required outside development mode "
+                "(generate one with: mplogin keys secretbox)"
+            )
+        if self.mongo_url is None:
+            raise ValueError("MPLOGIN_MONGO_URL is required outside development mode")
+
+    def safe_summary(self) -> dict[str, str]:
+        """The settings as printable strings, secrets masked."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            out[name] = "**********" if isinstance(value, SecretStr) else str(value)
+        return out
