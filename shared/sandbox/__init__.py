@@ -1,0 +1,53 @@
+"""Platform sandbox: an aiohttp server that stands in for the six platforms' server APIs.
+
+Each platform lives under a path prefix, so an app's ``api_base`` is ``http://HOST:PORT/<platform>``
+(``/wechat``, ``/qq``, ``/alipay``, ``/douyin``, ``/baidu``, ``/kuaishou``); the control API for
+tests is under ``/sandbox/``. Each platform module's docstring lists the choices made where
+platforms.md is silent or UNCONFIRMED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from shared.sandbox import alipay, baidu, control, douyin, kuaishou, qq, wechat
+from shared.sandbox.common import SANDBOX_STATE
+from shared.sandbox.state import SandboxState, generate_rsa_key, load_private_key
+
+__all__ = ["SANDBOX_STATE", "SandboxState", "create_sandbox_app", "run_sandbox"]
+
+log = logging.getLogger("shared.sandbox")
+
+
+async def _ensure_keys(app: web.Application) -> None:
+    state = app[SANDBOX_STATE]
+    # Key generation is CPU-bound (tens of ms); keep it off the event loop.
+    if state.alipay_key is None:
+        state.alipay_key = await asyncio.to_thread(generate_rsa_key)
+
+
+def create_sandbox_app(*, alipay_private_key_pem: str | None = None) -> web.Application:
+    """Build the sandbox application (no I/O; keys are generated at startup when not given)."""
+    key = load_private_key(alipay_private_key_pem) if alipay_private_key_pem else None
+    app = web.Application(middlewares=[control.control_errors])
+    app[SANDBOX_STATE] = SandboxState(alipay_private_key=key)
+    app.on_startup.append(_ensure_keys)
+    for module in (wechat, qq, alipay, douyin, baidu, kuaishou, control):
+        module.add_routes(app)
+    return app
+
+
+async def run_sandbox(host: str, port: int) -> None:
+    """Serve the sandbox on ``host:port`` until cancelled."""
+    runner = web.AppRunner(create_sandbox_app())
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("sandbox listening host=%s port=%s", host, port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
