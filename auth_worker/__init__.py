@@ -1,0 +1,1 @@
+"""Auth worker: exchanges login codes with the platforms, stores users, mints sessions."""

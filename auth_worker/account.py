@@ -1,0 +1,142 @@
+"""What happens after the first login: refresh, logout and the user's own data (/v1/me).
+
+Refresh tokens rotate on every use. The sessions collection keeps the current hash and every
+spent hash of a login's chain (its *family*); presenting a spent token again revokes the whole
+family, since either the client or a thief holds a copy. No grace window: a client that lost a
+refresh response logs in again (a login code costs it nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from auth_worker.opendata import mask_phone
+from auth_worker.quota import REFRESH, AppQuota
+from auth_worker.store import Store, now_ts
+from shared.apps import AppRegistry
+from shared.errors import ErrorCode, MPLoginError
+from shared.messages import (
+    IdentityOut,
+    LogoutOut,
+    LogoutParams,
+    MeOut,
+    Profile,
+    RefreshParams,
+    SessionOut,
+    SessionParams,
+    UserOut,
+)
+from shared.settings import Settings
+from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token
+
+log = logging.getLogger("mplogin.worker")
+
+
+class AccountService:
+    """Refresh, logout and /me; every call names its session, checked against MongoDB."""
+
+    def __init__(
+        self, settings: Settings, store: Store, apps: AppRegistry, issuer: TokenIssuer,
+        *, quota: AppQuota | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.apps = apps
+        self.issuer = issuer
+        self.quota = quota
+
+    async def live_session(self, params: SessionParams) -> dict[str, Any]:
+        """The caller's session, or ``invalid_token`` when it ended (logout, reuse, expiry)."""
+        session = await self.store.live_session(params.session_id, params.user_id)
+        if session is None:
+            raise MPLoginError(ErrorCode.INVALID_TOKEN, "The session has ended; log in again.")
+        return session
+
+    async def refresh(self, params: RefreshParams) -> SessionOut:
+        """Spend a refresh token for a new access token and a new refresh token."""
+        spent = hash_refresh_token(params.refresh_token)
+        if self.quota is not None and self.quota.enabled:
+            # The app is known only from the session. It is read before the rotation because a
+            # refresh rejected after rotating would have spent the client's token (and logged it
+            # out); one read on the unique refresh_hash index, skipped when the limit is off. A
+            # token that matches no session rotates nothing and is not charged to any app.
+            owner = await self.store.session_app_of_refresh(spent)
+            if owner is not None:
+                await self.quota.acquire(REFRESH, str(owner["platform"]), str(owner["app_id"]))
+        successor = new_refresh_token()
+        session = await self.store.rotate_refresh(
+            spent, hash_refresh_token(successor), idle_ttl=self.settings.refresh_token_ttl
+        )
+        if session is None:
+            reused = await self.store.find_by_spent_refresh(spent)
+            if reused is not None:
+                revoked = await self.store.revoke_session(str(reused["session_id"]),
+                                                          reason="reuse")
+                log.warning("refresh.reuse_detected user_id=%s session_family_revoked=%s",
+                            reused.get("user_id"), revoked)
+                raise MPLoginError(
+                    ErrorCode.INVALID_REFRESH_TOKEN,
+                    "This refresh token was already used; the session has been ended. "
+                    "Log in again.",
+                )
+            raise MPLoginError(ErrorCode.INVALID_REFRESH_TOKEN)
+        access, expires_in = self.issuer.mint_access(
+            subject=str(session["user_id"]), session_id=str(session["_id"])
+        )
+        now = now_ts()
+        remaining = max(0, int(min(session["expires_ts"], session["absolute_expires_ts"]) - now))
+        return SessionOut(
+            access_token=access,
+            expires_in=expires_in,
+            refresh_token=successor,
+            refresh_expires_in=remaining,
+            user=UserOut(id=str(session["user_id"]), is_new=False,
+                         platform=str(session["platform"]), app_id=str(session["app_id"])),
+        )
+
+    async def logout(self, params: LogoutParams) -> LogoutOut:
+        """End the caller's session, or every session of the user with ``all``."""
+        await self.live_session(params)
+        if params.all:
+            ended = await self.store.revoke_user_sessions(params.user_id, reason="logout_all")
+        else:
+            ended = int(await self.store.revoke_session(params.session_id, reason="logout"))
+        return LogoutOut(sessions_ended=ended)
+
+    async def me(self, params: SessionParams) -> MeOut:
+        """The user's id, identities, profile and masked phone."""
+        await self.live_session(params)
+        user, identities = await self.store.user_with_identities(params.user_id)
+        if user is None:
+            raise MPLoginError(ErrorCode.INVALID_TOKEN, "The user no longer exists.")
+        shown = []
+        for identity in identities:
+            try:
+                app = self.apps.get(str(identity["platform"]), str(identity["app_id"]))
+                exposed = app.expose_openid
+            except MPLoginError:  # the app was removed from the apps file since
+                exposed = False
+            openid = str(identity["openid"])
+            unionid = identity.get("unionid")
+            shown.append(IdentityOut(
+                platform=str(identity["platform"]),
+                app_id=str(identity["app_id"]),
+                anonymous=openid.startswith("anonymous:"),
+                openid=openid if exposed else None,
+                unionid=str(unionid) if exposed and unionid else None,
+            ))
+        phone = user.get("phone")
+        stored = user.get("profile")
+        return MeOut(
+            id=params.user_id,
+            created_at=_iso(user.get("created_at")),
+            identities=shown,
+            profile=Profile.model_validate(stored if isinstance(stored, dict) else {}),
+            phone=mask_phone(str(phone)) if phone else None,
+        )
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None

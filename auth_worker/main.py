@@ -1,0 +1,144 @@
+"""The auth worker process: consumes login requests until SIGTERM, then drains and exits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from pymongo import AsyncMongoClient
+
+from auth_worker.platforms import build_adapters
+from auth_worker.platforms.base import HttpAdapter
+from auth_worker.quota import AppQuota, PlatformRateLimiter
+from auth_worker.service import LoginService
+from auth_worker.store import Store
+from auth_worker.userdata import WeChatPhoneSource
+from shared.apps import load_apps
+from shared.keys import KeyRing, KeyRingError, disk_fingerprint
+from shared.metrics import WorkerMetrics, serve_metrics
+from shared.rpc import RpcServer
+from shared.runtime import load_keyring, load_secretbox, stop_event
+from shared.settings import Settings
+from shared.tokens import TokenIssuer
+
+log = logging.getLogger("mplogin.worker")
+
+
+def mongo_client(
+    settings: Settings, metrics: WorkerMetrics | None = None
+) -> AsyncMongoClient[dict[str, object]]:
+    """The process's one MongoDB client, with short server-selection timeouts.
+
+    With ``metrics``, every command is timed by name (a listener on this client only).
+    """
+    if settings.mongo_url is None:
+        raise ValueError("MPLOGIN_MONGO_URL is not set")
+    return AsyncMongoClient(
+        settings.mongo_url.get_secret_value(),
+        tz_aware=True,
+        serverSelectionTimeoutMS=2000,
+        connectTimeoutMS=2000,
+        appname="mplogin-worker",
+        event_listeners=[metrics.command_listener()] if metrics is not None else [],
+    )
+
+
+@asynccontextmanager
+async def login_service(
+    settings: Settings, metrics: WorkerMetrics | None = None
+) -> AsyncIterator[LoginService]:
+    """Everything a worker needs, opened and closed in order; ``metrics`` observes all of it."""
+    settings.require_production_secrets()
+    apps = load_apps(settings.apps_file)
+    keyring = load_keyring(settings)
+    box = load_secretbox(settings)
+    if metrics is not None:
+        metrics.register_apps(apps)
+    mongo = mongo_client(settings, metrics)
+    store = Store(mongo, settings.mongo_db)
+    try:
+        await store.ensure_indexes()
+        quota = AppQuota.from_settings(settings, store.db["rate_windows"])
+        await quota.ensure_indexes()
+        outbound = PlatformRateLimiter.from_settings(settings)
+        if metrics is not None:
+            metrics.watch_quotas(quota, outbound)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            adapters = build_adapters(http, settings.platform_timeout)
+            for adapter in adapters.values():
+                if isinstance(adapter, HttpAdapter):
+                    adapter.observer = metrics
+            issuer = TokenIssuer(
+                keyring, settings.token_issuer, settings.token_audience, settings.access_token_ttl
+            )
+            phones = WeChatPhoneSource(http, settings.platform_timeout, store, box)
+            service = LoginService(settings, store, apps, adapters, issuer, box, phones,
+                                   quota=quota, outbound=outbound)
+            reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
+            try:
+                yield service
+            finally:
+                reloader.cancel()
+    finally:
+        await mongo.close()
+
+
+async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer) -> None:
+    """Pick up `mplogin keys rotate` without a restart: new tokens use the newest key."""
+    current = keyring.fingerprint()
+    while True:
+        await asyncio.sleep(settings.key_reload_interval)
+        try:
+            if disk_fingerprint(settings.keys_dir) == current:
+                continue
+            fresh = KeyRing.load(settings.keys_dir)
+        except (KeyRingError, OSError) as exc:
+            log.error("keys.reload_failed error=%s", exc)
+            continue
+        issuer.update_keyring(fresh)
+        current = fresh.fingerprint()
+        log.info("keys.reloaded active_kid=%s", fresh.active_kid)
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, metrics: WorkerMetrics | None = None
+) -> None:
+    """Serve until ``stop`` is set (by default: SIGTERM or SIGINT).
+
+    ``metrics`` holds the process's registry (by default a new one); it is served on
+    ``MPLOGIN_WORKER_METRICS_PORT`` while the worker runs.
+    """
+    stop = stop or stop_event()
+    metrics = metrics if metrics is not None else WorkerMetrics()
+    async with (
+        serve_metrics(metrics.registry, settings.worker_metrics_host,
+                      settings.worker_metrics_port,
+                      fallback_to_free_port=settings.mode == "development"),
+        login_service(settings, metrics) as service,
+    ):
+        server = RpcServer(
+            settings.broker_url.get_secret_value(),
+            settings.request_queue,
+            settings.dead_letter_queue,
+            service.handle,
+            prefetch=settings.worker_concurrency,
+            name=f"mplogin-worker@{socket.gethostname()}:{os.getpid()}",
+            redelivery_guard=service.allow_redelivery,
+            observer=metrics.observe_request,
+        )
+        metrics.watch_rpc_server(server)
+        await server.start()
+        log.info("worker.started queue=%s prefetch=%d apps=%d", settings.request_queue,
+                 settings.worker_concurrency, len(service.apps))
+        try:
+            await stop.wait()
+        finally:
+            log.info("worker.stopping in_flight_grace=10s")
+            await server.stop()
+            log.info("worker.stopped handled=%d", server.handled)

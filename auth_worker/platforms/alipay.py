@@ -1,0 +1,176 @@
+"""Alipay ``alipay.system.oauth.token`` (platforms.md §2): RSA2-signed form POST to ``/gateway.do``.
+
+The request is signed with the app's private key; the reply's ``…_response`` or
+``error_response`` node is verified, over its exact raw text, with the Alipay public key
+configured for the app. A reply whose signature is missing or wrong is never trusted: it is
+PLATFORM_UNAVAILABLE (a forged or broken reply), not a verdict on the user's code or the app.
+
+The identity is ``open_id`` or ``user_id`` per ``app.identity_field``. During Alipay's
+user_id → open_id migration a reply may carry either or both, so an empty configured field
+falls back to the other one, with a warning logged once per app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from auth_worker.platforms.alipay_sign import (
+    KeyFormatError,
+    SignedNode,
+    find_signed_node,
+    load_private_key,
+    load_public_key,
+    sign_params,
+    verify,
+)
+from auth_worker.platforms.base import HttpAdapter, PlatformIdentity, clip, text_field
+from shared.apps import AppConfig, configuration_error
+from shared.errors import ErrorCode
+
+PATH = "/gateway.do"
+METHOD = "alipay.system.oauth.token"
+RESPONSE_NODE = "alipay_system_oauth_token_response"
+ERROR_NODE = "error_response"
+SUCCESS_CODE = "10000"
+
+CHINA_TIME = timezone(timedelta(hours=8), "Asia/Shanghai")
+"""Alipay's ``timestamp`` is Beijing time; China has had no daylight saving since 1991."""
+
+ERROR_TABLE: dict[str, ErrorCode] = {
+    "isv.code-invalid": ErrorCode.INVALID_CODE,  # wrong, used, expired, or another app's code
+    "20000": ErrorCode.PLATFORM_UNAVAILABLE,  # service unavailable, retry
+    "isv.invalid-signature": ErrorCode.APP_MISCONFIGURED,  # our request signature: wrong key
+    "isv.invalid-app-id": ErrorCode.APP_MISCONFIGURED,
+    "isv.missing-signature-key": ErrorCode.APP_MISCONFIGURED,  # no key set in the console
+    "40006": ErrorCode.APP_MISCONFIGURED,  # insufficient permissions
+    "20001": ErrorCode.APP_MISCONFIGURED,  # insufficient token permissions
+}
+"""sub_code (looked up first) or gateway code → our code; anything else is PLATFORM_UNAVAILABLE."""
+
+
+def china_now() -> datetime:
+    """The current time in Asia/Shanghai."""
+    return datetime.now(CHINA_TIME)
+
+
+class AlipayAdapter(HttpAdapter):
+    """Exchanges a ``my.getAuthCode`` auth code with Alipay's oauth.token."""
+
+    platform = "alipay"
+    display_name = "Alipay"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        timeout: float,
+        *,
+        clock: Callable[[], datetime] = china_now,
+    ) -> None:
+        super().__init__(session, timeout)
+        self._clock = clock
+        self._warned_fallback: set[tuple[str, str]] = set()
+
+    async def exchange_code(
+        self, app: AppConfig, code: str | None, *, anonymous_code: str | None = None
+    ) -> PlatformIdentity:
+        """Exchange an auth code for the user's open_id (or user_id) and union_id."""
+        self.check_app(app)
+        code = self.require_code(code, anonymous_code)
+        private_key, public_key = self._keys(app)
+        params: dict[str, str] = {
+            "app_id": app.app_id,
+            "method": METHOD,
+            "format": "JSON",
+            "charset": "utf-8",
+            "sign_type": "RSA2",
+            "timestamp": self._clock().astimezone(CHINA_TIME).strftime("%Y-%m-%d %H:%M:%S"),
+            "version": "1.0",
+            "grant_type": "authorization_code",
+            "code": code,
+        }
+        params["sign"] = sign_params(params, private_key)
+        reply = await self.call(app, "POST", PATH, form=params)
+        try:
+            node = find_signed_node(reply.text, (RESPONSE_NODE, ERROR_NODE))
+        except ValueError as exc:
+            raise self.malformed(app, PATH, str(exc)) from None
+        if not isinstance(node.value, dict):
+            raise self.malformed(app, PATH, f"{node.name} is not an object")
+        if node.sign is None or not verify(node.raw, node.sign, public_key):
+            raise self._untrusted(app, node, code)
+        value: dict[str, Any] = node.value
+        gateway_code = value.get("code")
+        if node.name == ERROR_NODE or gateway_code not in (None, SUCCESS_CODE):
+            raise self._refusal(app, value, code)
+        return self._identity(app, value)
+
+    def _keys(self, app: AppConfig) -> tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey]:
+        if app.private_key_pem is None:
+            raise configuration_error(app, "no private_key is configured")
+        if not app.alipay_public_key_pem:
+            raise configuration_error(app, "no alipay_public_key is configured")
+        try:
+            private_key = load_private_key(app.private_key_pem.get_secret_value())
+        except KeyFormatError as exc:
+            raise configuration_error(
+                app, f"private_key is unusable ({exc}); give PKCS#1/PKCS#8 PEM or base64"
+            ) from None
+        try:
+            public_key = load_public_key(app.alipay_public_key_pem)
+        except KeyFormatError as exc:
+            raise configuration_error(
+                app, f"alipay_public_key is unusable ({exc}); give PEM or base64"
+            ) from None
+        return private_key, public_key
+
+    def _untrusted(self, app: AppConfig, node: SignedNode, code: str) -> Exception:
+        value = node.value if isinstance(node.value, dict) else {}
+        self.log.error(
+            "reply signature %s, reply rejected as forged or broken platform=%s app_id=%s "
+            "node=%s unverified_code=%s unverified_sub_code=%s hint=%s",
+            "missing" if node.sign is None else "invalid",
+            self.platform,
+            app.app_id,
+            node.name,
+            clip(value.get("code", ""), code),
+            clip(value.get("sub_code", ""), code),
+            clip("if every reply fails, check the app's alipay_public_key is Alipay's key"),
+        )
+        return self.unavailable("Alipay sent a reply whose signature does not verify.")
+
+    def _refusal(self, app: AppConfig, value: Mapping[str, Any], code: str) -> Exception:
+        gateway_code = str(value.get("code") or "")
+        sub_code = str(value.get("sub_code") or "")
+        if sub_code in ERROR_TABLE or (gateway_code not in ERROR_TABLE and sub_code):
+            key = sub_code
+        else:
+            key = gateway_code
+        detail = " ".join(
+            f"{name}={clip(value.get(name, ''), code)}"
+            for name in ("code", "msg", "sub_code", "sub_msg")
+        )
+        return self.refused(app, ERROR_TABLE, key or "unknown", detail)
+
+    def _identity(self, app: AppConfig, value: Mapping[str, Any]) -> PlatformIdentity:
+        configured = app.identity_field
+        other = "user_id" if configured == "open_id" else "open_id"
+        openid = text_field(value, configured)
+        if openid is None:
+            openid = text_field(value, other)
+            if openid is None:
+                raise self.malformed(app, PATH, "neither open_id nor user_id in the reply")
+            if app.key not in self._warned_fallback:
+                self._warned_fallback.add(app.key)
+                self.log.warning(
+                    "identity field empty, using the other one platform=%s app_id=%s "
+                    "identity_field=%s used=%s",
+                    self.platform, app.app_id, configured, other,
+                )
+        return PlatformIdentity(
+            openid=openid, session_key=None, unionid=text_field(value, "union_id")
+        )

@@ -1,0 +1,294 @@
+"""The platform adapter interface and the HTTP plumbing every adapter shares.
+
+An adapter turns a mini-program login code into a :class:`PlatformIdentity` with one call to
+the platform's server API. The rules every adapter follows, each one a bug other login
+backends shipped:
+
+- the request is built with aiohttp/yarl parameters, never by string concatenation;
+- the URL (it may carry the AppSecret), the secret, the code and the session_key never reach
+  a log line, an exception message or a ``repr``; transport exceptions are replaced, ``from
+  None``, by a :class:`PlatformError` that carries none of them;
+- one total timeout per call, no redirects, HTTP status 200 and a JSON object are required;
+- an exchange is never retried: a code that may have reached the platform is never resent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import aiohttp
+
+from shared.apps import AppConfig, configuration_error
+from shared.errors import ErrorCode, PlatformError
+
+MAX_BODY_BYTES = 256 * 1024
+"""A login reply is a few hundred bytes; anything far larger is not a platform reply."""
+
+_CLIP = 200
+_SAFE_CODE = re.compile(r"-?[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformIdentity:
+    """Who the platform says the code belongs to."""
+
+    openid: str
+    session_key: str | None = field(repr=False)
+    unionid: str | None = None
+    anonymous: bool = False
+    anonymous_openid: str | None = None
+
+
+class PlatformObserver(Protocol):
+    """Where an adapter reports its calls (the worker's metrics)."""
+
+    def observe_platform_call(self, platform: str, seconds: float) -> None:
+        """Time one HTTP call to a platform."""
+
+    def count_platform_error(self, platform: str, code: ErrorCode) -> None:
+        """Count one platform call that ended in our error ``code``."""
+
+
+class PlatformAdapter(Protocol):
+    """Exchanges a login code for the user's identity on one platform."""
+
+    platform: str
+
+    async def exchange_code(
+        self, app: AppConfig, code: str | None, *, anonymous_code: str | None = None
+    ) -> PlatformIdentity:
+        """Exchange ``code`` (or Douyin's ``anonymous_code``) for the user's identity."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformReply:
+    """A platform's HTTP 200 reply: the exact body text and the JSON object it holds."""
+
+    text: str = field(repr=False)
+    data: dict[str, Any] = field(repr=False)
+
+
+def clip(value: object, *hidden: str | None) -> str:
+    """A platform-supplied value made safe for a log line: quoted, shortened, secrets masked."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    for secret in hidden:
+        if secret:
+            text = text.replace(secret, "***")
+    if len(text) > _CLIP:
+        text = text[:_CLIP] + "…"
+    return json.dumps(text, ensure_ascii=False)
+
+
+def platform_code_of(value: object) -> str | None:
+    """A platform's numeric error code as the string key of an error table, or None if malformed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        digits = stripped[1:] if stripped.startswith("-") else stripped
+        if digits.isdigit():
+            return str(int(stripped))
+    return None
+
+
+def safe_code(value: str) -> str:
+    """A platform's error code if it looks like one, else ``unknown``: it may reach a client."""
+    return value if _SAFE_CODE.fullmatch(value) else "unknown"
+
+
+def text_field(data: Mapping[str, Any], key: str) -> str | None:
+    """``data[key]`` if it is a non-empty string, else None."""
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+class HttpAdapter:
+    """The shared part of every adapter: one guarded HTTP call and the error mapping."""
+
+    platform: str
+    display_name: ClassVar[str]
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.log = logging.getLogger(f"mplogin.platforms.{self.platform}")
+        self.observer: PlatformObserver | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(timeout={self._timeout.total})"
+
+    # -- checks before any request ------------------------------------------------------------
+
+    def check_app(self, app: AppConfig) -> None:
+        """Refuse an app of another platform: its credentials must never be sent here."""
+        if app.platform != self.platform:
+            raise ValueError(
+                f"{type(self).__name__} cannot serve app {app.platform}/{app.app_id}"
+            )
+
+    def require_code(self, code: str | None, anonymous_code: str | None) -> str:
+        """The login code, or INVALID_REQUEST if it is missing or an anonymous code was sent."""
+        if anonymous_code is not None:
+            raise PlatformError(
+                ErrorCode.INVALID_REQUEST,
+                f"anonymous_code is not accepted on {self.display_name}.",
+                platform=self.platform,
+            )
+        if not code:
+            raise PlatformError(
+                ErrorCode.INVALID_REQUEST, "code is required.", platform=self.platform
+            )
+        return code
+
+    def require_secret(self, app: AppConfig) -> str:
+        """The app's secret, or a configuration error naming the app if none is configured."""
+        if app.secret is None or not app.secret.get_secret_value():
+            raise configuration_error(app, "no secret is configured")
+        return app.secret.get_secret_value()
+
+    # -- the call -----------------------------------------------------------------------------
+
+    async def call(
+        self,
+        app: AppConfig,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> PlatformReply:
+        """Send one request to ``app.api_base + path``; any failure is PLATFORM_UNAVAILABLE."""
+        url = app.api_base + path
+        status: int | None = None
+        body = bytearray()
+        too_large = False
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                method,
+                url,
+                params=params,
+                data=form,
+                json=json_body,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                if status == 200:
+                    async for chunk in response.content.iter_chunked(64 * 1024):
+                        body += chunk
+                        if len(body) > MAX_BODY_BYTES:
+                            too_large = True
+                            break
+        except TimeoutError:
+            self.log.warning(
+                "platform call timed out platform=%s app_id=%s path=%s timeout=%s",
+                self.platform, app.app_id, path, self._timeout.total,
+            )
+            raise self.unavailable(f"{self.display_name} did not answer in time.") from None
+        except aiohttp.ClientError as exc:
+            # str(exc) may hold the URL, and the URL may hold the secret: log only the type.
+            self.log.warning(
+                "platform call failed platform=%s app_id=%s path=%s error=%s",
+                self.platform, app.app_id, path, type(exc).__name__,
+            )
+            raise self.unavailable(f"{self.display_name} could not be reached.") from None
+        finally:
+            if self.observer is not None:
+                self.observer.observe_platform_call(self.platform, time.perf_counter() - started)
+        if status != 200:
+            self.log.warning(
+                "platform answered an unexpected status platform=%s app_id=%s path=%s status=%s",
+                self.platform, app.app_id, path, status,
+            )
+            raise self.unavailable(f"{self.display_name} answered HTTP {status}.")
+        if too_large:
+            self.log.warning(
+                "platform reply too large platform=%s app_id=%s path=%s limit=%s",
+                self.platform, app.app_id, path, MAX_BODY_BYTES,
+            )
+            raise self.malformed(app, path, "reply too large")
+        try:
+            text = bytes(body).decode("utf-8")
+            data = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise self.malformed(app, path, "reply is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.malformed(app, path, "reply is not a JSON object")
+        return PlatformReply(text=text, data=data)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def count_error(self, code: ErrorCode) -> None:
+        """Count a platform call that ended in ``code`` (every error below passes here once)."""
+        if self.observer is not None:
+            self.observer.count_platform_error(self.platform, code)
+
+    def unavailable(self, message: str, platform_code: str | None = None) -> PlatformError:
+        """A PLATFORM_UNAVAILABLE error for this platform."""
+        self.count_error(ErrorCode.PLATFORM_UNAVAILABLE)
+        return PlatformError(
+            ErrorCode.PLATFORM_UNAVAILABLE,
+            message + " Retry with a new code.",
+            platform=self.platform,
+            platform_code=platform_code,
+        )
+
+    def malformed(self, app: AppConfig, path: str, problem: str) -> PlatformError:
+        """Log and build the error for a reply that is not what the platform documents."""
+        self.log.warning(
+            "platform reply malformed platform=%s app_id=%s path=%s problem=%s",
+            self.platform, app.app_id, path, clip(problem),
+        )
+        return self.unavailable(f"{self.display_name} sent an unexpected reply.")
+
+    def refused(
+        self,
+        app: AppConfig,
+        table: Mapping[str, ErrorCode],
+        platform_code: str,
+        detail: str,
+        *,
+        retry_after: Mapping[str, int] | None = None,
+    ) -> Exception:
+        """Log a refusal (raw code and message) and map it through the platform's error table."""
+        code = table.get(platform_code, ErrorCode.PLATFORM_UNAVAILABLE)
+        if safe_code(platform_code) != platform_code:
+            detail = f"raw_code={clip(platform_code)} {detail}"
+            platform_code = "unknown"
+        level = logging.ERROR if code is ErrorCode.APP_MISCONFIGURED else logging.WARNING
+        self.log.log(
+            level,
+            "platform refused the code exchange platform=%s app_id=%s platform_code=%s "
+            "detail=%s mapped=%s",
+            self.platform, app.app_id, platform_code, detail, code.value,
+        )
+        if code is not ErrorCode.PLATFORM_UNAVAILABLE:
+            self.count_error(code)  # unavailable() counts its own
+        if code is ErrorCode.APP_MISCONFIGURED:
+            return configuration_error(
+                app, f"{self.display_name} rejects the app's credentials ({platform_code})"
+            )
+        if code is ErrorCode.PLATFORM_UNAVAILABLE:
+            return self.unavailable(
+                f"{self.display_name} could not complete the login ({platform_code}).",
+                platform_code,
+            )
+        return PlatformError(
+            code,
+            platform=self.platform,
+            platform_code=platform_code,
+            retry_after=(retry_after or {}).get(platform_code),
+        )

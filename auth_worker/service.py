@@ -1,0 +1,368 @@
+"""The worker's request handlers: login (code exchange, identity upsert, session minting) and echo.
+
+A login code reaches the platform at most once (design.md §3.4): the worker claims the code in
+MongoDB before the exchange (a unique index on the code's hash decides between concurrent
+claimants), and a retry or a redelivery of the same code waits for the first claim's outcome
+instead of exchanging again. Every outcome is recorded, errors included, so a retried request
+gets the first answer; a transient platform error therefore asks the client for a fresh code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pymongo
+from pydantic import BaseModel, ValidationError
+from pymongo.errors import PyMongoError
+
+from auth_worker.account import AccountService
+from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity
+from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
+from auth_worker.store import IdentityKey, ResolvedUser, Store, new_user_id, now_ts
+from auth_worker.userdata import OpenDataService, WeChatPhoneSource
+from shared.apps import AppConfig, AppRegistry
+from shared.errors import ErrorCode, MPLoginError, PlatformError
+from shared.messages import (
+    LoginParams,
+    LogoutParams,
+    PhoneParams,
+    ProfileParams,
+    RefreshParams,
+    RpcReply,
+    RpcRequest,
+    SessionOut,
+    SessionParams,
+    UserOut,
+)
+from shared.rpc import CallContext, RejectAfterReply
+from shared.secretbox import SecretBox
+from shared.settings import Settings
+from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, new_session_id
+
+log = logging.getLogger("mplogin.worker")
+
+CLAIM_POLL_INTERVAL = 0.05
+DATABASE_MARGIN = 1.0  # pymongo overshoots its timeout by up to ~0.5 s when a server stalls
+ANONYMOUS_PREFIX = "anonymous:"
+
+
+def code_key(platform: str, app_id: str, kind: str, code: str) -> str:
+    """The hash a code is claimed under; the raw code is never stored."""
+    return hashlib.sha256(f"{platform}|{app_id}|{kind}|{code}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The outcome of a successful exchange: who logged in, through which identity."""
+
+    user: ResolvedUser
+    identity: IdentityKey
+    unionid: str | None
+    session_key_enc: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownIdentity:
+    """What a worker remembers of an identity it has seen: its user never changes."""
+
+    user_id: str
+    unionid: str | None
+
+
+KNOWN_IDENTITIES = 200_000
+
+
+class LoginService:
+    """Handles the RPC methods a worker serves."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        apps: AppRegistry,
+        adapters: dict[str, PlatformAdapter],
+        issuer: TokenIssuer,
+        box: SecretBox,
+        phone_source: WeChatPhoneSource,
+        *,
+        quota: AppQuota | None = None,
+        outbound: PlatformRateLimiter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.apps = apps
+        self.adapters = adapters
+        self.issuer = issuer
+        self.box = box
+        self.quota = quota  # None: no per-app limit (a service built by hand, not by main)
+        self.outbound = outbound
+        self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
+        self.account = AccountService(settings, store, apps, issuer, quota=quota)
+        self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+
+    async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
+        """Dispatch one request; errors with a stable code become error replies."""
+        try:
+            if request.method == "echo":
+                return RpcReply.success({"echo": request.params})
+            # The database gets the request's budget less a margin, so that when it stalls the
+            # client hears service_unavailable from us rather than a timeout from the gateway.
+            with pymongo.timeout(max(ctx.remaining() - DATABASE_MARGIN, 0.05)):
+                return RpcReply.success(await self._dispatch(request, ctx))
+        except ValidationError:
+            return RpcReply.failure(ErrorCode.INVALID_REQUEST, "Malformed request parameters.")
+        except MPLoginError as exc:
+            if exc.code is ErrorCode.APP_MISCONFIGURED:
+                log.error("login.app_misconfigured request_id=%s detail=%s", ctx.request_id,
+                          exc.message)
+                return RpcReply.failure(exc.code, "This app is misconfigured on the server.")
+            return RpcReply.failure(exc.code, exc.message, exc.retry_after)
+        except PyMongoError as exc:
+            log.error("login.database_unavailable request_id=%s error=%s", ctx.request_id,
+                      type(exc).__name__)
+            raise RejectAfterReply(RpcReply.failure(
+                ErrorCode.SERVICE_UNAVAILABLE, "The database is unavailable; retry shortly."
+            )) from None
+
+    async def allow_redelivery(self, message_id: str) -> bool:
+        """Whether a redelivered request may be handled again (bounded against poison messages).
+
+        A message is redelivered when the worker holding it died or lost its connection. One
+        that keeps doing that (it kills its worker) is dead-lettered after a few deliveries.
+        """
+        try:
+            with pymongo.timeout(2.0):
+                count = await self.store.count_redelivery(message_id)
+        except PyMongoError:
+            return True  # the database is down: the handler will answer service_unavailable
+        if count > self.settings.max_redeliveries:
+            log.error("rpc.poison_message message_id=%s redeliveries=%d", message_id, count)
+            return False
+        return True
+
+    async def _dispatch(self, request: RpcRequest, ctx: CallContext) -> BaseModel | dict[str, Any]:
+        params = request.params
+        account = self.account
+        match request.method:
+            case "login":
+                return await self.login(LoginParams.model_validate(params), ctx)
+            case "refresh":
+                return await account.refresh(RefreshParams.model_validate(params))
+            case "logout":
+                return await account.logout(LogoutParams.model_validate(params))
+            case "me":
+                return await account.me(SessionParams.model_validate(params))
+            case "profile":
+                return await self.opendata.profile(ProfileParams.model_validate(params))
+            case "phone":
+                return await self.opendata.phone(PhoneParams.model_validate(params), ctx)
+        raise MPLoginError(ErrorCode.INVALID_REQUEST, "Unknown method.")
+
+    async def login(self, params: LoginParams, ctx: CallContext) -> SessionOut:
+        """Exchange a login code (once), resolve the user and mint a session."""
+        app = self.apps.get(params.platform, params.app_id)
+        if params.anonymous_code is not None and app.platform != "douyin":
+            raise MPLoginError(ErrorCode.INVALID_REQUEST, "anonymous_code is a Douyin field.")
+        if params.code is None and params.anonymous_code is None:
+            raise MPLoginError(ErrorCode.INVALID_REQUEST, "code is required.")
+        kind, secret = (
+            ("code", params.code) if params.code is not None else ("anon", params.anonymous_code)
+        )
+        assert secret is not None  # noqa: S101 - narrowed above
+        # Both limits come before the claim: a rejected login records nothing, so the client may
+        # retry with the same code.
+        if self.quota is not None:
+            await self.quota.acquire(LOGIN, app.platform, app.app_id)
+        if self.outbound is not None:
+            await self.outbound.acquire(app.platform, app.app_id, budget=ctx.remaining())
+        key = code_key(app.platform, app.app_id, kind, secret)
+        session_id = new_session_id()
+        existing = await self.store.claim_code(
+            session_id=session_id,
+            code_key=key,
+            platform=app.platform,
+            app_id=app.app_id,
+            lease_until=ctx.deadline + self.settings.platform_timeout,
+            ttl=self.settings.code_result_ttl,
+            request_id=ctx.request_id,
+        )
+        if existing is None:
+            resolved = await self._exchange(app, session_id, params, ctx)
+        else:
+            if self.outbound is not None:  # this request will not call the platform
+                self.outbound.release(app.platform, app.app_id)
+            resolved = await self._await_claim(app, key, existing, ctx)
+            session_id = new_session_id()
+        return await self._issue(app, session_id, resolved)
+
+    async def _exchange(
+        self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
+    ) -> Resolved:
+        adapter = self.adapters[app.platform]
+        try:
+            identity = await adapter.exchange_code(
+                app, params.code, anonymous_code=params.anonymous_code
+            )
+        except MPLoginError as exc:
+            await self.store.fail_claim(session_id, error={
+                "code": exc.code.value, "message": exc.message, "retry_after": exc.retry_after,
+            })
+            if isinstance(exc, PlatformError):
+                log.warning("login.platform_error request_id=%s app=%s/%s code=%s platform_code=%s",
+                            ctx.request_id, app.platform, app.app_id, exc.code.value,
+                            exc.platform_code)
+            raise
+        except Exception:
+            # Whatever happened, the code may have reached the platform: never exchange it again.
+            await self.store.fail_claim(session_id, error={
+                "code": ErrorCode.PLATFORM_UNAVAILABLE.value,
+                "message": "The platform exchange failed; retry with a new code.",
+            })
+            raise
+        resolved = await self._resolve_user(app, identity)
+        if identity.session_key:
+            resolved = replace(resolved, session_key_enc=self.box.encrypt(
+                identity.session_key.encode(), aad=resolved.identity.aad()))
+        return resolved
+
+    async def _await_claim(
+        self, app: AppConfig, key: str, claim: dict[str, Any], ctx: CallContext
+    ) -> Resolved:
+        """Wait for the first exchange of this code and return its outcome."""
+        while True:
+            state = claim.get("state")
+            created = claim.get("created_ts")
+            if isinstance(created, int | float) and now_ts() - created > (
+                self.settings.code_result_ttl
+            ):
+                raise MPLoginError(ErrorCode.INVALID_CODE)
+            if state == "active":
+                enc = claim.get("session_key_enc")
+                return Resolved(
+                    user=ResolvedUser(user_id=str(claim["user_id"]), is_new=False),
+                    identity=IdentityKey(app.platform, app.app_id, str(claim["openid"])),
+                    unionid=None,
+                    session_key_enc=enc if isinstance(enc, str) else None,
+                )
+            if state == "failed":
+                error = claim.get("error") or {}
+                raise MPLoginError(
+                    ErrorCode(error.get("code", ErrorCode.PLATFORM_UNAVAILABLE.value)),
+                    error.get("message"),
+                    retry_after=error.get("retry_after"),
+                )
+            if state == "gone":
+                raise MPLoginError(ErrorCode.INVALID_CODE)
+            lease = claim.get("lease_until_ts")
+            if state == "pending" and claim.get("request_id") == ctx.request_id:
+                # This very message was being handled by a worker that died (a redelivery).
+                # The code may have reached the platform, so it is not sent again; answering
+                # now frees this worker instead of waiting out the dead worker's lease.
+                await self.store.fail_claim(str(claim["_id"]), error={
+                    "code": ErrorCode.SERVICE_UNAVAILABLE.value,
+                    "message": "The login was interrupted; retry with a new code.",
+                })
+            elif isinstance(lease, int | float) and lease < now_ts():
+                # The worker that claimed the code died mid-exchange. The code may have reached
+                # the platform, so it is not sent again; the client retries with a fresh code.
+                await self.store.fail_claim(str(claim["_id"]), error={
+                    "code": ErrorCode.PLATFORM_UNAVAILABLE.value,
+                    "message": "The first attempt with this code was interrupted; "
+                               "retry with a new code.",
+                })
+            elif ctx.remaining() <= CLAIM_POLL_INTERVAL + DATABASE_MARGIN:
+                raise MPLoginError(ErrorCode.TIMEOUT)
+            else:
+                await asyncio.sleep(CLAIM_POLL_INTERVAL)
+            refreshed = await self.store.get_claim(key)
+            claim = refreshed if refreshed is not None else {"state": "gone"}
+
+    async def _resolve_user(self, app: AppConfig, identity: PlatformIdentity) -> Resolved:
+        openid = (ANONYMOUS_PREFIX + identity.openid) if identity.anonymous else identity.openid
+        key = IdentityKey(app.platform, app.app_id, openid)
+        known = self._known.get(key)
+        if known is not None and identity.unionid in (None, known.unionid):
+            # An identity's user never changes once created, so a returning user whose
+            # identity this worker has seen needs no database read at all.
+            self._known.move_to_end(key)
+            return Resolved(ResolvedUser(known.user_id, is_new=False), key, identity.unionid)
+        before = await self.store.touch_identity(key, unionid=identity.unionid)
+        if before is not None:
+            user_id = str(before["user_id"])
+            if identity.unionid and before.get("unionid") != identity.unionid:
+                await self._link_unionid(app.platform, identity.unionid, user_id)
+            self._remember(key, user_id, identity.unionid or before.get("unionid"))
+            return Resolved(ResolvedUser(user_id, is_new=False), key, identity.unionid)
+
+        candidate = new_user_id()
+        # A Douyin device that logged in anonymously before: its user becomes the candidate,
+        # so what the guest gathered stays with the person. A unionid already held by a user
+        # still wins (that user is the person across apps).
+        if identity.anonymous_openid and not identity.anonymous:
+            anonymous = await self.store.find_identity(
+                IdentityKey(app.platform, app.app_id, ANONYMOUS_PREFIX + identity.anonymous_openid)
+            )
+            if anonymous is not None:
+                candidate = str(anonymous["user_id"])
+                log.info("login.anonymous_linked app=%s/%s user_id=%s", app.platform, app.app_id,
+                         candidate)
+        if identity.unionid:
+            candidate = await self.store.claim_unionid(app.platform, identity.unionid, candidate)
+        extra = {"anonymous": True} if identity.anonymous else None
+        user = await self.store.create_identity(
+            key, candidate_user_id=candidate, unionid=identity.unionid, extra=extra,
+        )
+        self._remember(key, user.user_id, identity.unionid)
+        return Resolved(user, key, identity.unionid)
+
+    def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
+        self._known[key] = KnownIdentity(user_id, unionid if isinstance(unionid, str) else None)
+        if len(self._known) > KNOWN_IDENTITIES:
+            self._known.popitem(last=False)
+
+    async def _link_unionid(self, platform: str, unionid: str, user_id: str) -> None:
+        holder = await self.store.claim_unionid(platform, unionid, user_id)
+        if holder != user_id:
+            log.error(
+                "login.unionid_conflict platform=%s holder_user_id=%s other_user_id=%s "
+                "action=kept_separate", platform, holder, user_id,
+            )
+            await self.store.record_union_conflict(platform, unionid, holder, user_id)
+
+    async def _issue(self, app: AppConfig, session_id: str, resolved: Resolved) -> SessionOut:
+        refresh = new_refresh_token()
+        now = now_ts()
+        await self.store.activate_session(
+            session_id,
+            user_id=resolved.user.user_id,
+            is_new=resolved.user.is_new,
+            identity=resolved.identity,
+            refresh_hash=hash_refresh_token(refresh),
+            expires_ts=now + self.settings.refresh_token_ttl,
+            absolute_expires_ts=now + self.settings.refresh_token_max_age,
+            session_key_enc=resolved.session_key_enc,
+        )
+        access, expires_in = self.issuer.mint_access(
+            subject=resolved.user.user_id, session_id=session_id
+        )
+        exposed = app.expose_openid
+        return SessionOut(
+            access_token=access,
+            expires_in=expires_in,
+            refresh_token=refresh,
+            refresh_expires_in=min(self.settings.refresh_token_ttl,
+                                   self.settings.refresh_token_max_age),
+            user=UserOut(
+                id=resolved.user.user_id,
+                is_new=resolved.user.is_new,
+                platform=app.platform,
+                app_id=app.app_id,
+                openid=resolved.identity.openid if exposed else None,
+                unionid=resolved.unionid if exposed else None,
+            ),
+        )

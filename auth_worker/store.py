@@ -1,0 +1,392 @@
+"""Persistence in MongoDB: users, identities, unionid links, sessions and code-exchange claims.
+
+Written for real MongoDB: unique indexes and upserts decide races, never read-then-insert; a
+``DuplicateKeyError`` from a concurrent upsert means "someone else inserted it" and is retried
+once. No multi-document transactions (a standalone MongoDB refuses them).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+log = logging.getLogger("mplogin.store")
+
+Doc = dict[str, Any]
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (for informational fields and TTL indexes)."""
+    return datetime.now(UTC)
+
+
+def now_ts() -> float:
+    """The current time in epoch seconds.
+
+    Every time a query compares is stored as epoch seconds: the MongoDB stand-in turns a
+    datetime written by ``$set`` on an existing document into a string, which then never
+    compares with a date; numbers behave the same on MongoDB and on the stand-in.
+    """
+    return time.time()
+
+
+def new_user_id() -> str:
+    """A fresh, opaque user id."""
+    return "u_" + secrets.token_hex(12)
+
+
+async def _retry_duplicate(operation: Callable[[], Awaitable[T]]) -> T:
+    """Run ``operation``; on a duplicate key from a concurrent upsert, run it once more."""
+    try:
+        return await operation()
+    except DuplicateKeyError:
+        return await operation()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityKey:
+    """The (platform, app_id, openid) triple that identifies one identity."""
+
+    platform: str
+    app_id: str
+    openid: str
+
+    def filter(self) -> Doc:
+        """The MongoDB filter selecting this identity."""
+        return {"platform": self.platform, "app_id": self.app_id, "openid": self.openid}
+
+    def aad(self) -> bytes:
+        """Associated data binding an encrypted session_key to this identity."""
+        return f"{self.platform}|{self.app_id}|{self.openid}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedUser:
+    """The user a login resolved to."""
+
+    user_id: str
+    is_new: bool
+
+
+class UnionConflictError(Exception):
+    """Two users already hold the same unionid; they are never merged silently."""
+
+
+class Store:
+    """All database operations of the auth worker."""
+
+    def __init__(self, client: AsyncMongoClient[Doc], database: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase[Doc] = client[database]
+        self.users = self.db["users"]
+        self.identities = self.db["identities"]
+        self.unions = self.db["unions"]
+        self.sessions = self.db["sessions"]
+        self.union_conflicts = self.db["union_conflicts"]
+        self.platform_tokens = self.db["platform_tokens"]
+        self.spent_refresh = self.db["spent_refresh_tokens"]
+        self.deliveries = self.db["redeliveries"]
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the correctness of the upserts relies on."""
+        await self.identities.create_index(
+            [("platform", ASCENDING), ("app_id", ASCENDING), ("openid", ASCENDING)],
+            unique=True,
+            name="identity_unique",
+        )
+        await self.identities.create_index([("user_id", ASCENDING)], name="identity_user")
+        await self.identities.create_index(
+            [("platform", ASCENDING), ("unionid", ASCENDING)], name="identity_unionid"
+        )
+        await self.sessions.create_index(
+            [("code_key", ASCENDING)], unique=True, sparse=True, name="session_code"
+        )
+        await self.sessions.create_index(
+            [("refresh_hash", ASCENDING)], unique=True, sparse=True, name="session_refresh"
+        )
+        await self.sessions.create_index([("user_id", ASCENDING)], name="session_user")
+        await self.deliveries.create_index(
+            [("purge_at", ASCENDING)], expireAfterSeconds=0, name="redelivery_purge"
+        )
+        await self.spent_refresh.create_index(
+            [("purge_at", ASCENDING)], expireAfterSeconds=0, name="spent_purge"
+        )
+        await self.users.create_index(
+            [("phone", ASCENDING)], unique=True, sparse=True, name="user_phone"
+        )
+        # Fine to have; expiry is still checked by every query, since MongoDB's TTL monitor
+        # only runs about once a minute.
+        await self.sessions.create_index(
+            [("purge_at", ASCENDING)], expireAfterSeconds=0, name="session_purge"
+        )
+
+    # -- identities and users ------------------------------------------------------------
+
+    async def touch_identity(self, key: IdentityKey, *, unionid: str | None) -> Doc | None:
+        """Update a returning identity in one round trip; returns it as it was, or None."""
+        update: Doc = {"last_login_at": utcnow()}
+        if unionid is not None:
+            update["unionid"] = unionid
+        return await self.identities.find_one_and_update(
+            key.filter(),
+            {"$set": update},
+            projection={"user_id": 1, "unionid": 1},
+            return_document=ReturnDocument.BEFORE,
+        )
+
+    async def create_identity(
+        self,
+        key: IdentityKey,
+        *,
+        candidate_user_id: str,
+        unionid: str | None,
+        extra: Doc | None = None,
+    ) -> ResolvedUser:
+        """Insert the identity (or find the one a concurrent login inserted) and its user."""
+        now = utcnow()
+        fields: Doc = {"last_login_at": now}
+        if unionid is not None:
+            fields["unionid"] = unionid
+        if extra:
+            fields.update(extra)
+
+        async def upsert() -> Any:
+            return await self.identities.update_one(
+                key.filter(),
+                {"$setOnInsert": {"user_id": candidate_user_id, "created_at": now},
+                 "$set": fields},
+                upsert=True,
+            )
+
+        result = await _retry_duplicate(upsert)
+        if result.upserted_id is not None:
+            user_id = candidate_user_id
+        else:
+            found = await self.identities.find_one(key.filter(), projection={"user_id": 1})
+            if found is None:  # deleted in between: vanishingly rare, and safe to report
+                raise RuntimeError("identity vanished during login")
+            user_id = str(found["user_id"])
+        created = await self.ensure_user(user_id)
+        return ResolvedUser(user_id=user_id, is_new=created)
+
+    async def ensure_user(self, user_id: str) -> bool:
+        """Make sure the user document exists; True when this call created it."""
+
+        async def upsert() -> Any:
+            return await self.users.update_one(
+                {"_id": user_id}, {"$setOnInsert": {"created_at": utcnow()}}, upsert=True
+            )
+
+        result = await _retry_duplicate(upsert)
+        return result.upserted_id is not None
+
+    async def claim_unionid(self, platform: str, unionid: str, candidate_user_id: str) -> str:
+        """The user holding ``unionid`` on ``platform``; ``candidate_user_id`` if nobody does."""
+        key = f"{platform}|{unionid}"
+
+        async def upsert() -> Any:
+            return await self.unions.update_one(
+                {"_id": key},
+                {"$setOnInsert": {"user_id": candidate_user_id, "created_at": utcnow()}},
+                upsert=True,
+            )
+
+        result = await _retry_duplicate(upsert)
+        if result.upserted_id is not None:
+            return candidate_user_id
+        found = await self.unions.find_one({"_id": key})
+        if found is None:
+            raise RuntimeError("unionid link vanished during login")
+        return str(found["user_id"])
+
+    async def record_union_conflict(
+        self, platform: str, unionid: str, holder: str, other: str
+    ) -> None:
+        """Keep a record of two users sharing a unionid, for an operator to resolve."""
+        await self.union_conflicts.update_one(
+            {"_id": f"{platform}|{unionid}|{other}"},
+            {"$set": {"platform": platform, "unionid": unionid, "holder_user_id": holder,
+                      "other_user_id": other, "seen_at": utcnow()}},
+            upsert=True,
+        )
+
+    async def find_identity(self, key: IdentityKey) -> Doc | None:
+        """The identity document, or None."""
+        return await self.identities.find_one(key.filter())
+
+    # -- code-exchange claims and sessions -------------------------------------------------
+
+    async def claim_code(
+        self, *, session_id: str, code_key: str, platform: str, app_id: str,
+        lease_until: float, ttl: int, request_id: str,
+    ) -> Doc | None:
+        """Claim a code for exchange; None if claimed now, else the existing claim."""
+        now = utcnow()
+        try:
+            await self.sessions.insert_one({
+                "_id": session_id,
+                "code_key": code_key,
+                "state": "pending",
+                "platform": platform,
+                "app_id": app_id,
+                "created_at": now,
+                "created_ts": now.timestamp(),
+                "lease_until_ts": lease_until,
+                "request_id": request_id,
+                "purge_at": now + timedelta(seconds=ttl),
+            })
+        except DuplicateKeyError:
+            existing = await self.sessions.find_one({"code_key": code_key})
+            if existing is None:  # purged in between; the caller may claim again
+                return {"state": "gone"}
+            return existing
+        return None
+
+    async def get_claim(self, code_key: str) -> Doc | None:
+        """The claim of a code, as it is now."""
+        return await self.sessions.find_one({"code_key": code_key})
+
+    async def fail_claim(
+        self, session_id: str, *, error: Doc, expected_state: str = "pending"
+    ) -> bool:
+        """Record a failed exchange so a retry of the same code gets the same answer."""
+        result = await self.sessions.update_one(
+            {"_id": session_id, "state": expected_state},
+            {"$set": {"state": "failed", "error": error}},
+        )
+        return result.modified_count == 1
+
+    async def activate_session(
+        self, session_id: str, *, user_id: str, is_new: bool, identity: IdentityKey,
+        refresh_hash: str, expires_ts: float, absolute_expires_ts: float,
+        session_key_enc: str | None,
+    ) -> None:
+        """Turn a claim (or nothing, for a retry's own session) into an active session."""
+        await self.sessions.update_one(
+            {"_id": session_id},
+            {"$set": {
+                "state": "active",
+                "user_id": user_id,
+                "is_new": is_new,
+                "platform": identity.platform,
+                "app_id": identity.app_id,
+                "openid": identity.openid,
+                "refresh_hash": refresh_hash,
+                "session_key_enc": session_key_enc,
+                "expires_ts": expires_ts,
+                "absolute_expires_ts": absolute_expires_ts,
+                "purge_at": datetime.fromtimestamp(absolute_expires_ts, UTC),
+            }, "$setOnInsert": {"created_at": utcnow()}},
+            upsert=True,
+        )
+
+    async def rotate_refresh(
+        self, refresh_hash: str, new_hash: str, *, idle_ttl: int
+    ) -> Doc | None:
+        """Spend a refresh token and store its successor atomically; None if it is not current.
+
+        The filter matches only the current hash of a live session, so of two concurrent
+        refreshes with one token exactly one can match. The spent hash is then remembered
+        (one small document per hash, keyed by it) so a later reuse is recognised.
+        """
+        now = now_ts()
+        session = await self.sessions.find_one_and_update(
+            {"refresh_hash": refresh_hash, "state": "active", "expires_ts": {"$gt": now},
+             "absolute_expires_ts": {"$gt": now}},
+            {"$set": {"refresh_hash": new_hash, "last_refresh_ts": now,
+                      "expires_ts": now + idle_ttl}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if session is not None:
+            await self.spent_refresh.insert_one({
+                "_id": refresh_hash,
+                "session_id": session["_id"],
+                "user_id": session["user_id"],
+                "spent_ts": now,
+                "purge_at": datetime.fromtimestamp(
+                    float(session["absolute_expires_ts"]), UTC),
+            })
+        return session
+
+    async def session_app_of_refresh(self, refresh_hash: str) -> Doc | None:
+        """The platform and app of the session a current refresh token belongs to, if any."""
+        return await self.sessions.find_one(
+            {"refresh_hash": refresh_hash}, projection={"platform": 1, "app_id": 1}
+        )
+
+    async def find_by_spent_refresh(self, refresh_hash: str) -> Doc | None:
+        """Where an already spent refresh token came from (a reuse), if anywhere."""
+        return await self.spent_refresh.find_one({"_id": refresh_hash})
+
+    async def revoke_session(self, session_id: str, *, reason: str) -> bool:
+        """End one session (one login's whole token family)."""
+        result = await self.sessions.update_one(
+            {"_id": session_id, "state": "active"},
+            {"$set": {"state": "revoked", "revoked_at": utcnow(), "revoked_reason": reason}},
+        )
+        return result.modified_count == 1
+
+    async def revoke_user_sessions(self, user_id: str, *, reason: str) -> int:
+        """End every session of a user."""
+        result = await self.sessions.update_many(
+            {"user_id": user_id, "state": "active"},
+            {"$set": {"state": "revoked", "revoked_at": utcnow(), "revoked_reason": reason}},
+        )
+        return result.modified_count
+
+    async def live_session(self, session_id: str, user_id: str) -> Doc | None:
+        """The session if it is active and not expired, else None."""
+        now = now_ts()
+        return await self.sessions.find_one(
+            {"_id": session_id, "user_id": user_id, "state": "active",
+             "expires_ts": {"$gt": now}, "absolute_expires_ts": {"$gt": now}}
+        )
+
+    async def user_with_identities(self, user_id: str) -> tuple[Doc | None, list[Doc]]:
+        """The user document and all its identities."""
+        user = await self.users.find_one({"_id": user_id})
+        identities = await self.identities.find(
+            {"user_id": user_id},
+            projection={"platform": 1, "app_id": 1, "openid": 1, "unionid": 1, "created_at": 1,
+                        "last_login_at": 1},
+        ).to_list(None)
+        return user, identities
+
+    async def set_profile(self, user_id: str, profile: Doc) -> None:
+        """Store verified profile fields on the user."""
+        await self.users.update_one(
+            {"_id": user_id},
+            {"$set": {**{f"profile.{k}": v for k, v in profile.items()},
+                      "profile_updated_at": utcnow()}},
+        )
+
+    async def set_phone(self, user_id: str, phone: str, source: str) -> bool:
+        """Bind a phone number; False when another user already holds it (unique index)."""
+        try:
+            await self.users.update_one(
+                {"_id": user_id},
+                {"$set": {"phone": phone, "phone_source": source, "phone_bound_at": utcnow()}},
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def count_redelivery(self, message_id: str) -> int:
+        """Count one more redelivery of a request message; returns the count so far."""
+        doc = await self.deliveries.find_one_and_update(
+            {"_id": message_id},
+            {"$inc": {"count": 1}, "$set": {"purge_at": utcnow() + timedelta(hours=1)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        return int((doc or {}).get("count", 1))

@@ -1,0 +1,251 @@
+"""WeChat server APIs that need the app's access_token: one shared token store, phone numbers.
+
+The access_token comes from ``cgi-bin/stable_token`` in normal mode, never the classic
+``cgi-bin/token`` (each classic fetch invalidates the previous token, so a cluster of
+independent refreshers keeps breaking itself). All workers share one token per app in MongoDB,
+encrypted at rest. One refresher at a time per app across every process: a lease in MongoDB,
+plus an in-process lock so one process sends one fetch. The token is refreshed early (five
+minutes before expiry, when WeChat already serves the next one) and, when an API answers
+40001/42001, it is expired only if it is still the token that failed. Login never needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from pymongo.errors import DuplicateKeyError
+
+from auth_worker.platforms.base import HttpAdapter, platform_code_of, text_field
+from auth_worker.store import Store, now_ts, utcnow
+from shared.apps import AppConfig
+from shared.errors import ErrorCode, MPLoginError, PlatformError
+from shared.secretbox import SecretBox
+
+log = logging.getLogger("mplogin.platforms.wechat")
+
+EARLY_REFRESH = 300.0
+LEASE = 15.0
+TOKEN_ERRORS = {"40001", "42001", "41001"}
+
+TOKEN_ERROR_TABLE: dict[str, ErrorCode] = {
+    "-1": ErrorCode.PLATFORM_UNAVAILABLE,
+    "40013": ErrorCode.APP_MISCONFIGURED,
+    "40125": ErrorCode.APP_MISCONFIGURED,
+    "40164": ErrorCode.APP_MISCONFIGURED,
+    "40243": ErrorCode.APP_MISCONFIGURED,
+    "41004": ErrorCode.APP_MISCONFIGURED,
+    "45009": ErrorCode.RATE_LIMITED,
+    "45011": ErrorCode.RATE_LIMITED,
+}
+
+PHONE_ERROR_TABLE: dict[str, ErrorCode] = {
+    "-1": ErrorCode.PLATFORM_UNAVAILABLE,
+    "40029": ErrorCode.INVALID_CODE,
+    "40163": ErrorCode.INVALID_CODE,
+    "45011": ErrorCode.RATE_LIMITED,
+    "40013": ErrorCode.APP_MISCONFIGURED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WeChatPhone:
+    """A verified phone number from WeChat."""
+
+    phone: str
+    country_code: str
+
+
+class WeChatApi(HttpAdapter):
+    """Calls to WeChat APIs beyond code2Session; errors follow the adapters' conventions."""
+
+    platform = "wechat"
+    display_name = "WeChat"
+
+    async def stable_token(self, app: AppConfig) -> tuple[str, int]:
+        """Fetch the app's stable access_token (normal mode) and its lifetime in seconds."""
+        reply = await self.call(app, "POST", "/cgi-bin/stable_token", json_body={
+            "grant_type": "client_credential",
+            "appid": app.app_id,
+            "secret": self.require_secret(app),
+            "force_refresh": False,
+        })
+        data = reply.data
+        errcode = platform_code_of(data.get("errcode", 0))
+        if errcode not in (None, "0"):
+            raise self.refused(app, TOKEN_ERROR_TABLE, errcode, "stable_token",
+                               retry_after={"45009": 3600, "45011": 60})
+        token = text_field(data, "access_token")
+        expires_in = data.get("expires_in")
+        if token is None or not isinstance(expires_in, int) or expires_in <= 0:
+            raise self.malformed(app, "/cgi-bin/stable_token", "no access_token/expires_in")
+        return token, expires_in
+
+    async def phone_number(
+        self, app: AppConfig, access_token: str, code: str, openid: str | None
+    ) -> WeChatPhone:
+        """Exchange a phone-button code; raises TokenRejected on 40001/42001."""
+        body: dict[str, Any] = {"code": code}
+        if openid:
+            body["openid"] = openid
+        reply = await self.call(app, "POST", "/wxa/business/getuserphonenumber",
+                                params={"access_token": access_token}, json_body=body)
+        data = reply.data
+        errcode = platform_code_of(data.get("errcode", 0))
+        if errcode in TOKEN_ERRORS:
+            raise TokenRejectedError(errcode or "")
+        if errcode not in (None, "0"):
+            raise self.refused(app, PHONE_ERROR_TABLE, errcode, "getuserphonenumber",
+                               retry_after={"45011": 60})
+        info = data.get("phone_info")
+        if not isinstance(info, dict):
+            raise self.malformed(app, "/wxa/business/getuserphonenumber", "no phone_info")
+        watermark = info.get("watermark")
+        if not isinstance(watermark, dict) or watermark.get("appid") != app.app_id:
+            raise MPLoginError(ErrorCode.INVALID_PAYLOAD,
+                               "The phone number was issued for another app.")
+        pure = text_field(info, "purePhoneNumber")
+        country = str(info.get("countryCode") or "86")
+        if pure is None or not pure.isdigit() or not country.isdigit():
+            raise self.malformed(app, "/wxa/business/getuserphonenumber", "no purePhoneNumber")
+        return WeChatPhone(phone=f"+{country}{pure}", country_code=country)
+
+
+class TokenRejectedError(Exception):
+    """WeChat refused the access_token (40001/42001): it was replaced or expired."""
+
+
+class WeChatTokenStore:
+    """One access_token per WeChat app, shared by every worker through MongoDB."""
+
+    def __init__(self, store: Store, box: SecretBox, api: WeChatApi) -> None:
+        self._tokens = store.platform_tokens
+        self._box = box
+        self._api = api
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Unique per store, not per process: two stores in one process must not share a lease.
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.fetches = 0
+
+    @staticmethod
+    def _id(app: AppConfig) -> str:
+        return f"{app.platform}|{app.app_id}"
+
+    def _usable(self, doc: Mapping[str, Any] | None, *, early: bool) -> str | None:
+        if not doc or not doc.get("token_enc"):
+            return None
+        expires = doc.get("expires_ts")
+        if not isinstance(expires, int | float):
+            return None
+        margin = EARLY_REFRESH if early else 5.0
+        if expires - now_ts() <= margin:
+            return None
+        return self._box.decrypt(str(doc["token_enc"]), aad=self._id_bytes(doc)).decode()
+
+    @staticmethod
+    def _id_bytes(doc: Mapping[str, Any]) -> bytes:
+        return f"access_token|{doc['_id']}".encode()
+
+    async def token(self, app: AppConfig, deadline: float) -> str:
+        """A valid access_token for ``app``; fetches one only if no process has a fresh one."""
+        key = self._id(app)
+        token = self._usable(await self._tokens.find_one({"_id": key}), early=True)
+        if token:
+            return token
+        async with self._locks[app.key]:
+            loop = asyncio.get_running_loop()
+            while True:
+                doc = await self._tokens.find_one({"_id": key})
+                token = self._usable(doc, early=True)
+                if token:
+                    return token
+                if await self._take_lease(key):
+                    return await self._refresh(app, key)
+                # Someone else refreshes; a token still valid (if near its end) will do.
+                token = self._usable(doc, early=False)
+                if token:
+                    return token
+                if loop.time() >= deadline:
+                    raise MPLoginError(ErrorCode.TIMEOUT)
+                await asyncio.sleep(0.05)
+
+    async def _take_lease(self, key: str) -> bool:
+        """Take the refresh lease, only while the stored token still needs refreshing.
+
+        The token condition is part of the same atomic update: a process that read the
+        document before another one finished its refresh (and released the lease) must not
+        take the lease and fetch a second time.
+        """
+        now = now_ts()
+        with contextlib.suppress(DuplicateKeyError):  # a concurrent first use inserted it
+            await self._tokens.update_one(
+                {"_id": key}, {"$setOnInsert": {"lease_until_ts": 0.0, "expires_ts": 0.0}},
+                upsert=True,
+            )
+        result = await self._tokens.update_one(
+            {"_id": key, "lease_until_ts": {"$lt": now},
+             "expires_ts": {"$lt": now + EARLY_REFRESH}},
+            {"$set": {"lease_until_ts": now + LEASE, "lease_owner": self._owner}},
+        )
+        return result.modified_count == 1
+
+    async def _refresh(self, app: AppConfig, key: str) -> str:
+        try:
+            token, expires_in = await self._api.stable_token(app)
+            self.fetches += 1
+            doc = {"_id": key}
+            await self._tokens.update_one({"_id": key}, {"$set": {
+                "token_enc": self._box.encrypt(token.encode(), aad=self._id_bytes(doc)),
+                "token_hash": hashlib.sha256(token.encode()).hexdigest(),
+                "expires_ts": now_ts() + expires_in,
+                "fetched_at": utcnow(),
+                "lease_until_ts": 0.0,
+            }})
+            log.info("access_token.refreshed app=%s/%s expires_in=%d", app.platform, app.app_id,
+                     expires_in)
+            return token
+        except BaseException:
+            await self._tokens.update_one({"_id": key, "lease_owner": self._owner},
+                                          {"$set": {"lease_until_ts": 0.0}})
+            raise
+
+    async def expire_if_current(self, app: AppConfig, token: str) -> bool:
+        """Mark ``token`` expired, unless another process already replaced it."""
+        result = await self._tokens.update_one(
+            {"_id": self._id(app), "token_hash": hashlib.sha256(token.encode()).hexdigest()},
+            {"$set": {"expires_ts": 0.0}},
+        )
+        return result.modified_count == 1
+
+
+class WeChatPhoneSource:
+    """Phone numbers from WeChat's phone button codes, with the shared token store."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout: float, store: Store,
+                 box: SecretBox) -> None:
+        self.api = WeChatApi(session, timeout)
+        self.tokens = WeChatTokenStore(store, box, self.api)
+
+    async def fetch(self, app: AppConfig, code: str, openid: str | None,
+                    deadline: float) -> WeChatPhone:
+        """The phone number behind a phone-button ``code``."""
+        for attempt in (1, 2):
+            token = await self.tokens.token(app, deadline)
+            try:
+                return await self.api.phone_number(app, token, code, openid)
+            except TokenRejectedError as rejected:
+                replaced = await self.tokens.expire_if_current(app, token)
+                log.warning("access_token.rejected app=%s/%s errcode=%s expired_here=%s "
+                            "attempt=%d", app.platform, app.app_id, rejected, replaced, attempt)
+        raise PlatformError(ErrorCode.PLATFORM_UNAVAILABLE,
+                            "WeChat keeps rejecting the access token.", platform="wechat")
