@@ -1,0 +1,1 @@
+"""HTTP gateway: validates requests, publishes them over RabbitMQ, maps replies to HTTP."""

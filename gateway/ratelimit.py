@@ -1,0 +1,207 @@
+"""Per-client-IP rate limits of the login endpoints: a token bucket per IP, per gateway process.
+
+The buckets live in this process's memory, so with N gateways behind a balancer a client gets up to
+N times the configured rate (docs/ratelimits.md). The per-app limit that must hold globally is
+enforced by the workers (``auth_worker.quota``).
+
+The client IP is the TCP peer. ``X-Forwarded-For`` is read only when the peer is a trusted proxy
+(``MPLOGIN_TRUSTED_PROXIES``); it is then walked right to left and the first address that is not
+itself a trusted proxy is the client. Anything a client wrote to the left of that is ignored, and a
+malformed entry on the walked part falls back to the peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+from gateway.errors import error_response
+from shared.errors import ErrorCode
+from shared.settings import Settings
+
+log = logging.getLogger("mplogin.gateway")
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+LIMITED_PATHS = frozenset({"/v1/login", "/v1/token/refresh"})
+MAX_BUCKETS = 100_000
+# An IPv6 subscriber usually holds a whole /64; keying by single address would let one client
+# rotate through 2**64 buckets.
+IPV6_PREFIX = 64
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class TokenBuckets:
+    """Token buckets by key, at most ``max_keys`` of them (the least recently used go first).
+
+    Forgetting a bucket hands its key a full bucket on its next request, which is what an idle
+    key would have anyway; only under a flood of distinct keys does eviction forgive anyone.
+    """
+
+    def __init__(
+        self, rate_per_second: float, burst: int, *, max_keys: int = MAX_BUCKETS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate_per_second
+        self.burst = burst
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """False when the limit is switched off (rate or burst 0)."""
+        return self.rate > 0 and self.burst > 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str) -> float:
+        """Spend one token of ``key``: 0.0 if granted, else the seconds until one is available."""
+        if not self.enabled:
+            return 0.0
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket(tokens=float(self.burst), updated=now)
+            self._buckets[key] = bucket
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+            bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+
+def parse_networks(value: str) -> tuple[IPNetwork, ...]:
+    """The networks of a comma-separated list of CIDRs (a bare address is a /32 or /128)."""
+    return tuple(ip_network(item.strip(), strict=False) for item in value.split(",")
+                 if item.strip())
+
+
+def _parse_ip(value: str) -> IPAddress | None:
+    try:
+        address = ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    return any(address in network for network in networks)
+
+
+def is_trusted_peer(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
+    """True when the TCP peer is one of the trusted proxies (``MPLOGIN_TRUSTED_PROXIES``)."""
+    address = _parse_ip(peer) if peer else None
+    return address is not None and _trusted(address, trusted)
+
+
+def client_address(
+    peer: str | None, forwarded_for: Iterable[str], trusted: tuple[IPNetwork, ...]
+) -> IPAddress | None:
+    """The client's address: the peer, or from ``X-Forwarded-For`` when the peer is trusted.
+
+    ``forwarded_for`` holds every ``X-Forwarded-For`` header line in order (proxies may add a
+    line instead of appending). None when the peer itself is not an IP address (a Unix socket).
+    """
+    address = _parse_ip(peer) if peer else None
+    if address is None or not trusted or not _trusted(address, trusted):
+        return address
+    hops = [hop for line in forwarded_for for hop in line.split(",")]
+    if not hops:
+        return address
+    found = address
+    for hop in reversed(hops):
+        hop_address = _parse_ip(hop)
+        if hop_address is None:
+            return address
+        found = hop_address
+        if not _trusted(hop_address, trusted):
+            return found
+    return found  # every hop is a trusted proxy: the leftmost is as close to the client as it gets
+
+
+def bucket_key(address: IPAddress | None, peer: str | None) -> str:
+    """The bucket a client address counts against (IPv6 clients by their /64)."""
+    if address is None:
+        return f"peer:{peer or '-'}"
+    if isinstance(address, IPv6Address):
+        return str(ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
+    return str(address)
+
+
+class ClientRateLimiter:
+    """The per-IP limit of POST /v1/login and /v1/token/refresh (one bucket covers both)."""
+
+    def __init__(
+        self, per_minute: int, burst: int, trusted_proxies: tuple[IPNetwork, ...] = (), *,
+        max_keys: int = MAX_BUCKETS, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.buckets = TokenBuckets(per_minute / 60.0, burst, max_keys=max_keys, clock=clock)
+        self.trusted_proxies = trusted_proxies
+        # Rejections by endpoint, for the metrics: never by IP, which would grow without bound.
+        self.rejections: Counter[str] = Counter()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientRateLimiter:
+        """The limiter the settings describe."""
+        return cls(settings.rate_limit_ip_per_minute, settings.rate_limit_ip_burst,
+                   parse_networks(settings.trusted_proxies))
+
+    def client_key(self, request: web.Request) -> str:
+        """The bucket key of the request's client."""
+        peer = request.remote
+        address = client_address(
+            peer, request.headers.getall(hdrs.X_FORWARDED_FOR, ()), self.trusted_proxies
+        )
+        return bucket_key(address, peer)
+
+    def check(self, request: web.Request) -> int | None:
+        """None if the request may proceed, else the ``Retry-After`` seconds (at least 1)."""
+        if not self.buckets.enabled:
+            return None
+        key = self.client_key(request)
+        wait = self.buckets.take(key)
+        if wait <= 0:
+            return None
+        self.rejections[request.path] += 1
+        # DEBUG, not WARNING: a flood would otherwise turn into a flood of log lines.
+        log.debug("ratelimit.client_rejected path=%s client=%s retry_after=%.2f",
+                  request.path, key, wait)
+        return max(1, math.ceil(wait))
+
+    def middleware(self) -> Middleware:
+        """A middleware that answers ``rate_limited`` (429) once a client's bucket is empty."""
+
+        @web.middleware
+        async def client_rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.method == hdrs.METH_POST and request.path in LIMITED_PATHS:
+                retry_after = self.check(request)
+                if retry_after is not None:
+                    return error_response(request, ErrorCode.RATE_LIMITED,
+                                          retry_after=retry_after)
+            return await handler(request)
+
+        return client_rate_limit

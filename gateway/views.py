@@ -1,0 +1,191 @@
+"""The gateway's HTTP endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from gateway.errors import REQUEST_ID, error_response
+from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
+from gateway.middlewares import LOGIN_PLATFORM
+from shared.apps import PLATFORMS
+from shared.errors import ErrorCode, MPLoginError
+from shared.messages import LoginParams, RefreshParams
+from shared.metrics import exposition
+
+M = TypeVar("M", bound=BaseModel)
+Text = Annotated[str, StringConstraints(min_length=1, max_length=65536)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogoutBody(_Body):
+    """The body of POST /v1/logout (optional)."""
+
+    all: bool = False
+
+
+class ProfileBody(_Body):
+    """The body of POST /v1/profile: the platform client's own field names, untouched."""
+
+    rawData: Text | None = None
+    signature: Text | None = None
+    encryptedData: Text | None = None
+    iv: Text | None = None
+
+
+class PhoneBody(_Body):
+    """The body of POST /v1/phone: WeChat's button ``code`` or Alipay's ``response``+``sign``."""
+
+    code: Text | None = None
+    response: Text | None = None
+    sign: Text | None = None
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON response serialised with orjson."""
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or an ``invalid_request``/415 error."""
+    if request.content_type != "application/json":
+        raise MPLoginError(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+    try:
+        # Bounded in size by client_max_size, and in time: a client trickling its body
+        # (slowloris) holds a connection, never a worker.
+        async with asyncio.timeout(request.app[SETTINGS].body_read_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise MPLoginError(ErrorCode.REQUEST_TIMEOUT) from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MPLoginError(ErrorCode.INVALID_REQUEST, "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise MPLoginError(ErrorCode.INVALID_REQUEST, "The body must be a JSON object.")
+    return data
+
+
+def describe(exc: ValidationError) -> str:
+    """A short, safe description of what is wrong with a body (field names, never values)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        kind = {
+            "missing": "is required",
+            "extra_forbidden": "is not a known field",
+            "string_too_long": "is too long",
+            "string_too_short": "is empty",
+            "string_type": "must be a string",
+        }.get(err["type"], "is invalid")
+        parts.append(f"{field} {kind}")
+    return "; ".join(parts) + "."
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
+    """Validate a request body strictly; errors name the fields, never echo the values."""
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        raise MPLoginError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
+
+
+async def forward(request: web.Request, method: str, params: dict[str, Any]) -> web.Response:
+    """Send one RPC to the workers and map its reply to HTTP."""
+    settings = request.app[SETTINGS]
+    reply = await request.app[RPC].call(
+        method, params, request_id=request[REQUEST_ID], timeout=settings.login_deadline
+    )
+    if reply.ok and reply.result is not None:
+        return json_response(reply.result)
+    if reply.error is None:
+        return error_response(request, ErrorCode.INTERNAL_ERROR)
+    retry_after = reply.error.retry_after
+    if retry_after is None and reply.error.code is ErrorCode.RATE_LIMITED:
+        retry_after = 1
+    return error_response(request, reply.error.code, reply.error.message, retry_after=retry_after)
+
+
+def caller(request: web.Request) -> dict[str, Any]:
+    """The verified session of the request's access token, as RPC parameters."""
+    claims = request.app[TOKENS].authenticate(request)
+    return {"user_id": claims.sub, "session_id": claims.sid}
+
+
+async def login(request: web.Request) -> web.Response:
+    """POST /v1/login: exchange a mini-program login code for a session."""
+    params = parse(LoginParams, await read_json_object(request))
+    if params.platform not in PLATFORMS:
+        raise MPLoginError(ErrorCode.UNSUPPORTED_PLATFORM)
+    request[LOGIN_PLATFORM] = params.platform
+    if params.code is None and params.anonymous_code is None:
+        raise MPLoginError(ErrorCode.INVALID_REQUEST, "code is required.")
+    return await forward(request, "login", params.model_dump(exclude_none=True))
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """POST /v1/token/refresh: spend a refresh token for a new token pair."""
+    params = parse(RefreshParams, await read_json_object(request))
+    return await forward(request, "refresh", params.model_dump())
+
+
+async def logout(request: web.Request) -> web.Response:
+    """POST /v1/logout: end this session, or all of the user's with ``{"all": true}``."""
+    who = caller(request)
+    body = await read_json_object(request) if request.can_read_body else {}
+    params = parse(LogoutBody, body)
+    return await forward(request, "logout", {**who, "all": params.all})
+
+
+async def me(request: web.Request) -> web.Response:
+    """GET /v1/me: the caller's user, identities, profile and masked phone."""
+    return await forward(request, "me", caller(request))
+
+
+async def profile(request: web.Request) -> web.Response:
+    """POST /v1/profile: verified profile data from the client's platform."""
+    who = caller(request)
+    body = parse(ProfileBody, await read_json_object(request))
+    return await forward(request, "profile", {
+        **who, "raw_data": body.rawData, "signature": body.signature,
+        "encrypted_data": body.encryptedData, "iv": body.iv,
+    })
+
+
+async def phone(request: web.Request) -> web.Response:
+    """POST /v1/phone: bind the phone number the platform vouches for."""
+    who = caller(request)
+    body = parse(PhoneBody, await read_json_object(request))
+    return await forward(request, "phone", {**who, **body.model_dump(exclude_none=True)})
+
+
+async def jwks(request: web.Request) -> web.Response:
+    """GET /.well-known/jwks.json: the public keys that verify our access tokens."""
+    response = json_response(request.app[TOKENS].jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process lives."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: the broker connection is up."""
+    rpc = request.app[RPC]
+    if rpc.ready:
+        return json_response({"status": "ready", "pending_calls": rpc.pending})
+    return error_response(request, ErrorCode.SERVICE_UNAVAILABLE, "The broker is not connected.")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: this gateway process's Prometheus metrics (text exposition)."""
+    return exposition(request.app[METRICS].registry)
