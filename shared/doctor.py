@@ -1,0 +1,424 @@
+"""``mplogin doctor``: check a deployment's configuration, broker, database, keys and platforms.
+
+Each check reports what it found and, when it fails, the fix. Nothing printed holds a secret:
+URLs lose their passwords (and query strings), exception texts are reduced to their type or to
+messages written without secrets, and as a last guard every known secret value is masked out
+of the report. Platform endpoints get one bare HEAD request to their base URL, with no
+credentials: any HTTP answer means reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiohttp
+from aiormq.exceptions import AMQPError, ChannelNotFoundEntity, ProbableAuthenticationError
+from pydantic import ValidationError
+from pymongo import AsyncMongoClient
+from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
+
+from shared.appcheck import check_apps_file
+from shared.apps import DEFAULT_API_BASE, AppEntry, AppsFileError, parse_entries
+from shared.keys import KeyRing, KeyRingError
+from shared.secretbox import SecretBox, SecretBoxError
+from shared.settings import Settings
+
+BROKER_TIMEOUT = 3.0
+MONGO_TIMEOUT_MS = 2000
+PLATFORM_TIMEOUT = 5.0
+MASK = "***"
+
+FIX_BROKER_DOWN = "start it: rabbitmq-server -detached, or docker compose up -d rabbitmq"
+FIX_NO_WORKER = "start a worker: mplogin worker"
+FIX_MONGO = "check MPLOGIN_MONGO_URL / start MongoDB"
+FIX_KEYS = "mplogin keys rotate"
+AUTH_FAILED = {13, 18}  # Unauthorized, AuthenticationFailed
+
+
+class Status(enum.StrEnum):
+    """The outcome of one check; only FAIL makes the doctor exit 1."""
+
+    PASS = "pass"  # noqa: S105 - a check status, not a password
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report."""
+
+    area: str
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """False only for a failed check."""
+        return self.status is not Status.FAIL
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` and its query string dropped."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hosts = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def settings_failure(exc: ValidationError) -> Check:
+    """The check line of settings that do not parse (field names and reasons, never values)."""
+    problems = "; ".join(
+        (f"MPLOGIN_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
+        + e["msg"].removeprefix("Value error, ")
+        for e in exc.errors(include_input=False, include_url=False)
+    )
+    return Check("configuration", "settings", Status.FAIL, problems,
+                 "fix the MPLOGIN_* variables named here (see the configuration table in "
+                 "README.md)")
+
+
+def check_settings(settings: Settings) -> Check:
+    """Settings parsed (the caller got this far)."""
+    return Check("configuration", "settings", Status.PASS, f"parsed; mode {settings.mode}")
+
+
+def check_encryption_key(settings: Settings) -> Check:
+    """Production mode needs a real session_key encryption key."""
+    name = "session_key encryption key"
+    value = settings.session_key_encryption_key
+    if value is None:
+        if settings.mode == "development":
+            return Check("configuration", name, Status.PASS,
+                         f"development mode: generated into {settings.data_dir}/secretbox.key")
+        return Check("configuration", name, Status.FAIL,
+                     "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is not set (required in production)",
+                     "generate one with `mplogin keys secretbox` and set "
+                     "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY")
+    try:
+        box = SecretBox.from_config(value.get_secret_value())
+    except SecretBoxError as exc:  # messages never hold key material
+        return Check("configuration", name, Status.FAIL,
+                     f"MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is unusable: {exc}",
+                     "generate one with `mplogin keys secretbox` and set "
+                     "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY")
+    return Check("configuration", name, Status.PASS, f"set; active key id {box.active_key_id}")
+
+
+def check_apps(settings: Settings) -> Check:
+    """The apps file loads: every entry parses and its secrets are present."""
+    path = settings.apps_file
+    if path is None:
+        if settings.mode == "development":
+            return Check("configuration", "apps file", Status.SKIP,
+                         "MPLOGIN_APPS_FILE is not set (mplogin dev writes one)")
+        return Check("configuration", "apps file", Status.FAIL,
+                     "MPLOGIN_APPS_FILE is not set: workers would serve no app",
+                     "set MPLOGIN_APPS_FILE to your apps file (see deploy/apps.example.toml)")
+    ok, report = check_apps_file(path)
+    lines = report.splitlines()
+    if ok:
+        return Check("configuration", "apps file", Status.PASS, f"{path}: {lines[-1]}")
+    problems = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
+    detail = "; ".join(problems[:3]) or lines[-1]
+    if len(problems) > 3:
+        detail += f" (+{len(problems) - 3} more)"
+    return Check("configuration", "apps file", Status.FAIL, f"{path}: {detail}",
+                 f"`mplogin apps check --file {path}` lists every problem; fix those entries")
+
+
+def check_keys(settings: Settings) -> Check:
+    """The token signing keys load (development mode creates one when there is none)."""
+    keys_dir = settings.keys_dir
+    try:
+        ring = KeyRing.load(keys_dir)
+    except KeyRingError as exc:  # names the file, never key material
+        empty = not keys_dir.is_dir() or not any(keys_dir.glob("*.pem"))
+        if empty and settings.mode == "development":
+            return Check("keys", "signing keys", Status.PASS,
+                         f"{keys_dir} has no key yet; development mode creates one at start")
+        fix = FIX_KEYS if empty else f"replace or remove the file named, then {FIX_KEYS}"
+        return Check("keys", "signing keys", Status.FAIL, str(exc), fix)
+    return Check("keys", "signing keys", Status.PASS,
+                 f"{len(ring.kids)} key(s) in {keys_dir}; active {ring.active_kid}")
+
+
+async def check_broker(settings: Settings, seconds: float = BROKER_TIMEOUT) -> list[Check]:
+    """Connect to the broker; the request queue exists and has consumers (workers)."""
+    url = settings.broker_url.get_secret_value()
+    shown = mask_url(url)
+    queue_name = settings.request_queue
+    try:
+        connection = await aio_pika.connect(url, timeout=seconds)
+    except ProbableAuthenticationError:
+        return [Check("broker", "connection", Status.FAIL,
+                      f"RabbitMQ at {shown} refused the user or password",
+                      "check the user and password in MPLOGIN_BROKER_URL "
+                      "(rabbitmqctl list_users)"),
+                _skipped_queue(queue_name)]
+    except (TimeoutError, OSError, AMQPError, ValueError) as exc:
+        return [Check("broker", "connection", Status.FAIL,
+                      f"cannot connect to RabbitMQ at {shown} ({type(exc).__name__})",
+                      f"{FIX_BROKER_DOWN}; check MPLOGIN_BROKER_URL"),
+                _skipped_queue(queue_name)]
+    checks = [Check("broker", "connection", Status.PASS, f"connected to {shown}")]
+    try:
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(queue_name, passive=True)
+        except ChannelNotFoundEntity:
+            checks.append(Check("broker", f"queue {queue_name}", Status.FAIL,
+                                "does not exist: no worker has started with "
+                                f"MPLOGIN_QUEUE_PREFIX={settings.queue_prefix}",
+                                f"{FIX_NO_WORKER} (with the same MPLOGIN_QUEUE_PREFIX)"))
+            return checks
+        result = queue.declaration_result
+        consumers, waiting = result.consumer_count or 0, result.message_count or 0
+        if consumers == 0:
+            checks.append(Check("broker", f"queue {queue_name}", Status.FAIL,
+                                f"no consumers: no worker is running ({waiting} waiting)",
+                                FIX_NO_WORKER))
+        else:
+            checks.append(Check("broker", f"queue {queue_name}", Status.PASS,
+                                f"{consumers} consumer(s), {waiting} message(s) waiting"))
+    finally:
+        await connection.close()
+    return checks
+
+
+def _skipped_queue(queue_name: str) -> Check:
+    return Check("broker", f"queue {queue_name}", Status.SKIP, "the broker is not reachable")
+
+
+async def check_database(settings: Settings, timeout_ms: int = MONGO_TIMEOUT_MS) -> Check:
+    """Ping MongoDB with a short server-selection timeout."""
+    if settings.mongo_url is None:
+        if settings.mode == "development":
+            return Check("database", "MongoDB", Status.SKIP,
+                         "MPLOGIN_MONGO_URL is not set (mplogin dev starts the stand-in)")
+        return Check("database", "MongoDB", Status.FAIL,
+                     "MPLOGIN_MONGO_URL is not set (required in production)",
+                     "set MPLOGIN_MONGO_URL to your MongoDB")
+    url = settings.mongo_url.get_secret_value()
+    shown = mask_url(url)
+    try:
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
+            url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+            appname="mplogin-doctor",
+        )
+    except (ConfigurationError, InvalidURI, ValueError):
+        return Check("database", "MongoDB", Status.FAIL,
+                     f"MPLOGIN_MONGO_URL is not a valid MongoDB URL ({shown})",
+                     "fix MPLOGIN_MONGO_URL (mongodb://user:password@host:27017/)")
+    try:
+        started = time.monotonic()
+        await client.admin.command("ping")
+        elapsed = time.monotonic() - started
+    except OperationFailure as exc:
+        if exc.code in AUTH_FAILED:
+            return Check("database", "MongoDB", Status.FAIL,
+                         f"MongoDB at {shown} refused the user or password",
+                         "check the user, password and authSource in MPLOGIN_MONGO_URL")
+        return Check("database", "MongoDB", Status.FAIL,
+                     f"{shown} refused ping (code {exc.code})", FIX_MONGO)
+    except PyMongoError as exc:
+        return Check("database", "MongoDB", Status.FAIL,
+                     f"no answer from {shown} within {timeout_ms / 1000:g} s "
+                     f"({type(exc).__name__})", FIX_MONGO)
+    except Exception as exc:  # a server that is not MongoDB can break the driver's handshake
+        return Check("database", "MongoDB", Status.FAIL,
+                     f"{shown} did not answer like MongoDB ({type(exc).__name__})", FIX_MONGO)
+    finally:
+        await client.close()
+    return Check("database", "MongoDB", Status.PASS,
+                 f"{shown} answered ping in {elapsed * 1000:.0f} ms; database "
+                 f"{settings.mongo_db}")
+
+
+def _app_entries(settings: Settings) -> list[AppEntry]:
+    if settings.apps_file is None:
+        return []
+    try:
+        text = settings.apps_file.read_text(encoding="utf-8")
+        return parse_entries(text, str(settings.apps_file))
+    except (OSError, AppsFileError):
+        return []  # the apps file check reports it
+
+
+async def _probe(http: aiohttp.ClientSession, base: str, seconds: float) -> tuple[bool, str]:
+    """One HEAD request to ``base``: (reachable, what happened)."""
+    started = time.monotonic()
+    try:
+        async with http.head(base, allow_redirects=False) as resp:
+            return True, f"HTTP {resp.status} in {time.monotonic() - started:.2f} s"
+    except aiohttp.ClientConnectorCertificateError:
+        return False, "TLS certificate not trusted"
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, socket.gaierror):
+            return False, "host name does not resolve"
+        return False, f"connection failed ({type(exc.os_error).__name__})"
+    except TimeoutError:
+        return False, f"no answer within {seconds:g} s"
+    except aiohttp.ClientError as exc:
+        return False, f"no HTTP answer ({type(exc).__name__})"
+
+
+async def check_platforms(
+    settings: Settings, seconds: float = PLATFORM_TIMEOUT,
+) -> list[Check]:
+    """Each app's platform endpoint answers HTTP (one probe per distinct base URL)."""
+    entries = _app_entries(settings)
+    if not entries:
+        return []
+    bases = {e.api_base or DEFAULT_API_BASE[e.platform] for e in entries}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=seconds)) as http:
+        answers = await asyncio.gather(*(_probe(http, base, seconds) for base in bases))
+    results = dict(zip(bases, answers, strict=True))
+    checks = []
+    for entry in entries:
+        base = entry.api_base or DEFAULT_API_BASE[entry.platform]
+        reachable, what = results[base]
+        shown = mask_url(base)
+        name = f"{entry.platform}/{entry.app_id}"
+        if reachable:
+            checks.append(Check("platform", name, Status.PASS, f"{shown}: {what}"))
+        else:
+            checks.append(Check(
+                "platform", name, Status.FAIL, f"{shown}: {what}",
+                "check api_base in the apps file, DNS, and that this host may reach it "
+                "(firewall, egress proxy)"))
+    return checks
+
+
+def _safe(area: str, name: str, check: Callable[[], Check]) -> list[Check]:
+    try:
+        return [check()]
+    except Exception as exc:  # a doctor reports; it does not crash on the patient's problem
+        return [_crashed(area, name, exc)]
+
+
+async def _safe_async(
+    area: str, name: str, check: Coroutine[Any, Any, list[Check] | Check],
+) -> list[Check]:
+    try:
+        result = await check
+    except Exception as exc:  # a doctor reports; it does not crash on the patient's problem
+        return [_crashed(area, name, exc)]
+    return [result] if isinstance(result, Check) else result
+
+
+def _crashed(area: str, name: str, exc: Exception) -> Check:
+    return Check(area, name, Status.FAIL, f"the check itself failed ({type(exc).__name__})",
+                 "report this with the output of mplogin doctor")
+
+
+async def run_doctor(settings: Settings) -> list[Check]:
+    """Run every check; the network ones concurrently, each with a short timeout."""
+    checks = [
+        *_safe("configuration", "settings", lambda: check_settings(settings)),
+        *_safe("configuration", "session_key encryption key",
+               lambda: check_encryption_key(settings)),
+        *_safe("configuration", "apps file", lambda: check_apps(settings)),
+    ]
+    remote = await asyncio.gather(
+        _safe_async("broker", "connection", check_broker(settings)),
+        _safe_async("database", "MongoDB", check_database(settings)),
+        _safe_async("platform", "endpoints", check_platforms(settings)),
+    )
+    broker, database, platforms = remote
+    keys = _safe("keys", "signing keys", lambda: check_keys(settings))
+    return [*checks, *broker, *database, *keys, *platforms]
+
+
+def known_secrets(settings: Settings, env_values: Iterable[str] = ()) -> set[str]:
+    """Secret values the report must never show: URL passwords, the encryption key, app secrets."""
+    found: set[str] = set(env_values)
+    found.add(_password(settings.broker_url.get_secret_value()) or "")
+    if settings.mongo_url is not None:
+        found.add(_password(settings.mongo_url.get_secret_value()) or "")
+    if settings.session_key_encryption_key is not None:
+        value = settings.session_key_encryption_key.get_secret_value()
+        found.add(value)
+        found.update(part.split(":", 1)[-1] for part in value.split(","))
+    # Short values would mask ordinary words; a real secret is longer than this.
+    return {s for s in found if len(s) >= 4}
+
+
+def app_secret_values(settings: Settings) -> set[str]:
+    """The values of the environment variables and files the apps file names as secrets."""
+    values: set[str] = set()
+    base = settings.apps_file.parent if settings.apps_file else Path()
+    for entry in _app_entries(settings):
+        for field in ("secret", "private_key", "alipay_public_key", "aes_key"):
+            env_name = getattr(entry, f"{field}_env")
+            file = getattr(entry, f"{field}_file")
+            if env_name and os.environ.get(env_name):
+                values.add(os.environ[env_name])
+            if file:
+                path = file if file.is_absolute() else base / file
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    values.add(path.read_text(encoding="utf-8").strip())
+    return values
+
+
+def format_report(checks: list[Check], secrets: Iterable[str] = ()) -> str:
+    """The pass/fail table, each failure followed by its fix; known secrets masked."""
+    rows = [(c.status.value.upper(), c.area, c.name, c.detail) for c in checks]
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    lines: list[str] = []
+    for check, row in zip(checks, rows, strict=True):
+        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        lines.append("  ".join([*cells, row[3]]).rstrip())
+        if check.status is Status.FAIL and check.fix:
+            lines.append(" " * (widths[0] + 2) + f"fix: {check.fix}")
+    failed = sum(1 for c in checks if c.status is Status.FAIL)
+    lines.append("")
+    lines.append("all checks pass" if not failed else
+                 f"{failed} of {len(checks)} checks fail; the fix is under each")
+    report = "\n".join(lines)
+    for secret in sorted(secrets, key=len, reverse=True):
+        report = report.replace(secret, MASK)
+    return report
+
+
+def main() -> int:
+    """``mplogin doctor``: print the report; 0 when every check passes, 1 otherwise."""
+    # Client libraries may log connection targets; the report says what an operator needs.
+    for name in ("aio_pika", "aiormq", "pymongo", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(format_report([settings_failure(exc)]))
+        return 1
+    checks = asyncio.run(run_doctor(settings))
+    secrets = known_secrets(settings, app_secret_values(settings))
+    print(format_report(checks, secrets))
+    return 0 if all(c.ok for c in checks) else 1

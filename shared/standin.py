@@ -1,0 +1,71 @@
+"""Starts the local MongoDB stand-in (nx-27017) for development and tests, never production."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that is free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _executable() -> str:
+    found = shutil.which("nx-27017", path=str(Path(sys.executable).parent) + os.pathsep
+                         + os.environ.get("PATH", ""))
+    if found is None:
+        raise ValueError(
+            "the MongoDB stand-in nx-27017 is not installed (pip install -e '.[dev]'), "
+            "or set MPLOGIN_MONGO_URL to a real MongoDB"
+        )
+    return found
+
+
+def start_standin(port: int, data_dir: Path | None, log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start nx-27017 on ``port``; ``data_dir`` None keeps the data in memory."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    args = [_executable(), "--host", "127.0.0.1", "-p", str(port),
+            "--log-file", str(log_dir / f"nx-27017-{port}.log"),
+            "--pid-file", str(log_dir / f"nx-27017-{port}.pid")]
+    if data_dir is None:
+        args += ["--db", "memory"]
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        args += ["--data-dir", str(data_dir)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:``port``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+async def async_wait_for_port(port: int, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")

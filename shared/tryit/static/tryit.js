@@ -1,0 +1,244 @@
+// mplogin try-it page (development only): plays a mini-program against the sandbox and gateway.
+// Plain DOM, no dependencies. Tokens live in this closure only; the page shows them shortened.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+
+  const held = { code: null, codeUsed: false, access: null, refresh: null, user: null, ended: false };
+  let apps = [];
+  let busy = false;
+
+  // Top-level fields that hold a secret (a nested "code" is an error code, shown as is).
+  const SECRET_FIELDS = new Set(["code", "anonymous_code", "access_token", "refresh_token",
+    "session_key"]);
+  const SECRET_PATTERN = /^(eyJ[\w-]*\.[\w-]*\.[\w-]*|mplrt_\S+)$/;
+
+  function shorten(value) {
+    return value.length <= 16 ? value : value.slice(0, 8) + "…" + value.slice(-6);
+  }
+
+  function redact(value, key, depth) {
+    if (typeof value === "string") {
+      const secret = (depth === 1 && SECRET_FIELDS.has(key)) || SECRET_PATTERN.test(value);
+      return secret ? shorten(value) : value;
+    }
+    if (Array.isArray(value)) return value.map((v) => redact(v, null, depth + 1));
+    if (value && typeof value === "object") {
+      const out = {};
+      for (const [k, v] of Object.entries(value)) out[k] = redact(v, k, depth + 1);
+      return out;
+    }
+    return value;
+  }
+
+  function pretty(body) {
+    if (body === undefined) return "";
+    if (typeof body === "string") return body;
+    return JSON.stringify(redact(body, null, 0), null, 2);
+  }
+
+  function element(tag, className, text) {
+    const el = document.createElement(tag);
+    if (className) el.className = className;
+    if (text !== undefined) el.textContent = text;
+    return el;
+  }
+
+  // ---- the log panel -------------------------------------------------------------------
+
+  function startEntry(method, path, headers, body) {
+    $("log-empty").hidden = true;
+    const li = element("li", "entry pending");
+    li.dataset.method = method;
+    li.dataset.path = path;
+    const title = element("h3");
+    title.append(method + " " + path + " → ");
+    const status = element("span", "status", "…");
+    title.append(status);
+    li.append(title);
+    const lines = [];
+    for (const [name, value] of Object.entries(headers)) {
+      lines.push(name + ": " + (name === "Authorization" ? "Bearer " + shorten(value.slice(7)) : value));
+    }
+    if (body !== undefined) lines.push((lines.length ? "\n" : "") + pretty(body));
+    li.append(element("div", "label", "Request"), element("pre", "request", lines.join("\n") || "(no body)"));
+    $("log").append(li);
+    li.scrollIntoView({ block: "nearest" });
+    return { li, status, started: performance.now() };
+  }
+
+  function finishEntry(entry, resp, body) {
+    const ms = Math.round(performance.now() - entry.started);
+    const { li } = entry;
+    li.classList.remove("pending");
+    if (resp) {
+      li.dataset.status = String(resp.status);
+      li.classList.add(resp.ok ? "ok" : "failed");
+      entry.status.textContent = resp.status + " " + (resp.statusText || "");
+    } else {
+      li.dataset.status = "0";
+      li.classList.add("failed");
+      entry.status.textContent = "no response";
+    }
+    li.querySelector("h3").append(" · " + ms + " ms");
+    const lines = [];
+    const retryAfter = resp && resp.headers.get("Retry-After");
+    if (retryAfter) lines.push("Retry-After: " + retryAfter + "\n");
+    lines.push(pretty(body) || "(no body)");
+    li.append(element("div", "label", "Response"), element("pre", "response", lines.join("\n")));
+    li.scrollIntoView({ block: "nearest" });
+  }
+
+  async function call(method, path, options) {
+    const { body, token } = options || {};
+    const headers = {};
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token) headers["Authorization"] = "Bearer " + token;
+    const entry = startEntry(method, path, headers, body);
+    let resp;
+    let data;
+    try {
+      resp = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+        credentials: "omit",
+      });
+      const text = await resp.text();
+      try {
+        data = text ? JSON.parse(text) : undefined;
+      } catch (err) {
+        data = text;
+      }
+    } catch (err) {
+      finishEntry(entry, null, String(err));
+      return { status: 0, data: undefined };
+    }
+    finishEntry(entry, resp, data);
+    return { status: resp.status, data };
+  }
+
+  // ---- what the mini-program holds -------------------------------------------------------
+
+  function show() {
+    $("state-code").textContent = held.code
+      ? shorten(held.code) + (held.codeUsed ? " (posted; posting it again gets the same user)" : "")
+      : "none";
+    const ended = held.ended ? " (session ended)" : "";
+    $("state-access").textContent = held.access ? shorten(held.access) + ended : "none";
+    $("state-refresh").textContent = held.refresh ? shorten(held.refresh) + ended : "none";
+    $("state-user").textContent = held.user
+      ? held.user.id + (held.user.is_new ? " (new user)" : "")
+      : "not logged in";
+    const none = apps.length === 0;
+    $("get-code").disabled = busy || none;
+    $("login").disabled = busy || none || !held.code;
+    $("refresh").disabled = busy || !held.refresh;
+    $("me").disabled = busy;
+    $("logout").disabled = busy;
+  }
+
+  function currentApp() {
+    return apps[Number($("app").value)] || null;
+  }
+
+  async function step(action) {
+    if (busy) return;
+    busy = true;
+    show();
+    try {
+      await action();
+    } finally {
+      busy = false;
+      show();
+    }
+  }
+
+  function keepSession(data) {
+    held.access = data.access_token;
+    held.refresh = data.refresh_token;
+    held.ended = false;
+    if (data.user) held.user = data.user;
+  }
+
+  async function getCode() {
+    const app = currentApp();
+    const openid = $("openid").value.trim();
+    const body = { platform: app.platform, app_id: app.app_id };
+    if (openid) body.openid = openid;
+    const { status, data } = await call("POST", "/sandbox/codes", { body });
+    if (status === 200 && data && data.code) {
+      held.code = data.code;
+      held.codeUsed = false;
+    }
+  }
+
+  async function logIn() {
+    const app = currentApp();
+    const body = { platform: app.platform, app_id: app.app_id, code: held.code };
+    held.codeUsed = true;
+    const { status, data } = await call("POST", "/api/v1/login", { body });
+    if (status === 200 && data && data.access_token) keepSession(data);
+  }
+
+  async function refresh() {
+    const { status, data } = await call("POST", "/api/v1/token/refresh", {
+      body: { refresh_token: held.refresh },
+    });
+    if (status === 200 && data && data.access_token) keepSession(data);
+  }
+
+  async function me() {
+    await call("GET", "/api/v1/me", { token: held.access });
+  }
+
+  async function logOut() {
+    const body = $("logout-all").checked ? { all: true } : {};
+    const { status } = await call("POST", "/api/v1/logout", { token: held.access, body });
+    if (status === 200) held.ended = true;
+  }
+
+  function clearLog() {
+    $("log").replaceChildren();
+    $("log-empty").hidden = false;
+  }
+
+  async function init() {
+    const select = $("app");
+    try {
+      const resp = await fetch("/config.json", { cache: "no-store" });
+      const config = await resp.json();
+      apps = config.apps || [];
+      $("openid").value = config.default_openid || "";
+    } catch (err) {
+      apps = [];
+    }
+    if (apps.length === 0) {
+      const option = element("option", "", "no app is registered");
+      option.disabled = true;
+      select.append(option);
+    }
+    apps.forEach((app, index) => {
+      const label = app.platform + " · " + app.app_id + (app.name ? " (" + app.name + ")" : "");
+      const option = element("option", "", label);
+      option.value = String(index);
+      select.append(option);
+    });
+    select.addEventListener("change", () => {
+      held.code = null;
+      show();
+    });
+    $("get-code").addEventListener("click", () => step(getCode));
+    $("login").addEventListener("click", () => step(logIn));
+    $("refresh").addEventListener("click", () => step(refresh));
+    $("me").addEventListener("click", () => step(me));
+    $("logout").addEventListener("click", () => step(logOut));
+    $("clear-log").addEventListener("click", clearLog);
+    show();
+    document.body.dataset.ready = "true";
+  }
+
+  document.addEventListener("DOMContentLoaded", init);
+})();
