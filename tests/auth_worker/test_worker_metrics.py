@@ -1,0 +1,148 @@
+"""A worker's own metrics port: logins, platform calls and errors, database commands, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from auth_worker.main import run_worker
+from shared.metrics import WorkerMetrics, serve_metrics
+from shared.standin import free_port
+from tests.conftest import Sandbox, Stack, StackFactory
+
+APP = "wxworkermetric1"
+OTHER_APP = "wxworkermetric2"
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for found, v in samples.get(name, [])
+               if all(found.get(k) == want for k, want in labels.items()))
+
+
+async def scrape(port: int) -> tuple[str, Samples]:
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return text, parse(text)
+
+
+@pytest.fixture
+async def worker(make_stack: StackFactory, sandbox: Sandbox, secret: str,
+                 monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Stack, int]]:
+    """A gateway and one worker run by ``run_worker`` with its metrics on a free port."""
+    monkeypatch.setenv("WM_WX_SECRET", secret)
+    await sandbox.register("wechat", APP, secret=secret)
+    port = free_port()
+    stack = await make_stack(
+        [{"platform": "wechat", "app_id": APP, "secret_env": "WM_WX_SECRET",
+          "api_base": f"{sandbox.base}/wechat"},
+         {"platform": "wechat", "app_id": OTHER_APP, "secret_env": "WM_WX_SECRET",
+          "api_base": f"{sandbox.base}/wechat"}],
+        start_workers=False, worker_metrics_port=port, worker_metrics_host="127.0.0.1",
+        rate_limit_app_per_second=2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(stack.settings, stop))
+    try:
+        for _ in range(200):  # until the worker consumes (its in-flight gauge is registered)
+            await asyncio.sleep(0.05)
+            if task.done():
+                task.result()
+            try:
+                _, samples = await scrape(port)
+            except aiohttp.ClientError:
+                continue
+            if "mplogin_worker_in_flight" in samples:
+                break
+        await asyncio.sleep(0.2)
+        yield stack, port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def test_worker_metrics_count_logins_platform_calls_and_database_commands(
+    worker: tuple[Stack, int], sandbox: Sandbox
+) -> None:
+    stack, port = worker
+    minted = await sandbox.mint("wechat", APP, openid="o_worker_metrics")
+    status, body, _ = await stack.login(platform="wechat", app_id=APP, code=minted["code"])
+    assert status == 200, body
+    status, failed, _ = await stack.login(platform="wechat", app_id=APP, code="never-minted-2")
+    assert status == 401 and failed["error"]["code"] == "invalid_code"
+    status, unknown, _ = await stack.login(platform="wechat", app_id="wx-not-registered",
+                                           code="zz")
+    assert status == 400 and unknown["error"]["code"] == "unknown_app"
+
+    text, samples = await scrape(port)
+    assert total(samples, "mplogin_worker_logins_total", platform="wechat", app_id=APP,
+                 outcome="ok") == 1
+    assert total(samples, "mplogin_worker_logins_total", platform="wechat", app_id=APP,
+                 outcome="invalid_code") == 1
+    assert total(samples, "mplogin_worker_logins_total", platform="wechat", app_id="other",
+                 outcome="unknown_app") == 1
+    assert total(samples, "mplogin_worker_requests_total", method="login") == 3
+    assert total(samples, "mplogin_worker_request_duration_seconds_count", method="login") == 3
+    assert total(samples, "mplogin_platform_call_duration_seconds_count", platform="wechat") == 2
+    assert total(samples, "mplogin_platform_errors_total", platform="wechat",
+                 code="invalid_code") == 1
+    assert total(samples, "mplogin_db_command_duration_seconds_count") > 0
+    commands = {labels["command"] for labels, _ in
+                samples["mplogin_db_command_duration_seconds_count"]}
+    assert commands & {"find", "insert", "update", "findAndModify"}
+    assert total(samples, "mplogin_worker_in_flight") == 0
+    assert total(samples, "mplogin_broker_reconnects_total") == 0
+    assert total(samples, "mplogin_worker_dead_lettered_total") == 0
+    for secret in (minted["code"], "never-minted-2", "wx-not-registered", body["user"]["id"],
+                   body["refresh_token"], minted["session_key"]):
+        assert secret not in text
+
+
+async def test_app_quota_rejections_are_counted_by_registered_app(
+    worker: tuple[Stack, int], sandbox: Sandbox
+) -> None:
+    stack, port = worker
+    codes = [(await sandbox.mint("wechat", APP, openid=f"o_quota_{i}"))["code"]
+             for i in range(6)]
+    results = await asyncio.gather(*(stack.login(platform="wechat", app_id=APP, code=code)
+                                     for code in codes))
+    limited = [body for status, body, _ in results if status == 429]
+    assert limited, [status for status, _, _ in results]
+    _, samples = await scrape(port)
+    assert total(samples, "mplogin_rate_limit_rejections_total", limit="app", kind="login",
+                 platform="wechat", app_id=APP) == len(limited)
+    assert total(samples, "mplogin_worker_logins_total", app_id=APP,
+                 outcome="rate_limited") == len(limited)
+
+
+async def test_a_taken_metrics_port_fails_in_production_and_moves_in_development() -> None:
+    metrics = WorkerMetrics()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConnectionError, match="MPLOGIN_WORKER_METRICS_PORT"):
+            async with serve_metrics(metrics.registry, "127.0.0.1", port):
+                pass
+        async with serve_metrics(metrics.registry, "127.0.0.1", port,
+                                 fallback_to_free_port=True) as bound:
+            assert bound is not None and bound != port
+            text, _ = await scrape(bound)
+            assert "mplogin_platform_call_duration_seconds" in text
+    async with serve_metrics(metrics.registry, "127.0.0.1", 0) as off:
+        assert off is None

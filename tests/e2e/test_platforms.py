@@ -1,0 +1,403 @@
+"""End to end on all six platforms, through the real broker and the MongoDB stand-in.
+
+One deployment (one apps file) serves an app on every platform, two WeChat apps of one platform
+account and two Alipay apps (one per identity field), each registered with the sandbox under
+ids fresh to the test, so re-registering one (wrong credentials) never disturbs another test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from auth_worker.platforms import build_adapters
+from shared.apps import load_apps
+from shared.runtime import load_secretbox
+from tests.conftest import Sandbox, Stack, StackFactory
+
+PLATFORMS = ["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]
+WITH_UNIONID = {"wechat", "qq", "douyin", "alipay"}  # Baidu and Kuaishou return none
+
+
+def _public_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _pem_body(pem: str) -> str:
+    """The base64 body of a PEM, on one line: what a leaked key would look like in a message."""
+    return "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
+
+
+@dataclass(frozen=True)
+class AlipayKeys:
+    """The Alipay app's key pair, and a second public key the app does not hold."""
+
+    private_pem: str
+    public_pem: str
+    other_public_pem: str
+
+
+@pytest.fixture(scope="module")
+def alipay_keys() -> AlipayKeys:
+    app_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = app_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()).decode()
+    return AlipayKeys(private_pem, _public_pem(app_key), _public_pem(other))
+
+
+@dataclass
+class Deployment:
+    """A stack serving one app per platform (two for WeChat and Alipay) on the sandbox."""
+
+    stack: Stack
+    sandbox: Sandbox
+    app_ids: dict[str, str]
+    secrets: dict[str, str]
+    baidu_app_key: str
+    keys: AlipayKeys
+    alipay_public_pem: str
+
+    @property
+    def db(self) -> Any:
+        return self.stack.db
+
+    def platform_of(self, name: str) -> str:
+        return name.split("_")[0]
+
+    async def mint(self, name: str, **user: Any) -> dict[str, Any]:
+        return await self.sandbox.mint(self.platform_of(name), self.app_ids[name], **user)
+
+    async def login(self, name: str, **body: Any) -> tuple[int, dict[str, Any], Any]:
+        return await self.stack.login(
+            platform=self.platform_of(name), app_id=self.app_ids[name], **body)
+
+    async def login_ok(self, name: str, **user: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        minted = await self.mint(name, **user)
+        status, body, _ = await self.login(name, code=minted["code"])
+        assert status == 200, body
+        return minted, body
+
+    async def me(self, access_token: str) -> dict[str, Any]:
+        resp = await self.stack.client.get(
+            "/v1/me", headers={"Authorization": f"Bearer {access_token}"})
+        assert resp.status == 200, await resp.text()
+        result: dict[str, Any] = await resp.json()
+        return result
+
+    async def register(self, name: str, *, wrong: bool = False) -> None:
+        """Register the app with the sandbox: its real credentials, or ones the app lacks."""
+        platform = self.platform_of(name)
+        creds: dict[str, Any] = {}
+        if platform == "alipay":
+            creds["app_public_key_pem"] = (
+                self.keys.other_public_pem if wrong else self.keys.public_pem)
+            creds["identity_field"] = "user_id" if name == "alipay_uid" else "open_id"
+        else:
+            creds["secret"] = uuid.uuid4().hex if wrong else self.secrets[name]
+        if platform == "baidu":
+            creds["app_key"] = self.baidu_app_key
+        await self.sandbox.register(platform, self.app_ids[name], **creds)
+
+
+@pytest.fixture
+async def deployment(
+    make_stack: StackFactory, sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    alipay_keys: AlipayKeys,
+) -> Deployment:
+    tag = uuid.uuid4().hex[:10]
+    app_ids = {
+        "wechat": f"wxpla{tag}", "wechat_b": f"wxplb{tag}", "qq": f"11{int(tag, 16) % 10**8:08d}",
+        "alipay": f"2021a{tag}", "alipay_uid": f"2021u{tag}", "douyin": f"ttpl{tag}",
+        "kuaishou": f"kspl{tag}", "baidu": f"bdpl{tag}",
+    }
+    alipay_public_pem = (await sandbox.control("GET", "alipay/public_key"))["public_key_pem"]
+    private_file = tmp_path / f"alipay-app-{tag}.pem"
+    private_file.write_text(alipay_keys.private_pem)
+    alipay_public_file = tmp_path / f"alipay-platform-{tag}.pem"
+    alipay_public_file.write_text(alipay_public_pem)
+    secrets: dict[str, str] = {}
+    entries: list[dict[str, Any]] = []
+    for name, app_id in app_ids.items():
+        platform = name.split("_")[0]
+        entry: dict[str, Any] = {"platform": platform, "app_id": app_id,
+                                 "api_base": f"{sandbox.base}/{platform}"}
+        if platform == "alipay":
+            entry["private_key_file"] = str(private_file)
+            entry["alipay_public_key_file"] = str(alipay_public_file)
+            entry["identity_field"] = "user_id" if name == "alipay_uid" else "open_id"
+        else:
+            secrets[name] = uuid.uuid4().hex
+            env = f"E2E_PLATFORMS_{name.upper()}_SECRET"
+            monkeypatch.setenv(env, secrets[name])
+            entry["secret_env"] = env
+        if platform == "baidu":
+            entry["app_key"] = f"bdkey-{tag}"
+        entries.append(entry)
+    built = Deployment(
+        stack=await make_stack(entries, workers=2),
+        sandbox=sandbox, app_ids=app_ids, secrets=secrets, baidu_app_key=f"bdkey-{tag}",
+        keys=alipay_keys, alipay_public_pem=alipay_public_pem,
+    )
+    for name in app_ids:  # nothing reaches the platforms before the first login
+        await built.register(name)
+    return built
+
+
+async def _expect_error(
+    dep: Deployment, name: str, status: int, error: str, **body: Any
+) -> dict[str, Any]:
+    resp_status, answer, _ = await dep.login(name, **body)
+    assert resp_status == status, answer
+    assert set(answer) == {"error"}
+    assert answer["error"]["code"] == error, answer
+    assert answer["error"]["message"]
+    return answer
+
+
+async def _assert_nothing_stored(dep: Deployment, openid: str | None) -> None:
+    """No identity, no user, no active session: the failed login left no trace."""
+    db = dep.db
+    if openid is not None:
+        assert await db.identities.count_documents({"openid": openid}) == 0
+        assert await db.sessions.count_documents({"openid": openid}) == 0
+    assert await db.identities.count_documents({}) == 0
+    assert await db.users.count_documents({}) == 0
+    assert await db.sessions.count_documents({"state": "active"}) == 0
+
+
+# -- 1. a login succeeds on every platform ---------------------------------------------------
+
+@pytest.mark.parametrize("name", [
+    "wechat", "alipay", "alipay_uid", "douyin", "kuaishou", "baidu", "qq",
+], ids=["wechat", "alipay-open_id", "alipay-user_id", "douyin", "kuaishou", "baidu", "qq"])
+async def test_a_login_succeeds_and_stores_the_identity(deployment: Deployment, name: str) -> None:
+    dep = deployment
+    platform = dep.platform_of(name)
+    app_id = dep.app_ids[name]
+    unionid = f"union-{uuid.uuid4().hex}" if platform in WITH_UNIONID else None
+    minted, body = await dep.login_ok(name, **({"unionid": unionid} if unionid else {}))
+
+    assert body["token_type"] == "Bearer" and body["access_token"] and body["refresh_token"]
+    assert body["user"]["platform"] == platform and body["user"]["app_id"] == app_id
+    assert body["user"]["is_new"] is True
+    assert "openid" not in body["user"]
+
+    openid = minted["user_id"] if name == "alipay_uid" else minted["openid"]
+    if name == "alipay_uid":
+        assert openid.startswith("2088") and openid != minted["openid"]
+    identity = await dep.db.identities.find_one(
+        {"platform": platform, "app_id": app_id, "openid": openid})
+    assert identity is not None, await dep.db.identities.find().to_list(None)
+    assert identity["user_id"] == body["user"]["id"]
+    assert await dep.db.users.count_documents({"_id": body["user"]["id"]}) == 1
+    session = await dep.db.sessions.find_one({"openid": openid, "state": "active"})
+    assert session is not None and session["user_id"] == body["user"]["id"]
+    if unionid is not None and name != "alipay_uid":
+        assert identity["unionid"] == unionid
+    elif platform == "douyin":
+        assert identity["unionid"] == minted["unionid"]
+
+    if platform == "alipay":
+        assert minted["session_key"] is None
+        assert session.get("session_key_enc") is None
+    else:
+        assert minted["session_key"] not in str(identity)
+        assert minted["session_key"] not in str(session)
+        box = load_secretbox(dep.stack.settings)
+        aad = f"{platform}|{app_id}|{openid}".encode()
+        assert box.decrypt(session["session_key_enc"], aad=aad).decode() == minted["session_key"]
+
+    me = await dep.me(body["access_token"])
+    assert me["id"] == body["user"]["id"]
+    assert [(i["platform"], i["app_id"], i["anonymous"]) for i in me["identities"]] == [
+        (platform, app_id, False)]
+
+
+# -- 2. failures map to the error table and store nothing -------------------------------------
+
+async def _used_elsewhere(dep: Deployment, name: str, code: str) -> None:
+    """Exchange the code outside this deployment, as another server of the same app would."""
+    apps = load_apps(dep.stack.settings.apps_file)
+    app = apps.get(dep.platform_of(name), dep.app_ids[name])
+    adapter = build_adapters(dep.sandbox.http, 5.0)[app.platform]
+    await adapter.exchange_code(app, code)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_a_used_code_is_invalid_code(deployment: Deployment, platform: str) -> None:
+    minted = await deployment.mint(platform)
+    await _used_elsewhere(deployment, platform, minted["code"])
+    await _expect_error(deployment, platform, 401, "invalid_code", code=minted["code"])
+    await _assert_nothing_stored(deployment, minted["openid"])
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_an_invalid_code_is_invalid_code(deployment: Deployment, platform: str) -> None:
+    await _expect_error(deployment, platform, 401, "invalid_code",
+                        code=f"never-issued-{uuid.uuid4().hex}")
+    await _assert_nothing_stored(deployment, None)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_wrong_app_credentials_are_app_misconfigured_without_naming_them(
+    deployment: Deployment, platform: str
+) -> None:
+    dep = deployment
+    await dep.register(platform, wrong=True)
+    minted = await dep.mint(platform)
+    answer = await _expect_error(dep, platform, 503, "app_misconfigured", code=minted["code"])
+
+    text = str(answer)
+    for value in [*dep.secrets.values(), dep.baidu_app_key, minted["code"]]:
+        assert value not in text
+    for pem in (dep.keys.private_pem, dep.keys.public_pem, dep.keys.other_public_pem,
+                dep.alipay_public_pem):
+        body = _pem_body(pem)
+        assert body[:40] not in text and body[-40:] not in text
+    await _assert_nothing_stored(dep, minted["openid"])
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_a_busy_platform_is_platform_unavailable(
+    deployment: Deployment, platform: str
+) -> None:
+    minted = await deployment.mint(platform)
+    await deployment.sandbox.fault(platform, "busy", app_id=deployment.app_ids[platform])
+    await _expect_error(deployment, platform, 502, "platform_unavailable", code=minted["code"])
+    await _assert_nothing_stored(deployment, minted["openid"])
+
+
+# -- 3. two WeChat apps of one platform account share the user --------------------------------
+
+def _identity_keys(me: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted((i["platform"], i["app_id"]) for i in me["identities"])
+
+
+async def test_one_unionid_through_two_apps_is_one_user_with_two_identities(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    unionid = f"union-{uuid.uuid4().hex}"
+    _, first = await dep.login_ok("wechat", unionid=unionid)
+    _, second = await dep.login_ok("wechat_b", unionid=unionid)
+
+    assert second["user"]["id"] == first["user"]["id"]
+    assert second["user"]["app_id"] == dep.app_ids["wechat_b"]
+    assert second["user"]["is_new"] is False
+    me = await dep.me(second["access_token"])
+    assert me["id"] == first["user"]["id"]
+    assert _identity_keys(me) == sorted(
+        [("wechat", dep.app_ids["wechat"]), ("wechat", dep.app_ids["wechat_b"])])
+    assert await dep.db.users.count_documents({}) == 1
+
+
+async def test_concurrent_first_logins_through_two_apps_make_one_user(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    rounds = 5
+    for _ in range(rounds):
+        unionid = f"union-{uuid.uuid4().hex}"
+        codes = [(await dep.mint(name, unionid=unionid))["code"] for name in ("wechat", "wechat_b")]
+        results = await asyncio.gather(
+            dep.login("wechat", code=codes[0]), dep.login("wechat_b", code=codes[1]))
+        assert [status for status, _, _ in results] == [200, 200], [b for _, b, _ in results]
+        users = {body["user"]["id"] for _, body, _ in results}
+        assert len(users) == 1, "both apps resolved the unionid to one user"
+        assert sorted(body["user"]["is_new"] for _, body, _ in results) == [False, True]
+        identities = await dep.db.identities.find({"unionid": unionid}).to_list(None)
+        assert len(identities) == 2
+        assert {i["user_id"] for i in identities} == users
+        assert await dep.db.users.count_documents({"_id": users.pop()}) == 1
+    assert await dep.db.users.count_documents({}) == rounds, "no user left behind by a race"
+
+
+# -- 4. Douyin anonymous login ---------------------------------------------------------------
+
+async def test_douyin_anonymous_login_then_real_login_is_the_same_user(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    anon = await dep.mint("douyin", anonymous=True, device_id=device)
+    status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
+    assert status == 200, guest
+    assert guest["user"]["platform"] == "douyin" and guest["user"]["is_new"] is True
+    anon_identity = await dep.db.identities.find_one(
+        {"platform": "douyin", "openid": f"anonymous:{anon['anonymous_openid']}"})
+    assert anon_identity is not None and anon_identity["user_id"] == guest["user"]["id"]
+    assert anon_identity.get("anonymous") is True
+
+    minted = await dep.mint("douyin", device_id=device)
+    assert minted["anonymous_openid"] == anon["anonymous_openid"]  # same device
+    status, real, _ = await dep.login(
+        "douyin", code=minted["code"], anonymous_code=minted["anonymous_code"])
+    assert status == 200, real
+    real_identity = await dep.db.identities.find_one(
+        {"platform": "douyin", "openid": minted["openid"]})
+    assert real_identity is not None
+    assert real["user"]["id"] == guest["user"]["id"], (
+        "the device's guest should become this user; the real identity carries unionid "
+        f"{real_identity.get('unionid')!r}")
+    assert real_identity["user_id"] == guest["user"]["id"]
+    me = await dep.me(real["access_token"])
+    assert sorted(i["anonymous"] for i in me["identities"]) == [False, True]
+    assert await dep.db.users.count_documents({}) == 1
+
+
+async def test_anonymous_code_on_another_platform_is_invalid_request(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    await _expect_error(dep, "wechat", 400, "invalid_request", anonymous_code="acode-123")
+    minted = await dep.mint("wechat")
+    await _expect_error(dep, "wechat", 400, "invalid_request",
+                        code=minted["code"], anonymous_code="acode-123")
+    await _assert_nothing_stored(dep, minted["openid"])
+    status, body, _ = await dep.login("wechat", code=minted["code"])
+    assert status == 200, body  # the refused request did not spend the code
+
+
+# -- 5. a unionid two users already hold --------------------------------------------------------
+
+async def test_a_unionid_held_by_two_users_is_recorded_never_merged(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    dep = deployment
+    caplog.set_level(logging.INFO, logger="mplogin")
+    suffix = uuid.uuid4().hex[:8]
+    minted_a, first_a = await dep.login_ok("wechat", openid=f"o_conflict_a_{suffix}")
+    minted_b, first_b = await dep.login_ok("wechat_b", openid=f"o_conflict_b_{suffix}")
+    user_a, user_b = first_a["user"]["id"], first_b["user"]["id"]
+    assert user_a != user_b
+
+    unionid = f"union-{uuid.uuid4().hex}"
+    _, again_a = await dep.login_ok("wechat", openid=minted_a["openid"], unionid=unionid)
+    assert again_a["user"]["id"] == user_a
+    assert not [r for r in caplog.records if "login.unionid_conflict" in r.getMessage()]
+    _, again_b = await dep.login_ok("wechat_b", openid=minted_b["openid"], unionid=unionid)
+
+    assert again_b["user"]["id"] == user_b, "no silent merge into the unionid's holder"
+    assert await dep.db.users.count_documents({}) == 2
+    for openid, user in ((minted_a["openid"], user_a), (minted_b["openid"], user_b)):
+        identity = await dep.db.identities.find_one({"openid": openid})
+        assert identity["user_id"] == user
+    conflicts = await dep.db.union_conflicts.find({"unionid": unionid}).to_list(None)
+    assert len(conflicts) == 1
+    assert conflicts[0]["holder_user_id"] == user_a
+    assert conflicts[0]["other_user_id"] == user_b
+    errors = [r for r in caplog.records
+              if r.levelno == logging.ERROR and "login.unionid_conflict" in r.getMessage()]
+    assert len(errors) == 1
+    assert user_a in errors[0].getMessage() and user_b in errors[0].getMessage()

@@ -1,0 +1,169 @@
+"""Verified profile and phone binding end to end, through the broker, against the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.conftest import Sandbox, Stack, StackFactory
+
+WX = "wxprofile0000001"
+ALIPAY = "2021000000777001"
+PROFILE = {"nickName": "Band", "gender": 1, "language": "zh_CN", "city": "Guangzhou",
+           "province": "Guangdong", "country": "CN", "avatarUrl": "https://example.com/a.png"}
+
+
+@pytest.fixture
+async def stack(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Stack:
+    monkeypatch.setenv("UD_WX_SECRET", secret)
+    await sandbox.register("wechat", WX, secret=secret)
+    app_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "app.pem").write_text(app_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()).decode())
+    public = app_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    await sandbox.register("alipay", ALIPAY, app_public_key_pem=public)
+    alipay_pub = (await sandbox.control("GET", "alipay/public_key"))["public_key_pem"]
+    (tmp_path / "alipay.pub").write_text(alipay_pub)
+    aes = base64.b64encode(os.urandom(16)).decode()
+    monkeypatch.setenv("UD_ALIPAY_AES", aes)
+    built = await make_stack(
+        [{"platform": "wechat", "app_id": WX, "secret_env": "UD_WX_SECRET",
+          "api_base": f"{sandbox.base}/wechat"},
+         {"platform": "alipay", "app_id": ALIPAY, "private_key_file": str(tmp_path / "app.pem"),
+          "alipay_public_key_file": str(tmp_path / "alipay.pub"), "aes_key_env": "UD_ALIPAY_AES",
+          "api_base": f"{sandbox.base}/alipay"}],
+        workers=2,
+    )
+    built.apps["alipay_aes"] = aes
+    return built  # type: ignore[no-any-return]
+
+
+async def login(stack: Stack, sandbox: Sandbox, platform: str, app_id: str,
+                **user: Any) -> dict[str, Any]:
+    minted = await sandbox.mint(platform, app_id, **user)
+    status, body, _ = await stack.login(platform=platform, app_id=app_id, code=minted["code"])
+    assert status == 200, body
+    return body
+
+
+async def post(stack: Stack, path: str, access: str, body: dict[str, Any]) -> tuple[int, Any]:
+    resp = await stack.client.post(path, json=body,
+                                   headers={"Authorization": f"Bearer {access}"})
+    return resp.status, await resp.json()
+
+
+async def payload(sandbox: Sandbox, openid: str, **kw: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await sandbox.control(
+        "POST", "profile_payload", platform="wechat", app_id=WX, openid=openid,
+        user_info=PROFILE, **kw)
+    return result
+
+
+async def test_a_valid_profile_payload_is_verified_decrypted_and_stored(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    session = await login(stack, sandbox, "wechat", WX, openid="o_profile")
+    data = await payload(sandbox, "o_profile")
+    status, body = await post(stack, "/v1/profile", session["access_token"], data)
+    assert status == 200, body
+    assert body["profile"]["nickname"] == "Band" and body["profile"]["city"] == "Guangzhou"
+    me = await (await stack.client.get(
+        "/v1/me", headers={"Authorization": f"Bearer {session['access_token']}"})).json()
+    assert me["profile"]["avatar_url"] == "https://example.com/a.png"
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("tampered rawData", "invalid_signature"),
+    ("watermark of another app", "invalid_payload"),
+    ("stale watermark", "invalid_payload"),
+    ("stale session_key", "session_key_expired"),
+])
+async def test_untrustworthy_profile_payloads_get_their_documented_error(
+    stack: Stack, sandbox: Sandbox, case: str, expected: str
+) -> None:
+    openid = f"o_bad_{case.replace(' ', '_')}"
+    session = await login(stack, sandbox, "wechat", WX, openid=openid)
+    if case == "watermark of another app":
+        data = await payload(sandbox, openid, watermark_appid="wxsomeoneelse000")
+    elif case == "stale watermark":
+        data = await payload(sandbox, openid, timestamp=int(time.time()) - 3600)
+    elif case == "stale session_key":
+        await sandbox.mint("wechat", WX, openid=openid)  # wx.login again, never sent to us
+        data = await payload(sandbox, openid)
+    else:
+        data = await payload(sandbox, openid)
+        data["rawData"] = data["rawData"].replace("Band", "Mallory")
+    status, body = await post(stack, "/v1/profile", session["access_token"], data)
+    assert status in (400, 401), body
+    assert body["error"]["code"] == expected
+    user = await stack.db.users.find_one({"_id": session["user"]["id"]})
+    assert "profile" not in user, "nothing is stored from a rejected payload"
+
+
+async def test_wechat_phone_bindings_share_one_access_token_fetch(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    sessions = await asyncio.gather(*(
+        login(stack, sandbox, "wechat", WX, openid=f"o_phone_{i}") for i in range(50)))
+    codes = [await sandbox.control("POST", "phone_codes", platform="wechat", app_id=WX,
+                                   openid=f"o_phone_{i}", phone=f"1380000{i:04d}")
+             for i in range(50)]
+    before = (await sandbox.stats()).get("stable_token", {}).get(WX, 0)
+    assert before == 0, "no access token was fetched for login"
+    results = await asyncio.gather(*(
+        post(stack, "/v1/phone", s["access_token"], {"code": c["code"]})
+        for s, c in zip(sessions, codes, strict=True)))
+    assert [status for status, _ in results] == [200] * 50, results[:3]
+    assert results[7][1]["phone"] == "+86138****0007"
+    assert (await sandbox.stats())["stable_token"][WX] == 1
+    assert all(w.handled > 0 for w in stack.workers)
+    stored = await stack.db.users.find_one({"_id": sessions[7]["user"]["id"]})
+    assert stored["phone"] == "+8613800000007"
+
+
+async def test_a_phone_number_binds_to_one_user_only(stack: Stack, sandbox: Sandbox) -> None:
+    first = await login(stack, sandbox, "wechat", WX, openid="o_owner")
+    second = await login(stack, sandbox, "wechat", WX, openid="o_latecomer")
+    for session, openid, expected in ((first, "o_owner", 200), (second, "o_latecomer", 409),
+                                      (first, "o_owner", 200)):
+        code = await sandbox.control("POST", "phone_codes", platform="wechat", app_id=WX,
+                                     openid=openid, phone="13912345678")
+        status, body = await post(stack, "/v1/phone", session["access_token"],
+                                  {"code": code["code"]})
+        assert status == expected, body
+    assert body is not None
+    late = await stack.db.users.find_one({"_id": second["user"]["id"]})
+    assert "phone" not in late
+    owner = await stack.db.users.find_one({"_id": first["user"]["id"]})
+    assert owner["phone"] == "+8613912345678"
+
+
+async def test_alipay_phone_payload_is_verified_and_decrypted(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    session = await login(stack, sandbox, "alipay", ALIPAY, user_id="2088000000000042")
+    good = await sandbox.control("POST", "alipay/phone_payload", app_id=ALIPAY,
+                                 mobile="15900001234", aes_key_b64=stack.apps["alipay_aes"])
+    forged = await sandbox.control("POST", "alipay/phone_payload", app_id=ALIPAY,
+                                   mobile="15900009999", aes_key_b64=stack.apps["alipay_aes"],
+                                   bad_signature=True)
+    status, body = await post(stack, "/v1/phone", session["access_token"],
+                              {"response": forged["response"]})
+    assert status == 400 and body["error"]["code"] == "invalid_signature"
+    status, body = await post(stack, "/v1/phone", session["access_token"],
+                              {"response": good["response"]})
+    assert status == 200, body
+    assert body["phone"] == "+86159****1234"

@@ -1,0 +1,70 @@
+"""The gateway on its own, with the broker connection replaced: readiness and error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.keys import RPC
+from shared.errors import ErrorCode
+from shared.messages import RpcReply
+from shared.settings import Settings
+
+
+class FakeRpc:
+    """Stands in for RpcClient: answers every call with a fixed reply and records it."""
+
+    def __init__(self, reply: RpcReply, ready: bool = True) -> None:
+        self.reply = reply
+        self.ready = ready
+        self.pending = 0
+        self.calls: list[dict[str, Any]] = []
+
+    async def call(self, method: str, params: dict[str, Any], **kw: Any) -> RpcReply:
+        self.calls.append({"method": method, "params": params, **kw})
+        return self.reply
+
+    async def close(self) -> None:
+        return None
+
+
+def gateway_with(fake: FakeRpc) -> web.Application:
+    app = create_app(Settings(mode="development"))
+    app.cleanup_ctx.clear()  # no broker: the fake stands in for it
+    app[RPC] = fake  # type: ignore[assignment]
+    return app
+
+
+async def test_readyz_is_503_when_the_broker_is_down(aiohttp_client: Any) -> None:
+    client: TestClient[Any, Any] = await aiohttp_client(
+        gateway_with(FakeRpc(RpcReply.success({}), ready=False)))
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "service_unavailable"
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_worker_errors_become_http_errors_with_retry_after(aiohttp_client: Any) -> None:
+    fake = FakeRpc(RpcReply.failure(ErrorCode.RATE_LIMITED, "Too many.", retry_after=60))
+    client: TestClient[Any, Any] = await aiohttp_client(gateway_with(fake))
+    resp = await client.post("/v1/login", json={"platform": "wechat", "code": "abc"})
+    assert resp.status == 429 and resp.headers["Retry-After"] == "60"
+    body = await resp.json()
+    assert body["error"]["code"] == "rate_limited"
+    assert body["error"]["request_id"] == resp.headers["X-Request-Id"]
+    assert fake.calls[0]["params"] == {"platform": "wechat", "code": "abc"}
+
+
+async def test_a_body_over_the_cap_is_invalid_request_and_never_reaches_the_broker(
+    aiohttp_client: Any,
+) -> None:
+    fake = FakeRpc(RpcReply.success({}))
+    client: TestClient[Any, Any] = await aiohttp_client(gateway_with(fake))
+    resp = await client.post("/v1/login", data=b"{" + b" " * 20000 + b"}",
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "invalid_request"
+    assert fake.calls == []

@@ -1,0 +1,422 @@
+"""Checks of the container setup that need no Docker engine: compose file, Dockerfile, env files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from shared.apps import PLATFORMS, parse_entries
+from shared.cli import build_parser
+from shared.secretbox import generate_config_value
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+APPS_EXAMPLE = ROOT / "deploy" / "apps.example.toml"
+
+SERVICES = {"rabbitmq", "mongo", "gateway", "auth_worker", "sandbox"}
+PROJECT_SERVICES = {"gateway", "auth_worker", "sandbox"}
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}; "$${" is a literal.
+INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def _environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's environment as a mapping, whichever of the two compose forms it uses."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def _env_example() -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep, f".env.example: not NAME=value: {line!r}"
+        values[name.strip()] = value.strip()
+    return values
+
+
+def _interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Compose's interpolation, enough for this file; raises KeyError for a missing required."""
+
+    def repl(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        value = variables.get(name)
+        empty = value is None or (op is not None and op.startswith(":") and value == "")
+        if op and op.endswith("-") and empty:
+            return arg
+        if op and op.endswith("?") and empty:
+            raise KeyError(f"{name}: {arg}")
+        return value or ""
+
+    return INTERPOLATION.sub(repl, text)
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of the Dockerfile, continuation lines joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    return out
+
+
+# --- services ---------------------------------------------------------------------------------
+
+
+def test_compose_file_uses_the_compose_specification() -> None:
+    assert "version" not in _compose(), "the Compose Specification has no `version:` key"
+    assert set(_services()) == SERVICES
+
+
+def test_auth_worker_can_be_scaled() -> None:
+    worker = _services()["auth_worker"]
+    assert "container_name" not in worker, "a fixed container name prevents --scale"
+    assert not worker.get("ports"), "a host port binding prevents --scale"
+    assert worker.get("network_mode") != "host"
+
+
+def test_sandbox_only_runs_under_its_profile() -> None:
+    services = _services()
+    assert services["sandbox"].get("profiles") == ["sandbox"]
+    for name in SERVICES - {"sandbox"}:
+        assert not services[name].get("profiles"), f"{name} must start with a plain `up`"
+
+
+def test_every_service_has_a_healthcheck() -> None:
+    for name, service in _services().items():
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert not check.get("disable"), f"{name} disables its healthcheck"
+        test = check.get("test")
+        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, name
+
+
+def test_python_healthchecks_compile() -> None:
+    """The python one-liners run in the image; a syntax error would mark a healthy service sick."""
+    found = 0
+    for name, service in _services().items():
+        test = service["healthcheck"]["test"]
+        if test[:3] == ["CMD", "python", "-c"]:
+            compile(test[3], f"{name} healthcheck", "exec")
+            found += 1
+    assert found == len(PROJECT_SERVICES)
+
+
+def test_gateway_healthcheck_asks_readyz_on_the_gateway_port() -> None:
+    gateway = _services()["gateway"]
+    code = " ".join(gateway["healthcheck"]["test"])
+    assert f"127.0.0.1:{Settings.model_fields['gateway_port'].default}/readyz" in code
+    assert any(str(port).endswith(":8080") for port in gateway["ports"])
+
+
+def test_dependencies_wait_for_healthy_services() -> None:
+    services = _services()
+    gateway, worker = services["gateway"]["depends_on"], services["auth_worker"]["depends_on"]
+    assert gateway["rabbitmq"]["condition"] == "service_healthy"
+    assert worker["rabbitmq"]["condition"] == "service_healthy"
+    assert worker["mongo"]["condition"] == "service_healthy"
+
+
+def test_infrastructure_images() -> None:
+    services = _services()
+    assert re.fullmatch(r"rabbitmq:(3\.13|4\.\d+)-management", services["rabbitmq"]["image"])
+    assert services["mongo"]["image"] == "mongo:7"
+    assert "rabbitmq-diagnostics" in services["rabbitmq"]["healthcheck"]["test"]
+    assert "mongosh" in services["mongo"]["healthcheck"]["test"]
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def test_every_mplogin_variable_is_a_setting() -> None:
+    fields = {name.lower() for name in Settings.model_fields}
+    for name, service in _services().items():
+        for var in _environment(service):
+            if var.upper().startswith("MPLOGIN_"):
+                field = var[len("MPLOGIN_") :].lower()
+                assert field in fields, f"{name}: {var} is not a field of shared.settings.Settings"
+
+
+def test_gateway_and_workers_agree_on_shared_settings() -> None:
+    """Same broker, queues, keys and token claims; the gateway gets no database or key secrets."""
+    services = _services()
+    gateway, worker = _environment(services["gateway"]), _environment(services["auth_worker"])
+    for var, value in gateway.items():
+        assert worker.get(var) == value, f"gateway and auth_worker differ on {var}"
+    for var in ("MPLOGIN_BROKER_URL", "MPLOGIN_KEYS_DIR", "MPLOGIN_MODE"):
+        assert var in gateway
+    for var in (
+        "MPLOGIN_MONGO_URL",
+        "MPLOGIN_MONGO_DB",
+        "MPLOGIN_APPS_FILE",
+        "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY",
+    ):
+        assert var in worker, var
+    for var in ("MPLOGIN_MONGO_URL", "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY"):
+        assert var not in gateway, f"the gateway has no use for {var}"
+
+
+def test_encryption_key_is_required_by_compose() -> None:
+    raw = _environment(_services()["auth_worker"])["MPLOGIN_SESSION_KEY_ENCRYPTION_KEY"]
+    assert re.fullmatch(r"\$\{MPLOGIN_SESSION_KEY_ENCRYPTION_KEY:\?[^}]+\}", raw), raw
+    with pytest.raises(KeyError, match="MPLOGIN_SESSION_KEY_ENCRYPTION_KEY"):
+        _interpolate(raw, {})
+
+
+def _volume_target(volume: str | Mapping[str, Any]) -> tuple[str, str, bool]:
+    """(source, target, read_only) of a short- or long-syntax volume entry."""
+    if isinstance(volume, str):
+        parts = volume.split(":")
+        return parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")
+    return str(volume.get("source", "")), str(volume["target"]), bool(volume.get("read_only"))
+
+
+def test_keys_are_shared_by_gateway_and_workers() -> None:
+    services = _services()
+    assert "keys" in _compose()["volumes"]
+    mounts: dict[str, tuple[str, bool]] = {}
+    for name in ("gateway", "auth_worker"):
+        keys_dir = _environment(services[name])["MPLOGIN_KEYS_DIR"]
+        volumes = [_volume_target(v) for v in services[name]["volumes"]]
+        [(source, read_only)] = [(s, ro) for s, t, ro in volumes if t == keys_dir]
+        mounts[name] = (source, read_only)
+    assert mounts["gateway"] == ("keys", True), "the gateway verifies; it never writes keys"
+    assert mounts["auth_worker"][0] == "keys"
+
+
+def test_apps_file_is_mounted_read_only_where_the_setting_points() -> None:
+    worker = _services()["auth_worker"]
+    target = _environment(worker)["MPLOGIN_APPS_FILE"]
+    volumes = [_volume_target(v) for v in worker["volumes"]]
+    assert (target, True) in [(t, ro) for _, t, ro in volumes]
+
+
+def test_settings_accept_the_composed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With .env.example's values and a real encryption key, every project service configures."""
+    variables = _env_example() | {"MPLOGIN_SESSION_KEY_ENCRYPTION_KEY": generate_config_value()}
+    for name in PROJECT_SERVICES:
+        for var in [v for v in os.environ if v.startswith("MPLOGIN_")]:
+            monkeypatch.delenv(var)
+        for var, raw in _environment(_services()[name]).items():
+            monkeypatch.setenv(var, _interpolate(raw, variables))
+        settings = Settings()
+        if name == "auth_worker":
+            settings.require_production_secrets()
+
+
+def test_env_example_placeholder_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    placeholder = _env_example()["MPLOGIN_SESSION_KEY_ENCRYPTION_KEY"]
+    monkeypatch.setenv("MPLOGIN_MODE", "production")
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(session_key_encryption_key=placeholder)
+
+
+def test_env_example_covers_every_interpolated_variable() -> None:
+    used = set(INTERPOLATION.findall(COMPOSE_FILE.read_text(encoding="utf-8")))
+    used_names = {name for name, _, _ in used}
+    documented = set(_env_example())
+    assert used_names - documented == set(), "missing from .env.example"
+    assert documented - used_names == set(), ".env.example lists variables compose never reads"
+    # A documented value must satisfy compose: no empty value for a required variable.
+    values = _env_example()
+    for name, op, _ in used:
+        if op.endswith("?"):
+            assert values[name], f"{name} is required by compose but empty in .env.example"
+
+
+def test_env_example_comments_every_variable() -> None:
+    """Each variable, or each group of related variables, has a comment right above it."""
+    lines = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    for index, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            above = index - 1
+            while above >= 0 and lines[above] and not lines[above].startswith("#"):
+                above -= 1
+            assert above >= 0 and lines[above].startswith("#"), f"no comment above {line!r}"
+
+
+# --- commands and image ---------------------------------------------------------------------------
+
+
+def test_project_services_run_real_cli_commands() -> None:
+    services = _services()
+    for name in PROJECT_SERVICES:
+        command = services[name]["command"]
+        assert isinstance(command, list), f"{name}: use the exec (list) form"
+        try:
+            build_parser().parse_args(command)
+        except SystemExit:
+            pytest.fail(f"{name}: `mplogin {' '.join(command)}` is not a valid command")
+    assert services["gateway"]["command"] == ["gateway"]
+    assert services["auth_worker"]["command"] == ["worker"]
+    assert services["sandbox"]["command"][0] == "sandbox"
+
+
+def test_project_services_use_the_project_image() -> None:
+    services = _services()
+    images = {services[name]["image"] for name in PROJECT_SERVICES}
+    assert len(images) == 1
+    for name in PROJECT_SERVICES:
+        assert services[name]["build"]["context"] == "."
+
+
+def test_dockerfile_entrypoint_is_the_console_script() -> None:
+    instructions = _dockerfile_instructions()
+    entrypoints = [json.loads(args) for kw, args in instructions if kw == "ENTRYPOINT"]
+    assert entrypoints[-1] == ["mplogin"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "scripts"
+    ]
+    assert "mplogin" in scripts
+    cmds = [json.loads(args) for kw, args in instructions if kw == "CMD"]
+    build_parser().parse_args(cmds[-1])
+
+
+def test_dockerfile_runs_as_non_root_without_dev_extras() -> None:
+    instructions = _dockerfile_instructions()
+    froms = [args for kw, args in instructions if kw == "FROM"]
+    assert froms and all("python:3.11-slim" in args or "PYTHON_IMAGE" in args for args in froms)
+    args_default = [args for kw, args in instructions if kw == "ARG" and "PYTHON_IMAGE" in args]
+    assert not args_default or args_default[0] == "PYTHON_IMAGE=python:3.11-slim"
+    users = [args for kw, args in instructions if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    runs = " ".join(args for kw, args in instructions if kw == "RUN")
+    assert "[dev]" not in runs and "-e " not in runs
+    assert any(kw == "HEALTHCHECK" for kw, _ in instructions)
+
+
+def test_build_context_excludes_secrets() -> None:
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    for pattern in ("**/.env", "**/*.pem", "**/.mplogin"):
+        assert pattern in ignored
+    copies = [args for kw, args in _dockerfile_instructions() if kw == "COPY"]
+    for args in copies:
+        assert not re.search(r"(^|\s)\.(\s|$)", args), f"COPY of the whole context: {args}"
+
+
+def test_no_secret_files_are_tracked() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.decode()
+    tracked = [PurePosixPath(p) for p in listed.split("\0") if p]
+    bad = [
+        str(p)
+        for p in tracked
+        if p.suffix == ".pem"
+        or p.name == ".env"
+        or (p.name.startswith(".env.") and p.name != ".env.example")
+    ]
+    assert bad == []
+
+
+# --- apps file ------------------------------------------------------------------------------------
+
+
+def test_apps_example_parses_with_one_app_per_platform() -> None:
+    entries = parse_entries(APPS_EXAMPLE.read_text(encoding="utf-8"), str(APPS_EXAMPLE))
+    assert sorted(e.platform for e in entries) == sorted(PLATFORMS)
+
+
+def test_apps_example_holds_references_not_secrets() -> None:
+    worker = _services()["auth_worker"]
+    secrets_targets = [t for s, t, _ in map(_volume_target, worker["volumes"]) if "secrets" in t]
+    entries = parse_entries(APPS_EXAMPLE.read_text(encoding="utf-8"), str(APPS_EXAMPLE))
+    for entry in entries:
+        refs = {
+            k: v
+            for k, v in entry.model_dump(exclude_none=True).items()
+            if k.endswith(("_env", "_file"))
+        }
+        assert refs, f"{entry.platform}: no secret reference"
+        for key, value in refs.items():
+            if key.endswith("_file"):
+                assert any(str(value).startswith(t + "/") for t in secrets_targets), (
+                    f"{entry.platform}: {key} is outside the mounted secrets folder"
+                )
+
+
+# --- the docker client, when there is one ---------------------------------------------------------
+
+
+def _compose_command() -> list[str] | None:
+    """``docker compose`` if the plugin is there, else Debian's ``docker-compose``, else None."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        version = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if version.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_docker_compose_config_validates() -> None:
+    command = _compose_command()
+    if command is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs docker-compose (see .ci/run); neither it nor the "
+                        "docker compose plugin is on PATH")
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
+    env |= _env_example()
+    result = subprocess.run(
+        [
+            *command,
+            "--env-file",
+            str(ENV_EXAMPLE),
+            "-f",
+            str(COMPOSE_FILE),
+            "--profile",
+            "sandbox",
+            "config",
+            "-q",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
