@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.runtime import run as run_loop
 from shared.standin import async_wait_for_port, free_port, start_standin
@@ -58,6 +59,7 @@ LIMITS_OFF = {
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Send = Callable[[str], Awaitable[str]]
+StageReader = Callable[[], Awaitable[dict[str, tuple[float, float]]]]
 Json = dict[str, Any]
 
 
@@ -152,6 +154,7 @@ def summarise(
         "ok": ok,
         "elapsed_s": round(elapsed, 3),
         "throughput": round(ok / elapsed, 1) if elapsed > 0 else 0.0,
+        "mean_ms": round(sum(ordered) / len(ordered) * 1000, 2) if ordered else 0.0,
         "p50_ms": round(percentile(ordered, 50) * 1000, 2),
         "p95_ms": round(percentile(ordered, 95) * 1000, 2),
         "p99_ms": round(percentile(ordered, 99) * 1000, 2),
@@ -285,6 +288,7 @@ class Stack:
     app_id: str = APP_ID
     env: dict[str, str] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
+    worker_metrics: list[str] = field(default_factory=list)
 
     @property
     def db_name(self) -> str:
@@ -396,7 +400,11 @@ async def start_stack(stack: Stack, workers: int) -> None:
     ) as resp:
         resp.raise_for_status()
     for i in range(workers):
-        stack.spawn(f"worker-{i + 1}", ["shared.cli", "worker"])
+        metrics_port = free_port()  # each worker its own, so the bench can read every one
+        stack.worker_metrics.append(f"http://127.0.0.1:{metrics_port}/metrics")
+        stack.spawn(f"worker-{i + 1}", ["shared.cli", "worker"], env={
+            **env, "MPLOGIN_WORKER_METRICS_HOST": "127.0.0.1",
+            "MPLOGIN_WORKER_METRICS_PORT": str(metrics_port)})
     stack.spawn("gateway", ["shared.cli", "gateway"])
     stack.spawn("inline", ["shared.bench", "inline", "--port", str(inline_port)])
     try:
@@ -615,8 +623,12 @@ class Runner:
         return result
 
     async def run_config(self, name: str, label: str, send: Send, supply: Supply,
-                         ok_status: str, latency_ms: int) -> Json:
-        """Closed loop at each concurrency, then open loop at fractions of the best."""
+                         ok_status: str, latency_ms: int,
+                         stages: StageReader | None = None) -> Json:
+        """Closed loop at each concurrency, then open loop at fractions of the best.
+
+        With ``stages``, the step at one in flight also reports where a login's time went.
+        """
         opts = self.opts
         closed: list[Json] = []
         one_in_flight = 0.0
@@ -628,8 +640,11 @@ class Runner:
                 else:
                     guess = min(conc * one_in_flight * 1.25, best_seen * 2 + 200)
                 await self.minter.fill(supply, int(guess * opts.duration * 1.2) + 2 * conc)
+            before = await stages() if stages is not None and conc == 1 else None
             result = await self.step(
                 partial(closed_loop, send, supply, ok_status, conc, opts.duration))
+            if before is not None and stages is not None:
+                result["stages_ms"] = stage_breakdown(before, await stages(), result["mean_ms"])
             closed.append(result)
             if conc == 1 or one_in_flight <= 0:
                 one_in_flight = result["throughput"] / conc
@@ -822,6 +837,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
                             if "429" in statuses else "")
                     raise RuntimeError(f"warm-up logins of {name} failed: {statuses}{hint}")
             out["warm_up"] = warm
+            stages = stage_reader(control, [f"{gateway}/metrics", *stack.worker_metrics]) \
+                if stack is not None else None
             report_header()
             if stack is not None and "a" in opts.configs:
                 from shared.rpc import RpcClient
@@ -844,7 +861,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
                 if "b" in opts.configs:
                     out["runs"][f"b_pipeline_{ms}ms"] = await runner.run_config(
                         f"b_pipeline_{ms}ms", "full pipeline (HTTP -> gateway -> broker -> worker)",
-                        pipeline, Supply(), "200", ms)
+                        pipeline, Supply(), "200", ms, stages)
                 if inline is not None and "c" in opts.configs:
                     out["runs"][f"c_inline_{ms}ms"] = await runner.run_config(
                         f"c_inline_{ms}ms", "inline (HTTP -> LoginService.login, no queue)",
@@ -932,6 +949,81 @@ def ratios(out: Json) -> Json:
     return result
 
 
+# -- where the time of one login goes ---------------------------------------------------------
+
+# Histograms the gateway and the workers keep anyway (see README, "Metrics"); the stage of one
+# login is read from their sums and counts around the 1-in-flight step of the pipeline.
+STAGE_METRICS: dict[str, tuple[str, dict[str, str]]] = {
+    "gateway": ("mplogin_http_request_duration_seconds", {"route": "/v1/login"}),
+    "worker": ("mplogin_worker_request_duration_seconds", {"method": "login"}),
+    "platform": ("mplogin_platform_call_duration_seconds", {}),
+    "db": ("mplogin_db_command_duration_seconds", {}),
+}
+StageTotals = dict[str, tuple[float, float]]
+"""Per stage: (sum of seconds, count) summed over the scraped processes."""
+
+
+def stage_totals(texts: Sequence[str]) -> StageTotals:
+    """Sum and count of each stage's histogram over several Prometheus text expositions."""
+    totals = dict.fromkeys(STAGE_METRICS, (0.0, 0.0))
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            for stage, (metric, labels) in STAGE_METRICS.items():
+                if family.name != metric:
+                    continue
+                for sample in family.samples:
+                    if any(sample.labels.get(k) != v for k, v in labels.items()):
+                        continue
+                    total, count = totals[stage]
+                    if sample.name == f"{metric}_sum":
+                        totals[stage] = (total + sample.value, count)
+                    elif sample.name == f"{metric}_count":
+                        totals[stage] = (total, count + sample.value)
+    return totals
+
+
+def stage_breakdown(before: StageTotals, after: StageTotals, client_mean_ms: float) -> Json | None:
+    """Mean milliseconds per login in each stage between two readings, and what lies between.
+
+    ``queue`` is the gateway's time minus the worker's: publish, broker, delivery, the reply's
+    way back and the RPC client's bookkeeping. ``worker_own`` is the worker's time minus the
+    platform call and the database commands: decoding, the login logic, token minting, reply.
+    """
+    delta = {k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in STAGE_METRICS}
+    logins = delta["worker"][1]
+    if logins <= 0 or delta["gateway"][1] <= 0:
+        return None
+    gateway = 1000 * delta["gateway"][0] / delta["gateway"][1]
+    worker = 1000 * delta["worker"][0] / logins
+    platform = 1000 * delta["platform"][0] / logins
+    database = 1000 * delta["db"][0] / logins
+    return {
+        "client_ms": round(client_mean_ms, 3),
+        "gateway_ms": round(gateway, 3),
+        "worker_ms": round(worker, 3),
+        "platform_ms": round(platform, 3),
+        "db_ms": round(database, 3),
+        "http_and_client_ms": round(client_mean_ms - gateway, 3),
+        "queue_ms": round(gateway - worker, 3),
+        "worker_own_ms": round(worker - platform - database, 3),
+        "logins": int(logins),
+    }
+
+
+def stage_reader(http: aiohttp.ClientSession, urls: Sequence[str]) -> StageReader:
+    """Reads the stage histograms of the gateway and every worker."""
+
+    async def read() -> StageTotals:
+        texts = []
+        for url in urls:
+            async with http.get(url) as resp:
+                resp.raise_for_status()
+                texts.append(await resp.text())
+        return stage_totals(texts)
+
+    return read
+
+
 # -- the report -------------------------------------------------------------------------------
 
 
@@ -983,6 +1075,18 @@ def final_report(out: Json) -> str:
         lines.append(f"pipeline's median added latency over a {added['platform_latency_ms']} ms "
                      f"platform (measured alone: {added['platform_own_p50_ms']} ms p50) at 1 in "
                      f"flight: {added['added_p50_ms']:.2f} ms")
+    split = [(name, first["stages_ms"]) for name, run in runs.items()
+             if (first := _first(run)) is not None and first.get("stages_ms")]
+    if split:
+        lines.append("where a pipeline login's time goes at 1 in flight (means, from the gateway's "
+                     "and the worker's own histograms):")
+    for name, st in split:
+        lines.append(
+            f"  {name:<18} {st['client_ms']:.2f} ms = HTTP and client "
+            f"{st['http_and_client_ms']:.2f} + queue hops {st['queue_ms']:.2f} + worker "
+            f"{st['worker_ms']:.2f} (platform "
+            f"{st['platform_ms']:.2f}, database {st['db_ms']:.2f}, own work "
+            f"{st['worker_own_ms']:.2f})")
     db = out.get("db")
     if db:
         cmds = db["inline_commands"]

@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from shared.bench import stage_breakdown, stage_totals
+
 RUNS = ("a_echo", "b_pipeline_0ms", "b_pipeline_50ms", "c_inline_0ms", "c_inline_50ms")
 STEP_KEYS = {"sent", "ok", "elapsed_s", "throughput", "p50_ms", "p95_ms", "p99_ms", "statuses",
              "errors", "mode", "cpu_s", "cpu_pct", "codes_exhausted"}
@@ -58,3 +63,57 @@ def test_quick_bench_completes_every_configuration_without_errors(
         assert processes[name]["cpu_s"] is not None and processes[name]["peak_rss_mb"] > 0
     assert f"{data['options']['queue_prefix']}.requests" in data["cleanup"]["queues_deleted"]
     assert "b/a throughput" in done.stdout
+
+    # At one in flight the pipeline's time is split by the processes' own histograms; the
+    # worker counted exactly the logins of that step, and the platform's delay shows up.
+    for latency in (0, 50):
+        first = data["runs"][f"b_pipeline_{latency}ms"]["closed"][0]
+        stages = first["stages_ms"]
+        assert stages["logins"] == first["ok"], stages
+        assert stages["platform_ms"] >= latency and stages["db_ms"] > 0, stages
+        assert stages["worker_ms"] >= stages["platform_ms"] + stages["db_ms"], stages
+    assert "where a pipeline login's time goes" in done.stdout
+
+
+def exposition(observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]) -> str:
+    """A Prometheus text exposition with histograms named as the gateway and worker name theirs."""
+    registry = CollectorRegistry()
+    histograms: dict[str, Histogram] = {}
+    for (name, labels), values in observations.items():
+        if name not in histograms:
+            histograms[name] = Histogram(name, name, [k for k, _ in labels], registry=registry)
+        child = histograms[name].labels(*[v for _, v in labels])
+        for value in values:
+            child.observe(value)
+    return generate_latest(registry).decode()
+
+
+def test_stage_breakdown_reads_the_histograms_of_every_process() -> None:
+    login = (("route", "/v1/login"), ("status_class", "2xx"))
+    gateway = exposition({
+        ("mplogin_http_request_duration_seconds", login): [0.004, 0.006],
+        ("mplogin_http_request_duration_seconds", (("route", "/metrics"), ("status_class", "2xx"))):
+            [9.0],
+    })
+    workers = [exposition({
+        ("mplogin_worker_request_duration_seconds", (("method", "login"),)): [0.003],
+        ("mplogin_worker_request_duration_seconds", (("method", "refresh"),)): [7.0],
+        ("mplogin_platform_call_duration_seconds", (("platform", "wechat"),)): [0.001],
+        ("mplogin_db_command_duration_seconds", (("command", "insert"),)): [0.0005],
+        ("mplogin_db_command_duration_seconds", (("command", "update"),)): [0.0005],
+    }) for _ in range(2)]
+    before = stage_totals([])
+    after = stage_totals([gateway, *workers])
+    assert after["gateway"] == pytest.approx((0.010, 2))  # /metrics is not a login
+    assert after["worker"] == pytest.approx((0.006, 2))  # refresh is not a login
+    stages = stage_breakdown(before, after, client_mean_ms=5.5)
+    assert stages is not None
+    assert stages["logins"] == 2
+    assert stages["gateway_ms"] == pytest.approx(5.0)
+    assert stages["worker_ms"] == pytest.approx(3.0)
+    assert stages["platform_ms"] == pytest.approx(1.0)
+    assert stages["db_ms"] == pytest.approx(1.0)
+    assert stages["http_and_client_ms"] == pytest.approx(0.5)
+    assert stages["queue_ms"] == pytest.approx(2.0)
+    assert stages["worker_own_ms"] == pytest.approx(1.0)
+    assert stage_breakdown(after, after, client_mean_ms=5.5) is None  # no login in between
