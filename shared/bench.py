@@ -338,8 +338,44 @@ async def wait_http(url: str, timeout: float = 40.0) -> None:  # noqa: ASYNC109
     raise TimeoutError(f"{url} did not become ready in {timeout:.0f}s")
 
 
-async def start_stack(stack: Stack, workers: int) -> None:
-    """Start the stand-in, sandbox, workers, gateway and inline server; register the app."""
+def listening_pids(port: int) -> set[int]:
+    """Pids of the processes holding a TCP socket that listens on ``port`` (from /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in itertools.islice(rows, 1, None):
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                found.add(int(entry.name))
+    return found
+
+
+async def wait_listening(stack: Stack, port: int, names: Sequence[str],
+                         timeout: float = 40.0) -> None:  # noqa: ASYNC109
+    """Wait until every process in ``names`` listens on ``port`` (gateways sharing a port)."""
+    end = time.monotonic() + timeout
+    wanted = {c.proc.pid for c in stack.children if c.name in names}
+    while time.monotonic() < end:
+        stack.check_alive()
+        if wanted <= listening_pids(port):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the gateways did not all listen on port {port} in {timeout:.0f}s")
+
+
+async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
+    """Start the stand-in, sandbox, workers, gateway(s) and inline server; register the app.
+
+    Several gateways share one port (the gateway listens with SO_REUSEPORT; the kernel spreads
+    the connections among them).
+    """
     from shared.keys import ensure_dev_keys
     from shared.secretbox import generate_config_value
 
@@ -405,10 +441,13 @@ async def start_stack(stack: Stack, workers: int) -> None:
         stack.spawn(f"worker-{i + 1}", ["shared.cli", "worker"], env={
             **env, "MPLOGIN_WORKER_METRICS_HOST": "127.0.0.1",
             "MPLOGIN_WORKER_METRICS_PORT": str(metrics_port)})
-    stack.spawn("gateway", ["shared.cli", "gateway"])
+    gateway_names = ["gateway"] if gateways == 1 else [f"gateway-{i + 1}" for i in range(gateways)]
+    for name in gateway_names:
+        stack.spawn(name, ["shared.cli", "gateway"])
     stack.spawn("inline", ["shared.bench", "inline", "--port", str(inline_port)])
     try:
         await wait_http(f"{stack.gateway}/readyz")
+        await wait_listening(stack, gateway_port, gateway_names)
         await wait_http(f"{stack.inline}/healthz")
         await wait_consumers(stack, workers)
     except TimeoutError:
@@ -581,6 +620,7 @@ class Options:
     users: int
     workers: int
     configs: str
+    gateways: int = 1
 
 
 class Runner:
@@ -800,7 +840,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
         "options": {
             "concurrency": opts.concurrency, "open_loop_fractions": opts.open_fractions,
             "platform_latencies_ms": opts.latencies_ms, "duration_s": opts.duration,
-            "users": opts.users, "workers": opts.workers, "target": args.target,
+            "users": opts.users, "workers": opts.workers, "gateways": opts.gateways,
+            "target": args.target,
             "queue_prefix": prefix,
             "limits": None if args.target else LIMITS_OFF,
         },
@@ -815,8 +856,9 @@ async def run_bench(args: argparse.Namespace) -> Json:
     rpc: Any = None
     try:
         if stack is not None:
-            report(f"starting the stack ({opts.workers} worker(s)); logs in {tmp / 'logs'}\n")
-            await start_stack(stack, opts.workers)
+            report(f"starting the stack ({opts.gateways} gateway(s), {opts.workers} worker(s)); "
+                   f"logs in {tmp / 'logs'}\n")
+            await start_stack(stack, opts.workers, opts.gateways)
             sandbox, gateway, app_id = stack.sandbox, stack.gateway, stack.app_id
         else:
             sandbox, gateway, app_id = args.sandbox, args.target.rstrip("/"), args.app_id
@@ -837,8 +879,9 @@ async def run_bench(args: argparse.Namespace) -> Json:
                             if "429" in statuses else "")
                     raise RuntimeError(f"warm-up logins of {name} failed: {statuses}{hint}")
             out["warm_up"] = warm
+            # With several gateways on one port, /metrics answers for whichever one accepts.
             stages = stage_reader(control, [f"{gateway}/metrics", *stack.worker_metrics]) \
-                if stack is not None else None
+                if stack is not None and opts.gateways == 1 else None
             report_header()
             if stack is not None and "a" in opts.configs:
                 from shared.rpc import RpcClient
@@ -1259,6 +1302,8 @@ def _floats(text: str) -> list[float]:
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mplogin bench``."""
     parser.add_argument("--workers", type=int, default=1, help="auth workers to start (1)")
+    parser.add_argument("--gateways", type=int, default=1,
+                        help="gateway processes to start, sharing one port (1)")
     parser.add_argument("--concurrency", type=_ints, default=None,
                         help="closed-loop concurrency levels (1,10,50,200)")
     parser.add_argument("--open-loop", type=_floats, default=None, dest="open_loop",
@@ -1290,6 +1335,7 @@ def options_from(args: argparse.Namespace) -> Options:
         users=args.users or (50 if quick else 200),
         workers=args.workers,
         configs=args.configs if not args.target else "b",
+        gateways=args.gateways,
     )
 
 
@@ -1303,8 +1349,8 @@ def add_bench_parser(subparsers: Any) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark, print the report and optionally write the JSON."""
-    if args.workers < 1 or any(c < 1 for c in (args.concurrency or [1])):
-        report("mplogin bench: --workers and --concurrency must be at least 1\n")
+    if min(args.workers, args.gateways) < 1 or any(c < 1 for c in (args.concurrency or [1])):
+        report("mplogin bench: --workers, --gateways and --concurrency must be at least 1\n")
         return 2
 
     async def main() -> Json:

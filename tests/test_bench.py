@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from shared.bench import stage_breakdown, stage_totals
+from shared.bench import listening_pids, stage_breakdown, stage_totals
 
 RUNS = ("a_echo", "b_pipeline_0ms", "b_pipeline_50ms", "c_inline_0ms", "c_inline_50ms")
 STEP_KEYS = {"sent", "ok", "elapsed_s", "throughput", "p50_ms", "p95_ms", "p99_ms", "statuses",
@@ -117,3 +118,24 @@ def test_stage_breakdown_reads_the_histograms_of_every_process() -> None:
     assert stages["queue_ms"] == pytest.approx(2.0)
     assert stages["worker_own_ms"] == pytest.approx(1.0)
     assert stage_breakdown(after, after, client_mean_ms=5.5) is None  # no login in between
+
+
+def test_listening_pids_finds_every_process_sharing_a_port() -> None:
+    first = socket.socket()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    first.bind(("127.0.0.1", 0))
+    port = first.getsockname()[1]
+    assert os.getpid() not in listening_pids(port)  # bound, not yet listening
+    first.listen()
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import socket, sys\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+        f"s.bind(('127.0.0.1', {port})); s.listen(); print('up', flush=True)\n"
+        "sys.stdin.read()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "up\n"
+        assert {os.getpid(), child.pid} <= listening_pids(port)
+    finally:
+        child.communicate("", timeout=10)
+        first.close()
+    assert not {os.getpid(), child.pid} & listening_pids(port)
