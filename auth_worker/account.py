@@ -1,9 +1,14 @@
 """What happens after the first login: refresh, logout and the user's own data (/v1/me).
 
-Refresh tokens rotate on every use. The sessions collection keeps the current hash and every
-spent hash of a login's chain (its *family*); presenting a spent token again revokes the whole
-family, since either the client or a thief holds a copy. No grace window: a client that lost a
-refresh response logs in again (a login code costs it nothing).
+Refresh tokens rotate on every use. A session keeps its current refresh hash, the hash it last
+spent (written by the rotation itself) and, in a collection of their own, every spent hash of
+the login's chain (its *family*). Presenting a spent token again ends the whole session, since
+either the client or a thief holds a copy. No grace window: of two refreshes sent at once with
+one token, one rotates and the other is a reuse that ends the session (the tokens the first
+just received included); a client that lost a refresh response logs in again (a login code
+costs it nothing). The one exception is the same request delivered again by the broker (its
+worker died after rotating, before acknowledging): it rotates once more instead of counting as
+a reuse, since its first answer may never have reached the client.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from shared.messages import (
     SessionParams,
     UserOut,
 )
+from shared.rpc import CallContext
 from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token
 
@@ -54,7 +60,7 @@ class AccountService:
             raise MPLoginError(ErrorCode.INVALID_TOKEN, "The session has ended; log in again.")
         return session
 
-    async def refresh(self, params: RefreshParams) -> SessionOut:
+    async def refresh(self, params: RefreshParams, ctx: CallContext) -> SessionOut:
         """Spend a refresh token for a new access token and a new refresh token."""
         spent = hash_refresh_token(params.refresh_token)
         if self.quota is not None and self.quota.enabled:
@@ -66,16 +72,23 @@ class AccountService:
             if owner is not None:
                 await self.quota.acquire(REFRESH, str(owner["platform"]), str(owner["app_id"]))
         successor = new_refresh_token()
+        idle_ttl = self.settings.refresh_token_ttl
         session = await self.store.rotate_refresh(
-            spent, hash_refresh_token(successor), idle_ttl=self.settings.refresh_token_ttl
+            spent, hash_refresh_token(successor), idle_ttl=idle_ttl, request_id=ctx.request_id
         )
+        if session is None and ctx.redelivered:
+            # This very request may have rotated the token before its worker died: the broker's
+            # redelivery flag plus the request id (the gateway's own, one per HTTP request) say
+            # so; a thief's request cannot carry the id of the request that rotated.
+            session = await self.store.rotate_refresh_again(
+                spent, hash_refresh_token(successor), idle_ttl=idle_ttl,
+                request_id=ctx.request_id,
+            )
+            if session is not None:
+                log.warning("refresh.redelivery_rotated_again app=%s/%s session_id=%s",
+                            session.get("platform"), session.get("app_id"), session["_id"])
         if session is None:
-            reused = await self.store.find_by_spent_refresh(spent)
-            if reused is not None:
-                revoked = await self.store.revoke_session(str(reused["session_id"]),
-                                                          reason="reuse")
-                log.warning("refresh.reuse_detected user_id=%s session_family_revoked=%s",
-                            reused.get("user_id"), revoked)
+            if await self._end_reused_family(spent):
                 raise MPLoginError(
                     ErrorCode.INVALID_REFRESH_TOKEN,
                     "This refresh token was already used; the session has been ended. "
@@ -95,6 +108,18 @@ class AccountService:
             user=UserOut(id=str(session["user_id"]), is_new=False,
                          platform=str(session["platform"]), app_id=str(session["app_id"])),
         )
+
+    async def _end_reused_family(self, spent: str) -> bool:
+        """If ``spent`` is a spent refresh token, end its session (its family); True if it was."""
+        reused = await self.store.find_by_spent_refresh(spent)
+        if reused is None:
+            return False
+        session_id = str(reused["session_id"])
+        revoked = await self.store.revoke_session(session_id, reason="reuse")
+        log.warning("refresh.reuse_detected app=%s/%s session_id=%s user_id=%s "
+                    "session_family_revoked=%s", reused.get("platform", "-"),
+                    reused.get("app_id", "-"), session_id, reused.get("user_id"), revoked)
+        return True
 
     async def logout(self, params: LogoutParams) -> LogoutOut:
         """End the caller's session, or every session of the user with ``all``."""

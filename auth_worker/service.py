@@ -152,7 +152,7 @@ class LoginService:
             case "login":
                 return await self.login(LoginParams.model_validate(params), ctx)
             case "refresh":
-                return await account.refresh(RefreshParams.model_validate(params))
+                return await account.refresh(RefreshParams.model_validate(params), ctx)
             case "logout":
                 return await account.logout(LogoutParams.model_validate(params))
             case "me":

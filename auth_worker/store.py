@@ -7,6 +7,7 @@ once. No multi-document transactions (a standalone MongoDB refuses them).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -129,6 +130,7 @@ class Store:
         await self.sessions.create_index(
             [("purge_at", ASCENDING)], expireAfterSeconds=0, name="session_purge"
         )
+        await self.ensure_refresh_indexes()
 
     # -- identities and users ------------------------------------------------------------
 
@@ -291,31 +293,29 @@ class Store:
         )
 
     async def rotate_refresh(
-        self, refresh_hash: str, new_hash: str, *, idle_ttl: int
+        self, refresh_hash: str, new_hash: str, *, idle_ttl: int, request_id: str
     ) -> Doc | None:
         """Spend a refresh token and store its successor atomically; None if it is not current.
 
-        The filter matches only the current hash of a live session, so of two concurrent
-        refreshes with one token exactly one can match. The spent hash is then remembered
-        (one small document per hash, keyed by it) so a later reuse is recognised.
+        One single-document update: the filter matches only the current hash of a live
+        session, so of two concurrent refreshes with one token exactly one can match, and the
+        same update keeps the spent hash as ``previous_refresh_hash``. A loser therefore always
+        finds what it presented among the session's spent hashes, never in a window between
+        two writes. Every spent hash is also remembered in a small document of its own, so
+        reuse of an older generation is recognised after later rotations.
         """
         now = now_ts()
         session = await self.sessions.find_one_and_update(
             {"refresh_hash": refresh_hash, "state": "active", "expires_ts": {"$gt": now},
              "absolute_expires_ts": {"$gt": now}},
-            {"$set": {"refresh_hash": new_hash, "last_refresh_ts": now,
+            {"$set": {"refresh_hash": new_hash, "previous_refresh_hash": refresh_hash,
+                      "rotated_by_request": request_id, "last_refresh_ts": now,
                       "expires_ts": now + idle_ttl}},
             return_document=ReturnDocument.AFTER,
         )
         if session is not None:
-            await self.spent_refresh.insert_one({
-                "_id": refresh_hash,
-                "session_id": session["_id"],
-                "user_id": session["user_id"],
-                "spent_ts": now,
-                "purge_at": datetime.fromtimestamp(
-                    float(session["absolute_expires_ts"]), UTC),
-            })
+            # Written before the answer leaves, so no later generation can exist without it.
+            await self._remember_spent_refresh(refresh_hash, session, now)
         return session
 
     async def session_app_of_refresh(self, refresh_hash: str) -> Doc | None:
@@ -325,7 +325,18 @@ class Store:
         )
 
     async def find_by_spent_refresh(self, refresh_hash: str) -> Doc | None:
-        """Where an already spent refresh token came from (a reuse), if anywhere."""
+        """Where an already spent refresh token came from (a reuse), if anywhere.
+
+        Returns ``session_id``, ``user_id``, ``platform`` and ``app_id``. The session's own
+        ``previous_refresh_hash`` is asked first: it is written by the rotation itself.
+        """
+        session = await self.sessions.find_one(
+            {"previous_refresh_hash": refresh_hash},
+            projection={"user_id": 1, "platform": 1, "app_id": 1},
+        )
+        if session is not None:
+            return {"session_id": session["_id"], "user_id": session.get("user_id"),
+                    "platform": session.get("platform"), "app_id": session.get("app_id")}
         return await self.spent_refresh.find_one({"_id": refresh_hash})
 
     async def revoke_session(self, session_id: str, *, reason: str) -> bool:
@@ -390,3 +401,40 @@ class Store:
             return_document=ReturnDocument.AFTER,
         )
         return int((doc or {}).get("count", 1))
+
+    async def ensure_refresh_indexes(self) -> None:
+        """The index reuse detection looks spent refresh hashes up by."""
+        await self.sessions.create_index(
+            [("previous_refresh_hash", ASCENDING)], sparse=True, name="session_previous_refresh"
+        )
+
+    async def _remember_spent_refresh(self, refresh_hash: str, session: Doc, now: float) -> None:
+        # A redelivered refresh spends the same hash again: the first record stands.
+        with contextlib.suppress(DuplicateKeyError):
+            await self.spent_refresh.insert_one({
+                "_id": refresh_hash,
+                "session_id": session["_id"],
+                "user_id": session["user_id"],
+                "platform": session.get("platform"),
+                "app_id": session.get("app_id"),
+                "spent_ts": now,
+                "purge_at": datetime.fromtimestamp(float(session["absolute_expires_ts"]), UTC),
+            })
+
+    async def rotate_refresh_again(
+        self, refresh_hash: str, new_hash: str, *, idle_ttl: int, request_id: str
+    ) -> Doc | None:
+        """Rotate once more from a token that this very request spent (it was redelivered).
+
+        Matches only when the session's last rotation was made by ``request_id`` from
+        ``refresh_hash``; the successor stored then is replaced, since its answer never
+        reached the client (or reached it and is dropped by the gateway as a late reply).
+        """
+        now = now_ts()
+        return await self.sessions.find_one_and_update(
+            {"previous_refresh_hash": refresh_hash, "rotated_by_request": request_id,
+             "state": "active", "expires_ts": {"$gt": now}, "absolute_expires_ts": {"$gt": now}},
+            {"$set": {"refresh_hash": new_hash, "last_refresh_ts": now,
+                      "expires_ts": now + idle_ttl}},
+            return_document=ReturnDocument.AFTER,
+        )

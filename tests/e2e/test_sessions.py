@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.keys import KeyRing, rotate
+from shared.tokens import hash_refresh_token
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxsess00000001"
@@ -78,7 +80,99 @@ async def test_concurrent_refreshes_with_one_token_let_exactly_one_succeed(
 ) -> None:
     session = await login(stack, sandbox, "o_race")
     results = await asyncio.gather(*(refresh(stack, session["refresh_token"]) for _ in range(8)))
-    assert sorted(status for status, _ in results).count(200) == 1, results
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200] + [401] * 7, results
+    assert all(body["error"]["code"] == "invalid_refresh_token"
+               for status, body in results if status == 401), results
+    # The losers presented a spent token: a reuse, which ends the whole session, the winner's
+    # fresh tokens included (README "Sessions": one refresh at a time).
+    winner = next(body for status, body in results if status == 200)
+    status, body = await refresh(stack, winner["refresh_token"])
+    assert status == 401 and body["error"]["code"] == "invalid_refresh_token"
+    status, body = await me(stack, winner["access_token"])
+    assert status == 401 and body["error"]["code"] == "invalid_token"
+    stored = await stack.db.sessions.find_one({"user_id": session["user"]["id"]})
+    assert (stored["state"], stored["revoked_reason"]) == ("revoked", "reuse")
+
+
+async def test_a_spent_token_is_recognised_from_the_rotation_itself(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    # A loser of a race may look for the token it presented right after the winner's rotation
+    # and before anything else was written: the rotation alone must tell it the token is spent.
+    first = await login(stack, sandbox, "o_spent_window")
+    status, second = await refresh(stack, first["refresh_token"])
+    assert status == 200
+    removed = await stack.db.spent_refresh_tokens.delete_one(
+        {"_id": hash_refresh_token(first["refresh_token"])})
+    assert removed.deleted_count == 1
+    status, body = await refresh(stack, first["refresh_token"])
+    assert status == 401 and body["error"]["code"] == "invalid_refresh_token"
+    assert "already used" in body["error"]["message"]
+    assert (await me(stack, second["access_token"]))[0] == 401
+    assert (await refresh(stack, second["refresh_token"]))[0] == 401
+
+
+async def test_reuse_is_logged_with_its_app_and_session_never_the_token(
+    stack: Stack, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await login(stack, sandbox, "o_reuse_log")
+    assert (await refresh(stack, first["refresh_token"]))[0] == 200
+    with caplog.at_level(logging.WARNING, logger="mplogin.worker"):
+        assert (await refresh(stack, first["refresh_token"]))[0] == 401
+    lines = [r.getMessage() for r in caplog.records if "refresh.reuse_detected" in r.getMessage()]
+    assert len(lines) == 1, caplog.records
+    sid = jwt.decode(first["access_token"], options={"verify_signature": False})["sid"]
+    assert f"app=wechat/{APP}" in lines[0] and f"session_id={sid}" in lines[0]
+    assert "session_family_revoked=True" in lines[0]
+    text = caplog.text
+    assert first["refresh_token"] not in text
+    assert hash_refresh_token(first["refresh_token"]) not in text
+
+
+async def _set_session(stack: Stack, body: dict[str, Any], **fields: float) -> None:
+    sid = jwt.decode(body["access_token"], options={"verify_signature": False})["sid"]
+    result = await stack.db.sessions.update_one({"_id": sid}, {"$set": fields})
+    assert result.matched_count == 1
+
+
+async def test_idle_expiry_slides_with_every_refresh_and_ends_an_idle_session(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    ttl = stack.settings.refresh_token_ttl
+    first = await login(stack, sandbox, "o_idle")
+    # Nearly idle for too long: a refresh still works and pushes the idle limit a full TTL on.
+    await _set_session(stack, first, expires_ts=time.time() + 30)
+    status, second = await refresh(stack, first["refresh_token"])
+    assert status == 200, second
+    assert ttl - 5 <= second["refresh_expires_in"] <= ttl
+    sid = jwt.decode(second["access_token"], options={"verify_signature": False})["sid"]
+    stored = await stack.db.sessions.find_one({"_id": sid})
+    assert stored["expires_ts"] >= time.time() + ttl - 5
+
+    # Idle past the limit: the refresh token and the session's access tokens are refused.
+    await _set_session(stack, second, expires_ts=time.time() - 1)
+    status, body = await refresh(stack, second["refresh_token"])
+    assert status == 401 and body["error"]["code"] == "invalid_refresh_token"
+    assert (await me(stack, second["access_token"]))[0] == 401
+
+
+async def test_the_absolute_maximum_caps_a_session_however_often_it_is_refreshed(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    first = await login(stack, sandbox, "o_absolute")
+    await _set_session(stack, first, absolute_expires_ts=time.time() + 50)
+    status, second = await refresh(stack, first["refresh_token"])
+    assert status == 200, second
+    assert 0 < second["refresh_expires_in"] <= 50, "the idle limit slides, the maximum does not"
+
+    await _set_session(stack, second, absolute_expires_ts=time.time() - 1)
+    sid = jwt.decode(second["access_token"], options={"verify_signature": False})["sid"]
+    stored = await stack.db.sessions.find_one({"_id": sid})
+    assert stored["expires_ts"] > time.time() + 3600, "only the maximum has passed"
+    status, body = await refresh(stack, second["refresh_token"])
+    assert status == 401 and body["error"]["code"] == "invalid_refresh_token"
+    assert (await me(stack, second["access_token"]))[0] == 401
 
 
 async def test_unknown_and_malformed_refresh_tokens_are_401_or_400(stack: Stack) -> None:
