@@ -7,13 +7,19 @@ import base64
 import json
 import logging
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
+import aio_pika
 import jwt
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auth_worker.main import login_service
 from shared.keys import KeyRing, rotate
+from shared.messages import RpcRequest
+from shared.rpc import CallContext, RpcServer
 from shared.tokens import hash_refresh_token
 from tests.conftest import Sandbox, Stack, StackFactory
 
@@ -128,6 +134,76 @@ async def test_reuse_is_logged_with_its_app_and_session_never_the_token(
     text = caplog.text
     assert first["refresh_token"] not in text
     assert hash_refresh_token(first["refresh_token"]) not in text
+
+
+@pytest.mark.parametrize("intruder", ["another request, redelivered",
+                                      "the same request id, not redelivered"])
+async def test_a_redelivered_refresh_rotates_again_instead_of_ending_the_session(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, rabbit_url: str, intruder: str
+) -> None:
+    # A worker rotates the token, then dies before replying and acknowledging: the broker
+    # hands the same message to another worker, which must answer the waiting client.
+    await sandbox.register("wechat", APP, secret=secret)
+    stack = await make_stack(
+        [{"platform": "wechat", "app_id": APP, "secret_env": "SESS_WX_SECRET",
+          "api_base": f"{sandbox.base}/wechat"}], start_workers=False)
+    settings = stack.settings
+    async with AsyncExitStack() as workers:
+
+        async def start_worker(name: str) -> None:
+            service = await workers.enter_async_context(login_service(settings))
+            server = RpcServer(rabbit_url, settings.request_queue, settings.dead_letter_queue,
+                               service.handle, prefetch=4, name=name,
+                               redelivery_guard=service.allow_redelivery)
+            await server.start()
+            workers.push_async_callback(server.stop, 2.0)
+
+        await start_worker("first")
+        first = await login(stack, sandbox, "o_redelivered")
+        await workers.aclose()
+
+        rotated = asyncio.Event()
+        async with login_service(settings) as service:
+            connection = await aio_pika.connect(rabbit_url)
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=1)
+            queue = await channel.declare_queue(settings.request_queue, passive=True)
+
+            async def rotate_then_die(message: AbstractIncomingMessage) -> None:
+                request = RpcRequest.model_validate_json(message.body)
+                context = CallContext(request_id=request.request_id,
+                                      deadline=time.time() + 5, redelivered=False)
+                reply = await service.handle(request, context)
+                assert reply.ok, reply  # the rotation is done; no reply, no ack
+                rotated.set()
+
+            await queue.consume(rotate_then_die)
+            pending = asyncio.create_task(refresh(stack, first["refresh_token"]))
+            await asyncio.wait_for(rotated.wait(), 5)
+            await connection.close()  # the unacknowledged message goes back to the queue
+
+        await start_worker("second")
+        status, second = await pending
+        assert status == 200, second
+        status, body = await me(stack, second["access_token"])
+        assert status == 200, body
+        sid = jwt.decode(second["access_token"], options={"verify_signature": False})["sid"]
+        stored = await stack.db.sessions.find_one({"_id": sid})
+        assert stored["refresh_hash"] == hash_refresh_token(second["refresh_token"])
+
+        # The token that request spent stays spent for any other delivery: presenting it is a
+        # reuse and ends the session.
+        request_id, redelivered = (
+            ("another-request", True) if intruder.startswith("another")
+            else (stored["rotated_by_request"], False))
+        async with login_service(settings) as service:
+            reply = await service.handle(
+                RpcRequest(method="refresh", request_id=request_id,
+                           params={"refresh_token": first["refresh_token"]}),
+                CallContext(request_id=request_id, deadline=time.time() + 5,
+                            redelivered=redelivered))
+        assert reply.error is not None and reply.error.code.value == "invalid_refresh_token"
+        assert (await me(stack, second["access_token"]))[0] == 401
 
 
 async def _set_session(stack: Stack, body: dict[str, Any], **fields: float) -> None:
