@@ -6,7 +6,9 @@ independent refreshers keeps breaking itself). All workers share one token per a
 encrypted at rest. One refresher at a time per app across every process: a lease in MongoDB,
 plus an in-process lock so one process sends one fetch. The token is refreshed early (five
 minutes before expiry, when WeChat already serves the next one) and, when an API answers
-40001/42001, it is expired only if it is still the token that failed. Login never needs it.
+40001/42001, it is expired only if it is still the token that failed. A stored token this
+process cannot decrypt (the encryption key changed) counts as none and is fetched again. Login
+never needs it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from auth_worker.platforms.base import HttpAdapter, platform_code_of, text_field
 from auth_worker.store import Store, now_ts, utcnow
 from shared.apps import AppConfig
 from shared.errors import ErrorCode, MPLoginError, PlatformError
-from shared.secretbox import SecretBox
+from shared.secretbox import SecretBox, SecretBoxError
 
 log = logging.getLogger("mplogin.platforms.wechat")
 
@@ -150,7 +152,24 @@ class WeChatTokenStore:
         margin = EARLY_REFRESH if early else 5.0
         if expires - now_ts() <= margin:
             return None
-        return self._box.decrypt(str(doc["token_enc"]), aad=self._id_bytes(doc)).decode()
+        return self._decrypted(doc)
+
+    def _decrypted(self, doc: Mapping[str, Any]) -> str | None:
+        """The stored token in clear; None when this process cannot decrypt it."""
+        try:
+            return self._box.decrypt(str(doc["token_enc"]), aad=self._id_bytes(doc)).decode()
+        except SecretBoxError:
+            # The encryption key changed (or the record was damaged): the token is lost to us,
+            # not to WeChat, and a fresh fetch replaces it.
+            return None
+
+    async def _discard_unreadable(self, app: AppConfig, doc: Mapping[str, Any]) -> None:
+        """Mark a token nobody here can decrypt as expired, so the lease can be taken."""
+        result = await self._tokens.update_one(
+            {"_id": doc["_id"], "token_enc": doc["token_enc"]}, {"$set": {"expires_ts": 0.0}}
+        )
+        log.warning("access_token.undecryptable app=%s/%s discarded=%s", app.platform,
+                    app.app_id, result.modified_count == 1)
 
     @staticmethod
     def _id_bytes(doc: Mapping[str, Any]) -> bytes:
@@ -169,6 +188,8 @@ class WeChatTokenStore:
                 token = self._usable(doc, early=True)
                 if token:
                     return token
+                if doc and doc.get("token_enc") and self._decrypted(doc) is None:
+                    await self._discard_unreadable(app, doc)
                 if await self._take_lease(key):
                     return await self._refresh(app, key)
                 # Someone else refreshes; a token still valid (if near its end) will do.
