@@ -6,14 +6,19 @@ import asyncio
 import base64
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shared.standin import free_port
 from tests.conftest import Sandbox, Stack, StackFactory
+from tests.faults.conftest import APP as FAULT_APP
+from tests.faults.conftest import ProcStack, proc_stack  # noqa: F401 - a fixture, used by name
 
 WX = "wxprofile0000001"
 ALIPAY = "2021000000777001"
@@ -113,25 +118,59 @@ async def test_untrustworthy_profile_payloads_get_their_documented_error(
     assert "profile" not in user, "nothing is stored from a rejected payload"
 
 
+async def phone_requests_handled(http: aiohttp.ClientSession, port: int) -> float:
+    """What a worker process's own metrics say it answered to POST /v1/phone, successfully."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith("mplogin_worker_requests_total{") and 'method="phone"' in line \
+                and 'outcome="ok"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 async def test_wechat_phone_bindings_share_one_access_token_fetch(
-    stack: Stack, sandbox: Sandbox
+    proc_stack: ProcStack, sandbox: Sandbox,  # noqa: F811 - the fixture imported above
 ) -> None:
-    sessions = await asyncio.gather(*(
-        login(stack, sandbox, "wechat", WX, openid=f"o_phone_{i}") for i in range(50)))
-    codes = [await sandbox.control("POST", "phone_codes", platform="wechat", app_id=WX,
-                                   openid=f"o_phone_{i}", phone=f"1380000{i:04d}")
-             for i in range(50)]
-    before = (await sandbox.stats()).get("stable_token", {}).get(WX, 0)
-    assert before == 0, "no access token was fetched for login"
+    # Two worker processes share the queue, the database (where no access token is stored
+    # yet) and the sandbox; each serves its own metrics.
+    stack = proc_stack
+    ports = []
+    for _ in range(2):
+        ports.append(free_port())
+        stack.env.update(MPLOGIN_WORKER_METRICS_PORT=str(ports[-1]),
+                         MPLOGIN_WORKER_METRICS_HOST="127.0.0.1")
+        await stack.start_worker()
+    await stack.start_gateway()
+
+    def fetched(stats: dict[str, Any]) -> int:
+        return int(stats.get("stable_token", {}).get(FAULT_APP, 0))
+
+    before = fetched(await sandbox.stats())
+    openids = [f"o_phone_{uuid.uuid4().hex[:8]}_{i}" for i in range(50)]
+    login_codes = [await stack.mint(openid) for openid in openids]
+    logins = await asyncio.gather(*(stack.login(code) for code in login_codes))
+    assert [o.status for o in logins] == [200] * 50, logins[:3]
+    assert fetched(await sandbox.stats()) == before, "login never fetches an access token"
+    codes = []
+    for i, openid in enumerate(openids):
+        minted = await sandbox.control("POST", "phone_codes", platform="wechat",
+                                       app_id=FAULT_APP, openid=openid, phone=f"1380000{i:04d}")
+        stack.secrets.add(minted["code"])
+        codes.append(minted["code"])
+
+    async def bind(access: str, code: str) -> tuple[int, Any]:
+        async with stack.http.post(f"{stack.base}/v1/phone", json={"code": code},
+                                   headers={"Authorization": f"Bearer {access}"}) as resp:
+            return resp.status, await resp.json()
+
     results = await asyncio.gather(*(
-        post(stack, "/v1/phone", s["access_token"], {"code": c["code"]})
-        for s, c in zip(sessions, codes, strict=True)))
+        bind(login.body["access_token"], code) for login, code in zip(logins, codes, strict=True)))
     assert [status for status, _ in results] == [200] * 50, results[:3]
     assert results[7][1]["phone"] == "+86138****0007"
-    assert (await sandbox.stats())["stable_token"][WX] == 1
-    assert all(w.handled > 0 for w in stack.workers)
-    stored = await stack.db.users.find_one({"_id": sessions[7]["user"]["id"]})
-    assert stored["phone"] == "+8613800000007"
+    assert fetched(await sandbox.stats()) - before == 1, "one token fetch for both workers"
+    handled = [await phone_requests_handled(stack.http, port) for port in ports]
+    assert sum(handled) == 50 and all(count > 0 for count in handled), handled
 
 
 async def test_a_phone_number_binds_to_one_user_only(stack: Stack, sandbox: Sandbox) -> None:
