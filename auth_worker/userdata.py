@@ -1,9 +1,10 @@
 """The user data the platform session unlocks: verified profile fields and phone binding.
 
 Profile: the client posts what ``wx.getUserProfile`` (or its counterpart) returned. The worker
-decrypts ``encryptedData`` with the identity's stored session_key first: when that fails, the
-key we hold is no longer the platform's current one (the client logged in again without telling
-us) and the answer is ``session_key_expired``. Then it checks ``signature`` over ``rawData``:
+decrypts ``encryptedData`` first, with the session_key stored on the caller's session (the one
+the platform issued at that session's login): when that fails, the key is no longer the
+platform's current one (the client called the platform's login again since, here or on another
+device) and the answer is ``session_key_expired``. Then it checks ``signature`` over ``rawData``:
 a mismatch with a key that decrypts is tampering (``invalid_signature``). With only rawData and
 signature the two cases cannot be told apart; the answer is ``invalid_signature``.
 

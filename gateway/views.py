@@ -14,11 +14,10 @@ from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.middlewares import LOGIN_PLATFORM
 from shared.apps import PLATFORMS
 from shared.errors import ErrorCode, MPLoginError
-from shared.messages import LoginParams, RefreshParams
+from shared.messages import B64, Code, LoginParams, RefreshParams
 from shared.metrics import exposition
 
 M = TypeVar("M", bound=BaseModel)
-Text = Annotated[str, StringConstraints(min_length=1, max_length=65536)]
 
 
 class _Body(BaseModel):
@@ -31,21 +30,29 @@ class LogoutBody(_Body):
     all: bool = False
 
 
+# The worker's own limits (shared.messages ProfileParams, PhoneParams): oversized input is
+# refused here, naming the field, rather than by the worker with a generic message.
+RawData = Annotated[str, StringConstraints(min_length=1, max_length=16384)]
+Signature = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Iv = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Sign = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
 class ProfileBody(_Body):
     """The body of POST /v1/profile: the platform client's own field names, untouched."""
 
-    rawData: Text | None = None
-    signature: Text | None = None
-    encryptedData: Text | None = None
-    iv: Text | None = None
+    rawData: RawData | None = None
+    signature: Signature | None = None
+    encryptedData: B64 | None = None
+    iv: Iv | None = None
 
 
 class PhoneBody(_Body):
     """The body of POST /v1/phone: WeChat's button ``code`` or Alipay's ``response``+``sign``."""
 
-    code: Text | None = None
-    response: Text | None = None
-    sign: Text | None = None
+    code: Code | None = None
+    response: B64 | None = None
+    sign: Sign | None = None
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

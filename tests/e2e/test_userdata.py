@@ -15,6 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.views import PhoneBody, ProfileBody
+from shared.messages import PhoneParams, ProfileParams
 from shared.standin import free_port
 from tests.conftest import Sandbox, Stack, StackFactory
 from tests.faults.conftest import APP as FAULT_APP
@@ -206,3 +208,37 @@ async def test_alipay_phone_payload_is_verified_and_decrypted(
                               {"response": good["response"]})
     assert status == 200, body
     assert body["phone"] == "+86159****1234"
+
+
+def test_the_gateway_limits_the_open_data_fields_as_the_worker_does() -> None:
+    pairs = [(ProfileBody, ProfileParams, {"rawData": "raw_data", "signature": "signature",
+                                           "encryptedData": "encrypted_data", "iv": "iv"}),
+             (PhoneBody, PhoneParams, {"code": "code", "response": "response", "sign": "sign"})]
+    for body, params, names in pairs:
+        ours = body.model_json_schema()["properties"]
+        theirs = params.model_json_schema()["properties"]
+        assert set(ours) == set(names)
+        for field, param in names.items():
+            assert ours[field]["anyOf"][0]["maxLength"] == theirs[param]["anyOf"][0]["maxLength"]
+
+
+@pytest.mark.parametrize("path,field,length", [
+    ("/v1/profile", "rawData", 16385),
+    ("/v1/profile", "signature", 129),
+    ("/v1/profile", "iv", 65),
+    ("/v1/phone", "sign", 2049),
+    ("/v1/phone", "code", 513),
+])
+async def test_oversized_open_data_fields_are_refused_by_name_at_the_gateway(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, monkeypatch: pytest.MonkeyPatch,
+    path: str, field: str, length: int,
+) -> None:
+    monkeypatch.setenv("UD_WX_SECRET", secret)
+    await sandbox.register("wechat", WX, secret=secret)
+    stack = await make_stack([{"platform": "wechat", "app_id": WX, "secret_env": "UD_WX_SECRET",
+                               "api_base": f"{sandbox.base}/wechat"}], max_body_bytes=65536)
+    session = await login(stack, sandbox, "wechat", WX, openid="o_oversized")
+    status, body = await post(stack, path, session["access_token"], {field: "A" * length})
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_request"
+    assert body["error"]["message"] == f"{field} is too long."
