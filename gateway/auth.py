@@ -1,9 +1,9 @@
 """Local verification of our access tokens, and the JWKS document other services verify with.
 
-The gateway holds only what it needs to verify: the public halves of the signing keys. After
-``mplogin keys rotate`` a token signed with the new key carries an unknown ``kid``; the gateway
-then re-reads the keys folder if it changed and tries once more. The JWKS document follows the
-folder within a second.
+The gateway holds only what it needs to verify: the public halves of the signing keys, every
+key on disk, including a rotated key that is published but does not sign yet. The JWKS document
+follows the keys folder within a second. A token with a ``kid`` this process has not loaded yet
+makes the gateway re-read the folder if it changed and try once more.
 """
 
 from __future__ import annotations

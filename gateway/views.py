@@ -14,6 +14,7 @@ from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.middlewares import LOGIN_PLATFORM
 from shared.apps import PLATFORMS
 from shared.errors import ErrorCode, MPLoginError
+from shared.keys import JWKS_MAX_AGE
 from shared.messages import B64, Code, LoginParams, RefreshParams
 from shared.metrics import exposition
 
@@ -174,9 +175,13 @@ async def phone(request: web.Request) -> web.Response:
 
 
 async def jwks(request: web.Request) -> web.Response:
-    """GET /.well-known/jwks.json: the public keys that verify our access tokens."""
+    """GET /.well-known/jwks.json: the public keys that verify our access tokens.
+
+    Every key on disk is listed, including a rotated key that does not sign yet: its activation
+    waits out this cache lifetime, so a verifier's cached copy always knows the signing key.
+    """
     response = json_response(request.app[TOKENS].jwks())
-    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
     return response
 
 

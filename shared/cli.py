@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
+import time
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from shared.keys import DEFAULT_ACTIVATION_DELAY, KeyState
 from shared.runtime import configure_logging, run
 from shared.settings import Settings
 
@@ -84,21 +88,76 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
     settings = _settings()
     keys_dir: Path = args.dir or settings.keys_dir
+    # How long after its successor took over a key may still have signed a token that is
+    # valid: workers switch keys within their reload interval of an immediate activation.
+    token_lifetime = settings.access_token_ttl + settings.key_reload_interval
     try:
         if args.keys_command == "rotate":
-            kid = keys.rotate(keys_dir)
-            print(f"new signing key {kid} in {keys_dir}; it signs new tokens from now on")
+            _rotate_key(keys_dir, args.activate_in)
         elif args.keys_command == "retire":
+            ring = keys.KeyRing.load(keys_dir)
+            states = {state.kid: state for state in keys.key_states(
+                ring, now=time.time(), token_lifetime=token_lifetime)}
+            state = states.get(args.kid)
+            if state is not None and state.state == "verifying" and not args.force:
+                print(f"mplogin: tokens signed with {args.kid} may be valid until "
+                      f"{_when(state.until)}; retire it after that (or give --force)",
+                      file=sys.stderr)
+                return 1
             keys.retire(keys_dir, args.kid)
             print(f"retired {args.kid}")
         else:
             ring = keys.KeyRing.load(keys_dir)
-            for kid in ring.kids:
-                print(kid + ("  (active)" if kid == ring.active_kid else ""))
+            for state in keys.key_states(ring, now=time.time(), token_lifetime=token_lifetime):
+                print(f"{state.kid}  {state.state:<9}  {_describe_key(state)}")
     except keys.KeyRingError as exc:
         print(f"mplogin: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rotate_key(keys_dir: Path, activate_in: float) -> None:
+    from shared import keys
+
+    kid = keys.rotate(keys_dir, activate_in=activate_in)
+    activation = keys.activation_of(kid)
+    if activation <= time.time():
+        print(f"new signing key {kid} in {keys_dir}; published, and it signs new tokens from "
+              "now on")
+    else:
+        print(f"new signing key {kid} in {keys_dir}; published now, it signs new tokens from "
+              f"{_when(activation)} (in {max(0, round(activation - time.time()))} s)")
+    if activate_in < keys.JWKS_MAX_AGE:
+        print(f"mplogin: warning: services that cache the JWKS document (up to "
+              f"{keys.JWKS_MAX_AGE} s) may reject tokens signed with {kid} until their copy "
+              "expires", file=sys.stderr)
+
+
+def _describe_key(state: KeyState) -> str:
+    if state.state == "active":
+        return f"signs new tokens (since {_when(state.since)})"
+    if state.state == "published":
+        return (f"in the JWKS; signs from {_when(state.until)} "
+                f"(in {max(0, round((state.until or 0) - time.time()))} s)")
+    if state.state == "verifying":
+        return (f"replaced {_when(state.since)}; verifies tokens until {_when(state.until)}, "
+                "then retire it")
+    return "its tokens have expired: `mplogin keys retire` may remove it"
+
+
+def _when(epoch: float | None) -> str:
+    return datetime.fromtimestamp(epoch or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("give a number of seconds, 0 or more")
+    return value
 
 
 def cmd_apps(args: argparse.Namespace) -> int:
@@ -137,12 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(func=cmd_dev)
     keys = sub.add_parser("keys", help="manage token signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    for name, text in (("list", "list the keys"), ("rotate", "add a new signing key")):
-        sp = keys_sub.add_parser(name, help=text)
-        sp.add_argument("--dir", type=Path)
+    listing = keys_sub.add_parser(
+        "list", help="list the keys and their state (published, active, verifying, retirable)")
+    listing.add_argument("--dir", type=Path)
+    rotate = keys_sub.add_parser(
+        "rotate", help="add a signing key: published at once, signing after a delay")
+    rotate.add_argument("--dir", type=Path)
+    rotate.add_argument(
+        "--activate-in", type=_seconds, default=DEFAULT_ACTIVATION_DELAY, metavar="SECONDS",
+        help="seconds until the new key signs (default %(default)s: the JWKS cache lifetime "
+             "plus a margin, so every cached JWKS holds the key first); 0 for tests and "
+             "emergencies")
     retire = keys_sub.add_parser("retire", help="remove an old key once its tokens expired")
     retire.add_argument("kid")
     retire.add_argument("--dir", type=Path)
+    retire.add_argument("--force", action="store_true",
+                        help="retire even while tokens it signed may still be valid")
     keys_sub.add_parser("secretbox", help="print a fresh session_key encryption key")
     keys.set_defaults(func=cmd_keys)
     apps = sub.add_parser("apps", help="check the apps file")

@@ -1,23 +1,32 @@
 """Ed25519 signing keys for access tokens: the keys directory on disk, its rotation and the JWKS.
 
 A keys directory holds one PKCS#8 PEM file per private key, named ``<kid>.pem``. Kids are
-``k<YYYYMMDDTHHMMSSZ>-<6 hex>``, so sorting them sorts keys by creation time and the newest
-kid is the active one (the one new tokens are signed with). Older keys stay on disk so tokens
-they signed keep verifying until they expire; ``retire`` removes them afterwards.
+``k<YYYYMMDDTHHMMSSZ>-<6 hex>``, where the time is the key's *activation*: the moment it starts
+signing new tokens. Sorting kids sorts keys by activation, and the active key is the newest one
+whose activation has come.
+
+Rotation publishes before it uses: ``rotate`` writes a key whose activation lies in the future
+(by default the JWKS document's cache lifetime plus a margin). From the moment the file exists
+the JWKS document lists it, so every copy of the document cached by a verifying service holds
+the key before any token signed with it exists. Older keys stay on disk so tokens they signed
+keep verifying until they expire; ``retire`` removes them afterwards.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import math
 import os
 import re
 import secrets
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -34,6 +43,15 @@ from cryptography.hazmat.primitives.serialization import (
 
 KID_PATTERN = re.compile(r"^k(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+_MAX_SUFFIX = 0xFFFFFF
+
+JWKS_MAX_AGE = 300
+"""Seconds for which the gateway lets HTTP caches and verifying services keep the JWKS."""
+SAFETY_MARGIN = 60
+"""Covers the processes' reload of the keys folder (gateways: 1 s, workers:
+``MPLOGIN_KEY_RELOAD_INTERVAL``) and clock skew between hosts."""
+DEFAULT_ACTIVATION_DELAY = JWKS_MAX_AGE + SAFETY_MARGIN
+"""How long a rotated key is published before it signs: every cached JWKS has it by then."""
 _KEY_SUFFIX = ".pem"
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -55,13 +73,34 @@ def _kid_time(kid: str) -> datetime:
     return datetime.strptime(match.group(1), _TIMESTAMP_FORMAT).replace(tzinfo=UTC)
 
 
-def _new_kid(after: str | None) -> str:
-    created = datetime.now(UTC).replace(microsecond=0)
-    if after is not None:
-        # Two keys made within one second would otherwise sort by their random suffix, and the
-        # key just added by ``rotate`` might not become the active one.
-        created = max(created, _kid_time(after) + timedelta(seconds=1))
-    return f"k{created.strftime(_TIMESTAMP_FORMAT)}-{secrets.token_hex(3)}"
+def activation_of(kid: str) -> float:
+    """When the key ``kid`` starts signing, in epoch seconds (the time its kid names)."""
+    return _kid_time(kid).timestamp()
+
+
+def _active_among(kids: list[str] | tuple[str, ...], when: float) -> str:
+    """Of ``kids`` (sorted), the one signing at ``when``: the newest already activated."""
+    active = kids[0]
+    for kid in kids:
+        if activation_of(kid) > when:
+            break
+        active = kid
+    return active
+
+
+def _new_kid(existing: list[str], activate_at: float) -> str:
+    # Whole seconds: at most a second early, which the safety margin absorbs, and a key asked
+    # to sign at once does.
+    activation = datetime.fromtimestamp(math.floor(activate_at), UTC)
+    while True:
+        stamp = activation.strftime(_TIMESTAMP_FORMAT)
+        # Keys activating within the same second sort by their suffix: the new one must sort
+        # last, or the key just added might never become the active one.
+        used = [int(kid[-6:], 16) for kid in existing if kid.startswith(f"k{stamp}-")]
+        low = max(used) + 1 if used else 0
+        if low <= _MAX_SUFFIX:
+            return f"k{stamp}-{low + secrets.randbelow(_MAX_SUFFIX + 1 - low):06x}"
+        activation += timedelta(seconds=1)
 
 
 def _kids_on_disk(keys_dir: Path) -> list[str]:
@@ -77,11 +116,15 @@ def _ensure_dir(keys_dir: Path) -> None:
     keys_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
 
 
-def generate_key(keys_dir: Path) -> str:
-    """Create a new Ed25519 key in ``keys_dir`` (mode 0600) and return its kid."""
+def generate_key(keys_dir: Path, *, activate_at: float | None = None) -> str:
+    """Create a new Ed25519 key in ``keys_dir`` (mode 0600) and return its kid.
+
+    The key signs from ``activate_at`` (epoch seconds; by default now) and is published from
+    the moment the file exists.
+    """
     _ensure_dir(keys_dir)
     existing = [kid for kid in _kids_on_disk(keys_dir) if is_valid_kid(kid)]
-    kid = _new_kid(existing[-1] if existing else None)
+    kid = _new_kid(existing, time.time() if activate_at is None else activate_at)
     pem = Ed25519PrivateKey.generate().private_bytes(
         Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
     )
@@ -110,7 +153,11 @@ def _public_jwk(kid: str, public_key: Ed25519PublicKey) -> dict[str, str]:
 
 
 class KeyRing:
-    """The signing keys of one keys directory, loaded once; the newest kid is the active one."""
+    """The signing keys of one keys directory, loaded once; which one is active depends on time.
+
+    The active key is the newest one whose activation has come. A ring whose keys all activate
+    in the future (made by hand) signs with its oldest key rather than not at all.
+    """
 
     def __init__(self, private_keys: Mapping[str, Ed25519PrivateKey]) -> None:
         if not private_keys:
@@ -119,7 +166,8 @@ class KeyRing:
         self._public = MappingProxyType(
             {kid: key.public_key() for kid, key in self._private.items()}
         )
-        self._active_kid = next(reversed(self._private))
+        for kid in self._private:
+            _kid_time(kid)  # every kid must name its activation
 
     @classmethod
     def load(cls, keys_dir: Path) -> KeyRing:
@@ -146,8 +194,12 @@ class KeyRing:
 
     @property
     def active_kid(self) -> str:
-        """The kid new tokens are signed with (the newest key)."""
-        return self._active_kid
+        """The kid new tokens are signed with now."""
+        return self.active_kid_at(time.time())
+
+    def active_kid_at(self, when: float) -> str:
+        """The kid tokens issued at ``when`` (epoch seconds) are signed with."""
+        return _active_among(self.kids, when)
 
     @property
     def kids(self) -> tuple[str, ...]:
@@ -174,7 +226,7 @@ class KeyRing:
         return ",".join(self._private)
 
     def __repr__(self) -> str:
-        return f"KeyRing(kids={list(self._private)!r}, active={self._active_kid!r})"
+        return f"KeyRing(kids={list(self._private)!r}, active={self.active_kid!r})"
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -197,21 +249,75 @@ def disk_fingerprint(keys_dir: Path) -> str:
     return ",".join(_kids_on_disk(keys_dir))
 
 
-def rotate(keys_dir: Path) -> str:
-    """Add a new key that becomes active; older keys stay for verification. Returns its kid."""
-    return generate_key(keys_dir)
+def rotate(keys_dir: Path, *, activate_in: float = DEFAULT_ACTIVATION_DELAY) -> str:
+    """Add a new key, published now and signing ``activate_in`` seconds from now; its kid.
+
+    The first key of an empty directory signs at once: no verifier can have cached a JWKS
+    without it.
+    """
+    if activate_in < 0 or not math.isfinite(activate_in):
+        raise KeyRingError("the activation delay must be a number of seconds, 0 or more")
+    first = not keys_dir.is_dir() or not _kids_on_disk(keys_dir)
+    return generate_key(keys_dir, activate_at=time.time() + (0.0 if first else activate_in))
 
 
 def retire(keys_dir: Path, kid: str) -> None:
-    """Remove the key ``kid``; refuses the active key and kids that are not on disk."""
+    """Remove the key ``kid``; refuses the active key and kids that are not on disk.
+
+    A key not yet active may be retired: that cancels its rotation.
+    """
     if not is_valid_kid(kid):
         raise KeyRingError(f"not a key id: {kid!r}")
     kids = [k for k in _kids_on_disk(keys_dir) if is_valid_kid(k)] if keys_dir.is_dir() else []
     if kid not in kids:
         raise KeyRingError(f"no key {kid} in {keys_dir}")
-    if kid == kids[-1]:
+    if kid == _active_among(kids, time.time()):
         raise KeyRingError(f"{kid} is the active key; rotate first, then retire it")
     (keys_dir / f"{kid}{_KEY_SUFFIX}").unlink()
+
+
+KeyStateName = Literal["published", "active", "verifying", "retirable"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """Where one key stands in its life: published, active, verifying or retirable.
+
+    ``since``: when it became what it is. ``until``: when it moves on (published: when it
+    starts signing; verifying: when the last token it signed has expired); None for ``active``
+    and ``retirable``.
+    """
+
+    kid: str
+    state: KeyStateName
+    since: float
+    until: float | None
+
+
+def key_states(ring: KeyRing, *, now: float, token_lifetime: float) -> list[KeyState]:
+    """Every key of ``ring`` with its state at ``now``, oldest first.
+
+    ``token_lifetime``: how long a token stays valid after it was signed (the access token
+    lifetime); a replaced key is retirable once that much time, plus the safety margin, has
+    passed since its successor started signing.
+    """
+    active = ring.active_kid_at(now)
+    kids = ring.kids
+    states = []
+    for index, kid in enumerate(kids):
+        activation = activation_of(kid)
+        if kid == active:
+            states.append(KeyState(kid, "active", activation, None))
+        elif activation > now:
+            states.append(KeyState(kid, "published", now, activation))
+        else:
+            replaced = activation_of(kids[index + 1])
+            last_valid = replaced + token_lifetime + SAFETY_MARGIN
+            if now >= last_valid:
+                states.append(KeyState(kid, "retirable", last_valid, None))
+            else:
+                states.append(KeyState(kid, "verifying", replaced, last_valid))
+    return states
 
 
 def ensure_dev_keys(keys_dir: Path) -> KeyRing:

@@ -1,9 +1,10 @@
 """Access tokens (EdDSA-signed JWTs) and opaque refresh tokens: minting, verifying, hashing.
 
-Access tokens are short-lived JWTs signed with the key ring's active Ed25519 key; the header
-names that key (``kid``) and the token type (``typ: at+jwt``, RFC 9068), so other services can
-verify them from our JWKS document without calling us. Verification accepts exactly one
-algorithm (EdDSA) and checks ``typ``, ``kid``, ``iss``, ``aud``, ``exp`` and the required claims.
+Access tokens are short-lived JWTs signed with the key ring's active Ed25519 key (the newest
+whose activation has come, see ``shared.keys``); the header names that key (``kid``) and the
+token type (``typ: at+jwt``, RFC 9068), so other services can verify them from our JWKS
+document without calling us. Verification accepts exactly one algorithm (EdDSA) and checks
+``typ``, ``kid``, ``iss``, ``aud``, ``exp`` and the required claims.
 
 Refresh tokens are opaque random strings with a recognisable prefix; only their hash is stored.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -22,9 +24,12 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
-from shared.keys import KeyRing
+from shared.keys import KeyRing, activation_of
 
 ALGORITHM: Final = "EdDSA"
 ACCESS_TOKEN_TYPE: Final = "at+jwt"  # noqa: S105 - a media type, not a secret
@@ -84,8 +89,22 @@ class AccessClaims:
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    """One key of the ring and the span of time in which it signs."""
+
+    kid: str
+    key: Ed25519PrivateKey
+    start: float
+    end: float
+
+
 class TokenIssuer:
-    """Mints access tokens with the key ring's active key."""
+    """Mints access tokens with the key ring's active key, following its activation times.
+
+    A rotated key is loaded while it is only published and takes over at its activation, in
+    every process at the same moment, without a reload at that moment.
+    """
 
     def __init__(self, keyring: KeyRing, issuer: str, audience: str, access_ttl: int) -> None:
         if access_ttl <= 0:
@@ -96,16 +115,39 @@ class TokenIssuer:
         self.update_keyring(keyring)
 
     def update_keyring(self, keyring: KeyRing) -> None:
-        """Sign with ``keyring``'s active key from now on (after a rotation)."""
-        kid = keyring.active_kid
-        # The key object is resolved once here, not per token: minting is on every login's path.
-        # One tuple assignment, so a concurrent mint never pairs one key with another's kid.
-        self._signing = (kid, keyring.private_key(kid))
+        """Sign with ``keyring``'s keys from now on (after a rotation), each in its own time."""
+        # Key objects are resolved once here, not per token: minting is on every login's path.
+        kids = keyring.kids
+        starts = [activation_of(kid) for kid in kids]
+        starts[0] = -math.inf  # the oldest key signs until the next one takes over
+        schedule = tuple(
+            _Signer(kid, keyring.private_key(kid), start,
+                    starts[index + 1] if index + 1 < len(kids) else math.inf)
+            for index, (kid, start) in enumerate(zip(kids, starts, strict=True))
+        )
+        # Single assignments, so a concurrent mint sees the old ring or the new one, and never
+        # pairs one key with another's kid.
+        self._schedule = schedule
+        self._signer = self._signer_in(schedule, time.time())
+
+    @staticmethod
+    def _signer_in(schedule: tuple[_Signer, ...], when: float) -> _Signer:
+        for signer in schedule:
+            if signer.start <= when < signer.end:
+                return signer
+        return schedule[-1]  # unreachable: the spans cover every moment
+
+    def _signer_at(self, when: float) -> _Signer:
+        signer = self._signer
+        if signer.start <= when < signer.end:
+            return signer
+        signer = self._signer = self._signer_in(self._schedule, when)
+        return signer
 
     @property
     def active_kid(self) -> str:
-        """The kid new tokens carry."""
-        return self._signing[0]
+        """The kid new tokens carry now."""
+        return self._signer_at(time.time()).kid
 
     def mint_access(
         self,
@@ -133,9 +175,9 @@ class TokenIssuer:
             exp=issued_at + self._access_ttl,
             jti=secrets.token_urlsafe(16),
         )
-        kid, key = self._signing
-        headers = {"kid": kid, "typ": ACCESS_TOKEN_TYPE}
-        token = jwt.encode(payload, key, algorithm=ALGORITHM, headers=headers)
+        signer = self._signer_at(issued_at)
+        headers = {"kid": signer.kid, "typ": ACCESS_TOKEN_TYPE}
+        token = jwt.encode(payload, signer.key, algorithm=ALGORITHM, headers=headers)
         return token, self._access_ttl
 
 

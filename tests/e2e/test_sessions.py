@@ -6,6 +6,9 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import re
+import sys
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -17,7 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_worker.main import login_service
-from shared.keys import KeyRing, rotate
+from shared.keys import JWKS_MAX_AGE, KeyRing, activation_of
 from shared.messages import RpcRequest
 from shared.rpc import CallContext, RpcServer
 from shared.tokens import hash_refresh_token
@@ -329,25 +332,78 @@ async def test_forged_and_misused_tokens_are_rejected(stack: Stack, sandbox: San
     assert resp.status == 401
 
 
-async def test_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(
+async def keys_cli(stack: Stack, *argv: str) -> tuple[str, str]:
+    """Run ``mplogin keys ...`` as an operator would, on the stack's keys folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "keys", *argv, "--dir", str(stack.settings.keys_dir),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    return out.decode(), err.decode()
+
+
+async def jwks_kids(stack: Stack) -> set[str]:
+    resp = await stack.client.get("/.well-known/jwks.json")
+    assert resp.headers["Cache-Control"] == f"public, max-age={JWKS_MAX_AGE}"
+    return {key["kid"] for key in (await resp.json())["keys"]}
+
+
+def kid_of(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+async def test_key_rotation_publishes_first_signs_later_and_old_tokens_keep_verifying(
     stack: Stack, sandbox: Sandbox
 ) -> None:
     before = await login(stack, sandbox, "o_rotate")
-    old_kid = jwt.get_unverified_header(before["access_token"])["kid"]
-    new_kid = rotate(stack.settings.keys_dir)
-    await asyncio.sleep(0.6)  # workers re-read the keys folder every key_reload_interval
-    after = await login(stack, sandbox, "o_rotate")
-    assert jwt.get_unverified_header(after["access_token"])["kid"] == new_kid != old_kid
-    status, body = await me(stack, before["access_token"])
-    assert status == 200, body
-    assert (await me(stack, after["access_token"]))[0] == 200
+    old_kid = kid_of(before["access_token"])
 
+    # A rotation with a delay: the JWKS lists the new key at once, tokens keep the old kid.
+    out, _ = await keys_cli(stack, "rotate", "--activate-in", "5")
+    pending = re.search(r"new signing key (k\S+) ", out)
+    assert pending is not None, out
+    new_kid = pending.group(1)
+    activation = activation_of(new_kid)
+    assert 3 < activation - time.time() <= 5
+    end = time.monotonic() + 2
+    while new_kid not in await jwks_kids(stack):
+        assert time.monotonic() < end, "the JWKS follows the keys folder within a second"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.6)  # workers re-read the keys folder every key_reload_interval
+    during = await login(stack, sandbox, "o_rotate")
+    assert time.time() < activation, "the test took too long to see the key published first"
+    assert kid_of(during["access_token"]) == old_kid
+    out, _ = await keys_cli(stack, "list")
+    assert f"{new_kid}  published" in out and f"{old_kid}  active" in out
+
+    # From its activation on, new tokens carry the new kid; no process had to reload then.
+    await asyncio.sleep(activation - time.time() + 0.1)
+    after = await login(stack, sandbox, "o_rotate")
+    assert kid_of(after["access_token"]) == new_kid
+
+    # An immediate rotation (tests, emergencies), through the command an operator runs.
+    out, err = await keys_cli(stack, "rotate", "--activate-in", "0")
+    assert "from now on" in out and "may reject tokens" in err
+    newest = KeyRing.load(stack.settings.keys_dir).active_kid
+    assert newest not in (old_kid, new_kid)
+    await asyncio.sleep(0.6)
+    last = await login(stack, sandbox, "o_rotate")
+    assert kid_of(last["access_token"]) == newest
+
+    # Old tokens still verify, here and for a service holding nothing but the JWKS document.
+    for session in (before, during, after, last):
+        status, body = await me(stack, session["access_token"])
+        assert status == 200, body
+    assert await jwks_kids(stack) >= {old_kid, new_kid, newest}
     jwks = await (await stack.client.get("/.well-known/jwks.json")).json()
-    assert {k["kid"] for k in jwks["keys"]} >= {old_kid, new_kid}
     assert all("d" not in k for k in jwks["keys"]), "public keys only"
-    # Another service verifies our token with nothing but the JWKS document and PyJWT.
-    entry = next(k for k in jwks["keys"] if k["kid"] == new_kid)
-    decoded = jwt.decode(after["access_token"], jwt.PyJWK(entry).key, algorithms=["EdDSA"],
-                         audience=stack.settings.token_audience,
-                         issuer=stack.settings.token_issuer)
-    assert decoded["sub"] == after["user"]["id"]
+    key_set = jwt.PyJWKSet.from_dict(jwks)
+    for session in (before, after, last):
+        token = session["access_token"]
+        decoded = jwt.decode(token, key_set[kid_of(token)].key, algorithms=["EdDSA"],
+                             audience=stack.settings.token_audience,
+                             issuer=stack.settings.token_issuer)
+        assert decoded["sub"] == session["user"]["id"]
+    out, _ = await keys_cli(stack, "list")
+    assert f"{old_kid}  verifying" in out and f"{newest}  active" in out

@@ -1,9 +1,11 @@
-"""Tests for the signing keys directory: generation, loading, rotation, retirement and JWKS."""
+"""Tests for the signing keys directory: generation, loading, rotation (publish before use),
+retirement, key states, the JWKS and the `mplogin keys` commands."""
 
 from __future__ import annotations
 
 import base64
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -17,13 +19,19 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from shared.cli import main
 from shared.keys import (
+    DEFAULT_ACTIVATION_DELAY,
+    JWKS_MAX_AGE,
+    SAFETY_MARGIN,
     KeyRing,
     KeyRingError,
+    activation_of,
     disk_fingerprint,
     ensure_dev_keys,
     generate_key,
     is_valid_kid,
+    key_states,
     retire,
     rotate,
 )
@@ -58,9 +66,9 @@ def test_kid_shape() -> None:
 
 def test_rotate_makes_newest_key_active_and_keeps_old_ones(keys_dir: Path) -> None:
     first = generate_key(keys_dir)
-    # Created within the same second: ordering must still follow creation.
-    second = rotate(keys_dir)
-    third = rotate(keys_dir)
+    # Activated within the same second: ordering must still follow creation.
+    second = rotate(keys_dir, activate_in=0)
+    third = rotate(keys_dir, activate_in=0)
 
     ring = KeyRing.load(keys_dir)
 
@@ -71,6 +79,63 @@ def test_rotate_makes_newest_key_active_and_keeps_old_ones(keys_dir: Path) -> No
     assert isinstance(ring.private_key(first), Ed25519PrivateKey)
 
 
+def test_a_rotated_key_is_published_at_once_and_signs_after_the_jwks_cache_lifetime(
+    keys_dir: Path,
+) -> None:
+    old = generate_key(keys_dir)
+    new = rotate(keys_dir)
+    ring = KeyRing.load(keys_dir)
+
+    assert new in [entry["kid"] for entry in ring.jwks()["keys"]]
+    assert ring.active_kid == old
+    assert DEFAULT_ACTIVATION_DELAY > JWKS_MAX_AGE
+    assert abs(activation_of(new) - time.time() - DEFAULT_ACTIVATION_DELAY) <= 2
+    assert ring.active_kid_at(activation_of(new) - 1) == old
+    assert ring.active_kid_at(activation_of(new)) == new
+
+
+def test_the_first_key_signs_at_once_whatever_the_delay(keys_dir: Path) -> None:
+    kid = rotate(keys_dir, activate_in=3600)
+    assert KeyRing.load(keys_dir).active_kid == kid
+    assert activation_of(kid) <= time.time()
+
+
+def test_an_immediate_rotation_overtakes_a_pending_one(keys_dir: Path) -> None:
+    old = generate_key(keys_dir)
+    pending = rotate(keys_dir, activate_in=600)
+    emergency = rotate(keys_dir, activate_in=0)
+    ring = KeyRing.load(keys_dir)
+
+    assert ring.kids == (old, emergency, pending)
+    assert ring.active_kid == emergency
+    assert ring.active_kid_at(activation_of(pending)) == pending
+
+
+def test_rotate_refuses_a_negative_delay(keys_dir: Path) -> None:
+    generate_key(keys_dir)
+    for delay in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(KeyRingError, match="0 or more"):
+            rotate(keys_dir, activate_in=delay)
+    assert len(KeyRing.load(keys_dir).kids) == 1
+
+
+def test_key_states_say_what_each_key_does_and_when_it_may_go(keys_dir: Path) -> None:
+    now = time.time()
+    retirable = generate_key(keys_dir, activate_at=now - 10_000)
+    verifying = generate_key(keys_dir, activate_at=now - 5_000)
+    active = generate_key(keys_dir, activate_at=now - 100)
+    published = generate_key(keys_dir, activate_at=now + 200)
+    states = key_states(KeyRing.load(keys_dir), now=now, token_lifetime=900)
+
+    assert [(s.kid, s.state) for s in states] == [
+        (retirable, "retirable"), (verifying, "verifying"), (active, "active"),
+        (published, "published")]
+    # A replaced key verifies the tokens it signed until they have expired (plus a margin).
+    assert states[1].until == activation_of(active) + 900 + SAFETY_MARGIN
+    assert states[3].until == activation_of(published)
+    assert states[2].since == activation_of(active)
+
+
 def test_private_key_unknown_kid(keys_dir: Path) -> None:
     ring = ensure_dev_keys(keys_dir)
     with pytest.raises(KeyRingError):
@@ -79,13 +144,20 @@ def test_private_key_unknown_kid(keys_dir: Path) -> None:
 
 def test_retire_refuses_active_key_and_removes_old_one(keys_dir: Path) -> None:
     old = generate_key(keys_dir)
-    new = rotate(keys_dir)
+    new = rotate(keys_dir, activate_in=0)
 
     with pytest.raises(KeyRingError, match="active"):
         retire(keys_dir, new)
     retire(keys_dir, old)
 
     assert KeyRing.load(keys_dir).kids == (new,)
+
+
+def test_retiring_a_key_not_yet_active_cancels_its_rotation(keys_dir: Path) -> None:
+    old = generate_key(keys_dir)
+    pending = rotate(keys_dir)
+    retire(keys_dir, pending)
+    assert KeyRing.load(keys_dir).kids == (old,)
 
 
 def test_retire_refuses_unknown_and_malformed_kids(keys_dir: Path) -> None:
@@ -196,3 +268,66 @@ def test_repr_shows_no_key_material(keys_dir: Path) -> None:
 
     assert body not in repr(ring)
     assert ring.active_kid in repr(ring)
+
+
+def keys_command(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["keys", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_keys_rotate_and_list_commands(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MPLOGIN_ACCESS_TOKEN_TTL", "900")
+    old = generate_key(keys_dir, activate_at=time.time() - 100)
+    code, out, err = keys_command(capsys, "rotate", "--dir", str(keys_dir))
+    assert code == 0 and err == ""
+    pending = next(k for k in KeyRing.load(keys_dir).kids if k != old)
+    assert f"new signing key {pending}" in out and "published now" in out
+    assert f"(in {DEFAULT_ACTIVATION_DELAY} s)" in out or \
+        f"(in {DEFAULT_ACTIVATION_DELAY - 1} s)" in out
+
+    code, out, err = keys_command(capsys, "rotate", "--dir", str(keys_dir), "--activate-in", "0")
+    assert code == 0
+    assert "signs new tokens from now on" in out
+    assert "may reject tokens" in err, "an immediate rotation warns about cached JWKS copies"
+    emergency = KeyRing.load(keys_dir).active_kid
+
+    code, out, _ = keys_command(capsys, "list", "--dir", str(keys_dir))
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        [old, "verifying"], [emergency, "active"], [pending, "published"]]
+    assert "then retire it" in lines[0] and "signs from" in lines[2]
+
+
+def test_keys_retire_command_waits_for_the_tokens_a_key_signed(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = generate_key(keys_dir, activate_at=time.time() - 100)
+    rotate(keys_dir, activate_in=0)
+    code, _, err = keys_command(capsys, "retire", old, "--dir", str(keys_dir))
+    assert code == 1 and "may be valid until" in err
+    assert old in KeyRing.load(keys_dir).kids
+    code, out, _ = keys_command(capsys, "retire", old, "--dir", str(keys_dir), "--force")
+    assert code == 0 and out.strip() == f"retired {old}"
+    assert old not in KeyRing.load(keys_dir).kids
+
+    long_ago = generate_key(keys_dir, activate_at=time.time() - 100_000)
+    generate_key(keys_dir, activate_at=time.time() - 90_000)
+    code, out, _ = keys_command(capsys, "list", "--dir", str(keys_dir))
+    assert out.splitlines()[0].split()[:2] == [long_ago, "retirable"]
+    assert keys_command(capsys, "retire", long_ago, "--dir", str(keys_dir))[0] == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+def test_keys_rotate_refuses_a_bad_delay(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    generate_key(keys_dir)
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "rotate", "--dir", str(keys_dir), "--activate-in", value])
+    assert exited.value.code == 2
+    assert "--activate-in" in capsys.readouterr().err
+    assert len(KeyRing.load(keys_dir).kids) == 1

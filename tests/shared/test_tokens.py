@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from shared.keys import KeyRing, ensure_dev_keys, retire, rotate
+from shared.keys import KeyRing, activation_of, ensure_dev_keys, retire, rotate
 from shared.tokens import (
     AccessClaims,
     InvalidToken,
@@ -294,7 +294,7 @@ def test_rotation(keys_dir: Path, ring: KeyRing) -> None:
     verifier = TokenVerifier(ring, ISSUER, AUDIENCE)
     old_token, _ = TokenIssuer(ring, ISSUER, AUDIENCE, TTL).mint_access(subject="u", session_id="s")
 
-    new_kid = rotate(keys_dir)
+    new_kid = rotate(keys_dir, activate_in=0)
     rotated = KeyRing.load(keys_dir)
     new_token, _ = TokenIssuer(rotated, ISSUER, AUDIENCE, TTL).mint_access(
         subject="u", session_id="s"
@@ -315,13 +315,42 @@ def test_rotation(keys_dir: Path, ring: KeyRing) -> None:
 
 
 def test_issuer_update_keyring(keys_dir: Path, issuer: TokenIssuer) -> None:
-    new_kid = rotate(keys_dir)
+    new_kid = rotate(keys_dir, activate_in=0)
     issuer.update_keyring(KeyRing.load(keys_dir))
 
     token, _ = issuer.mint_access(subject="u", session_id="s")
 
     assert issuer.active_kid == new_kid
     assert jwt.get_unverified_header(token)["kid"] == new_kid
+
+
+def test_a_published_key_signs_only_from_its_activation(
+    keys_dir: Path, ring: KeyRing, issuer: TokenIssuer
+) -> None:
+    old_kid = ring.active_kid
+    new_kid = rotate(keys_dir)  # published now, signing after the JWKS cache lifetime
+    rotated = KeyRing.load(keys_dir)
+    issuer.update_keyring(rotated)  # what a worker does when the folder changes
+    verifier = TokenVerifier(rotated, ISSUER, AUDIENCE)
+    activation = int(activation_of(new_kid))
+
+    def kid_at(when: int) -> str:
+        token, _ = issuer.mint_access(subject="u", session_id="s", now=when)
+        return str(jwt.get_unverified_header(token)["kid"])
+
+    assert issuer.active_kid == old_kid
+    assert kid_at(int(time.time())) == old_kid
+    assert kid_at(activation - 1) == old_kid
+    # From its activation on, with no reload at that moment, the new key signs.
+    assert kid_at(activation) == new_kid
+    assert kid_at(activation + 3600) == new_kid
+    assert kid_at(int(time.time())) == old_kid, "and the switch follows the clock both ways"
+    token, _ = issuer.mint_access(subject="u", session_id="s", now=activation)
+    claims = jwt.decode(token, rotated.public_keys()[new_kid], algorithms=["EdDSA"],
+                        audience=AUDIENCE, issuer=ISSUER, options={"verify_iat": False})
+    assert claims["iat"] == activation, "signed with the new key's private half"
+    now_token, _ = issuer.mint_access(subject="u", session_id="s")
+    assert verifier.verify(now_token).kid == old_kid
 
 
 def test_jwks_lets_another_service_verify_with_plain_pyjwt(
