@@ -18,9 +18,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 import orjson
 import structlog
 from aio_pika.abc import (
@@ -31,8 +32,10 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from aiormq import spec
 from pydantic import ValidationError
 
+from shared.amqpwire import CoalescingConnection
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import safe_request_id
 from shared.messages import RpcReply, RpcRequest, dumps
@@ -67,7 +70,8 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
         options["heartbeat"] = 10
     try:
         connection: AbstractRobustConnection = await aio_pika.connect_robust(
-            url, client_properties={"connection_name": name}, timeout=10, **options
+            url, client_properties={"connection_name": name}, timeout=10,
+            connection_class=CoalescingConnection, **options,
         )
     except (TimeoutError, OSError, AMQPError) as exc:
         raise ConnectionError(f"RabbitMQ is unreachable ({type(exc).__name__})") from None
@@ -391,13 +395,16 @@ class RpcServer:
     async def _reply(self, message: AbstractIncomingMessage, reply: RpcReply) -> None:
         if not message.reply_to or self._reply_channel is None:
             return
-        await self._reply_channel.default_exchange.publish(
-            aio_pika.Message(
-                orjson.dumps(reply.model_dump(mode="json", exclude_none=True)),
+        channel = cast(aiormq.Channel, await self._reply_channel.get_underlay_channel())
+        # Queued without waiting for the socket: the ack that follows is queued behind it on
+        # the same connection, so both leave in order, in one write.
+        await channel.basic_publish(
+            orjson.dumps(reply.model_dump(mode="json", exclude_none=True)),
+            routing_key=message.reply_to,
+            properties=spec.Basic.Properties(
                 content_type="application/json",
                 correlation_id=message.correlation_id,
-                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                delivery_mode=int(aio_pika.DeliveryMode.NOT_PERSISTENT),
             ),
-            routing_key=message.reply_to,
-            mandatory=False,
+            wait=False,
         )
