@@ -57,6 +57,7 @@ LIMITS_OFF = {
     "MPLOGIN_PLATFORM_RATE_PER_SECOND": "1000000",
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PACED_CALLS_MIN = 20
 
 Send = Callable[[str], Awaitable[str]]
 StageReader = Callable[[], Awaitable[dict[str, tuple[float, float]]]]
@@ -214,6 +215,25 @@ async def closed_loop(send: Send, supply: Supply, ok_status: str, concurrency: i
     await asyncio.gather(*(user() for _ in range(concurrency)))
     result = summarise(latencies, statuses, ok_status, time.perf_counter() - start)
     result.update(mode="closed", concurrency=concurrency, codes_exhausted=exhausted)
+    return result
+
+
+async def paced(send: Send, supply: Supply, ok_status: str, pause: float, count: int) -> Json:
+    """One request at a time, each after ``pause`` seconds of idling (what a cold hop costs)."""
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    start = time.perf_counter()
+    for _ in range(count):
+        item = supply.take()
+        if item is None:
+            break
+        await asyncio.sleep(pause)
+        sent = time.perf_counter()
+        status = await send(item)
+        latencies.append(time.perf_counter() - sent)
+        statuses[status] += 1
+    result = summarise(latencies, statuses, ok_status, time.perf_counter() - start)
+    result.update(mode="paced", pause_ms=round(pause * 1000), concurrency=1)
     return result
 
 
@@ -894,6 +914,16 @@ async def run_bench(args: argparse.Namespace) -> Json:
                 out["runs"]["a_echo"] = await runner.run_config(
                     "a_echo", "bare RPC echo (RpcClient -> broker -> worker)", echo,
                     Supply("x"), "ok", 0)
+                # The same round trip, each call after as long an idle pause as the slowest
+                # platform latency of the run: how much a hop costs when the processes (and
+                # the machine's CPUs) were idle, as they are while a platform call is pending.
+                pauses = [ms for ms in opts.latencies_ms if ms > 0]
+                if pauses:
+                    result = await runner.step(partial(
+                        paced, echo, Supply("x"), "ok", max(pauses) / 1000,
+                        max(PACED_CALLS_MIN, int(opts.duration * 15))))
+                    out["runs"]["a_echo"]["paced"] = result
+                    report_step("a_echo", 0, result)
                 await rpc.close()
                 rpc = None
             for ms in opts.latencies_ms:
@@ -975,17 +1005,26 @@ def ratios(out: Json) -> Json:
         first = _first(run)
         if first is not None and first["concurrency"] == 1:
             result["median_ms_at_one_in_flight"][name] = first["p50_ms"]
-    slow = [n for n in runs if n.startswith("b_pipeline_") and n != "b_pipeline_0ms"]
-    if slow:
-        ms = runs[slow[0]]["platform_latency_ms"]
-        first = _first(runs[slow[0]])
+    added: dict[str, Json] = {}
+    for name, run in runs.items():
+        first = _first(run)
+        if not name.startswith("b_pipeline_") or first is None or first["concurrency"] != 1:
+            continue
+        ms = run["platform_latency_ms"]
         # The platform's own latency is measured (a direct call to the sandbox with the same
         # added latency), since the sandbox itself takes a little longer than the delay.
-        own = out.get("platform_own_p50_ms", {}).get(str(ms), float(ms))
-        if first is not None and first["concurrency"] == 1:
-            result["pipeline_added_ms_over_platform"] = {
-                "platform_latency_ms": ms, "platform_own_p50_ms": own,
-                "added_p50_ms": round(first["p50_ms"] - own, 2)}
+        own = out.get("platform_own_p50_ms", {}).get(str(ms))
+        if own is not None:
+            added[str(ms)] = {"platform_latency_ms": ms, "platform_own_p50_ms": own,
+                              "added_p50_ms": round(first["p50_ms"] - own, 2)}
+    if added:
+        result["pipeline_added_ms_over_platform"] = added
+    paced_run = (a or {}).get("paced")
+    first_a = _first(a)
+    if paced_run and first_a is not None and first_a["concurrency"] == 1:
+        result["echo_round_trip_p50_ms"] = {
+            "back_to_back": first_a["p50_ms"],
+            f"after_{paced_run['pause_ms']}ms_idle": paced_run["p50_ms"]}
     db = out.get("db", {}).get("inline_commands")
     if db and db.get("logins"):
         result["db_round_trips_per_login"] = round(db["commands_total"] / db["logins"], 3)
@@ -1084,7 +1123,8 @@ def report_header() -> None:
 
 def report_step(name: str, latency_ms: int, r: Json) -> None:
     """One line per measured step."""
-    load = f"c={r['concurrency']}" if r["mode"] == "closed" else f"{r['rate']:.0f}/s"
+    load = {"closed": f"c={r.get('concurrency')}", "open": f"{r.get('rate', 0):.0f}/s",
+            "paced": f"1+{r.get('pause_ms')}ms"}[r["mode"]]
     errors = sum(r["errors"].values())
     err = str(errors) if not errors else ",".join(f"{k}:{v}" for k, v in r["errors"].items())
     gen = r.get("cpu_pct", {}).get("bench (load generator)", 0.0)
@@ -1113,11 +1153,16 @@ def final_report(out: Json) -> str:
     lines.append(f"b/c throughput (0 ms platform, best concurrency): {r['b_over_c']}")
     medians = ", ".join(f"{k} {v:.2f} ms" for k, v in r["median_ms_at_one_in_flight"].items())
     lines.append(f"median latency at 1 in flight: {medians}")
-    added = r.get("pipeline_added_ms_over_platform")
-    if added:
+    for added in (r.get("pipeline_added_ms_over_platform") or {}).values():
         lines.append(f"pipeline's median added latency over a {added['platform_latency_ms']} ms "
                      f"platform (measured alone: {added['platform_own_p50_ms']} ms p50) at 1 in "
                      f"flight: {added['added_p50_ms']:.2f} ms")
+    echo = r.get("echo_round_trip_p50_ms")
+    if echo:
+        idle = next(k for k in echo if k.startswith("after_"))
+        lines.append(f"bare RPC round trip at 1 in flight, p50: {echo['back_to_back']:.2f} ms back "
+                     f"to back, {echo[idle]:.2f} ms {idle.replace('_', ' ')} (a cold hop's cost "
+                     "on this machine)")
     split = [(name, first["stages_ms"]) for name, run in runs.items()
              if (first := _first(run)) is not None and first.get("stages_ms")]
     if split:

@@ -51,7 +51,13 @@ def test_quick_bench_completes_every_configuration_without_errors(
     ratios = data["ratios"]
     assert ratios["b_over_a"] > 0 and ratios["b_over_c"] > 0
     assert set(ratios["median_ms_at_one_in_flight"]) == set(RUNS)
-    assert ratios["pipeline_added_ms_over_platform"]["platform_latency_ms"] == 50
+    added = ratios["pipeline_added_ms_over_platform"]
+    assert set(added) == {"0", "50"} and added["50"]["platform_latency_ms"] == 50
+    # The bare round trip is also timed after idling as long as the slowest platform latency.
+    paced = data["runs"]["a_echo"]["paced"]
+    assert paced["mode"] == "paced" and paced["pause_ms"] == 50 and paced["ok"] > 0
+    assert paced["errors"] == {} and paced["p50_ms"] > 0
+    assert set(ratios["echo_round_trip_p50_ms"]) == {"back_to_back", "after_50ms_idle"}
     # Steady state: every timed login is a returning user, served by the same few commands.
     commands = data["db"]["inline_commands"]
     assert commands["logins"] > 0
