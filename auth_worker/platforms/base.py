@@ -9,6 +9,10 @@ backends shipped:
   a log line, an exception message or a ``repr``; transport exceptions are replaced, ``from
   None``, by a :class:`PlatformError` that carries none of them;
 - one total timeout per call, no redirects, HTTP status 200 and a JSON object are required;
+  the timeout is the adapter's, cut short by the caller's :func:`platform_deadline` if that
+  comes first (the login request's own deadline);
+- a reply that cannot be decoded, whatever the reason (bad UTF-8, bad JSON, nesting too deep
+  for the parser), is a malformed reply: PLATFORM_UNAVAILABLE, never an internal error;
 - an exchange is never retried: a code that may have reached the platform is never resent.
 """
 
@@ -18,7 +22,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -32,6 +38,25 @@ MAX_BODY_BYTES = 256 * 1024
 
 _CLIP = 200
 _SAFE_CODE = re.compile(r"-?[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_DEADLINE: ContextVar[float | None] = ContextVar("platform_deadline", default=None)
+
+
+@contextmanager
+def platform_deadline(deadline: float) -> Iterator[None]:
+    """Platform calls made inside end by ``deadline`` (epoch seconds) at the latest."""
+    token = _DEADLINE.set(deadline)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def call_timeout(configured: float) -> float:
+    """The timeout of one platform call: ``configured``, or less if the deadline is nearer."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return configured
+    return max(min(configured, deadline - time.time()), 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +199,10 @@ class HttpAdapter:
         status: int | None = None
         body = bytearray()
         too_large = False
+        timeout = call_timeout(self._timeout.total or 0.0)
+        if timeout <= 0:
+            # Nothing left of the caller's budget: the code is not sent at all.
+            raise self.unavailable(f"{self.display_name} was not called: no time was left.")
         started = time.perf_counter()
         try:
             async with self._session.request(
@@ -182,7 +211,7 @@ class HttpAdapter:
                 params=params,
                 data=form,
                 json=json_body,
-                timeout=self._timeout,
+                timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
                 status = response.status
@@ -195,7 +224,7 @@ class HttpAdapter:
         except TimeoutError:
             self.log.warning(
                 "platform call timed out platform=%s app_id=%s path=%s timeout=%s",
-                self.platform, app.app_id, path, self._timeout.total,
+                self.platform, app.app_id, path, round(timeout, 3),
             )
             raise self.unavailable(f"{self.display_name} did not answer in time.") from None
         except aiohttp.ClientError as exc:
@@ -223,7 +252,9 @@ class HttpAdapter:
         try:
             text = bytes(body).decode("utf-8")
             data = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
+            # ValueError covers bad UTF-8 and bad JSON; RecursionError is JSON nested deeper
+            # than the parser goes. Either way the reply is not one the platform documents.
             raise self.malformed(app, path, "reply is not JSON") from None
         if not isinstance(data, dict):
             raise self.malformed(app, path, "reply is not a JSON object")

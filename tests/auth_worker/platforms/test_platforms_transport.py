@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from auth_worker.platforms import build_adapters
-from auth_worker.platforms.base import MAX_BODY_BYTES
+from auth_worker.platforms.base import MAX_BODY_BYTES, platform_deadline
 from shared.apps import AppConfig
 from shared.errors import ErrorCode, PlatformError
 
@@ -56,6 +57,9 @@ FAILURES = [
     pytest.param({"body": '"just a string"'}, id="json-string"),
     pytest.param({"body": "null"}, id="json-null"),
     pytest.param({"body": "{" + " " * (MAX_BODY_BYTES + 10) + "}"}, id="huge"),
+    # Nested far deeper than the JSON parser goes (it raises RecursionError), yet under the
+    # size cap: still a malformed reply, never an internal error.
+    pytest.param({"body": '{"a":' + "[" * 100_000 + "]" * 100_000 + "}"}, id="deeply-nested"),
 ]
 
 
@@ -92,6 +96,35 @@ async def test_timeout_is_platform_unavailable(
     assert len(fake.seen) == 1
     assert exc.__cause__ is None and exc.__suppress_context__
     no_leak(exc, SECRET, CODE, fake.base("/"))
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_a_nearer_deadline_cuts_the_call_short(
+    fake: Any, http: Any, app_for: Any, no_leak: Any, platform: str
+) -> None:
+    # The adapter's own timeout (5 s) is longer than what is left of the request's budget.
+    fake.reply({}, delay=3.0)
+    app = app_for(platform)
+    started = time.monotonic()
+
+    with platform_deadline(time.time() + 0.3):
+        exc = await exchange(http, app, timeout=5)
+
+    assert exc.code is ErrorCode.PLATFORM_UNAVAILABLE
+    assert "in time" in exc.message
+    assert time.monotonic() - started < 1.5
+    assert len(fake.seen) == 1
+    no_leak(exc, SECRET, CODE, fake.base("/"))
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+async def test_no_time_left_sends_nothing(
+    fake: Any, http: Any, app_for: Any, platform: str
+) -> None:
+    with platform_deadline(time.time() - 0.1):
+        exc = await exchange(http, app_for(platform))
+    assert exc.code is ErrorCode.PLATFORM_UNAVAILABLE
+    assert fake.seen == []
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
