@@ -2,12 +2,19 @@
 
 The request is signed with the app's private key; the reply's ``…_response`` or
 ``error_response`` node is verified, over its exact raw text, with the Alipay public key
-configured for the app. A reply whose signature is missing or wrong is never trusted: it is
-PLATFORM_UNAVAILABLE (a forged or broken reply), not a verdict on the user's code or the app.
+configured for the app. A reply is never trusted unless it verifies:
 
-The identity is ``open_id`` or ``user_id`` per ``app.identity_field``. During Alipay's
-user_id → open_id migration a reply may carry either or both, so an empty configured field
-falls back to the other one, with a warning logged once per app.
+- no signature, or a ``sign`` that is not base64 of one RSA block: a broken reply,
+  PLATFORM_UNAVAILABLE;
+- a well-formed signature that does not verify with the configured ``alipay_public_key``:
+  the app's configuration error (APP_MISCONFIGURED, logged with the app's name, never the key).
+  Over HTTPS a wrong key is by far the likelier cause, and it fails every login of the app
+  until it is fixed: it must not pass for an Alipay outage.
+
+The identity is ``open_id`` or ``user_id`` per ``app.identity_field``, and only that field: a
+reply whose configured field is empty is refused as APP_MISCONFIGURED (the log names the app
+and the field). Keying the identity by the other field instead would give the same person a
+second identity, hence a second user, the day the reply carries the configured field again.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from auth_worker.platforms.alipay_sign import (
     KeyFormatError,
     SignedNode,
     find_signed_node,
+    is_signature_shaped,
     load_private_key,
     load_public_key,
     sign_params,
@@ -73,7 +81,6 @@ class AlipayAdapter(HttpAdapter):
     ) -> None:
         super().__init__(session, timeout)
         self._clock = clock
-        self._warned_fallback: set[tuple[str, str]] = set()
 
     async def exchange_code(
         self, app: AppConfig, code: str | None, *, anonymous_code: str | None = None
@@ -101,8 +108,10 @@ class AlipayAdapter(HttpAdapter):
             raise self.malformed(app, PATH, str(exc)) from None
         if not isinstance(node.value, dict):
             raise self.malformed(app, PATH, f"{node.name} is not an object")
-        if node.sign is None or not verify(node.raw, node.sign, public_key):
-            raise self._untrusted(app, node, code)
+        if node.sign is None or not is_signature_shaped(node.sign, public_key):
+            raise self._unsigned(app, node, code)
+        if not verify(node.raw, node.sign, public_key):
+            raise self._unverified(app, node, code)
         value: dict[str, Any] = node.value
         gateway_code = value.get("code")
         if node.name == ERROR_NODE or gateway_code not in (None, SUCCESS_CODE):
@@ -128,20 +137,30 @@ class AlipayAdapter(HttpAdapter):
             ) from None
         return private_key, public_key
 
-    def _untrusted(self, app: AppConfig, node: SignedNode, code: str) -> Exception:
+    def _unsigned(self, app: AppConfig, node: SignedNode, code: str) -> Exception:
         value = node.value if isinstance(node.value, dict) else {}
         self.log.error(
-            "reply signature %s, reply rejected as forged or broken platform=%s app_id=%s "
-            "node=%s unverified_code=%s unverified_sub_code=%s hint=%s",
-            "missing" if node.sign is None else "invalid",
-            self.platform,
-            app.app_id,
-            node.name,
-            clip(value.get("code", ""), code),
-            clip(value.get("sub_code", ""), code),
-            clip("if every reply fails, check the app's alipay_public_key is Alipay's key"),
+            "reply signature %s, reply rejected as broken platform=%s app_id=%s node=%s "
+            "unverified_code=%s unverified_sub_code=%s",
+            "missing" if node.sign is None else "malformed", self.platform, app.app_id, node.name,
+            clip(value.get("code", ""), code), clip(value.get("sub_code", ""), code),
         )
-        return self.unavailable("Alipay sent a reply whose signature does not verify.")
+        return self.unavailable("Alipay sent a reply without a valid signature.")
+
+    def _unverified(self, app: AppConfig, node: SignedNode, code: str) -> Exception:
+        value = node.value if isinstance(node.value, dict) else {}
+        self.log.error(
+            "reply signature does not verify with the configured alipay_public_key "
+            "platform=%s app_id=%s node=%s unverified_code=%s unverified_sub_code=%s hint=%s",
+            self.platform, app.app_id, node.name,
+            clip(value.get("code", ""), code), clip(value.get("sub_code", ""), code),
+            clip("configure Alipay's public key for this app (console: 接口加签方式), "
+                 "not the app's own public key"),
+        )
+        self.count_error(ErrorCode.APP_MISCONFIGURED)
+        return configuration_error(
+            app, "Alipay's reply does not verify with the configured alipay_public_key"
+        )
 
     def _refusal(self, app: AppConfig, value: Mapping[str, Any], code: str) -> Exception:
         gateway_code = str(value.get("code") or "")
@@ -161,16 +180,18 @@ class AlipayAdapter(HttpAdapter):
         other = "user_id" if configured == "open_id" else "open_id"
         openid = text_field(value, configured)
         if openid is None:
-            openid = text_field(value, other)
-            if openid is None:
+            if text_field(value, other) is None:
                 raise self.malformed(app, PATH, "neither open_id nor user_id in the reply")
-            if app.key not in self._warned_fallback:
-                self._warned_fallback.add(app.key)
-                self.log.warning(
-                    "identity field empty, using the other one platform=%s app_id=%s "
-                    "identity_field=%s used=%s",
-                    self.platform, app.app_id, configured, other,
-                )
+            self.log.error(
+                "identity field empty in the reply platform=%s app_id=%s identity_field=%s "
+                "present=%s hint=%s",
+                self.platform, app.app_id, configured, other,
+                clip(f"set identity_field = \"{other}\" if the app has moved to {other}"),
+            )
+            self.count_error(ErrorCode.APP_MISCONFIGURED)
+            raise configuration_error(
+                app, f"identity_field is {configured}, but Alipay's reply has only {other}"
+            )
         return PlatformIdentity(
             openid=openid, session_key=None, unionid=text_field(value, "union_id")
         )

@@ -111,6 +111,19 @@ def verify(content: str, signature: str, public_key: rsa.RSAPublicKey) -> bool:
     return True
 
 
+def is_signature_shaped(signature: str, public_key: rsa.RSAPublicKey) -> bool:
+    """Whether ``signature`` is base64 of exactly one RSA block of ``public_key``'s size.
+
+    A signature of that shape that does not verify was made with another key (or over other
+    bytes); anything else is not a signature at all.
+    """
+    try:
+        raw = base64.b64decode(_WHITESPACE.sub("", signature), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == (public_key.key_size + 7) // 8
+
+
 @dataclass(frozen=True, slots=True)
 class SignedNode:
     """A reply's signed node: its name, exact raw text, parsed value, and the reply's ``sign``."""

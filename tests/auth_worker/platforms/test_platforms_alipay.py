@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from auth_worker.platforms import alipay, alipay_sign
 from auth_worker.platforms.base import PlatformIdentity
-from shared.errors import ConfigurationError, ErrorCode, PlatformError
+from shared.errors import ConfigurationError, ErrorCode, MPLoginError, PlatformError
 
 CODE = "4b203fe6c11548bcabd8da5bb087a83b&x=1+2/中文"
 ACCESS_TOKEN = "authusrB-access-token-must-stay-secret"
@@ -130,28 +130,36 @@ async def test_identity_follows_the_configured_field(
 
 
 @pytest.mark.parametrize(
-    ("identity_field", "fields", "expected"),
+    ("identity_field", "fields"),
     [
-        ("open_id", {"user_id": "2088102104794936", "open_id": ""}, "2088102104794936"),
-        ("user_id", {"open_id": "074a", "user_id": ""}, "074a"),
-        ("user_id", {"open_id": "074a"}, "074a"),
+        ("open_id", {"user_id": "2088102104794936", "open_id": ""}),
+        ("open_id", {"user_id": "2088102104794936"}),
+        ("user_id", {"open_id": "074a", "user_id": ""}),
+        ("user_id", {"open_id": "074a"}),
     ],
 )
-async def test_an_empty_identity_field_falls_back_with_one_warning(
+async def test_an_empty_identity_field_is_a_configuration_error_never_the_other_field(
     fake: Any, adapter: Any, alipay_app: Any, alipay_keys: Any, caplog: Any,
-    identity_field: str, fields: dict[str, str], expected: str,
+    identity_field: str, fields: dict[str, str],
 ) -> None:
+    # Keying the identity by the other field would split the person into two users the day
+    # the reply carries the configured field again.
     caplog.set_level(logging.INFO, logger="mplogin")
     fake.reply(signed_body(NODE, node_json(**fields), alipay_keys.private))
-    app = alipay_app(identity_field=identity_field)
 
-    first = await adapter.exchange_code(app, CODE)
-    second = await adapter.exchange_code(app, CODE + "2")
+    with pytest.raises(ConfigurationError) as info:
+        await adapter.exchange_code(alipay_app(identity_field=identity_field), CODE)
 
-    assert first.openid == second.openid == expected
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert f"identity_field={identity_field}" in warnings[0].getMessage()
+    assert info.value.code is ErrorCode.APP_MISCONFIGURED
+    assert "alipay/2021000000000001" in str(info.value)
+    assert f"identity_field is {identity_field}" in str(info.value)
+    [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert record.levelno == logging.ERROR
+    assert "app_id=2021000000000001" in record.getMessage()
+    assert f"identity_field={identity_field}" in record.getMessage()
+    for value in fields.values():
+        if value:
+            assert value not in record.getMessage() and value not in str(info.value)
 
 
 async def test_no_identity_at_all_is_platform_unavailable(
@@ -247,9 +255,10 @@ async def test_a_signature_over_a_reserialisation_is_rejected(
     raw = '{"open_id":"074a","avatar":"https:\\/\\/a.cn\\/x","nick_name":"张三"}'
     reserialised = json.dumps(json.loads(raw), ensure_ascii=ensure_ascii)
     fake.reply(signed_body(NODE, raw, alipay_keys.private, sign_over=reserialised))
-    with pytest.raises(PlatformError) as info:
+    with pytest.raises(MPLoginError) as info:
         await adapter.exchange_code(alipay_app(), CODE)
-    assert info.value.code is ErrorCode.PLATFORM_UNAVAILABLE
+    # A well-formed signature that does not verify is read as a wrong key (see below).
+    assert info.value.code is ErrorCode.APP_MISCONFIGURED
 
 
 def tampered(keys: Any) -> str:
@@ -257,12 +266,20 @@ def tampered(keys: Any) -> str:
     return signed_body(NODE, honest.replace("074a", "0666"), keys.private, sign_over=honest)
 
 
-UNTRUSTED = [
+UNVERIFIED = [
     pytest.param(lambda keys, other: tampered(keys), id="tampered-node"),
     pytest.param(
         lambda keys, other: signed_body(NODE, node_json(open_id="074a"), other.private),
         id="wrong-key",
     ),
+    pytest.param(
+        lambda keys, other: signed_body(
+            ERROR, '{"code":"40002","sub_code":"isv.invalid-app-id"}', other.private
+        ),
+        id="forged-error",
+    ),
+]
+UNSIGNED = [
     pytest.param(lambda keys, other: f'{{"{NODE}":{node_json(open_id="074a")}}}', id="no-sign"),
     pytest.param(
         lambda keys, other: f'{{"{NODE}":{node_json(open_id="074a")},"sign":""}}', id="empty-sign"
@@ -272,20 +289,42 @@ UNTRUSTED = [
         id="junk-sign",
     ),
     pytest.param(
-        lambda keys, other: f'{{"{ERROR}":{{"code":"40002","sub_code":"isv.code-invalid"}}}}',
-        id="unsigned-error",
+        lambda keys, other: f'{{"{NODE}":{node_json(open_id="074a")},"sign":"c2hvcnQ="}}',
+        id="short-sign",
     ),
     pytest.param(
-        lambda keys, other: signed_body(
-            ERROR, '{"code":"40002","sub_code":"isv.invalid-app-id"}', other.private
-        ),
-        id="forged-error",
+        lambda keys, other: f'{{"{ERROR}":{{"code":"40002","sub_code":"isv.code-invalid"}}}}',
+        id="unsigned-error",
     ),
 ]
 
 
-@pytest.mark.parametrize("make_body", UNTRUSTED)
-async def test_untrusted_replies_are_platform_unavailable_and_logged(
+@pytest.mark.parametrize("make_body", UNVERIFIED)
+async def test_a_reply_that_does_not_verify_with_the_configured_key_is_app_misconfigured(
+    fake: Any, adapter: Any, alipay_app: Any, alipay_keys: Any, app_keys: Any,
+    caplog: Any, no_leak: Any, make_body: Any,
+) -> None:
+    # A wrong alipay_public_key fails every login of the app: it must not read as an outage.
+    fake.reply(make_body(alipay_keys, app_keys))
+
+    with pytest.raises(ConfigurationError) as info:
+        await adapter.exchange_code(alipay_app(), CODE)
+
+    assert info.value.code is ErrorCode.APP_MISCONFIGURED
+    assert "alipay/2021000000000001" in str(info.value)
+    assert "alipay_public_key" in str(info.value)
+    [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.name == "mplogin.platforms.alipay"
+    assert "signature" in record.getMessage() and "alipay_public_key" in record.getMessage()
+    assert "app_id=2021000000000001" in record.getMessage()
+    public_body = "".join(alipay_keys.public_pem.strip().splitlines()[1:-1])
+    for text in (str(info.value), record.getMessage()):
+        assert public_body[:40] not in text and public_body[-40:] not in text
+    no_leak(info.value, CODE, ACCESS_TOKEN, REFRESH_TOKEN)
+
+
+@pytest.mark.parametrize("make_body", UNSIGNED)
+async def test_unsigned_replies_are_platform_unavailable_and_logged(
     fake: Any, adapter: Any, alipay_app: Any, alipay_keys: Any, app_keys: Any,
     caplog: Any, no_leak: Any, make_body: Any,
 ) -> None:

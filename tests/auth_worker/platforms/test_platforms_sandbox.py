@@ -169,7 +169,7 @@ def fault_cases() -> list[Any]:
         pytest.param("qq", "rate_limited", ErrorCode.RATE_LIMITED, id="qq-rate_limited"),
         pytest.param("wechat", "blocked", ErrorCode.USER_BLOCKED, id="wechat-blocked"),
         pytest.param(
-            "alipay", "bad_signature", ErrorCode.PLATFORM_UNAVAILABLE, id="alipay-bad_signature"
+            "alipay", "bad_signature", ErrorCode.APP_MISCONFIGURED, id="alipay-bad_signature"
         ),
     ]
     return cases
@@ -242,7 +242,6 @@ async def test_douyin_anonymous_and_linked_logins(sandbox: Sandbox, adapters: An
         ("user_id", "user_id", "user_id"),
         ("open_id", "both", "openid"),
         ("user_id", "both", "user_id"),
-        ("open_id", "user_id", "user_id"),
     ],
 )
 async def test_alipay_identity_modes(
@@ -254,3 +253,17 @@ async def test_alipay_identity_modes(
     identity = await adapters["alipay"].exchange_code(app, minted["code"])
 
     assert identity.openid == minted[expected]
+
+
+@pytest.mark.parametrize(("configured", "mode"), [("open_id", "user_id"), ("user_id", "open_id")])
+async def test_alipay_reply_without_the_configured_field_is_app_misconfigured(
+    sandbox: Sandbox, adapters: Any, configured: str, mode: str
+) -> None:
+    app = sandbox.apps["alipay"].model_copy(update={"identity_field": configured})
+    minted = await sandbox.mint("alipay", identity_field=mode)
+
+    with pytest.raises(ConfigurationError) as info:
+        await adapters["alipay"].exchange_code(app, minted["code"])
+
+    assert info.value.code is ErrorCode.APP_MISCONFIGURED
+    assert f"identity_field is {configured}" in str(info.value)
