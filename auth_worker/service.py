@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -21,9 +23,16 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
-from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity
+from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
-from auth_worker.store import IdentityKey, ResolvedUser, Store, new_user_id, now_ts
+from auth_worker.store import (
+    IdentityKey,
+    ResolvedUser,
+    SessionFields,
+    Store,
+    new_user_id,
+    now_ts,
+)
 from auth_worker.userdata import OpenDataService, WeChatPhoneSource
 from shared.apps import AppConfig, AppRegistry
 from shared.errors import ErrorCode, MPLoginError, PlatformError
@@ -48,7 +57,29 @@ log = logging.getLogger("mplogin.worker")
 
 CLAIM_POLL_INTERVAL = 0.05
 DATABASE_MARGIN = 1.0  # pymongo overshoots its timeout by up to ~0.5 s when a server stalls
+AFTER_EXCHANGE = 0.5  # kept, within the database's budget, for the writes after the exchange
+MIN_PLATFORM_BUDGET = 0.2  # less than this left for the platform: answer timeout, claim nothing
 ANONYMOUS_PREFIX = "anonymous:"
+
+
+def claim_error(error: MPLoginError) -> dict[str, Any]:
+    """How a failed exchange is recorded on its claim, to be answered again on a retry."""
+    return {"code": error.code.value, "message": error.message, "retry_after": error.retry_after}
+
+
+def recorded_error(claim: dict[str, Any]) -> MPLoginError:
+    """The error recorded on a failed claim (any other state: the login was interrupted)."""
+    error = claim.get("error") if claim.get("state") == "failed" else None
+    if not isinstance(error, dict):
+        return MPLoginError(ErrorCode.SERVICE_UNAVAILABLE,
+                            "The login was interrupted; retry with a new code.")
+    try:
+        code = ErrorCode(str(error.get("code")))
+    except ValueError:
+        code = ErrorCode.PLATFORM_UNAVAILABLE
+    retry_after = error.get("retry_after")
+    return MPLoginError(code, error.get("message"),
+                        retry_after=retry_after if isinstance(retry_after, int) else None)
 
 
 def code_key(platform: str, app_id: str, kind: str, code: str) -> str:
@@ -174,12 +205,16 @@ class LoginService:
             ("code", params.code) if params.code is not None else ("anon", params.anonymous_code)
         )
         assert secret is not None  # noqa: S101 - narrowed above
-        # Both limits come before the claim: a rejected login records nothing, so the client may
-        # retry with the same code.
+        # Both limits and the budget check come before the claim: a rejected login records
+        # nothing, so the client may retry with the same code.
         if self.quota is not None:
             await self.quota.acquire(LOGIN, app.platform, app.app_id)
         if self.outbound is not None:
             await self.outbound.acquire(app.platform, app.app_id, budget=ctx.remaining())
+        if ctx.remaining() - DATABASE_MARGIN - AFTER_EXCHANGE < MIN_PLATFORM_BUDGET:
+            if self.outbound is not None:
+                self.outbound.release(app.platform, app.app_id)
+            raise MPLoginError(ErrorCode.TIMEOUT)
         key = code_key(app.platform, app.app_id, kind, secret)
         session_id = new_session_id()
         existing = await self.store.claim_code(
@@ -193,37 +228,44 @@ class LoginService:
         )
         if existing is None:
             resolved = await self._exchange(app, session_id, params, ctx)
-        else:
-            if self.outbound is not None:  # this request will not call the platform
-                self.outbound.release(app.platform, app.app_id)
-            resolved = await self._await_claim(app, key, existing, ctx)
-            session_id = new_session_id()
-        return await self._issue(app, session_id, resolved)
+            return await self._issue(app, session_id, resolved, claimed=True)
+        if self.outbound is not None:  # this request will not call the platform
+            self.outbound.release(app.platform, app.app_id)
+        resolved = await self._await_claim(app, key, existing, ctx)
+        return await self._issue(app, new_session_id(), resolved, claimed=False)
 
     async def _exchange(
         self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
     ) -> Resolved:
         adapter = self.adapters[app.platform]
         try:
-            identity = await adapter.exchange_code(
-                app, params.code, anonymous_code=params.anonymous_code
-            )
+            # The platform gets what is left of the request's budget once the database's margin
+            # and the writes after the exchange are set aside (at most platform_timeout), so a
+            # slow platform is answered platform_unavailable by us, not timeout by the gateway,
+            # and its failure is still recorded on the claim.
+            with platform_deadline(ctx.deadline - DATABASE_MARGIN - AFTER_EXCHANGE):
+                identity = await adapter.exchange_code(
+                    app, params.code, anonymous_code=params.anonymous_code
+                )
         except MPLoginError as exc:
-            await self.store.fail_claim(session_id, error={
-                "code": exc.code.value, "message": exc.message, "retry_after": exc.retry_after,
-            })
+            await self.store.fail_claim(session_id, error=claim_error(exc))
             if isinstance(exc, PlatformError):
                 log.warning("login.platform_error request_id=%s app=%s/%s code=%s platform_code=%s",
                             ctx.request_id, app.platform, app.app_id, exc.code.value,
                             exc.platform_code)
             raise
-        except Exception:
-            # Whatever happened, the code may have reached the platform: never exchange it again.
-            await self.store.fail_claim(session_id, error={
-                "code": ErrorCode.PLATFORM_UNAVAILABLE.value,
-                "message": "The platform exchange failed; retry with a new code.",
-            })
-            raise
+        except Exception as exc:
+            # Whatever happened, the code may have reached the platform: never exchange it
+            # again, and answer as for any failed exchange. Only the exception's type and where
+            # it was raised are logged: its message may hold the URL, hence the AppSecret.
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("login.exchange_failed request_id=%s app=%s/%s error=%s at=%s:%s",
+                      ctx.request_id, app.platform, app.app_id, type(exc).__name__,
+                      Path(frame.filename).name, frame.lineno)
+            failure = MPLoginError(ErrorCode.PLATFORM_UNAVAILABLE,
+                                   "The platform exchange failed; retry with a new code.")
+            await self.store.fail_claim(session_id, error=claim_error(failure))
+            raise failure from None
         resolved = await self._resolve_user(app, identity)
         if identity.session_key:
             resolved = replace(resolved, session_key_enc=self.box.encrypt(
@@ -242,20 +284,20 @@ class LoginService:
             ):
                 raise MPLoginError(ErrorCode.INVALID_CODE)
             if state == "active":
+                # The first result back, as the first request got it: the same user, whether
+                # it was new, and the unionid.
                 enc = claim.get("session_key_enc")
+                unionid = claim.get("unionid")
                 return Resolved(
-                    user=ResolvedUser(user_id=str(claim["user_id"]), is_new=False),
+                    # bool(): the MongoDB stand-in gives a boolean written by $set back as 1.
+                    user=ResolvedUser(user_id=str(claim["user_id"]),
+                                      is_new=bool(claim.get("is_new"))),
                     identity=IdentityKey(app.platform, app.app_id, str(claim["openid"])),
-                    unionid=None,
+                    unionid=unionid if isinstance(unionid, str) else None,
                     session_key_enc=enc if isinstance(enc, str) else None,
                 )
             if state == "failed":
-                error = claim.get("error") or {}
-                raise MPLoginError(
-                    ErrorCode(error.get("code", ErrorCode.PLATFORM_UNAVAILABLE.value)),
-                    error.get("message"),
-                    retry_after=error.get("retry_after"),
-                )
+                raise recorded_error(claim)
             if state == "gone":
                 raise MPLoginError(ErrorCode.INVALID_CODE)
             lease = claim.get("lease_until_ts")
@@ -334,19 +376,33 @@ class LoginService:
             )
             await self.store.record_union_conflict(platform, unionid, holder, user_id)
 
-    async def _issue(self, app: AppConfig, session_id: str, resolved: Resolved) -> SessionOut:
+    async def _issue(
+        self, app: AppConfig, session_id: str, resolved: Resolved, *, claimed: bool
+    ) -> SessionOut:
+        """Store the session (the claim itself when this request exchanged the code)."""
         refresh = new_refresh_token()
         now = now_ts()
-        await self.store.activate_session(
-            session_id,
+        fields = SessionFields(
             user_id=resolved.user.user_id,
             is_new=resolved.user.is_new,
             identity=resolved.identity,
+            unionid=resolved.unionid,
             refresh_hash=hash_refresh_token(refresh),
             expires_ts=now + self.settings.refresh_token_ttl,
             absolute_expires_ts=now + self.settings.refresh_token_max_age,
             session_key_enc=resolved.session_key_enc,
         )
+        if not claimed:
+            await self.store.insert_session(session_id, fields)
+        else:
+            current = await self.store.activate_claim(session_id, fields)
+            if current is not None:
+                # A redelivery of this very message answered the claim with an error meanwhile
+                # (this worker looked dead to the broker): every request for this code gets
+                # that answer, never a session next to it.
+                log.warning("login.claim_already_answered app=%s/%s state=%s", app.platform,
+                            app.app_id, current.get("state"))
+                raise recorded_error(current)
         access, expires_in = self.issuer.mint_access(
             subject=resolved.user.user_id, session_id=session_id
         )

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -79,8 +79,35 @@ class ResolvedUser:
     is_new: bool
 
 
-class UnionConflictError(Exception):
-    """Two users already hold the same unionid; they are never merged silently."""
+@dataclass(frozen=True, slots=True)
+class SessionFields:
+    """What an active session stores: who logged in, through which identity, until when."""
+
+    user_id: str
+    is_new: bool
+    identity: IdentityKey
+    unionid: str | None
+    refresh_hash: str = field(repr=False)
+    expires_ts: float
+    absolute_expires_ts: float
+    session_key_enc: str | None = field(default=None, repr=False)
+
+    def document(self) -> Doc:
+        """The session's fields as stored."""
+        return {
+            "state": "active",
+            "user_id": self.user_id,
+            "is_new": self.is_new,
+            "platform": self.identity.platform,
+            "app_id": self.identity.app_id,
+            "openid": self.identity.openid,
+            "unionid": self.unionid,
+            "refresh_hash": self.refresh_hash,
+            "session_key_enc": self.session_key_enc,
+            "expires_ts": self.expires_ts,
+            "absolute_expires_ts": self.absolute_expires_ts,
+            "purge_at": datetime.fromtimestamp(self.absolute_expires_ts, UTC),
+        }
 
 
 class Store:
@@ -268,29 +295,26 @@ class Store:
         )
         return result.modified_count == 1
 
-    async def activate_session(
-        self, session_id: str, *, user_id: str, is_new: bool, identity: IdentityKey,
-        refresh_hash: str, expires_ts: float, absolute_expires_ts: float,
-        session_key_enc: str | None,
-    ) -> None:
-        """Turn a claim (or nothing, for a retry's own session) into an active session."""
-        await self.sessions.update_one(
-            {"_id": session_id},
-            {"$set": {
-                "state": "active",
-                "user_id": user_id,
-                "is_new": is_new,
-                "platform": identity.platform,
-                "app_id": identity.app_id,
-                "openid": identity.openid,
-                "refresh_hash": refresh_hash,
-                "session_key_enc": session_key_enc,
-                "expires_ts": expires_ts,
-                "absolute_expires_ts": absolute_expires_ts,
-                "purge_at": datetime.fromtimestamp(absolute_expires_ts, UTC),
-            }, "$setOnInsert": {"created_at": utcnow()}},
-            upsert=True,
+    async def activate_claim(self, session_id: str, fields: SessionFields) -> Doc | None:
+        """Turn this login's pending claim into an active session.
+
+        Returns None when it did; otherwise the claim as it is now (``{"state": "gone"}`` if it
+        was purged). Only a pending claim is activated: a claim already marked ``failed`` (a
+        redelivery of this very message answered the error) keeps its error, so every request
+        for the code gets the same answer.
+        """
+        result = await self.sessions.update_one(
+            {"_id": session_id, "state": "pending"}, {"$set": fields.document()}
         )
+        if result.modified_count == 1:
+            return None
+        current = await self.sessions.find_one({"_id": session_id})
+        return current if current is not None else {"state": "gone"}
+
+    async def insert_session(self, session_id: str, fields: SessionFields) -> None:
+        """Store a new active session (a retried code's own session: it has no claim)."""
+        await self.sessions.insert_one({"_id": session_id, **fields.document(),
+                                        "created_at": utcnow()})
 
     async def rotate_refresh(
         self, refresh_hash: str, new_hash: str, *, idle_ttl: int, request_id: str

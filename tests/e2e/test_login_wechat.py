@@ -6,16 +6,21 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from typing import Any
 
+import aio_pika
 import pytest
 
 from shared.keys import KeyRing
+from shared.messages import RpcReply, RpcRequest, dumps
+from shared.rpc import request_queue_arguments
 from shared.runtime import load_secretbox
 from shared.tokens import TokenVerifier
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxe2e0000000001"
+APP_EXPOSED = "wxe2e0000000002"
 
 
 @pytest.fixture
@@ -73,19 +78,122 @@ async def test_login_returns_a_verifiable_session_and_stores_an_encrypted_sessio
     assert await stack.db.users.count_documents({"_id": body["user"]["id"]}) == 1
 
 
+@pytest.fixture
+async def exposed(make_stack: StackFactory, sandbox: Sandbox, secret: str) -> Stack:
+    """A stack whose app puts openid and unionid into login responses."""
+    await sandbox.register("wechat", APP_EXPOSED, secret=secret)
+    return await make_stack(  # type: ignore[no-any-return]
+        [{"platform": "wechat", "app_id": APP_EXPOSED, "secret_env": "E2E_WX_SECRET",
+          "api_base": f"{sandbox.base}/wechat", "expose_openid": True}],
+        workers=2,
+    )
+
+
 async def test_the_same_code_is_exchanged_once_however_often_it_is_posted(
-    stack: Stack, sandbox: Sandbox
+    exposed: Stack, sandbox: Sandbox
 ) -> None:
-    code = (await sandbox.mint("wechat", APP, openid="o_e2e_retry"))["code"]
+    stack = exposed
+    minted = await sandbox.mint("wechat", APP_EXPOSED, openid="o_e2e_retry",
+                                unionid="un_e2e_retry")
+    code = minted["code"]
     results = await asyncio.gather(*(stack.login(platform="wechat", code=code) for _ in range(6)))
     later = await stack.login(platform="wechat", code=code)
-    users = {body["user"]["id"] for status, body, _ in [*results, later] if status == 200}
-    assert [r[0] for r in [*results, later]] == [200] * 7, [r[1] for r in results]
-    assert len(users) == 1
-    tokens = {body["refresh_token"] for _, body, _ in [*results, later]}
+    answers = [*results, later]
+    assert [r[0] for r in answers] == [200] * 7, [r[1] for r in answers]
+    # Every request gets the first result back: the same user, is_new as the first exchange
+    # found it (a new user), and the same identity, unionid included.
+    assert {json.dumps(body["user"], sort_keys=True) for _, body, _ in answers} == {
+        json.dumps({"id": results[0][1]["user"]["id"], "is_new": True, "platform": "wechat",
+                    "app_id": APP_EXPOSED, "openid": "o_e2e_retry", "unionid": "un_e2e_retry"},
+                   sort_keys=True)}
+    tokens = {body["refresh_token"] for _, body, _ in answers}
     assert len(tokens) == 7, "every response carries its own valid session"
     assert (await sandbox.stats())["by_code"][code] == 1
     assert await stack.db.identities.count_documents({"openid": "o_e2e_retry"}) == 1
+
+
+def _login_message(request_id: str, code: str, reply_to: str, deadline_s: float) -> Any:
+    return aio_pika.Message(
+        dumps(RpcRequest(method="login", request_id=request_id,
+                         params={"platform": "wechat", "code": code})),
+        correlation_id=f"c-{request_id}", reply_to=reply_to, content_type="application/json",
+        headers={"x-deadline-ms": int((time.time() + deadline_s) * 1000),
+                 "x-request-id": request_id})
+
+
+async def _replies(queue: Any, count: int, timeout: float = 10.0) -> list[RpcReply]:
+    replies: list[RpcReply] = []
+    end = time.monotonic() + timeout
+    while len(replies) < count and time.monotonic() < end:
+        message = await queue.get(fail=False, no_ack=True)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        replies.append(RpcReply.model_validate_json(message.body))
+    return replies
+
+
+async def test_a_login_message_delivered_twice_while_in_flight_gets_one_answer(
+    stack: Stack, sandbox: Sandbox, rabbit_url: str
+) -> None:
+    # What a worker that looks dead to the broker causes: its message is delivered again while
+    # it is still exchanging the code. The second delivery answers at once without sending the
+    # code again; the first, when the exchange returns, must give the same answer instead of a
+    # session next to it, and so must a client retry of the code.
+    minted = await sandbox.mint("wechat", APP, openid="o_e2e_twice")
+    code = minted["code"]
+    await sandbox.fault("wechat", "slow", app_id=APP, delay_ms=800, count=-1)
+    try:
+        connection = await aio_pika.connect(rabbit_url)
+        async with connection:
+            channel = await connection.channel()
+            replies = await channel.declare_queue(exclusive=True)
+            message = _login_message("r-twice-0001", code, replies.name, 4.0)
+            await channel.default_exchange.publish(
+                message, routing_key=stack.settings.request_queue)
+            for _ in range(100):
+                if (await sandbox.stats())["by_code"].get(code):
+                    break
+                await asyncio.sleep(0.02)
+            await channel.default_exchange.publish(
+                message, routing_key=stack.settings.request_queue)
+            answers = await _replies(replies, 2)
+    finally:
+        await sandbox.control("DELETE", "faults")
+    assert len(answers) == 2
+    assert [a.error.code.value if a.error else "ok" for a in answers] == [
+        "service_unavailable"] * 2, answers
+    assert (await sandbox.stats())["by_code"][code] == 1
+    claim = await stack.db.sessions.find_one({"code_key": {"$exists": True},
+                                              "request_id": "r-twice-0001"})
+    assert claim["state"] == "failed"
+    assert await stack.db.sessions.count_documents({"state": "active"}) == 0
+    await _expect(stack, 503, "service_unavailable", platform="wechat", code=code)
+    assert (await sandbox.stats())["by_code"][code] == 1
+
+
+async def test_a_login_message_delivered_again_after_its_answer_gets_the_same_answer(
+    stack: Stack, sandbox: Sandbox, rabbit_url: str
+) -> None:
+    minted = await sandbox.mint("wechat", APP, openid="o_e2e_again")
+    code = minted["code"]
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue(exclusive=True)
+        message = _login_message("r-again-0001", code, replies.name, 4.0)
+        answers = []
+        for _ in range(2):
+            await channel.default_exchange.publish(
+                message, routing_key=stack.settings.request_queue)
+            answers += await _replies(replies, 1)
+    assert [a.ok for a in answers] == [True, True], answers
+    first, second = (a.result or {} for a in answers)
+    assert first["user"] == second["user"]
+    assert first["user"]["is_new"] is True
+    assert first["refresh_token"] != second["refresh_token"]
+    assert (await sandbox.stats())["by_code"][code] == 1
+    assert await stack.db.identities.count_documents({"openid": "o_e2e_again"}) == 1
 
 
 async def test_a_failed_exchange_is_answered_the_same_on_retry_without_a_second_exchange(
@@ -122,10 +230,21 @@ async def test_platform_faults_map_to_the_error_table(
     stack: Stack, sandbox: Sandbox, fault: str, status: int, code: str
 ) -> None:
     minted = await sandbox.mint("wechat", APP, openid=f"o_fault_{fault}")
-    await sandbox.fault("wechat", fault, app_id=APP)
-    headers = await _expect(stack, status, code, platform="wechat", code=minted["code"])
+    redirects_before = (await sandbox.stats())["redirects_followed"]
+    # Until cleared: a retry of the exchange, by us or by the HTTP client, would meet the
+    # fault again and pass unnoticed but for the sandbox's count of the code.
+    await sandbox.fault("wechat", fault, app_id=APP, count=-1)
+    try:
+        headers = await _expect(stack, status, code, platform="wechat", code=minted["code"])
+        again = await _expect(stack, status, code, platform="wechat", code=minted["code"])
+    finally:
+        await sandbox.control("DELETE", "faults")
     if code == "rate_limited":
         assert int(headers["Retry-After"]) > 0
+        assert again["Retry-After"] == headers["Retry-After"]
+    stats = await sandbox.stats()
+    assert stats["by_code"][minted["code"]] == 1, "the code reached the platform once"
+    assert stats["redirects_followed"] == redirects_before, "a platform redirect was followed"
     assert await stack.db.identities.count_documents({"openid": f"o_fault_{fault}"}) == 0
 
 
@@ -198,17 +317,66 @@ async def test_unroutable_requests_fail_fast_with_503(
 
 
 async def test_no_reply_before_the_deadline_is_a_504(
-    make_stack: StackFactory, sandbox: Sandbox
+    make_stack: StackFactory, rabbit_url: str
 ) -> None:
-    slow = await make_stack(
+    # A request queue nobody consumes: the request is routed, and no reply ever comes.
+    idle = await make_stack(
+        [{"platform": "wechat", "app_id": APP, "secret_env": "E2E_WX_SECRET"}],
+        start_workers=False, login_deadline=1.0,
+    )
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(idle.settings.request_queue, durable=True,
+                                    arguments=request_queue_arguments())
+    started = time.monotonic()
+    await _expect(idle, 504, "timeout", platform="wechat", code="c-nobody-answers")
+    assert 1.0 <= time.monotonic() - started < 2.0
+    assert idle.pending_calls == 0
+
+
+async def test_a_slow_platform_is_cut_off_by_the_request_deadline(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str
+) -> None:
+    # platform_timeout is longer than the whole request: the worker still answers before the
+    # gateway gives up, with platform_unavailable, not a 504 that says nothing.
+    await sandbox.register("wechat", APP, secret=secret)
+    short = await make_stack(
         [{"platform": "wechat", "app_id": APP, "secret_env": "E2E_WX_SECRET",
           "api_base": f"{sandbox.base}/wechat"}],
-        login_deadline=1.0, platform_timeout=5.0,
+        login_deadline=2.5, platform_timeout=5.0,
     )
     minted = await sandbox.mint("wechat", APP, openid="o_deadline")
-    await sandbox.fault("wechat", "slow", app_id=APP, delay_ms=2500)
-    await _expect(slow, 504, "timeout", platform="wechat", code=minted["code"])
-    assert slow.pending_calls == 0
+    await sandbox.fault("wechat", "slow", app_id=APP, delay_ms=4000, count=-1)
+    started = time.monotonic()
+    try:
+        await _expect(short, 502, "platform_unavailable", platform="wechat", code=minted["code"])
+    finally:
+        await sandbox.control("DELETE", "faults")
+    assert time.monotonic() - started < 2.5
+    assert (await sandbox.stats())["by_code"][minted["code"]] == 1
+    assert short.pending_calls == 0
+
+
+async def test_an_unexpected_failure_in_the_exchange_is_platform_unavailable(
+    stack: Stack, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Whatever goes wrong inside an adapter, the code may have reached the platform: the
+    # answer is the one for any failed exchange (never a 500), and a retry gets it again.
+    minted = await sandbox.mint("wechat", APP, openid="o_e2e_bug")
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError(f"unexpected, with {minted['code']} in its message")
+
+    for worker in stack.workers:
+        service = worker._handler.__self__  # type: ignore[attr-defined]
+        monkeypatch.setattr(service.adapters["wechat"], "exchange_code", broken)
+    await _expect(stack, 502, "platform_unavailable", platform="wechat", code=minted["code"])
+    await _expect(stack, 502, "platform_unavailable", platform="wechat", code=minted["code"])
+    [line] = [r.getMessage() for r in caplog.records if "login.exchange_failed" in r.getMessage()]
+    assert "error=RuntimeError" in line and minted["code"] not in line
+    assert await stack.db.identities.count_documents({"openid": "o_e2e_bug"}) == 0
 
 
 async def test_two_workers_on_one_queue_both_take_work(
