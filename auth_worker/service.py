@@ -337,24 +337,23 @@ class LoginService:
         if before is not None:
             user_id = str(before["user_id"])
             if identity.unionid and before.get("unionid") != identity.unionid:
-                await self._link_unionid(app.platform, identity.unionid, user_id)
+                await self._link_unionid(app, identity.unionid, user_id)
             self._remember(key, user_id, identity.unionid or before.get("unionid"))
             return Resolved(ResolvedUser(user_id, is_new=False), key, identity.unionid)
 
         candidate = new_user_id()
-        # A Douyin device that logged in anonymously before: its user becomes the candidate,
-        # so what the guest gathered stays with the person. A unionid already held by a user
-        # still wins (that user is the person across apps).
+        guest: str | None = None
         if identity.anonymous_openid and not identity.anonymous:
-            anonymous = await self.store.find_identity(
-                IdentityKey(app.platform, app.app_id, ANONYMOUS_PREFIX + identity.anonymous_openid)
-            )
-            if anonymous is not None:
-                candidate = str(anonymous["user_id"])
-                log.info("login.anonymous_linked app=%s/%s user_id=%s", app.platform, app.app_id,
-                         candidate)
+            guest = await self._claim_guest(app, identity)
+            candidate = guest or candidate
         if identity.unionid:
-            candidate = await self.store.claim_unionid(app.platform, identity.unionid, candidate)
+            # A unionid already held by a user wins, even over the device's guest: that user
+            # is the person across the apps of the platform account.
+            holder = await self.store.claim_unionid(app.platform, identity.unionid, candidate)
+            if guest is not None and holder != guest:
+                log.warning("login.anonymous_link_skipped app=%s/%s reason=unionid_held "
+                            "guest_user_id=%s user_id=%s", app.platform, app.app_id, guest, holder)
+            candidate = holder
         extra = {"anonymous": True} if identity.anonymous else None
         user = await self.store.create_identity(
             key, candidate_user_id=candidate, unionid=identity.unionid, extra=extra,
@@ -362,19 +361,43 @@ class LoginService:
         self._remember(key, user.user_id, identity.unionid)
         return Resolved(user, key, identity.unionid)
 
+    async def _claim_guest(self, app: AppConfig, identity: PlatformIdentity) -> str | None:
+        """The user of the device's anonymous identity, if this real identity may join it.
+
+        A Douyin device that logged in anonymously before: the first real identity to log in
+        on it joins the guest's user, so what the guest gathered stays with the person. The
+        link is claimed once, atomically: a second person on the same device gets a user of
+        their own instead of the first person's.
+        """
+        assert identity.anonymous_openid is not None  # noqa: S101 - checked by the caller
+        anonymous = IdentityKey(app.platform, app.app_id,
+                                ANONYMOUS_PREFIX + identity.anonymous_openid)
+        linked = await self.store.link_anonymous(anonymous, identity.openid)
+        if linked is not None:
+            guest = str(linked["user_id"])
+            log.info("login.anonymous_linked app=%s/%s user_id=%s", app.platform, app.app_id,
+                     guest)
+            return guest
+        existing = await self.store.find_identity(anonymous)
+        if existing is not None:
+            log.warning("login.anonymous_link_skipped app=%s/%s reason=already_linked "
+                        "guest_user_id=%s", app.platform, app.app_id, existing.get("user_id"))
+        return None
+
     def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
         self._known[key] = KnownIdentity(user_id, unionid if isinstance(unionid, str) else None)
         if len(self._known) > KNOWN_IDENTITIES:
             self._known.popitem(last=False)
 
-    async def _link_unionid(self, platform: str, unionid: str, user_id: str) -> None:
-        holder = await self.store.claim_unionid(platform, unionid, user_id)
+    async def _link_unionid(self, app: AppConfig, unionid: str, user_id: str) -> None:
+        holder = await self.store.claim_unionid(app.platform, unionid, user_id)
         if holder != user_id:
             log.error(
-                "login.unionid_conflict platform=%s holder_user_id=%s other_user_id=%s "
-                "action=kept_separate", platform, holder, user_id,
+                "login.unionid_conflict app=%s/%s holder_user_id=%s other_user_id=%s "
+                "action=kept_separate", app.platform, app.app_id, holder, user_id,
             )
-            await self.store.record_union_conflict(platform, unionid, holder, user_id)
+            await self.store.record_union_conflict(app.platform, app.app_id, unionid, holder,
+                                                   user_id)
 
     async def _issue(
         self, app: AppConfig, session_id: str, resolved: Resolved, *, claimed: bool

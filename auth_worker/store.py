@@ -239,19 +239,38 @@ class Store:
         return str(found["user_id"])
 
     async def record_union_conflict(
-        self, platform: str, unionid: str, holder: str, other: str
+        self, platform: str, app_id: str, unionid: str, holder: str, other: str
     ) -> None:
-        """Keep a record of two users sharing a unionid, for an operator to resolve."""
+        """Keep a record of two users sharing a unionid, for an operator to resolve.
+
+        ``app_id`` is the app whose login met the conflict (``app`` = ``platform/app_id``).
+        """
         await self.union_conflicts.update_one(
             {"_id": f"{platform}|{unionid}|{other}"},
-            {"$set": {"platform": platform, "unionid": unionid, "holder_user_id": holder,
-                      "other_user_id": other, "seen_at": utcnow()}},
+            {"$set": {"platform": platform, "app": f"{platform}/{app_id}", "unionid": unionid,
+                      "holder_user_id": holder, "other_user_id": other, "seen_at": utcnow()}},
             upsert=True,
         )
 
     async def find_identity(self, key: IdentityKey) -> Doc | None:
         """The identity document, or None."""
         return await self.identities.find_one(key.filter())
+
+    async def link_anonymous(self, anonymous: IdentityKey, openid: str) -> Doc | None:
+        """Claim a device's anonymous identity for the real identity ``openid``, once.
+
+        Returns the anonymous identity (its ``user_id``) when it is now linked to ``openid``:
+        linked by this call, or by an earlier attempt of the same person. None when there is no
+        such identity or it is already linked to someone else. One atomic update decides, so of
+        two people logging in on one device only the first joins the guest's user.
+        """
+        return await self.identities.find_one_and_update(
+            {**anonymous.filter(),
+             "$or": [{"linked_openid": {"$exists": False}}, {"linked_openid": openid}]},
+            {"$set": {"linked_openid": openid, "linked_at": utcnow()}},
+            projection={"user_id": 1},
+            return_document=ReturnDocument.AFTER,
+        )
 
     # -- code-exchange claims and sessions -------------------------------------------------
 

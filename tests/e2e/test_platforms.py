@@ -1,8 +1,9 @@
 """End to end on all six platforms, through the real broker and the MongoDB stand-in.
 
-One deployment (one apps file) serves an app on every platform, two WeChat apps of one platform
-account and two Alipay apps (one per identity field), each registered with the sandbox under
-ids fresh to the test, so re-registering one (wrong credentials) never disturbs another test.
+One deployment (one apps file) serves an app on every platform, two WeChat apps and two Douyin
+apps of one platform account and two Alipay apps (one per identity field), each registered with
+the sandbox under ids fresh to the test, so re-registering one (wrong credentials) never
+disturbs another test.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def alipay_keys() -> AlipayKeys:
 
 @dataclass
 class Deployment:
-    """A stack serving one app per platform (two for WeChat and Alipay) on the sandbox."""
+    """A stack serving one app per platform (two for WeChat, Douyin, Alipay) on the sandbox."""
 
     stack: Stack
     sandbox: Sandbox
@@ -119,7 +120,7 @@ async def deployment(
     app_ids = {
         "wechat": f"wxpla{tag}", "wechat_b": f"wxplb{tag}", "qq": f"11{int(tag, 16) % 10**8:08d}",
         "alipay": f"2021a{tag}", "alipay_uid": f"2021u{tag}", "douyin": f"ttpl{tag}",
-        "kuaishou": f"kspl{tag}", "baidu": f"bdpl{tag}",
+        "douyin_b": f"ttpb{tag}", "kuaishou": f"kspl{tag}", "baidu": f"bdpl{tag}",
     }
     alipay_public_pem = (await sandbox.control("GET", "alipay/public_key"))["public_key_pem"]
     private_file = tmp_path / f"alipay-app-{tag}.pem"
@@ -268,6 +269,28 @@ async def test_wrong_app_credentials_are_app_misconfigured_without_naming_them(
     await _assert_nothing_stored(dep, minted["openid"])
 
 
+async def test_a_reply_signed_with_another_key_is_app_misconfigured(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The app holds a public key that is not the one Alipay signs with (the sandbox signs this
+    # reply with a key of its own): a configuration error of the app, not an Alipay outage.
+    dep = deployment
+    caplog.set_level(logging.INFO, logger="mplogin")
+    minted = await dep.mint("alipay")
+    await dep.sandbox.fault("alipay", "bad_signature", app_id=dep.app_ids["alipay"])
+    answer = await _expect_error(dep, "alipay", 503, "app_misconfigured", code=minted["code"])
+    assert (await dep.sandbox.stats())["by_code"][minted["code"]] == 1
+    await _assert_nothing_stored(dep, minted["openid"])
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+              and "alipay_public_key" in r.getMessage() and "signature" in r.getMessage()]
+    assert f"app_id={dep.app_ids['alipay']}" in line
+    for pem in (dep.keys.private_pem, dep.keys.public_pem, dep.alipay_public_pem):
+        body = _pem_body(pem)
+        for text in (line, str(answer)):
+            assert body[:40] not in text and body[-40:] not in text
+    assert minted["code"] not in line and minted["code"] not in str(answer)
+
+
 @pytest.mark.parametrize("platform", PLATFORMS)
 async def test_a_busy_platform_is_platform_unavailable(
     deployment: Deployment, platform: str
@@ -356,6 +379,98 @@ async def test_douyin_anonymous_login_then_real_login_is_the_same_user(
     assert await dep.db.users.count_documents({}) == 1
 
 
+async def test_a_second_person_on_the_guests_device_gets_a_user_of_their_own(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A shared device: a guest, then P1 logs in (and becomes the guest's user), then P2, a
+    # different Douyin account on the same device. P2 must never join P1's user.
+    dep = deployment
+    caplog.set_level(logging.INFO, logger="mplogin")
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    anon = await dep.mint("douyin", anonymous=True, device_id=device)
+    status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
+    assert status == 200, guest
+
+    first = await dep.mint("douyin", device_id=device, openid=f"o_p1_{device}")
+    status, p1, _ = await dep.login(
+        "douyin", code=first["code"], anonymous_code=first["anonymous_code"])
+    assert status == 200, p1
+    assert p1["user"]["id"] == guest["user"]["id"]
+
+    second = await dep.mint("douyin", device_id=device, openid=f"o_p2_{device}")
+    assert second["anonymous_openid"] == anon["anonymous_openid"]
+    status, p2, _ = await dep.login(
+        "douyin", code=second["code"], anonymous_code=second["anonymous_code"])
+    assert status == 200, p2
+    assert p2["user"]["id"] != p1["user"]["id"], "a second person joined the first one's user"
+    assert p2["user"]["is_new"] is True
+
+    p2_identity = await dep.db.identities.find_one({"openid": second["openid"]})
+    assert p2_identity["user_id"] == p2["user"]["id"]
+    anon_identity = await dep.db.identities.find_one(
+        {"openid": f"anonymous:{anon['anonymous_openid']}"})
+    assert anon_identity["linked_openid"] == first["openid"]
+    assert anon_identity["user_id"] == p1["user"]["id"]
+    assert await dep.db.users.count_documents({}) == 2
+    [skipped] = [r.getMessage() for r in caplog.records
+                 if "login.anonymous_link_skipped" in r.getMessage()]
+    assert f"app=douyin/{dep.app_ids['douyin']}" in skipped
+    assert "reason=already_linked" in skipped
+
+    # P1 on the same device again: still P1's user, no second link.
+    again = await dep.mint("douyin", device_id=device, openid=first["openid"])
+    status, p1_again, _ = await dep.login(
+        "douyin", code=again["code"], anonymous_code=again["anonymous_code"])
+    assert status == 200 and p1_again["user"]["id"] == p1["user"]["id"]
+
+
+async def test_a_unionid_holder_wins_over_the_devices_guest(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The person already has a user through another Douyin app of the account (same unionid):
+    # that user is the person, so the real identity joins it, not the device's guest.
+    dep = deployment
+    caplog.set_level(logging.INFO, logger="mplogin")
+    unionid = f"union-{uuid.uuid4().hex}"
+    _, elsewhere = await dep.login_ok("douyin_b", unionid=unionid)
+
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    anon = await dep.mint("douyin", anonymous=True, device_id=device)
+    status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
+    assert status == 200, guest
+    minted = await dep.mint("douyin", device_id=device, unionid=unionid)
+    status, real, _ = await dep.login(
+        "douyin", code=minted["code"], anonymous_code=minted["anonymous_code"])
+    assert status == 200, real
+
+    assert real["user"]["id"] == elsewhere["user"]["id"] != guest["user"]["id"]
+    anon_identity = await dep.db.identities.find_one(
+        {"openid": f"anonymous:{anon['anonymous_openid']}"})
+    assert anon_identity["user_id"] == guest["user"]["id"], "the guest keeps its own user"
+    assert await dep.db.users.count_documents({}) == 2
+    [skipped] = [r.getMessage() for r in caplog.records
+                 if "login.anonymous_link_skipped" in r.getMessage()]
+    assert f"app=douyin/{dep.app_ids['douyin']}" in skipped and "reason=unionid_held" in skipped
+
+
+async def test_an_invalid_or_used_anonymous_code_is_invalid_code(
+    deployment: Deployment,
+) -> None:
+    # Douyin answers 40019 for an anonymous code it never issued or already exchanged.
+    dep = deployment
+    await _expect_error(dep, "douyin", 401, "invalid_code",
+                        anonymous_code=f"never-issued-{uuid.uuid4().hex}")
+    await _assert_nothing_stored(dep, None)
+
+    anon = await dep.mint("douyin", anonymous=True)
+    app = load_apps(dep.stack.settings.apps_file).get("douyin", dep.app_ids["douyin"])
+    adapter = build_adapters(dep.sandbox.http, 5.0)["douyin"]
+    await adapter.exchange_code(app, None, anonymous_code=anon["anonymous_code"])
+    await _expect_error(dep, "douyin", 401, "invalid_code",
+                        anonymous_code=anon["anonymous_code"])
+    await _assert_nothing_stored(dep, f"anonymous:{anon['anonymous_openid']}")
+
+
 async def test_anonymous_code_on_another_platform_is_invalid_request(
     deployment: Deployment,
 ) -> None:
@@ -397,7 +512,9 @@ async def test_a_unionid_held_by_two_users_is_recorded_never_merged(
     assert len(conflicts) == 1
     assert conflicts[0]["holder_user_id"] == user_a
     assert conflicts[0]["other_user_id"] == user_b
+    assert conflicts[0]["app"] == f"wechat/{dep.app_ids['wechat_b']}"
     errors = [r for r in caplog.records
               if r.levelno == logging.ERROR and "login.unionid_conflict" in r.getMessage()]
     assert len(errors) == 1
     assert user_a in errors[0].getMessage() and user_b in errors[0].getMessage()
+    assert f"app=wechat/{dep.app_ids['wechat_b']}" in errors[0].getMessage()
