@@ -286,7 +286,7 @@ class WorkerMetrics:
             yield reconnects
             dead = CounterMetricFamily(
                 "mplogin_worker_dead_lettered", "Requests this worker moved to the dead-letter "
-                "queue (expired, malformed, not done, too many deliveries).")
+                "queue as a redacted record (malformed, not done, too many deliveries).")
             dead.add_metric([], server.dead_lettered)
             yield dead
 

@@ -7,6 +7,12 @@ that workers check, because expiry never reaches messages already prefetched; pe
 in a dict that is cleaned in ``finally``; late or unknown replies are ignored; every pending call
 fails at once when the channel closes; the reply queue is named and non-exclusive with
 ``x-expires``, so a fast reconnect never meets RESOURCE_LOCKED.
+
+A request's body may hold live secrets (a login code, a refresh token), so no body is ever
+kept: the request queue has no dead-letter exchange (a request that expires in the queue is
+dropped, its caller has had its 504), and a request the worker rejects (malformed, poison,
+work not done) is replaced in the dead-letter queue by a redacted record (see
+``dead_letter_record``) before the original is acked.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,7 +38,13 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
+from aio_pika.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
 from aiormq import spec
 from pydantic import ValidationError
 
@@ -46,14 +59,56 @@ DEADLINE_HEADER = "x-deadline-ms"
 REQUEST_ID_HEADER = "x-request-id"
 REPLY_QUEUE_EXPIRES_MS = 60_000
 REQUEST_TTL_CEILING_MS = 120_000
+DEAD_LETTER_TTL_MS = 86_400_000
+DEAD_LETTER_MAX_LENGTH = 100_000
+DEAD_LETTER_RECORD_VERSION = 1
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def request_queue_arguments(dead_letter_queue: str) -> dict[str, Any]:
-    """Arguments of the request queue; gateways and workers must declare it identically."""
+def request_queue_arguments() -> dict[str, Any]:
+    """Arguments of the request queue; whoever declares it must declare it identically.
+
+    No dead-letter exchange: a request that expires in the queue is dropped with its body.
+    """
+    return {"x-message-ttl": REQUEST_TTL_CEILING_MS}
+
+
+def dead_letter_queue_arguments() -> dict[str, Any]:
+    """Arguments of the dead-letter queue: records are kept a day, at most 100 000 of them."""
+    return {"x-message-ttl": DEAD_LETTER_TTL_MS, "x-max-length": DEAD_LETTER_MAX_LENGTH}
+
+
+class QueueMismatchError(ValueError):
+    """The request queue exists on the broker with other arguments (an older version's)."""
+
+
+def dead_letter_record(
+    message: AbstractIncomingMessage, reason: str, request_id: str, method: str | None
+) -> dict[str, Any]:
+    """What the dead-letter queue keeps of a rejected request: enough to investigate, no secret.
+
+    The method, ids, delivery facts and our own headers; never the params (a login code, a
+    refresh token), never the body, never an unknown header.
+    """
+    headers = message.headers or {}
+    recorded: dict[str, Any] = {
+        name: headers[name] for name in (DEADLINE_HEADER, "x-delivery-count")
+        if isinstance(headers.get(name), int)
+    }
+    header_request_id = safe_request_id(headers.get(REQUEST_ID_HEADER))
+    if header_request_id:
+        recorded[REQUEST_ID_HEADER] = header_request_id
+    correlation_id = message.correlation_id or ""
     return {
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": dead_letter_queue,
-        "x-message-ttl": REQUEST_TTL_CEILING_MS,
+        "v": DEAD_LETTER_RECORD_VERSION,
+        "reason": reason,
+        "method": method,
+        "request_id": request_id,
+        "correlation_id": correlation_id if _SAFE_ID.fullmatch(correlation_id) else None,
+        "redelivered": bool(message.redelivered),
+        "headers": recorded,
+        "body_bytes": len(message.body),
+        "dead_lettered_ms": int(time.time() * 1000),
     }
 
 
@@ -228,7 +283,11 @@ RedeliveryGuard = Callable[[str], Awaitable[bool]]
 
 
 class RejectAfterReply(Exception):
-    """The work was not done (e.g. the database is down): reply, then dead-letter, never ack."""
+    """The work was not done (e.g. the database is down): reply, then dead-letter, never ack.
+
+    (Dead-lettering acks the request once its redacted record is in the dead-letter queue: it
+    is never acked as done work.)
+    """
 
     def __init__(self, reply: RpcReply) -> None:
         super().__init__(reply.error.code if reply.error else "rejected")
@@ -266,6 +325,7 @@ class RpcServer:
         self._in_flight: set[asyncio.Task[None]] = set()
         self.handled = 0
         self.dead_lettered = 0
+        self.expired = 0
         self.reconnects = 0
 
     @property
@@ -282,15 +342,20 @@ class RpcServer:
         self._channel = channel
         await channel.set_qos(prefetch_count=self._prefetch)
         await channel.declare_queue(
-            self._dead_letter_queue,
-            durable=True,
-            arguments={"x-message-ttl": 86_400_000, "x-max-length": 100_000},
+            self._dead_letter_queue, durable=True, arguments=dead_letter_queue_arguments()
         )
-        self._queue = await channel.declare_queue(
-            self._request_queue,
-            durable=True,
-            arguments=request_queue_arguments(self._dead_letter_queue),
-        )
+        try:
+            self._queue = await channel.declare_queue(
+                self._request_queue, durable=True, arguments=request_queue_arguments()
+            )
+        except ChannelPreconditionFailed:
+            await self._connection.close()
+            raise QueueMismatchError(
+                f"queue {self._request_queue} exists with other arguments: an older version "
+                "declared it to dead-letter expired requests with their bodies. Stop every "
+                f"worker, then `rabbitmqctl delete_queue {self._request_queue}` and purge "
+                f"{self._dead_letter_queue} (docs/reliability.md, upgrading the request queue)"
+            ) from None
         # Replies go on a channel of their own without publisher confirms: a reply the broker
         # loses is a timeout the client already handles, and not waiting for its confirm saves
         # a frame and a wait per request. Frames keep their order on the one connection, so the
@@ -326,12 +391,39 @@ class RpcServer:
             if task is not None:
                 self._in_flight.discard(task)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, why: str,
-                           request_id: str) -> None:
-        """Reject without requeue: the message moves to the dead-letter queue for inspection."""
-        log.warning("rpc.dead_lettered reason=%s request_id=%s", why, request_id)
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, why: str, request_id: str, method: str | None
+    ) -> None:
+        """Move the request to the dead-letter queue as a redacted record, then ack the original.
+
+        The record is published with a publisher confirm before the ack, so a request is never
+        acked without its record; it is not counted or logged as handled.
+        """
+        log.warning("rpc.dead_lettered reason=%s method=%s request_id=%s", why, method or "-",
+                    request_id)
+        record = dead_letter_record(message, why, request_id, method)
+        if self._channel is None:
+            return  # not started: nothing to publish on, and nothing to ack with
+        try:
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps(record),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=self._dead_letter_queue,
+            )
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            # The log line above holds everything the record would have; the request itself
+            # must not be kept (its body may hold secrets). If the channel is gone the broker
+            # redelivers it and the next worker tries again.
+            log.error("rpc.dead_letter_failed reason=%s request_id=%s error=%s", why, request_id,
+                      type(exc).__name__)
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
+                await message.reject(requeue=False)
+            return
         self.dead_lettered += 1
-        await message.reject(requeue=False)
+        await message.ack()
 
     async def _process(self, message: AbstractIncomingMessage, request_id: str) -> None:
         headers = message.headers or {}
@@ -340,23 +432,29 @@ class RpcServer:
             raw_deadline / 1000 if isinstance(raw_deadline, int) else time.time() + 30.0
         )
         if time.time() >= deadline:
-            # The caller has given up: doing the work now would only surprise the user later.
-            # This also bounds a message that keeps killing its workers: it stops at its deadline.
-            await self._dead_letter(message, "expired", request_id)
+            # The caller has given up: doing the work now would only surprise the user later,
+            # and the request is garbage (like one that expires in the queue, it is dropped with
+            # its body). This also bounds a message that keeps killing its workers.
+            log.info("rpc.dropped reason=expired request_id=%s", request_id)
+            self.expired += 1
+            await message.ack()
             return
+        try:
+            request: RpcRequest | None = RpcRequest.model_validate_json(message.body)
+        except ValidationError:
+            request = None
+        method = request.method if request is not None else None
         if (
             message.redelivered
             and self._redelivery_guard is not None
             and not await self._redelivery_guard(message.correlation_id or request_id)
         ):
-            await self._dead_letter(message, "too_many_deliveries", request_id)
+            await self._dead_letter(message, "too_many_deliveries", request_id, method)
             return
-        try:
-            request = RpcRequest.model_validate_json(message.body)
-        except ValidationError:
+        if request is None:
             await self._reply(message, RpcReply.failure(
                 ErrorCode.INVALID_REQUEST, "Malformed request message."))
-            await self._dead_letter(message, "malformed", request_id)
+            await self._dead_letter(message, "malformed", request_id, method)
             return
         context = CallContext(
             request_id=request.request_id, deadline=deadline, redelivered=bool(message.redelivered)
@@ -367,22 +465,22 @@ class RpcServer:
         except RejectAfterReply as rejected:
             self._observe(request, rejected.reply, started)
             await self._reply(message, rejected.reply)
-            await self._dead_letter(message, "not_done", request_id)
+            await self._dead_letter(message, "not_done", request_id, method)
             return
         except Exception:
             log.exception("rpc.handler_failed request_id=%s", request_id)
             failure = RpcReply.failure(ErrorCode.INTERNAL_ERROR, "Unexpected error.")
             self._observe(request, failure, started)
             await self._reply(message, failure)
-            await self._dead_letter(message, "handler_failed", request_id)
+            await self._dead_letter(message, "handler_failed", request_id, method)
             return
         self.handled += 1
         self._observe(request, reply, started)
         await self._reply(message, reply)
         await message.ack()
-        log.info("rpc.handled method=%s outcome=%s seconds=%.4f", request.method,
+        log.info("rpc.handled method=%s outcome=%s redelivered=%s seconds=%.4f", request.method,
                  "ok" if reply.ok or reply.error is None else reply.error.code.value,
-                 time.monotonic() - started)
+                 "true" if message.redelivered else "false", time.monotonic() - started)
 
     def _observe(self, request: RpcRequest, reply: RpcReply, started: float) -> None:
         if self._observer is None:

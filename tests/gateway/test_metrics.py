@@ -113,7 +113,7 @@ async def test_pending_calls_count_requests_waiting_for_a_worker(
         channel = await connection.channel()
         await channel.declare_queue(
             stack.settings.request_queue, durable=True,
-            arguments=request_queue_arguments(stack.settings.dead_letter_queue))
+            arguments=request_queue_arguments())
         login = asyncio.create_task(stack.login(platform="wechat", code="c-pending"))
         for _ in range(100):
             if stack.pending_calls == 1:

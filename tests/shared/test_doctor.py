@@ -54,7 +54,7 @@ async def request_queue(
     channel = await broker.channel()
     queue = await channel.declare_queue(
         f"{prefix}.requests", durable=True,
-        arguments=request_queue_arguments(f"{prefix}.dead"))
+        arguments=request_queue_arguments())
     yield queue
     await queue.delete(if_unused=False, if_empty=False)
 
