@@ -10,14 +10,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.views import PhoneBody, ProfileBody
 from shared.messages import PhoneParams, ProfileParams
-from shared.standin import free_port
 from tests.conftest import Sandbox, Stack, StackFactory
 from tests.faults.conftest import APP as FAULT_APP
 from tests.faults.conftest import ProcStack, proc_stack  # noqa: F401 - a fixture, used by name
@@ -120,10 +118,8 @@ async def test_untrustworthy_profile_payloads_get_their_documented_error(
     assert "profile" not in user, "nothing is stored from a rejected payload"
 
 
-async def phone_requests_handled(http: aiohttp.ClientSession, port: int) -> float:
+def phone_requests_handled(text: str) -> float:
     """What a worker process's own metrics say it answered to POST /v1/phone, successfully."""
-    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-        text = await resp.text()
     for line in text.splitlines():
         if line.startswith("mplogin_worker_requests_total{") and 'method="phone"' in line \
                 and 'outcome="ok"' in line:
@@ -137,12 +133,7 @@ async def test_wechat_phone_bindings_share_one_access_token_fetch(
     # Two worker processes share the queue, the database (where no access token is stored
     # yet) and the sandbox; each serves its own metrics.
     stack = proc_stack
-    ports = []
-    for _ in range(2):
-        ports.append(free_port())
-        stack.env.update(MPLOGIN_WORKER_METRICS_PORT=str(ports[-1]),
-                         MPLOGIN_WORKER_METRICS_HOST="127.0.0.1")
-        await stack.start_worker()
+    workers = [await stack.start_worker() for _ in range(2)]
     await stack.start_gateway()
 
     def fetched(stats: dict[str, Any]) -> int:
@@ -171,7 +162,7 @@ async def test_wechat_phone_bindings_share_one_access_token_fetch(
     assert [status for status, _ in results] == [200] * 50, results[:3]
     assert results[7][1]["phone"] == "+86138****0007"
     assert fetched(await sandbox.stats()) - before == 1, "one token fetch for both workers"
-    handled = [await phone_requests_handled(stack.http, port) for port in ports]
+    handled = [phone_requests_handled(await stack.metrics_of(worker)) for worker in workers]
     assert sum(handled) == 50 and all(count > 0 for count in handled), handled
 
 
