@@ -1,4 +1,8 @@
-"""The auth worker process: consumes login requests until SIGTERM, then drains and exits."""
+"""The auth worker process: consumes login requests until SIGTERM, then drains and exits.
+
+Its metrics port serves ``GET /metrics`` and ``GET /readyz`` (the consumer is attached and the
+database answered a ping lately), which the compose healthcheck asks.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import aiohttp
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
 
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
@@ -20,7 +26,7 @@ from auth_worker.store import Store
 from auth_worker.userdata import WeChatPhoneSource
 from shared.apps import load_apps
 from shared.keys import KeyRing, KeyRingError, disk_fingerprint
-from shared.metrics import WorkerMetrics, serve_metrics
+from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from shared.rpc import RpcServer
 from shared.runtime import load_keyring, load_secretbox, stop_event
 from shared.settings import Settings
@@ -106,22 +112,45 @@ async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer
         log.info("keys.reloaded active_kid=%s", fresh.active_kid)
 
 
+async def _ping_database(db: AsyncDatabase[dict[str, object]], readiness: WorkerReadiness) -> None:
+    """Ping MongoDB every ``ping_interval`` so /readyz knows whether the database answers."""
+    answering: bool | None = None
+    while True:
+        try:
+            await asyncio.wait_for(db.command("ping"), timeout=readiness.ping_interval)
+        except (PyMongoError, TimeoutError) as exc:
+            if answering is not False:  # one line per change, not one per ping
+                log.warning("db.ping_failed error=%s", type(exc).__name__)
+            answering = False
+        else:
+            readiness.ping_answered()
+            if answering is False:
+                log.info("db.ping_answered")
+            answering = True
+        await asyncio.sleep(readiness.ping_interval)
+
+
 async def run_worker(
-    settings: Settings, stop: asyncio.Event | None = None, metrics: WorkerMetrics | None = None
+    settings: Settings, stop: asyncio.Event | None = None, metrics: WorkerMetrics | None = None,
+    readiness: WorkerReadiness | None = None,
 ) -> None:
     """Serve until ``stop`` is set (by default: SIGTERM or SIGINT).
 
     ``metrics`` holds the process's registry (by default a new one); it is served on
-    ``MPLOGIN_WORKER_METRICS_PORT`` while the worker runs.
+    ``MPLOGIN_WORKER_METRICS_PORT`` while the worker runs, with ``GET /readyz`` answered from
+    ``readiness`` (by default: a database ping every 5 s, ready while one answered in 15 s).
     """
     stop = stop or stop_event()
     metrics = metrics if metrics is not None else WorkerMetrics()
+    readiness = readiness if readiness is not None else WorkerReadiness()
     async with (
         serve_metrics(metrics.registry, settings.worker_metrics_host,
                       settings.worker_metrics_port,
-                      fallback_to_free_port=settings.mode == "development"),
+                      fallback_to_free_port=settings.mode == "development",
+                      readiness=readiness),
         login_service(settings, metrics) as service,
     ):
+        pinger = asyncio.create_task(_ping_database(service.store.db, readiness))
         server = RpcServer(
             settings.broker_url.get_secret_value(),
             settings.request_queue,
@@ -133,12 +162,18 @@ async def run_worker(
             observer=metrics.observe_request,
         )
         metrics.watch_rpc_server(server)
-        await server.start()
-        log.info("worker.started queue=%s prefetch=%d apps=%d", settings.request_queue,
-                 settings.worker_concurrency, len(service.apps))
+        readiness.watch_consumer(lambda: server.consuming)
         try:
-            await stop.wait()
+            await server.start()
+            log.info("worker.started queue=%s prefetch=%d apps=%d", settings.request_queue,
+                     settings.worker_concurrency, len(service.apps))
+            try:
+                await stop.wait()
+            finally:
+                log.info("worker.stopping in_flight_grace=10s")
+                await server.stop()
+                log.info("worker.stopped handled=%d", server.handled)
         finally:
-            log.info("worker.stopping in_flight_grace=10s")
-            await server.stop()
-            log.info("worker.stopped handled=%d", server.handled)
+            pinger.cancel()
+            with suppress(asyncio.CancelledError):
+                await pinger

@@ -12,13 +12,18 @@ else becomes ``other``. User ids, codes, tokens, request ids and secrets never b
 Counters that other objects already keep (rate-limit rejections, broker reconnects, dead-lettered
 messages) are read from those objects at scrape time by small collectors instead of being counted
 twice.
+
+A worker's metrics port also answers ``GET /readyz`` (:class:`WorkerReadiness`): 200 while its
+consumer is attached and the database answered a ping lately, 503 otherwise; the compose
+healthcheck asks it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -344,15 +349,69 @@ class DatabaseCommandListener(monitoring.CommandListener):
         self._metrics.db_failures.labels(command).inc()
 
 
+class WorkerReadiness:
+    """Whether a worker can do its work, for ``GET /readyz`` on its metrics port.
+
+    Ready when its consumer is attached to the request queue and the database answered a ping
+    within ``max_ping_age`` seconds (the worker pings every ``ping_interval``). A worker whose
+    event loop hangs answers nothing at all, which a healthcheck's timeout counts as not ready.
+    """
+
+    def __init__(
+        self, *, ping_interval: float = 5.0, max_ping_age: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ping_interval <= 0 or max_ping_age < ping_interval:
+            raise ValueError("need 0 < ping_interval <= max_ping_age")
+        self.ping_interval = ping_interval
+        self.max_ping_age = max_ping_age
+        self._clock = clock
+        self._consuming: Callable[[], bool] = lambda: False
+        self._last_ping: float | None = None
+
+    def watch_consumer(self, consuming: Callable[[], bool]) -> None:
+        """Ask ``consuming()`` whether the consumer is attached (an RpcServer's ``consuming``)."""
+        self._consuming = consuming
+
+    def ping_answered(self) -> None:
+        """Record that the database just answered a ping."""
+        self._last_ping = self._clock()
+
+    def status(self) -> tuple[bool, dict[str, object]]:
+        """(ready, the JSON body of /readyz): which condition holds and which does not."""
+        consumer = self._consuming()
+        age = None if self._last_ping is None else self._clock() - self._last_ping
+        database = age is not None and age <= self.max_ping_age
+        ready = consumer and database
+        return ready, {
+            "status": "ready" if ready else "not_ready",
+            "consumer": "attached" if consumer else "detached",
+            "database": "answering" if database else "not_answering",
+            "last_ping_seconds_ago": None if age is None else round(age, 3),
+        }
+
+
+def _readyz_handler(
+    readiness: WorkerReadiness,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def readyz(request: web.Request) -> web.Response:
+        ready, body = readiness.status()
+        return web.json_response(body, status=200 if ready else 503)
+
+    return readyz
+
+
 @asynccontextmanager
 async def serve_metrics(
-    registry: CollectorRegistry, host: str, port: int, *, fallback_to_free_port: bool = False
+    registry: CollectorRegistry, host: str, port: int, *, fallback_to_free_port: bool = False,
+    readiness: WorkerReadiness | None = None,
 ) -> AsyncIterator[int | None]:
     """Serve ``GET /metrics`` on ``host:port`` (0: not at all); yields the bound port or None.
 
-    A port already in use is an error (``ConnectionError``) unless ``fallback_to_free_port``
-    (development mode, where ``mplogin dev`` starts several workers on one host): then any free
-    port is taken and logged.
+    With ``readiness``, ``GET /readyz`` too: 200 when ready, else 503, with a JSON body saying
+    why. A port already in use is an error (``ConnectionError``) unless
+    ``fallback_to_free_port`` (development mode, where ``mplogin dev`` starts several workers
+    on one host): then any free port is taken and logged.
     """
     if port == 0:
         yield None
@@ -363,6 +422,8 @@ async def serve_metrics(
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    if readiness is not None:
+        app.router.add_get("/readyz", _readyz_handler(readiness))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:

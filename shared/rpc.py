@@ -333,6 +333,16 @@ class RpcServer:
         """How many deliveries are being handled right now."""
         return len(self._in_flight)
 
+    @property
+    def consuming(self) -> bool:
+        """True while the consumer is attached: started, not stopped, and its channel open.
+
+        During a reconnect the robust channel is closed until aio-pika reopens it and restores
+        the consumer, so this is False for that time too.
+        """
+        return (self._consumer_tag is not None and self._channel is not None
+                and not self._channel.is_closed)
+
     async def start(self) -> None:
         """Connect, declare the queues and start consuming."""
         self._connection = await connect(self._url, self._name)
@@ -366,8 +376,9 @@ class RpcServer:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop consuming, finish and ack what is held, then close."""
         if self._queue is not None and self._consumer_tag is not None:
+            tag, self._consumer_tag = self._consumer_tag, None
             with contextlib.suppress(AMQPError, ChannelInvalidStateError):
-                await self._queue.cancel(self._consumer_tag)
+                await self._queue.cancel(tag)
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace)
         if self._connection is not None:

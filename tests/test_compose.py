@@ -1,12 +1,15 @@
-"""Checks of the container setup that need no Docker engine: compose file, Dockerfile, env files."""
+"""Checks of the container setup that need no Docker engine: compose file, Dockerfile, env files,
+the healthchecks run against live endpoints, and the Prometheus scrape configuration."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -16,16 +19,20 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from gateway.app import create_app
 from shared.apps import PLATFORMS, parse_entries
 from shared.cli import build_parser
+from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from shared.secretbox import generate_config_value
 from shared.settings import Settings
+from shared.standin import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 APPS_EXAMPLE = ROOT / "deploy" / "apps.example.toml"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 
 SERVICES = {"rabbitmq", "mongo", "gateway", "auth_worker", "sandbox"}
 PROJECT_SERVICES = {"gateway", "auth_worker", "sandbox"}
@@ -146,6 +153,48 @@ def test_gateway_healthcheck_asks_readyz_on_the_gateway_port() -> None:
     code = " ".join(gateway["healthcheck"]["test"])
     assert f"127.0.0.1:{Settings.model_fields['gateway_port'].default}/readyz" in code
     assert any(str(port).endswith(":8080") for port in gateway["ports"])
+
+
+def _worker_metrics_port() -> int:
+    """The port a worker container serves /metrics and /readyz on, as compose configures it."""
+    env = _environment(_services()["auth_worker"])
+    return int(env.get("MPLOGIN_WORKER_METRICS_PORT")
+               or Settings.model_fields["worker_metrics_port"].default)
+
+
+def test_worker_healthcheck_asks_readyz_on_the_metrics_port() -> None:
+    worker = _services()["auth_worker"]
+    code = " ".join(worker["healthcheck"]["test"])
+    port = _worker_metrics_port()
+    assert f"127.0.0.1:{port}/readyz" in code
+    assert str(port) in [str(p) for p in worker["expose"]]
+
+
+async def _run_healthcheck(service: str, port: int, real_port: int) -> int:
+    """Run ``service``'s python healthcheck, pointed at ``real_port``; its exit status."""
+    code = _services()[service]["healthcheck"]["test"][3].replace(f":{port}/", f":{real_port}/")
+    assert f":{real_port}/" in code
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    return await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_worker_healthcheck_fails_unless_the_worker_is_ready() -> None:
+    """The one-liner, run against a worker's real /readyz: healthy only when ready."""
+    attached = [False]
+    readiness = WorkerReadiness(ping_interval=1.0, max_ping_age=5.0)
+    readiness.watch_consumer(lambda: attached[0])
+    async with serve_metrics(WorkerMetrics().registry, "127.0.0.1", free_port(),
+                             readiness=readiness) as bound:
+        assert bound is not None
+        port = _worker_metrics_port()
+        assert await _run_healthcheck("auth_worker", port, bound) != 0  # starting up
+        readiness.ping_answered()
+        assert await _run_healthcheck("auth_worker", port, bound) != 0  # consumer not attached
+        attached[0] = True
+        assert await _run_healthcheck("auth_worker", port, bound) == 0
+    assert await _run_healthcheck("auth_worker", port, bound) != 0  # nothing answers
 
 
 def test_dependencies_wait_for_healthy_services() -> None:
@@ -420,3 +469,46 @@ def test_docker_compose_config_validates() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- Prometheus ---------------------------------------------------------------------------------
+
+
+def _scrape_jobs() -> dict[str, dict[str, Any]]:
+    data = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))
+    return {job["job_name"]: job for job in data["scrape_configs"]}
+
+
+def test_prometheus_scrapes_every_gateway_and_worker_where_they_serve_metrics() -> None:
+    """Each job finds a compose service by DNS on the port where that service serves /metrics."""
+    services = _services()
+    gateway_env = _environment(services["gateway"])
+    expected = {
+        "gateway": int(gateway_env.get("MPLOGIN_GATEWAY_PORT")
+                       or Settings.model_fields["gateway_port"].default),
+        "auth_worker": _worker_metrics_port(),
+    }
+    scraped: dict[str, int] = {}
+    for name, job in _scrape_jobs().items():
+        assert job.get("metrics_path", "/metrics") == "/metrics", name
+        assert job.get("scheme", "http") == "http", name
+        for sd in job["dns_sd_configs"]:
+            assert sd["type"] == "A", name
+            for service in sd["names"]:
+                assert service in services, f"{name}: no compose service {service!r}"
+                scraped[service] = int(sd["port"])
+    assert scraped == expected
+    # The gateway's port is the one compose publishes and the image exposes.
+    assert any(str(p).endswith(f":{expected['gateway']}") for p in services["gateway"]["ports"])
+    exposed = [args for kw, args in _dockerfile_instructions() if kw == "EXPOSE"]
+    assert str(expected["gateway"]) in " ".join(exposed).split()
+    # The worker's port is reachable on the compose network (several workers: one each).
+    assert str(expected["auth_worker"]) in [str(p) for p in services["auth_worker"]["expose"]]
+
+
+def test_the_gateway_serves_metrics_at_the_scraped_path() -> None:
+    app = create_app(Settings(mode="development"))
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes()
+              if r.resource is not None}
+    for job in _scrape_jobs().values():
+        assert ("GET", job.get("metrics_path", "/metrics")) in routes

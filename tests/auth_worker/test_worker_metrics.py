@@ -1,18 +1,22 @@
-"""A worker's own metrics port: logins, platform calls and errors, database commands, limits."""
+"""A worker's own metrics port: logins, platform calls and errors, database commands, limits,
+and its GET /readyz (consumer attached, database answering)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth_worker.main import run_worker
-from shared.metrics import WorkerMetrics, serve_metrics
-from shared.standin import free_port
+from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
+from shared.standin import async_wait_for_port, free_port, start_standin
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxworkermetric1"
@@ -146,3 +150,147 @@ async def test_a_taken_metrics_port_fails_in_production_and_moves_in_development
             assert "mplogin_platform_call_duration_seconds" in text
     async with serve_metrics(metrics.registry, "127.0.0.1", 0) as off:
         assert off is None
+
+
+# -- GET /readyz on the metrics port ------------------------------------------------------------
+
+
+async def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_readyz(port: int, status: int, task: asyncio.Task[None],
+                      timeout: float = 15.0) -> dict[str, Any]:
+    """Poll /readyz until it answers ``status``; the body it answered."""
+    end = time.monotonic() + timeout
+    last: tuple[int, dict[str, Any]] | None = None
+    while time.monotonic() < end:
+        if task.done():
+            task.result()
+            raise AssertionError("the worker stopped")
+        try:
+            last = await readyz(port)
+        except aiohttp.ClientError:
+            last = None
+        if last is not None and last[0] == status:
+            return last[1]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/readyz never answered {status}; last: {last}")
+
+
+def test_readiness_needs_the_consumer_and_a_recent_ping() -> None:
+    now = [100.0]
+    readiness = WorkerReadiness(ping_interval=1.0, max_ping_age=3.0, clock=lambda: now[0])
+    attached = [False]
+    readiness.watch_consumer(lambda: attached[0])
+    ready, body = readiness.status()
+    assert not ready and body["consumer"] == "detached" and body["database"] == "not_answering"
+    readiness.ping_answered()
+    assert readiness.status()[0] is False  # a database alone is not enough
+    attached[0] = True
+    ready, body = readiness.status()
+    assert ready and body == {"status": "ready", "consumer": "attached",
+                              "database": "answering", "last_ping_seconds_ago": 0.0}
+    now[0] += 3.5  # no ping answered for longer than max_ping_age
+    ready, body = readiness.status()
+    assert not ready and body["database"] == "not_answering"
+    assert body["last_ping_seconds_ago"] == 3.5
+    with pytest.raises(ValueError):
+        WorkerReadiness(ping_interval=5.0, max_ping_age=1.0)
+
+
+@pytest.fixture
+async def own_database(tmp_path: Path) -> AsyncIterator[tuple[int, Callable[[], None]]]:
+    """A stand-in of its own on a free port, and a function that kills it."""
+    port = free_port()
+    proc = start_standin(port, None, tmp_path / "nx")
+    await async_wait_for_port(port)
+
+    def kill() -> None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+    try:
+        yield port, kill
+    finally:
+        if proc.poll() is None:
+            kill()
+
+
+async def test_readyz_answers_503_when_the_database_stops_answering(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, monkeypatch: pytest.MonkeyPatch,
+    own_database: tuple[int, Callable[[], None]],
+) -> None:
+    db_port, kill_database = own_database
+    monkeypatch.setenv("WM_WX_SECRET", secret)
+    port = free_port()
+    stack = await make_stack(
+        [{"platform": "wechat", "app_id": APP, "secret_env": "WM_WX_SECRET",
+          "api_base": f"{sandbox.base}/wechat"}],
+        start_workers=False, worker_metrics_port=port, worker_metrics_host="127.0.0.1",
+        mongo_url=f"mongodb://127.0.0.1:{db_port}")
+    readiness = WorkerReadiness(ping_interval=0.2, max_ping_age=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(stack.settings, stop, readiness=readiness))
+    try:
+        body = await wait_readyz(port, 200, task)
+        assert body["status"] == "ready" and body["consumer"] == "attached"
+        kill_database()
+        body = await wait_readyz(port, 503, task, timeout=5.0)
+        # Still consuming, but of no use without its database: not ready.
+        assert body["status"] == "not_ready" and body["database"] == "not_answering"
+        assert body["consumer"] == "attached"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def test_readyz_answers_503_once_the_consumer_is_detached(
+    worker_with_readiness: tuple[Stack, int, asyncio.Event, asyncio.Task[None]],
+    sandbox: Sandbox,
+) -> None:
+    """A draining worker (SIGTERM, a login still in flight) has cancelled its consumer."""
+    stack, port, stop, task = worker_with_readiness
+    assert (await readyz(port))[0] == 200
+    await sandbox.fault("wechat", "slow", app_id=APP, delay_ms=2500)
+    minted = await sandbox.mint("wechat", APP, openid="o_readyz_drain")
+    login = asyncio.create_task(stack.login(platform="wechat", app_id=APP, code=minted["code"]))
+    for _ in range(100):  # until the login is in the worker's hands
+        _, samples = await scrape(port)
+        if total(samples, "mplogin_worker_in_flight") == 1:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the login never reached the worker")
+    stop.set()
+    body = await wait_readyz(port, 503, task, timeout=2.0)
+    assert body["consumer"] == "detached" and body["database"] == "answering"
+    status, answer, _ = await login  # the login in flight still completes
+    assert status == 200, answer
+    await asyncio.wait_for(task, 20)
+
+
+@pytest.fixture
+async def worker_with_readiness(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Stack, int, asyncio.Event, asyncio.Task[None]]]:
+    monkeypatch.setenv("WM_WX_SECRET", secret)
+    await sandbox.register("wechat", APP, secret=secret)
+    port = free_port()
+    stack = await make_stack(
+        [{"platform": "wechat", "app_id": APP, "secret_env": "WM_WX_SECRET",
+          "api_base": f"{sandbox.base}/wechat"}],
+        start_workers=False, worker_metrics_port=port, worker_metrics_host="127.0.0.1",
+        login_deadline=8.0, platform_timeout=5.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(
+        stack.settings, stop, readiness=WorkerReadiness(ping_interval=0.2, max_ping_age=1.0)))
+    try:
+        await wait_readyz(port, 200, task)
+        yield stack, port, stop, task
+    finally:
+        stop.set()
+        await sandbox.control("DELETE", "faults")
+        await asyncio.wait_for(task, 20)
