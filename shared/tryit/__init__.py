@@ -4,7 +4,8 @@ Development only. One static page (``static/``) and a reverse proxy under one or
 page needs no CORS: ``/api/*`` goes to the gateway (``/api/v1/login`` → ``<gateway>/v1/login``)
 and ``/sandbox/*`` to the sandbox control API. The proxy passes the method, the body, the
 status and only the headers ``Content-Type``, ``Authorization`` (toward the upstream) and
-``Content-Type``, ``Retry-After`` (back). It logs no bodies and no headers.
+``Content-Type``, ``Retry-After``, ``X-Request-Id`` (back: the page shows each request's id, by
+which its gateway and worker log lines are found). It logs no bodies and no headers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ DEFAULT_OPENID = "o_demo_user"
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
 
 _REQUEST_HEADERS = ("Content-Type", "Authorization")
-_RESPONSE_HEADERS = ("Content-Type", "Retry-After")
+_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "X-Request-Id")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -59,14 +60,18 @@ def _listed(apps: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def create_tryit_app(
-    gateway_url: str, sandbox_url: str, apps: list[dict[str, Any]]
+    gateway_url: str, sandbox_url: str, apps: list[dict[str, Any]], logs_dir: Path | None = None
 ) -> web.Application:
-    """The try-it app. ``apps`` are ``{"platform", "app_id"[, "name"]}`` the page offers."""
+    """The try-it app. ``apps`` are ``{"platform", "app_id"[, "name"]}`` the page offers;
+    ``logs_dir`` is where the stack's log files are, for the page's hint on finding a request."""
     app = web.Application(client_max_size=1024 * 1024)
+    page: dict[str, Any] = {"apps": _listed(apps), "default_openid": DEFAULT_OPENID}
+    if logs_dir is not None:
+        page["logs_dir"] = str(logs_dir)
     app[CONFIG] = {
         "gateway": _upstream(gateway_url),
         "sandbox": _upstream(sandbox_url),
-        "page": {"apps": _listed(apps), "default_openid": DEFAULT_OPENID},
+        "page": page,
     }
     app.cleanup_ctx.append(_client_ctx)
     app.on_response_prepare.append(_security_headers)
@@ -146,10 +151,12 @@ def apps_from_file(path: Path) -> list[dict[str, Any]]:
 
 
 async def start_tryit(
-    host: str, port: int, gateway_url: str, sandbox_url: str, apps: list[dict[str, Any]]
+    host: str, port: int, gateway_url: str, sandbox_url: str, apps: list[dict[str, Any]],
+    logs_dir: Path | None = None,
 ) -> web.AppRunner:
     """Serve the try-it page on ``host:port``; the caller cleans the runner up."""
-    runner = web.AppRunner(create_tryit_app(gateway_url, sandbox_url, apps), access_log=None)
+    runner = web.AppRunner(create_tryit_app(gateway_url, sandbox_url, apps, logs_dir),
+                           access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

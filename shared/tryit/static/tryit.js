@@ -7,6 +7,7 @@
 
   const held = { code: null, codeUsed: false, access: null, refresh: null, user: null, ended: false };
   let apps = [];
+  let logsDir = "";
   let busy = false;
 
   // Top-level fields that hold a secret (a nested "code" is an error code, shown as is).
@@ -82,6 +83,18 @@
       entry.status.textContent = "no response";
     }
     li.querySelector("h3").append(" · " + ms + " ms");
+    // The gateway's id of this request: every log line of it, on the gateway and on the worker
+    // that handled it, carries the same id.
+    const requestId = resp && resp.headers.get("X-Request-Id");
+    if (requestId) {
+      li.dataset.requestId = requestId;
+      const line = element("div", "request-id");
+      line.append("Request id ", element("code", "", requestId));
+      if (logsDir) {
+        line.append(" · in the logs: ", element("code", "", "grep " + requestId + " " + logsDir + "/*.log"));
+      }
+      li.querySelector("h3").after(line);
+    }
     const lines = [];
     const retryAfter = resp && resp.headers.get("Retry-After");
     if (retryAfter) lines.push("Retry-After: " + retryAfter + "\n");
@@ -211,6 +224,7 @@
       const resp = await fetch("/config.json", { cache: "no-store" });
       const config = await resp.json();
       apps = config.apps || [];
+      logsDir = config.logs_dir || "";
       $("openid").value = config.default_openid || "";
     } catch (err) {
       apps = [];
