@@ -1,4 +1,4 @@
-"""Browser tests: headless Chromium against the try-it page over a real stack of processes."""
+"""Browser tests: headless Chromium against the try-it page of a real ``mplogin dev``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 
 from tests.browser.cdp import Browser, kill, launch
-from tests.faults.conftest import proc_stack  # noqa: F401
 
 Launched = tuple[subprocess.Popen[bytes], str]
 

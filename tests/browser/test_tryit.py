@@ -1,11 +1,14 @@
-"""The try-it page of ``mplogin dev``, used as a person would: in headless Chromium, against a
-real gateway and worker, through the whole flow of a mini-program session.
+"""The try-it page of ``mplogin dev``, used as a person would: ``mplogin dev`` started as the
+README says, the page in headless Chromium, the whole flow of a mini-program session on WeChat,
+then a login on Alipay; each request's id read from the page and found on the gateway's and a
+worker's log lines, and the logins counted in the gateway's /metrics.
 
 Also the page's proxy on its own: one origin, only the allowed headers in either direction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -14,39 +17,46 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
+from shared.devstack import DEV_APPS, dev_queue_prefix
 from shared.standin import free_port
-from shared.tryit import STATIC_DIR, create_tryit_app, start_tryit
+from shared.tryit import STATIC_DIR, create_tryit_app
 from tests.browser.cdp import Browser, Page
-from tests.faults.conftest import APP, ProcStack
+from tests.dev.launcher import DevProcess, dev_env, drop_queue, start_dev
 
-# Nothing that looks like a whole token may be on screen: they are shown shortened.
+APP = "wxtryitproxy001"
+# Nothing that looks like a whole token may be on screen or in a log: they are shown shortened.
 WHOLE_TOKEN = r"eyJ[\w-]{12,}\.[\w-]{12,}\.[\w-]{12,}|mplrt_[\w-]{20,}"
 
 
 @pytest.fixture
-async def tryit_url(proc_stack: ProcStack) -> AsyncIterator[str]:
-    """The real stack (a worker and a gateway) and the try-it page in front of it."""
-    await proc_stack.start_worker()
-    await proc_stack.start_gateway()
-    port = free_port()
-    runner = await start_tryit("127.0.0.1", port, proc_stack.base, proc_stack.sandbox.base,
-                               [{"platform": "wechat", "app_id": APP, "name": "fault tests"}])
+async def dev(rabbit_url: str, tmp_path: Path) -> AsyncIterator[DevProcess]:
+    """``mplogin dev`` with its own data dir and ports, and the queue prefix it derives itself."""
+    dev = start_dev(tmp_path, dev_env(tmp_path, rabbit_url))
     try:
-        yield f"http://127.0.0.1:{port}/"
+        await dev.wait_banner()
+        assert dev.queue == f"{dev_queue_prefix(dev.data_dir)}.requests"
+        yield dev
+        assert dev.interrupt() == 0, dev.text()
     finally:
-        await runner.cleanup()
+        dev.kill_everything()
+        if dev.urls.get("queue"):
+            await drop_queue(rabbit_url, dev.queue)
 
 
 ENTRY = """(() => {
   const e = document.querySelectorAll('#log .entry')[%d];
   if (!e || !e.dataset.status) return null;
+  const id = e.querySelector('.request-id code');
   return {title: e.querySelector('h3').innerText, status: Number(e.dataset.status),
           request: e.querySelector('pre.request').innerText,
-          response: e.querySelector('pre.response').innerText};
+          response: e.querySelector('pre.response').innerText,
+          request_id: id ? id.innerText : null, shown: e.innerText};
 })()"""
 
 
@@ -62,12 +72,65 @@ async def press(page: Page, button: str) -> dict[str, Any]:
     return entry
 
 
+async def choose_app(page: Page, platform: str) -> None:
+    """Pick the platform's app in the page's select, as a person would."""
+    index = await page.evaluate(
+        f"[...document.querySelectorAll('#app option')].findIndex("
+        f"o => o.textContent.startsWith({platform + ' · '!r}))")
+    assert index >= 0, platform
+    await page.evaluate(
+        f"(() => {{ const s = document.getElementById('app'); s.value = '{index}';"
+        f" s.dispatchEvent(new Event('change')); }})()")
+
+
+async def lines_with(logs: Path, pattern: str, request_id: str,
+                     timeout: float = 10.0) -> dict[str, list[str]]:
+    """The log lines that carry ``request_id``, by log file, once one of them says ``pattern``."""
+    end = time.monotonic() + timeout
+    found: dict[str, list[str]] = {}
+    while time.monotonic() < end:
+        found = {}
+        for log in sorted(logs.glob("*.log")):
+            lines = [line for line in log.read_text(errors="replace").splitlines()
+                     if request_id in line]
+            if lines:
+                found[log.name] = lines
+        if any(re.search(pattern, line) for lines in found.values() for line in lines):
+            return found
+        await asyncio.sleep(0.1)
+    return found
+
+
+async def logins_counted(gateway_metrics: str) -> dict[tuple[str, str], float]:
+    async with aiohttp.ClientSession() as http, http.get(gateway_metrics) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return {(sample.labels["platform"], sample.labels["outcome"]): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "mplogin_logins_total"}
+
+
+async def assert_followed_in_the_logs(dev: DevProcess, entry: dict[str, Any]) -> None:
+    """The id the page shows for a login is on the gateway's line and on a worker's line."""
+    request_id = entry["request_id"]
+    assert request_id and re.fullmatch(r"[0-9a-f]{32}", request_id), entry
+    assert f"grep {request_id} {dev.logs}/*.log" in entry["shown"]
+    found = await lines_with(dev.logs, r"rpc\.handled method=login outcome=ok", request_id)
+    gateway = found.get("gateway.log", [])
+    assert any("http.answered method=POST route=/v1/login status=200" in line
+               for line in gateway), found
+    workers = {name: lines for name, lines in found.items() if name.startswith("worker-")}
+    assert any("rpc.handled method=login outcome=ok" in line
+               for lines in workers.values() for line in lines), found
+    assert set(found) <= {"gateway.log"} | set(workers), found
+
+
 async def test_try_it_page_plays_a_whole_session(
-    tryit_url: str, browser: Browser, tmp_path: Path
+    dev: DevProcess, browser: Browser, tmp_path: Path
 ) -> None:
     started = time.monotonic()
     async with browser.new_page() as page:
-        await page.send("Page.navigate", url=tryit_url)
+        await page.send("Page.navigate", url=dev.urls["tryit"])
         await page.wait_for("document.body && document.body.dataset.ready === 'true'",
                             what="the page to load")
 
@@ -75,13 +138,14 @@ async def test_try_it_page_plays_a_whole_session(
         assert "Development only" in banner
         options = await page.evaluate(
             "[...document.querySelectorAll('#app option')].map(o => o.textContent)")
-        assert options == [f"wechat · {APP} (fault tests)"]
+        assert options == [f"{app.platform} · {app.app_id} ({app.name})" for app in DEV_APPS]
         assert await page.evaluate("document.getElementById('openid').value") == "o_demo_user"
         labels = await page.evaluate(
             "[...document.querySelectorAll('label')].map(l => l.htmlFor + '=' + l.textContent)")
         assert "openid=Sandbox user (openid)" in labels and "app=Platform and app" in labels
         assert await page.evaluate("document.getElementById('login').disabled") is True
 
+        await choose_app(page, "wechat")
         openid = f"o_browser_{uuid.uuid4().hex[:8]}"
         await page.evaluate(f"document.getElementById('openid').value = {openid!r}")
 
@@ -94,15 +158,18 @@ async def test_try_it_page_plays_a_whole_session(
         assert login["title"].startswith("POST /api/v1/login → 200"), login
         user_id = login["body"]["user"]["id"]
         assert user_id.startswith("u_") and login["body"]["user"]["is_new"] is True
+        assert login["body"]["user"]["platform"] == "wechat"
         assert login["body"]["token_type"] == "Bearer"
         assert "…" in login["body"]["access_token"] and "…" in login["body"]["refresh_token"]
         state_user = await page.evaluate("document.getElementById('state-user').innerText")
         assert user_id in state_user
+        await assert_followed_in_the_logs(dev, login)
 
         me = await press(page, "me")
         assert me["title"].startswith("GET /api/v1/me → 200"), me
         assert user_id in me["response"]
         assert "Authorization: Bearer eyJ" in me["request"] and "…" in me["request"]
+        assert me["request_id"] and me["request_id"] != login["request_id"]
 
         refreshed = await press(page, "refresh")
         assert refreshed["title"].startswith("POST /api/v1/token/refresh → 200"), refreshed
@@ -121,21 +188,43 @@ async def test_try_it_page_plays_a_whole_session(
         after = await press(page, "me")
         assert after["title"].startswith("GET /api/v1/me → 401"), after
         assert after["body"]["error"]["code"] == "invalid_token"
+        # An error names its request id in its body too: the page shows the same one.
+        assert after["body"]["error"]["request_id"] == after["request_id"]
         assert "session ended" in await page.evaluate(
             "document.getElementById('state-access').innerText")
+
+        # The same page on Alipay: another platform, another app, another user.
+        await choose_app(page, "alipay")
+        assert await page.evaluate("document.getElementById('login').disabled") is True
+        await page.evaluate(f"document.getElementById('openid').value = 'o_alipay_{openid}'")
+        assert (await press(page, "get-code"))["status"] == 200
+        alipay = await press(page, "login")
+        assert alipay["title"].startswith("POST /api/v1/login → 200"), alipay
+        assert alipay["body"]["user"]["platform"] == "alipay"
+        assert alipay["body"]["user"]["app_id"] == "2021009900000001"
+        assert alipay["body"]["user"]["id"] != user_id
+        await assert_followed_in_the_logs(dev, alipay)
+        alipay_me = await press(page, "me")
+        assert alipay_me["status"] == 200 and alipay["body"]["user"]["id"] in alipay_me["response"]
 
         titles = await page.evaluate(
             "[...document.querySelectorAll('#log .entry h3')].map(h => h.innerText)")
         assert [t.split(" → ")[0] for t in titles] == [
             "POST /sandbox/codes", "POST /api/v1/login", "GET /api/v1/me",
             "POST /api/v1/token/refresh", "GET /api/v1/me", "POST /api/v1/logout",
-            "GET /api/v1/me"]
+            "GET /api/v1/me", "POST /sandbox/codes", "POST /api/v1/login", "GET /api/v1/me"]
         text = await page.evaluate("document.body.innerText")
         assert not re.search(WHOLE_TOKEN, text), "a whole token is on screen"
 
         shot = await page.screenshot(tmp_path / "tryit.png")
         assert shot.startswith(b"\x89PNG\r\n\x1a\n") and len(shot) > 10_000
         assert page.problems() == []
+
+    # Both logins, counted by platform and outcome at the gateway.
+    counted = await logins_counted(dev.urls["gateway_metrics"])
+    assert counted[("wechat", "ok")] == 1 and counted[("alipay", "ok")] == 1, counted
+    for log in dev.logs.glob("*.log"):
+        assert not re.search(WHOLE_TOKEN, log.read_text(errors="replace")), log.name
     print(f"FIGURE tryit_browser_flow_seconds {time.monotonic() - started:.2f}")
 
 
@@ -148,14 +237,16 @@ async def test_proxy_passes_only_what_it_should(tmp_path: Path) -> None:
                      "headers": dict(request.headers)})
         return web.Response(status=429, body=b'{"error": {"code": "rate_limited"}}',
                             headers={"Content-Type": "application/json", "Retry-After": "7",
-                                     "Set-Cookie": "a=b", "X-Upstream": "1"})
+                                     "X-Request-Id": "3f0c9a", "Set-Cookie": "a=b",
+                                     "X-Upstream": "1"})
 
     fake = web.Application()
     fake.router.add_route("*", "/{tail:.*}", upstream)
     async with TestServer(fake) as server:
         base = str(server.make_url("")).rstrip("/")
         dead = f"http://127.0.0.1:{free_port()}"
-        app = create_tryit_app(base, dead, [{"platform": "wechat", "app_id": APP}])
+        app = create_tryit_app(base, dead, [{"platform": "wechat", "app_id": APP}],
+                               Path("/srv/logs"))
         async with TestClient(TestServer(app)) as client:
             resp = await client.post(
                 "/api/v1/login?x=1", data=b'{"code": "c"}',
@@ -163,6 +254,7 @@ async def test_proxy_passes_only_what_it_should(tmp_path: Path) -> None:
                          "Cookie": "s=1", "X-Forwarded-For": "10.0.0.1", "X-Other": "y"})
             assert resp.status == 429
             assert resp.headers["Retry-After"] == "7"
+            assert resp.headers["X-Request-Id"] == "3f0c9a"
             assert resp.headers["Content-Type"] == "application/json"
             assert "Set-Cookie" not in resp.headers and "X-Upstream" not in resp.headers
             assert (await resp.json())["error"]["code"] == "rate_limited"
@@ -187,6 +279,7 @@ async def test_proxy_passes_only_what_it_should(tmp_path: Path) -> None:
                 assert (await client.get(f"/static/{name}")).status == 200
             config = await (await client.get("/config.json")).json()
             assert config["apps"] == [{"platform": "wechat", "app_id": APP}]
+            assert config["logs_dir"] == "/srv/logs"
 
     # One origin, nothing fetched from elsewhere: no absolute URL in the page's files.
     for file in STATIC_DIR.iterdir():
