@@ -1,4 +1,5 @@
-"""One request id from the gateway to the worker: on the response and on both sides' log lines."""
+"""One request id from the gateway to the worker: on the response and on every log line that
+either side writes while it handles the request."""
 
 from __future__ import annotations
 
@@ -74,6 +75,38 @@ async def test_one_request_id_on_the_response_and_on_gateway_and_worker_lines(
     assert others == {request_id}
     for secret in (minted["code"], minted["session_key"], body["refresh_token"]):
         assert secret not in log_lines.getvalue()
+
+
+def platform_side(line: dict[str, Any]) -> bool:
+    # The sandbox stands in for the platform (it runs in this process): the platform never
+    # knows our request id, so its lines are not ours to check.
+    return str(line.get("logger", "")).startswith("shared.sandbox")
+
+
+@pytest.mark.parametrize("fault", [None, "invalid_code", "busy", "malformed", "http_500"])
+async def test_every_line_written_while_a_request_is_handled_carries_its_id(
+    stack: Stack, sandbox: Sandbox, log_lines: io.StringIO, fault: str | None
+) -> None:
+    """From the request's arrival at the gateway to its answer, gateway and worker included.
+
+    The failures make the worker write more than its one line per request (the platform's
+    answer, the mapped error), so those lines are checked too.
+    """
+    minted = await sandbox.mint("wechat", APP, openid=f"o_every_line_{fault}")
+    code = "never-minted" if fault == "invalid_code" else minted["code"]
+    if fault not in (None, "invalid_code"):
+        await sandbox.fault("wechat", fault, app_id=APP)
+    start = len(log_lines.getvalue())
+    status, body, headers = await stack.login(platform="wechat", code=code)
+    request_id = headers["X-Request-Id"]
+    assert (status == 200) is (fault is None), body
+    written = [json.loads(line) for line in log_lines.getvalue()[start:].splitlines()]
+    ours = [line for line in written if not platform_side(line)]
+    assert [line for line in ours if line.get("request_id") != request_id] == [], written
+    assert any(gateway_side(line) for line in ours), written
+    assert any(worker_side(line) for line in ours), written
+    if fault is not None:  # the worker's own account of the failure, not only rpc.handled
+        assert any(line["level"] == "warning" and worker_side(line) for line in ours), written
 
 
 async def test_a_trusted_proxys_request_id_is_kept_end_to_end(
