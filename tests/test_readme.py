@@ -1,14 +1,23 @@
-"""The README promises what the code does: error codes, settings, platform errors, commands."""
+"""The README promises what the code does: error codes, settings, platform errors, commands,
+and PromQL queries that name only metrics and labels the gateway and the workers expose."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from auth_worker.platforms import alipay, baidu, douyin, kuaishou, qq, wechat
+from gateway.app import create_app
+from shared.apps import PLATFORMS
 from shared.errors import HTTP_STATUS, ErrorCode
+from shared.messages import RpcReply
+from shared.metrics import GatewayMetrics, WorkerMetrics
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +53,112 @@ def test_ci_runs_the_readmes_test_command() -> None:
     assert "bash scripts/test" in README and "bash scripts/dev" in README
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^bash scripts/test\b", ci, re.MULTILINE)
+
+
+# --- the PromQL queries of the Metrics section --------------------------------------------------
+
+
+@dataclass
+class _Limiter:
+    rejections: Counter[str]
+
+
+@dataclass
+class _RpcServer:
+    in_flight: int = 0
+    reconnects: int = 0
+    dead_lettered: int = 0
+
+
+def exposed_metrics() -> dict[str, set[str]]:
+    """Every sample name a gateway or a worker exposes, with its label names.
+
+    Each metric is fed once through the same calls the processes make, so that every labelled
+    family has a sample to read the label names from.
+    """
+    gateway = GatewayMetrics()
+    gateway.watch_rpc(lambda: None)
+    gateway.watch_client_limiter(_Limiter(Counter({"/v1/login": 1})))
+    gateway.observe_login("wechat", 200, None)
+    gateway.request_seconds.labels("/v1/login", "2xx").observe(0.01)
+
+    worker = WorkerMetrics()
+    worker.register_apps([])
+    worker.watch_rpc_server(_RpcServer())
+    worker.watch_quotas(_Limiter(Counter({"login|wechat|wx1": 1})),
+                        _Limiter(Counter({"wechat|wx1": 1})))
+    worker.observe_request("login", {"platform": "wechat", "app_id": "wx1"},
+                           RpcReply.failure(ErrorCode.INVALID_CODE, "no"), 0.01)
+    worker.observe_platform_call("wechat", 0.01)
+    worker.count_platform_error("wechat", ErrorCode.PLATFORM_UNAVAILABLE)
+    worker.db_seconds.labels("find").observe(0.001)
+    worker.db_failures.labels("find").inc()
+
+    exposed: dict[str, set[str]] = {}
+    for registry in (gateway.registry, worker.registry):
+        text = generate_latest(registry).decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                exposed.setdefault(sample.name, set()).update(sample.labels)
+    return exposed
+
+
+def _promql_expressions() -> list[str]:
+    """The README's PromQL expressions; a line that starts with spaces continues the one above."""
+    blocks = re.findall(r"```promql\n(.*?)```", README, re.DOTALL)
+    assert blocks, "the README has no promql block"
+    expressions: list[str] = []
+    for block in blocks:
+        for line in block.splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if line.startswith((" ", "\t")) and expressions:
+                expressions[-1] += " " + line.strip()
+            else:
+                expressions.append(line.strip())
+    return expressions
+
+
+def _label_values() -> dict[str, set[str]]:
+    """The closed sets some labels take their values from."""
+    codes = {code.value for code in ErrorCode}
+    app = create_app(Settings(mode="development"))
+    routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    return {"outcome": {"ok"} | codes, "code": codes, "platform": set(PLATFORMS),
+            "route": routes, "limit": {"client_ip", "app", "platform_outbound"},
+            "status_class": {"1xx", "2xx", "3xx", "4xx", "5xx"}}
+
+
+SELECTOR = re.compile(r"\b(mplogin_[a-z0-9_]+)(?:\{([^}]*)\})?")
+MATCHER = re.compile(r"(\w+)\s*(=~|!~|!=|=)\s*\"([^\"]*)\"")
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+def test_the_promql_queries_name_only_exposed_metrics_and_labels() -> None:
+    exposed = exposed_metrics()
+    values = _label_values()
+    expressions = _promql_expressions()
+    assert len(expressions) >= 5, expressions
+    for expression in expressions:
+        selectors = SELECTOR.findall(expression)
+        assert selectors, f"no mplogin metric in {expression!r}"
+        for name, matchers in selectors:
+            assert name in exposed, f"{name} is exposed by neither the gateway nor a worker"
+            for label, op, value in MATCHER.findall(matchers):
+                assert label in exposed[name], f"{name} has no label {label!r}"
+                if op == "=" and label in values:
+                    assert value in values[label], f"{name}{{{label}={value!r}}} never occurs"
+        for grouping in GROUPING.findall(expression):
+            for label in (part.strip() for part in grouping.split(",") if part.strip()):
+                for name, _ in selectors:
+                    assert label in exposed[name], (
+                        f"{expression!r} groups by {label!r}, which {name} does not have")
+
+
+def test_the_metrics_table_lists_only_exposed_metrics() -> None:
+    exposed = exposed_metrics()
+    section = README.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `mplogin_")]
+    assert rows
+    for name in re.findall(r"`(mplogin_[a-z0-9_]+)`", "\n".join(rows)):
+        assert any(sample == name or sample.startswith(name + "_") for sample in exposed), name
