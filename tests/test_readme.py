@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from auth_worker.platforms import alipay, baidu, douyin, kuaishou, qq, wechat
 from gateway.app import create_app
 from shared.apps import PLATFORMS
+from shared.cli import build_parser
 from shared.errors import HTTP_STATUS, ErrorCode
 from shared.messages import RpcReply
 from shared.metrics import GatewayMetrics, WorkerMetrics
@@ -53,6 +54,48 @@ def test_ci_runs_the_readmes_test_command() -> None:
     assert "bash scripts/test" in README and "bash scripts/dev" in README
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^bash scripts/test\b", ci, re.MULTILINE)
+    # In CI's order: install, RabbitMQ, lint and types, then the README's test command.
+    steps = [re.search(rf"^bash scripts/{name}\b", ci, re.MULTILINE)
+             for name in ("install", "ensure-rabbitmq", "check", "test")]
+    assert all(steps) and [m.start() for m in steps if m] == sorted(m.start() for m in steps if m)
+
+
+def test_the_test_command_brings_the_tools_its_tests_drive() -> None:
+    """A fresh machine needs only Python and RabbitMQ: scripts/test fetches the rest first."""
+    script = (ROOT / "scripts" / "test").read_text(encoding="utf-8")
+    pytest_at = script.index("exec .venv/bin/pytest")
+    for package in ("chromium", "nodejs", "curl"):
+        assert f"missing+=({package})" in script[:pytest_at], package
+    assert "apt-get install" in script[:pytest_at]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    code = [line for line in ci.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if re.search(r"chromium|nodejs", line)], \
+        "CI leaves the test tools to scripts/test"
+
+
+def test_the_open_these_list_matches_the_dev_stack() -> None:
+    """Its ports are the settings' defaults; its gateway paths are routes of the gateway."""
+    section = README.split("## Open these", 1)[1].split("\n## ", 1)[0]
+    defaults = Settings.model_fields
+    gateway, sandbox = defaults["gateway_port"].default, defaults["sandbox_port"].default
+    worker = defaults["worker_metrics_port"].default
+    app = create_app(Settings(mode="development"))
+    routes = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    for port, path in re.findall(r"<http://127\.0\.0\.1:(\d+)(/[^>]*)?>", section):
+        assert int(port) in (gateway, sandbox, sandbox + 1, worker, worker + 1), port
+        if int(port) == gateway and path:
+            assert path in routes, path
+    for needed in (f":{gateway}/docs", f":{gateway}/openapi.json", f":{gateway}/metrics",
+                   f":{sandbox + 1}/", f":{worker}/metrics", f":{worker + 1}/metrics"):
+        assert needed in section, needed
+
+
+def test_the_compose_commands_of_the_readme_are_real_commands() -> None:
+    commands = re.findall(r"docker compose run --rm --no-deps auth_worker ([a-z][a-z ]*[a-z])",
+                          README)
+    assert {"keys secretbox", "keys rotate"} <= set(commands)
+    for command in commands:
+        build_parser().parse_args(command.split())
 
 
 # --- the PromQL queries of the Metrics section --------------------------------------------------
