@@ -449,6 +449,12 @@ async def _watch(children: list[Child], stop: asyncio.Event) -> None:
         for child in children:
             died = child.exited()
             if died is not None:
+                # Ctrl-C in a terminal reaches the children too, and one may exit just before
+                # our own handler runs: only an exit that no Ctrl-C explains is an error.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                if stop.is_set():
+                    return
                 raise died
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)

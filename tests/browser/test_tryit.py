@@ -42,7 +42,8 @@ async def dev(rabbit_url: str, tmp_path: Path) -> AsyncIterator[DevProcess]:
         await dev.wait_banner()
         assert dev.queue == f"{dev_queue_prefix(dev.data_dir)}.requests"
         yield dev
-        assert dev.interrupt() == 0, dev.text()
+        # Ctrl-C in a terminal: every process of the stack gets SIGINT at once.
+        assert dev.interrupt(terminal=True) == 0, dev.text()
     finally:
         dev.kill_everything()
         if dev.urls.get("queue"):

@@ -65,6 +65,26 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def listening_pid(port: int) -> int | None:
+    """The process whose socket listens on ``port`` (by the socket's inode in /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return int(entry.name)
+    return None
+
+
 def descendants(pid: int) -> set[int]:
     """Every live process below ``pid`` (children, grandchildren, …), from /proc."""
     parents: dict[int, list[int]] = {}
@@ -167,9 +187,13 @@ class DevProcess:
         mongo = re.search(r"MongoDB stand-in \(nx-27017\) on 127\.0\.0\.1:(\d+)", text)
         self.mongo_port = int(mongo.group(1)) if mongo else None
 
-    def interrupt(self, timeout: float = 60.0) -> int:
-        """Ctrl-C (SIGINT to ``mplogin dev`` alone); its exit status."""
-        self.proc.send_signal(signal.SIGINT)
+    def interrupt(self, timeout: float = 60.0, *, terminal: bool = False) -> int:
+        """SIGINT to ``mplogin dev`` alone, or (``terminal``) to its whole process group, as
+        Ctrl-C in a terminal does; its exit status."""
+        if terminal:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout=timeout)
 
     def kill_everything(self) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.dev.launcher import (
     dev_env,
     drop_queue,
     listening_addresses,
+    listening_pid,
     port_free,
     start_dev,
 )
@@ -159,6 +161,29 @@ async def test_a_child_that_dies_at_startup_stops_the_stack_with_its_log(
         assert "mplogin: the gateway exited (status 1)" in text
         assert "gateway.log" in text and "mplogin is running" not in text
         assert seen and [pid for pid in seen if alive(pid)] == []
+    finally:
+        dev.kill_everything()
+        await drop_queue(rabbit_url, f"{prefix}.requests")
+
+
+async def test_a_child_that_dies_later_stops_the_stack_with_its_log(
+    rabbit_url: str, tmp_path: Path
+) -> None:
+    prefix = f"mpltest-dev-{uuid.uuid4().hex[:8]}"
+    dev = start_dev(tmp_path, dev_env(tmp_path, rabbit_url, MPLOGIN_QUEUE_PREFIX=prefix))
+    try:
+        await dev.wait_banner()
+        children = descendants(dev.proc.pid)
+        port = dev.ports()["worker 2 metrics"]
+        worker = listening_pid(port)
+        assert worker in children, (worker, children)
+        os.kill(worker, signal.SIGKILL)
+        status = await asyncio.wait_for(asyncio.to_thread(dev.proc.wait), 60)
+        text = dev.text()
+        assert status == 1, text
+        assert f"mplogin: the worker 2 exited (status -{signal.SIGKILL.value})" in text
+        assert "worker-2.log" in text and text.count("stopped.") == 1
+        assert [pid for pid in children if alive(pid)] == []
     finally:
         dev.kill_everything()
         await drop_queue(rabbit_url, f"{prefix}.requests")
