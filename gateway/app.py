@@ -76,7 +76,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> web
     app.router.add_get("/metrics", views.metrics)
     app.router.add_get("/openapi.json", openapi.openapi_json)
     app.router.add_get("/docs", openapi.docs)
-    app.router.add_static(openapi.DOCS_ASSETS_PREFIX, openapi.ASSETS_DIR)
+    app.router.add_get(openapi.DOCS_ASSETS_PREFIX + "/{name:.+}", openapi.docs_asset)
     return app
 
 

@@ -15,6 +15,8 @@ from shared.i18n import content_language, localized_message, negotiate
 REQUEST_ID = web.RequestKey("request_id", str)
 ERROR_CODE = web.RequestKey("error_code", ErrorCode)
 """The code of the error a request was answered with (for the metrics)."""
+CLOSE_CONNECTION = web.RequestKey("close_connection", bool)
+"""Set when the connection cannot carry another request (its body broke the HTTP parser)."""
 
 
 def error_response(
@@ -38,12 +40,15 @@ def error_response(
     }
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    return web.Response(
+    response = web.Response(
         body=orjson.dumps(body),
         status=HTTP_STATUS[code],
         content_type="application/json",
         headers=headers,
     )
+    if request.get(CLOSE_CONNECTION):
+        response.force_close()  # Connection: close, so the client opens a fresh one
+    return response
 
 
 def from_exception(request: web.Request, exc: MPLoginError) -> web.Response:

@@ -104,7 +104,10 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = HTTP_ERRORS.get(exc.status, ErrorCode.INVALID_REQUEST)
         message = "The request body is too large." if exc.status == 413 else None
-        return error_response(request, code, message)
+        response = error_response(request, code, message)
+        if hdrs.ALLOW in exc.headers:  # a 405 says which methods the route takes (RFC 9110)
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
     except Exception:
         log.exception("gateway.unhandled path=%s", request.rel_url.path)
         return error_response(request, ErrorCode.INTERNAL_ERROR)

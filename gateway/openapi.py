@@ -8,6 +8,7 @@ and fails when a route is missing here, so the document follows the code.
 from __future__ import annotations
 
 import functools
+import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,7 +31,8 @@ from gateway.schemas import (
     Ready,
 )
 from gateway.views import LogoutBody, PhoneBody, ProfileBody
-from shared.errors import DEFAULT_MESSAGE, HTTP_STATUS, ErrorCode
+from shared.apps import PLATFORMS
+from shared.errors import DEFAULT_MESSAGE, HTTP_STATUS, ErrorCode, MPLoginError
 from shared.messages import LoginParams, RefreshParams, SessionOut
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -171,7 +173,13 @@ def _component_schemas(operations: Sequence[Operation]) -> tuple[Refs, dict[str,
             keys[(op.response, "serialization")] = None
     keys[(ErrorEnvelope, "serialization")] = None
     refs, top = models_json_schema(list(keys), ref_template=REF_TEMPLATE)
-    return {key: dict(schema) for key, schema in refs.items()}, dict(top.get("$defs", {}))
+    schemas = dict(top.get("$defs", {}))
+    if LoginParams.__name__ in schemas:
+        # The model takes any platform name so that the gateway can answer an unknown one with
+        # ``unsupported_platform`` rather than ``invalid_request``; the document names the
+        # platforms served, for client generators and for schema-driven tests alike.
+        schemas[LoginParams.__name__]["properties"]["platform"]["enum"] = list(PLATFORMS)
+    return {key: dict(schema) for key, schema in refs.items()}, schemas
 
 
 def _error_responses(codes: Sequence[ErrorCode], envelope_ref: dict[str, Any]) -> dict[str, Any]:
@@ -287,6 +295,34 @@ async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: this service's OpenAPI 3.1 document."""
     return web.Response(body=document_bytes(), content_type="application/json",
                         headers={"Cache-Control": "public, max-age=300"})
+
+
+@functools.cache
+def docs_assets() -> dict[str, Path]:
+    """The packaged docs assets by their path under ``/docs/assets/`` (listed once)."""
+    return {path.relative_to(ASSETS_DIR).as_posix(): path
+            for path in sorted(ASSETS_DIR.rglob("*")) if path.is_file()}
+
+
+@functools.lru_cache(maxsize=16)
+def _asset(name: str) -> tuple[bytes, str]:
+    path = docs_assets()[name]
+    return path.read_bytes(), mimetypes.guess_type(name)[0] or "text/plain"
+
+
+async def docs_asset(request: web.Request) -> web.Response:
+    """GET /docs/assets/{name}: one packaged asset of the docs page.
+
+    Looked up by name in the list of packaged files, so no path can lead outside them, and a
+    miss is an ordinary ``not_found`` in the one error shape.
+    """
+    name = request.match_info["name"]
+    if name not in docs_assets():
+        raise MPLoginError(ErrorCode.NOT_FOUND)
+    body, content_type = _asset(name)
+    return web.Response(body=body, content_type=content_type, charset="utf-8",
+                        headers={"Cache-Control": "public, max-age=3600",
+                                 "X-Content-Type-Options": "nosniff"})
 
 
 async def docs(request: web.Request) -> web.Response:

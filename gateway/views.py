@@ -6,10 +6,11 @@ import asyncio
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from gateway.errors import REQUEST_ID, error_response
+from gateway.errors import CLOSE_CONNECTION, REQUEST_ID, error_response
 from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.middlewares import LOGIN_PLATFORM
 from shared.apps import PLATFORMS
@@ -19,6 +20,9 @@ from shared.messages import B64, Code, LoginParams, RefreshParams
 from shared.metrics import exposition
 
 M = TypeVar("M", bound=BaseModel)
+CONTENT_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
+"""The Content-Encodings a body may use: aiohttp decompresses gzip and deflate as it reads, and
+``client_max_size`` bounds the decompressed size, so a small compressed bomb is refused early."""
 
 
 class _Body(BaseModel):
@@ -65,16 +69,33 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or an ``invalid_request``/415 error."""
     if request.content_type != "application/json":
         raise MPLoginError(ErrorCode.UNSUPPORTED_MEDIA_TYPE)
+    if request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in CONTENT_CODINGS:
+        # aiohttp passes a body in a coding it does not know through untouched: refuse it
+        # rather than parse compressed bytes as JSON (RFC 9110 §15.5.16). The header's value
+        # is not echoed: it is the client's text.
+        raise MPLoginError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                           "Send the body uncompressed, or with Content-Encoding gzip or deflate.")
     try:
-        # Bounded in size by client_max_size, and in time: a client trickling its body
-        # (slowloris) holds a connection, never a worker.
+        # Bounded in size by client_max_size (after decompression), and in time: a client
+        # trickling its body (slowloris) holds a connection, never a worker.
         async with asyncio.timeout(request.app[SETTINGS].body_read_timeout):
             raw = await request.read()
     except TimeoutError:
         raise MPLoginError(ErrorCode.REQUEST_TIMEOUT) from None
+    except (web.RequestPayloadError, HttpProcessingError):
+        # A body that does not decompress as its Content-Encoding says, or broken chunked
+        # framing: the client's fault, not ours. The parser cannot go on with this connection:
+        # answer with Connection: close, and mark the body finished so aiohttp does not try to
+        # drain it after the answer (it would log the same error again as a server fault).
+        request[CLOSE_CONNECTION] = True
+        request.content.feed_eof()
+        raise MPLoginError(ErrorCode.INVALID_REQUEST,
+                           "The body could not be read: its Content-Encoding or framing is "
+                           "broken.") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
+        # orjson also refuses invalid UTF-8, lone surrogates and nesting deeper than 1024.
         raise MPLoginError(ErrorCode.INVALID_REQUEST, "The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise MPLoginError(ErrorCode.INVALID_REQUEST, "The body must be a JSON object.")

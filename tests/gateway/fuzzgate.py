@@ -1,0 +1,118 @@
+"""A real gateway for the fuzzing tests, with the broker replaced by a fake that answers well.
+
+The fake answers each RPC method with a reply built from the very response models the OpenAPI
+document describes, so a schema-driven fuzzer can check the gateway's answers against the
+document. Tokens minted here are valid for the gateway, so the bodies of the routes that need a
+session are fuzzed too, not only their 401.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway import openapi
+from gateway.app import create_app
+from gateway.auth import AccessTokens
+from gateway.keys import RPC, TOKENS
+from shared.keys import KeyRing
+from shared.messages import (
+    IdentityOut,
+    LogoutOut,
+    MeOut,
+    PhoneOut,
+    Profile,
+    ProfileOut,
+    RpcReply,
+    SessionOut,
+    UserOut,
+)
+from shared.settings import Settings
+from shared.tokens import TokenIssuer
+
+BODY_CAP = 4096
+
+_SESSION = SessionOut(
+    access_token="eyJhbGciOiJFZERTQSJ9.e30.c2ln", expires_in=900,
+    refresh_token="mplrt_fuzz", refresh_expires_in=86400,
+    user=UserOut(id="u1", is_new=False, platform="wechat", app_id="wx1"),
+)
+_PROFILE = Profile(nickname="n")
+REPLIES: dict[str, RpcReply] = {
+    "login": RpcReply.success(_SESSION),
+    "refresh": RpcReply.success(_SESSION),
+    "logout": RpcReply.success(LogoutOut(sessions_ended=1)),
+    "me": RpcReply.success(MeOut(
+        id="u1", created_at=None, phone=None, profile=_PROFILE,
+        identities=[IdentityOut(platform="wechat", app_id="wx1", anonymous=False)])),
+    "profile": RpcReply.success(ProfileOut(profile=_PROFILE)),
+    "phone": RpcReply.success(PhoneOut(phone="+86138****0007")),
+}
+
+
+class SchemaRpc:
+    """Stands in for RpcClient: answers each method as a worker would, and counts the calls."""
+
+    ready = True
+    pending = 0
+    reconnects = 0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def call(self, method: str, params: dict[str, Any], **kw: Any) -> RpcReply:
+        self.calls += 1
+        return REPLIES[method]
+
+    async def close(self) -> None:
+        return None
+
+
+def fuzz_settings(tmp_path: Path) -> Settings:
+    """Development settings with a small body cap, a short read timeout and no rate limit.
+
+    The per-IP limit is off: with it on, all but the first few fuzzed logins would be a 429
+    and their bodies never parsed (the limiter has its own tests).
+    """
+    return Settings(mode="development", keys_dir=tmp_path / "keys", max_body_bytes=BODY_CAP,
+                    body_read_timeout=0.5, data_dir=tmp_path / "data",
+                    rate_limit_ip_per_minute=0)
+
+
+def fuzz_gateway(settings: Settings) -> web.Application:
+    """The gateway application, with ``SchemaRpc`` in place of the broker connection."""
+    app = create_app(settings)
+    app.cleanup_ctx.clear()  # no broker: the fake stands in for it
+    app[RPC] = SchemaRpc()  # type: ignore[assignment]
+    app[TOKENS] = AccessTokens(settings)
+    return app
+
+
+def valid_token(settings: Settings) -> str:
+    """An access token the gateway accepts (signed with the development key it loaded)."""
+    issuer = TokenIssuer(KeyRing.load(settings.keys_dir), settings.token_issuer,
+                         settings.token_audience, settings.access_token_ttl)
+    return issuer.mint_access(subject="u1", session_id="s1")[0]
+
+
+def router_requests(app: web.Application) -> list[tuple[str, str]]:
+    """(method, path) of every route of the application's router, docs assets included.
+
+    Taken from the router itself, so a route added later is fuzzed without editing a list.
+    """
+    found: list[tuple[str, str]] = []
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is None:
+            continue
+        path = resource.canonical
+        if "{" in path:  # a variable route (the docs assets): a real name, a miss, an escape
+            prefix = path[:path.index("{")]
+            for name in (next(iter(openapi.docs_assets())), "missing.js", "../../views.py",
+                         "swagger-ui", "%2e%2e/app.py"):
+                found.append((route.method, prefix + name))
+        else:
+            found.append((route.method, path))
+    return found
