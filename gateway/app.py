@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ from gateway.auth import AccessTokens
 from gateway.keys import CLIENT_LIMITER, METRICS, RPC, SETTINGS, TOKENS, TRUSTED_PROXIES
 from gateway.middlewares import errors_middleware, metrics_middleware
 from gateway.ratelimit import ClientRateLimiter
+from shared.errors import StartupError
 from shared.metrics import GatewayMetrics
 from shared.rpc import RpcClient
 from shared.runtime import stop_event
@@ -85,8 +87,19 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
     stop = stop or stop_event()
     runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port, reuse_port=True)
-    await site.start()
+    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port,
+                       reuse_port=settings.gateway_reuse_port or None)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise StartupError(
+            f"port {settings.gateway_port} on {settings.gateway_host} is already in use (another "
+            "gateway?): stop that process or set MPLOGIN_GATEWAY_PORT; to run several gateways "
+            "on one port on purpose, set MPLOGIN_GATEWAY_REUSE_PORT=true on each of them"
+        ) from None
     log.info("gateway.started host=%s port=%d", settings.gateway_host, settings.gateway_port)
     try:
         await stop.wait()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import logging
 import math
 import sys
 import time
@@ -30,14 +32,69 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(f"mplogin: bad configuration: {problems}") from None
 
 
-def _run(coro: Coroutine[Any, Any, None], loop: str = "auto") -> int:
+BROKER_FIX = ("start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) and "
+              "check MPLOGIN_BROKER_URL")
+PORT_FIX = ("stop the process that holds it, or choose another port (MPLOGIN_GATEWAY_PORT, "
+            "MPLOGIN_WORKER_METRICS_PORT, MPLOGIN_SANDBOX_PORT)")
+
+
+def startup_failure(exc: BaseException, settings: Settings | None = None) -> str:
+    """The one line that says why a process stopped, with the fix; never a secret or a traceback.
+
+    The messages of the project's own errors are written without secrets; those of libraries
+    are reduced to their type, since they may quote a URL with its password.
+    """
+    from pymongo.errors import ConfigurationError, PyMongoError
+
+    from shared.apps import AppsFileError
+    from shared.doctor import mask_url
+    from shared.errors import StartupError
+    from shared.keys import KeyRingError
+    from shared.secretbox import SecretBoxError
+
+    mongo = "MongoDB"
+    if settings is not None and settings.mongo_url is not None:
+        mongo = f"MongoDB at {mask_url(settings.mongo_url.get_secret_value())}"
+    if isinstance(exc, StartupError | KeyRingError):
+        return str(exc)
+    if isinstance(exc, SecretBoxError):
+        return (f"MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is unusable: {exc}; generate one with "
+                "`mplogin keys secretbox`")
+    if isinstance(exc, AppsFileError):
+        return f"{exc} (`mplogin apps check` lists every problem of the apps file)"
+    if isinstance(exc, ConfigurationError):  # InvalidURI included
+        return ("MPLOGIN_MONGO_URL is not a valid MongoDB URL "
+                "(expected mongodb://user:password@host:27017/)")
+    if isinstance(exc, PyMongoError):
+        return (f"{mongo} did not answer ({type(exc).__name__}): start it, or check "
+                "MPLOGIN_MONGO_URL (`mplogin doctor` checks it)")
+    if isinstance(exc, TimeoutError):
+        return ("timed out while starting: RabbitMQ or MongoDB did not answer in time; "
+                "`mplogin doctor` names which")
+    if isinstance(exc, ConnectionError):
+        return f"{exc}: {BROKER_FIX}" if "RabbitMQ" in str(exc) else f"{exc}"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EADDRINUSE:
+            return f"a port is already in use ({exc.strerror or 'address in use'}): {PORT_FIX}"
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return (f"stopped by an unexpected {type(exc).__name__}; run with MPLOGIN_LOG_LEVEL=DEBUG "
+            "for the traceback, and report it")
+
+
+def _run(coro: Coroutine[Any, Any, None], loop: str = "auto",
+         settings: Settings | None = None) -> int:
     try:
         run(coro, loop)
-    except (ValueError, ConnectionError) as exc:
-        print(f"mplogin: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # One line, not a traceback: whoever starts the process needs the cause and the fix.
+        logging.getLogger("mplogin").debug("process.failed", exc_info=exc)
+        print(f"mplogin: {startup_failure(exc, settings)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -47,7 +104,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_renderer)
-    return _run(run_gateway(settings), settings.event_loop)
+    return _run(run_gateway(settings), settings.event_loop, settings)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -56,7 +113,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_renderer)
-    return _run(run_worker(settings), settings.event_loop)
+    return _run(run_worker(settings), settings.event_loop, settings)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -67,7 +124,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_renderer)
     host = args.host or settings.sandbox_host
     port = args.port or settings.sandbox_port
-    return _run(run_sandbox(host, port))
+    return _run(run_sandbox(host, port), settings=settings)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

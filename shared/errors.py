@@ -5,6 +5,8 @@ Exception tree::
     MPLoginError                 an error with a stable ``ErrorCode`` that reaches the client
     ├── PlatformError            the platform refused the exchange or failed to answer
     └── ConfigurationError       an app's configuration is unusable (names the app, never a secret)
+
+    StartupError                 a process cannot start; the message says why and the fix
 """
 
 from __future__ import annotations
@@ -131,3 +133,7 @@ class ConfigurationError(MPLoginError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.APP_MISCONFIGURED, message)
+
+
+class StartupError(Exception):
+    """A process cannot start: one line that says why and what to do, never a secret."""

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
 
     gateway_host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
     gateway_port: int = 8080
+    # Let several gateway processes listen on one port (SO_REUSEPORT; the kernel spreads the
+    # connections). Off by default: a second gateway started by mistake must fail, not quietly
+    # take half the traffic. Every process meant to share the port sets it.
+    gateway_reuse_port: bool = False
     max_body_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
     body_read_timeout: float = Field(default=10.0, gt=0, le=300)
 
