@@ -51,7 +51,7 @@ from pydantic import ValidationError
 from shared.amqpwire import CoalescingConnection
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import safe_request_id
-from shared.messages import RpcReply, RpcRequest, dumps
+from shared.messages import PROTOCOL_VERSION, RpcReply, RpcRequest, dumps
 
 log = logging.getLogger("mplogin.rpc")
 
@@ -215,6 +215,14 @@ class RpcClient:
         try:
             reply = RpcReply.model_validate_json(message.body)
         except ValidationError:
+            version = _version_of(message.body)
+            if version is not None and version != PROTOCOL_VERSION:
+                # A worker of another release (a rolling upgrade): the service is not ready
+                # for this request, which is no fault of the client's or of this code's.
+                log.error("rpc.reply_version_mismatch version=%s expected=%d", version,
+                          PROTOCOL_VERSION)
+                future.set_exception(MPLoginError(ErrorCode.SERVICE_UNAVAILABLE))
+                return
             log.error("rpc.malformed_reply")
             future.set_exception(MPLoginError(ErrorCode.INTERNAL_ERROR))
             return
@@ -260,6 +268,21 @@ class RpcClient:
             # read its exception so asyncio does not report it as never retrieved.
             if future.done() and not future.cancelled():
                 future.exception()
+
+
+def _version_of(body: bytes) -> int | str | None:
+    """The ``v`` of a reply that failed validation (None when the body is not a JSON object).
+
+    Anything but an integer comes back as a word, so the log line never carries its text.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    version = data.get("v", PROTOCOL_VERSION)
+    return version if isinstance(version, int) and not isinstance(version, bool) else "invalid"
 
 
 @dataclass(frozen=True, slots=True)
