@@ -60,7 +60,7 @@ async def login_service(
 ) -> AsyncIterator[LoginService]:
     """Everything a worker needs, opened and closed in order; ``metrics`` observes all of it."""
     settings.require_production_secrets()
-    apps = load_apps(settings.apps_file)
+    apps = load_apps(settings.apps_file, production=settings.mode == "production")
     keyring = load_keyring(settings)
     box = load_secretbox(settings)
     if metrics is not None:

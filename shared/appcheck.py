@@ -7,48 +7,36 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from shared.apps import AppConfig, AppRegistry, AppsFileError, parse_entries, resolve
 
 
-def _load_rsa(text: str, private: bool) -> bool:
-    data = text.strip()
-    if "-----BEGIN" not in data:
-        kind = "PRIVATE KEY" if private else "PUBLIC KEY"
-        body = "\n".join(data[i:i + 64] for i in range(0, len(data), 64))
-        data = f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----"
-    try:
-        key: object = (
-            serialization.load_pem_private_key(data.encode(), password=None)
-            if private
-            else serialization.load_pem_public_key(data.encode())
-        )
-    except (ValueError, TypeError):
-        if private:
-            try:
-                raw = base64.b64decode("".join(text.split()))
-                key = serialization.load_der_private_key(raw, password=None)
-            except (ValueError, TypeError):
-                return False
-        else:
-            return False
-    return isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey)
-
-
 def check_app(app: AppConfig) -> None:
-    """Check what can be checked offline about one resolved app; raises AppsFileError."""
+    """Check what can be checked offline about one resolved app; raises AppsFileError.
+
+    Keys are read by the worker's own loaders, so what passes here is what a worker accepts:
+    PKCS#1 or PKCS#8 PEM, PEM whose line breaks arrived as literal ``\\n`` (environment
+    variables), or the bare base64 body Alipay's console shows.
+    """
+    from auth_worker.platforms.alipay_sign import KeyFormatError, load_private_key, load_public_key
+
     label = f"app {app.platform}/{app.app_id}"
     if app.platform == "alipay":
-        if app.private_key_pem is None or not _load_rsa(
-            app.private_key_pem.get_secret_value(), private=True
-        ):
-            raise AppsFileError(f"{label}: private_key is not an RSA private key (PKCS#1/#8 PEM)")
-        if app.alipay_public_key_pem is None or not _load_rsa(
-            app.alipay_public_key_pem, private=False
-        ):
-            raise AppsFileError(f"{label}: alipay_public_key is not an RSA public key")
+        if app.private_key_pem is None:
+            raise AppsFileError(f"{label}: private_key is required")
+        try:
+            load_private_key(app.private_key_pem.get_secret_value())
+        except KeyFormatError as exc:  # says why, never what the key is
+            raise AppsFileError(
+                f"{label}: private_key is not a usable RSA private key ({exc}; PKCS#1 or "
+                "PKCS#8 PEM, or its base64 body)") from None
+        if app.alipay_public_key_pem is None:
+            raise AppsFileError(f"{label}: alipay_public_key is required")
+        try:
+            load_public_key(app.alipay_public_key_pem)
+        except KeyFormatError as exc:
+            raise AppsFileError(
+                f"{label}: alipay_public_key is not a usable RSA public key ({exc}; PEM, or "
+                "its base64 body)") from None
         if app.aes_key is not None:
             try:
                 size = len(base64.b64decode(app.aes_key.get_secret_value(), validate=True))
@@ -58,8 +46,13 @@ def check_app(app: AppConfig) -> None:
                 raise AppsFileError(f"{label}: aes_key must be base64 of 16, 24 or 32 bytes")
 
 
-def check_apps_file(path: Path, env: Mapping[str, str] | None = None) -> tuple[bool, str]:
-    """Validate every app of the file; returns (ok, report). Secrets never appear in the report."""
+def check_apps_file(
+    path: Path, env: Mapping[str, str] | None = None, *, production: bool = True,
+) -> tuple[bool, str]:
+    """Validate every app of the file; returns (ok, report). Secrets never appear in the report.
+
+    ``production`` refuses placeholder secrets, as a production worker does.
+    """
     env = os.environ if env is None else env
     try:
         text = path.read_text(encoding="utf-8")
@@ -73,7 +66,7 @@ def check_apps_file(path: Path, env: Mapping[str, str] | None = None) -> tuple[b
         return False, f"error: {exc}"
     for entry in entries:
         try:
-            app = resolve(entry, env, path.parent)
+            app = resolve(entry, env, path.parent, production=production)
             check_app(app)
             apps.append(app)
         except AppsFileError as exc:

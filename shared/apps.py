@@ -16,6 +16,7 @@ path of a file holding them.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from shared.errors import ConfigurationError
+from shared.settings import is_placeholder
 
 Platform = Literal["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]
 PLATFORMS: tuple[Platform, ...] = ("wechat", "alipay", "douyin", "kuaishou", "baidu", "qq")
@@ -39,8 +41,21 @@ DEFAULT_API_BASE: dict[str, str] = {
 }
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""What an environment variable's name looks like (a value that does not is never echoed)."""
+SECRET_FIELDS = ("secret", "private_key", "aes_key")
+"""The fields whose values must not be placeholders in production (the Alipay public key is
+public)."""
+
+
 class AppsFileError(ValueError):
     """The apps file is unusable; the message names the app and the field."""
+
+
+def _looks_random(name: str) -> bool:
+    """A long run of letters and digits without ``_``: more like a pasted secret than a name."""
+    return (len(name) >= 16 and "_" not in name and any(c.isdigit() for c in name)
+            and any(c.isalpha() for c in name))
 
 
 class AppEntry(BaseModel):
@@ -69,14 +84,37 @@ class AppEntry(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _check_base(cls, value: str | None) -> str | None:
+        # Messages never quote the value: a URL with a password in it must not be echoed.
         if value is None:
             return None
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError("must be an http(s) URL with a host") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) URL with a host")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry a user or password (user:password@host); "
+                             "credentials come from secret_env or secret_file")
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
+
+    @field_validator("secret_env", "private_key_env", "alipay_public_key_env", "aes_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.fullmatch(value):
+            raise ValueError("is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*):"
+                             " it names the variable that holds the secret, not the secret")
+        return value
+
+    @field_validator("secret_file", "private_key_file", "alipay_public_key_file", "aes_key_file")
+    @classmethod
+    def _check_file_name(cls, value: Path | None) -> Path | None:
+        text = str(value) if value is not None else ""
+        if any(c.isspace() for c in text) or "-----BEGIN" in text:
+            raise ValueError("must be the path of a file holding the key, not the key itself")
+        return value
 
 
 class AppConfig(BaseModel):
@@ -107,16 +145,22 @@ class AppConfig(BaseModel):
 
 def _read_ref(
     entry: AppEntry, field: str, env_name: str | None, file: Path | None, env: Mapping[str, str],
-    base_dir: Path,
+    base_dir: Path, *, production: bool,
 ) -> str | None:
     if env_name and file:
         raise AppsFileError(f"{_label(entry)}: give either {field}_env or {field}_file, not both")
+    value: str | None = None
+    where = ""
     if env_name:
         value = env.get(env_name)
+        # Named only when it looks like a name: a secret pasted here must not be echoed.
+        named = env_name if ENV_NAME.fullmatch(env_name) and not _looks_random(env_name) else ""
+        where = f"the variable {named}" if named else f"the variable {field}_env names"
         if not value:
-            raise AppsFileError(f"{_label(entry)}: {field}_env names {env_name}, which is not set")
-        return value
-    if file:
+            raise AppsFileError(
+                f"{_label(entry)}: {field}_env names {named}, which is not set" if named
+                else f"{_label(entry)}: the variable {field}_env names is not set")
+    elif file:
         path = file if file.is_absolute() else base_dir / file
         try:
             value = path.read_text(encoding="utf-8").strip()
@@ -126,8 +170,12 @@ def _read_ref(
             ) from None
         if not value:
             raise AppsFileError(f"{_label(entry)}: {field}_file {path} is empty")
-        return value
-    return None
+        where = f"{path}"
+    if value is not None and production and field in SECRET_FIELDS and is_placeholder(value):
+        raise AppsFileError(
+            f"{_label(entry)}: {field} is a placeholder, not a real secret: put the real one "
+            f"in {where} (placeholders are refused outside development mode)")
+    return value
 
 
 def _label(entry: AppEntry) -> str:
@@ -144,17 +192,26 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 
 
-def resolve(entry: AppEntry, env: Mapping[str, str], base_dir: Path) -> AppConfig:
-    """Resolve one entry's secret references; raises AppsFileError naming the app and field."""
-    secret = _read_ref(entry, "secret", entry.secret_env, entry.secret_file, env, base_dir)
+def resolve(
+    entry: AppEntry, env: Mapping[str, str], base_dir: Path, *, production: bool = True,
+) -> AppConfig:
+    """Resolve one entry's secret references; raises AppsFileError naming the app and field.
+
+    In production (the default) a placeholder secret ("changeme"...) is refused, as
+    ``Settings`` refuses one for the encryption key.
+    """
+    secret = _read_ref(entry, "secret", entry.secret_env, entry.secret_file, env, base_dir,
+                       production=production)
     private_key = _read_ref(
-        entry, "private_key", entry.private_key_env, entry.private_key_file, env, base_dir
+        entry, "private_key", entry.private_key_env, entry.private_key_file, env, base_dir,
+        production=production,
     )
     alipay_pub = _read_ref(
         entry, "alipay_public_key", entry.alipay_public_key_env, entry.alipay_public_key_file,
-        env, base_dir,
+        env, base_dir, production=production,
     )
-    aes_key = _read_ref(entry, "aes_key", entry.aes_key_env, entry.aes_key_file, env, base_dir)
+    aes_key = _read_ref(entry, "aes_key", entry.aes_key_env, entry.aes_key_file, env, base_dir,
+                        production=production)
     present = {
         "secret": secret,
         "private_key": private_key,
@@ -247,9 +304,13 @@ def parse_entries(text: str, source: str = "apps file") -> list[AppEntry]:
 
 
 def load_apps(
-    path: Path | None, env: Mapping[str, str] | None = None, extra: Iterable[AppConfig] = ()
+    path: Path | None, env: Mapping[str, str] | None = None, extra: Iterable[AppConfig] = (),
+    *, production: bool = True,
 ) -> AppRegistry:
-    """Load and resolve the apps file at ``path`` (None: no file) plus ``extra`` apps."""
+    """Load and resolve the apps file at ``path`` (None: no file) plus ``extra`` apps.
+
+    ``production`` refuses placeholder secrets; development mode passes False.
+    """
     env = os.environ if env is None else env
     apps: list[AppConfig] = list(extra)
     if path is not None:
@@ -257,7 +318,8 @@ def load_apps(
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise AppsFileError(f"apps file {path} cannot be read ({exc.strerror})") from None
-        apps.extend(resolve(e, env, path.parent) for e in parse_entries(text, str(path)))
+        apps.extend(resolve(e, env, path.parent, production=production)
+                    for e in parse_entries(text, str(path)))
     return AppRegistry(apps)
 
 

@@ -226,7 +226,7 @@ def cmd_apps(args: argparse.Namespace) -> int:
     if path is None:
         print("mplogin: no apps file (give --file or set MPLOGIN_APPS_FILE)", file=sys.stderr)
         return 2
-    ok, report = check_apps_file(path)
+    ok, report = check_apps_file(path, production=settings.mode == "production")
     print(report, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

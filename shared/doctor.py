@@ -142,7 +142,7 @@ def check_apps(settings: Settings) -> Check:
         return Check("configuration", "apps file", Status.FAIL,
                      "MPLOGIN_APPS_FILE is not set: workers would serve no app",
                      "set MPLOGIN_APPS_FILE to your apps file (see deploy/apps.example.toml)")
-    ok, report = check_apps_file(path)
+    ok, report = check_apps_file(path, production=settings.mode == "production")
     lines = report.splitlines()
     if ok:
         return Check("configuration", "apps file", Status.PASS, f"{path}: {lines[-1]}")

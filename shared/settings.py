@@ -12,6 +12,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "xxx", "todo"}
 
 
+def is_placeholder(value: str) -> bool:
+    """True when a secret's value is a placeholder ("changeme" and the like), not a secret."""
+    return value.strip().lower() in PLACEHOLDERS
+
+
 class Settings(BaseSettings):
     """Every setting of the gateway, the worker, the sandbox and the CLI."""
 
@@ -99,10 +104,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:
-        if self.mode == "production" and self.session_key_encryption_key is not None:
-            value = self.session_key_encryption_key.get_secret_value().strip().lower()
-            if value in PLACEHOLDERS:
-                raise ValueError("MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is a placeholder value")
+        key = self.session_key_encryption_key
+        if self.mode == "production" and key is not None and is_placeholder(
+            key.get_secret_value()
+        ):
+            raise ValueError("MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is a placeholder value")
         return self
 
     def require_production_secrets(self) -> None:

@@ -92,6 +92,19 @@ def test_a_worker_with_a_bad_encryption_key_says_so_in_one_line(tmp_path: Path) 
     assert "c2hvcnQ=" not in line
 
 
+def test_a_production_worker_refuses_a_placeholder_app_secret_in_one_line(
+    tmp_path: Path,
+) -> None:
+    apps = tmp_path / "apps.toml"
+    apps.write_text('[[apps]]\nplatform = "wechat"\napp_id = "wx1"\nsecret_env = "WX_1"\n')
+    box = _mplogin("keys", "secretbox", env=_env(tmp_path)).stdout.strip()
+    env = _env(tmp_path, MPLOGIN_MODE="production", MPLOGIN_MONGO_URL="mongodb://127.0.0.1:1",
+               MPLOGIN_SESSION_KEY_ENCRYPTION_KEY=box, MPLOGIN_APPS_FILE=str(apps),
+               WX_1="changeme")
+    line = _one_line(_mplogin("worker", env=env))
+    assert "app wechat/wx1: secret is a placeholder" in line and "changeme" not in line
+
+
 class Gateways:
     """Gateway processes started on one port (their stderr in files), stopped at the end."""
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from auth_worker.platforms.alipay_sign import KeyFormatError, load_private_key, load_public_key
 from shared.appcheck import check_apps_file
 from shared.apps import AppsFileError, load_apps
 from shared.cli import main
@@ -109,3 +111,141 @@ def test_apps_check_names_a_missing_secret_variable(
     monkeypatch.delenv("WX_A", raising=False)
     assert main(["apps", "check", "--file", str(path)]) == 1
     assert "app wechat/wxA: secret_env names WX_A, which is not set" in capsys.readouterr().err
+
+
+def _key_forms() -> dict[str, tuple[str, bool]]:
+    """Ways a key reaches the apps file, with whether it is a private key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key()
+    pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode()
+    pkcs1 = key.private_bytes(serialization.Encoding.PEM,
+                              serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()).decode()
+    pkcs8_der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    spki = public.public_bytes(serialization.Encoding.PEM,
+                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pub_pkcs1 = public.public_bytes(serialization.Encoding.PEM,
+                                    serialization.PublicFormat.PKCS1).decode()
+    pub_pkcs1_der = public.public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.PKCS1)
+    spki_der = public.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    ec = ec_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return {
+        "private PKCS#8 PEM": (pkcs8, True),
+        "private PKCS#1 PEM": (pkcs1, True),
+        "private PEM with literal \\n": (pkcs1.replace("\n", "\\n"), True),
+        "private base64 body": (base64.b64encode(pkcs8_der).decode(), True),
+        "private EC key": (ec, True),
+        "private garbage": ("-----BEGIN PRIVATE KEY-----\nbm9wZQ==\n-----END PRIVATE KEY-----",
+                            True),
+        "public SPKI PEM": (spki, False),
+        "public PKCS#1 PEM": (pub_pkcs1, False),
+        "public PEM with literal \\n": (spki.replace("\n", "\\n"), False),
+        "public base64 SPKI": (base64.b64encode(spki_der).decode(), False),
+        "public base64 PKCS#1": (base64.b64encode(pub_pkcs1_der).decode(), False),
+        "public not base64": ("not a key at all", False),
+    }
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+KEY_FORMS = _key_forms()
+
+
+@pytest.mark.parametrize("form", sorted(KEY_FORMS))
+def test_apps_check_accepts_exactly_the_keys_a_worker_accepts(tmp_path: Path, form: str) -> None:
+    text, private = KEY_FORMS[form]
+    good_private, _ = KEY_FORMS["private PKCS#8 PEM"]
+    good_public, _ = KEY_FORMS["public SPKI PEM"]
+    env = {"ALI_PRIVATE": text if private else good_private,
+           "ALI_PUBLIC": good_public if private else text}
+    path = tmp_path / "apps.toml"
+    path.write_text('[[apps]]\nplatform = "alipay"\napp_id = "2021000"\n'
+                    'private_key_env = "ALI_PRIVATE"\nalipay_public_key_env = "ALI_PUBLIC"\n')
+    try:
+        (load_private_key if private else load_public_key)(text)
+        worker_accepts = True
+    except KeyFormatError:
+        worker_accepts = False
+    ok, report = check_apps_file(path, env=env)
+    assert ok == worker_accepts, report
+    if form in ("private PEM with literal \\n", "public base64 PKCS#1"):
+        assert ok, report  # how keys arrive through environment variables and Alipay's console
+    assert len(text) < 70 or text.strip()[30:70] not in report
+
+
+@pytest.mark.parametrize("where", ["env", "file"])
+@pytest.mark.parametrize("value", ["changeme", "  CHANGE-ME\n", "xxx", "TODO"])
+def test_a_placeholder_app_secret_is_refused_in_production(
+    tmp_path: Path, where: str, value: str,
+) -> None:
+    path = tmp_path / "apps.toml"
+    if where == "env":
+        path.write_text(WECHAT)
+        env = {"WX_A": value}
+    else:
+        (tmp_path / "wx.secret").write_text(value)
+        path.write_text('[[apps]]\nplatform = "wechat"\napp_id = "wxA"\n'
+                        'secret_file = "wx.secret"\n')
+        env = {}
+    with pytest.raises(AppsFileError) as exc:
+        load_apps(path, env=env)
+    message = str(exc.value)
+    assert message.startswith("app wechat/wxA: secret is a placeholder"), message
+    assert value.strip().lower() not in message.lower()
+    ok, report = check_apps_file(path, env=env)
+    assert not ok and "app wechat/wxA: secret is a placeholder" in report
+    # Development mode takes it, as it takes a placeholder encryption key.
+    assert len(load_apps(path, env=env, production=False)) == 1
+    assert check_apps_file(path, env=env, production=False)[0]
+
+
+def test_mplogin_apps_check_refuses_a_placeholder_in_production_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "apps.toml"
+    path.write_text(WECHAT)
+    monkeypatch.setenv("WX_A", "changeme")
+    monkeypatch.setenv("MPLOGIN_MODE", "production")
+    assert main(["apps", "check", "--file", str(path)]) == 1
+    assert "app wechat/wxA: secret is a placeholder" in capsys.readouterr().err
+    monkeypatch.setenv("MPLOGIN_MODE", "development")
+    assert main(["apps", "check", "--file", str(path)]) == 0
+
+
+PASTED = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"  # an AppSecret pasted where a name belongs
+
+
+@pytest.mark.parametrize("line,expected", [
+    (f'secret_env = "{PASTED}"', "secret_env: Value error, is not a valid environment variable"),
+    ('secret_env = "a9f8e7d6c5b4a39281706f5e4d3c2b1a"',
+     "app wechat/wxA: the variable secret_env names is not set"),
+    ('secret_env = "WX-A"', "is not a valid environment variable name"),
+    ('secret_env = "WX_A"\napi_base = "https://wx:s3cret-pw@api.example.com"',
+     "api_base: Value error, must not carry a user or password"),
+    ('secret_env = "WX_A"\napi_base = "https://9f8e7d6c5b4a@api.example.com"',
+     "api_base: Value error, must not carry a user or password"),
+    ('secret_file = "-----BEGIN PRIVATE KEY-----\\nMIIEv\\n"',
+     "must be the path of a file holding the key"),
+])
+def test_a_secret_in_the_wrong_place_is_refused_and_never_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    line: str, expected: str,
+) -> None:
+    path = tmp_path / "apps.toml"
+    path.write_text(f'[[apps]]\nplatform = "wechat"\napp_id = "wxA"\n{line}\n')
+    monkeypatch.delenv(PASTED, raising=False)
+    monkeypatch.setenv("WX_A", "wx-secret-value")
+    assert main(["apps", "check", "--file", str(path)]) == 1
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert expected in printed, printed
+    for secret in (PASTED, "a9f8e7d6c5b4a39281706f5e4d3c2b1a", "s3cret-pw", "9f8e7d6c5b4a",
+                   "MIIEv", "wx-secret-value"):
+        assert secret not in printed, printed
