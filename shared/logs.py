@@ -22,22 +22,46 @@ from typing import Any, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from shared.errors import ErrorCode
+
 LogFormat = Literal["json", "console"]
 
 REDACTED = "[redacted]"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 """What a request id may look like when it comes from outside (a trusted proxy, a message)."""
 
-# A key is secret when its name contains one of these (after lower-casing, '-' → '_') ...
+# Key names are compared normalised: lower case, every character but a-z and 0-9 dropped, so
+# ``session_key``, ``sessionKey``, ``Session-Key`` and ``SESSION KEY`` are one name.
+# A key is secret when its normalised name contains one of these ...
 _SECRET_KEY_PARTS = (
-    "secret", "session_key", "sessionkey", "refresh_token", "access_token", "password",
-    "passwd", "authorization", "private_key", "privatekey", "api_key", "aes_key", "cookie",
+    "secret", "sessionkey", "refreshtoken", "accesstoken", "password", "passwd",
+    "authorization", "privatekey", "apikey", "aeskey", "encryptionkey", "cookie",
 )
 # ... or is exactly one of these (``error_code`` or ``platform_code`` are not secrets).
 _SECRET_KEY_NAMES = frozenset({
-    "code", "js_code", "auth_code", "authcode", "anonymous_code", "login_code", "sign",
-    "signature", "token",
+    "code", "jscode", "authcode", "anonymouscode", "logincode", "sign", "signature", "token",
+    "idtoken",
 })
+# ``code`` is also what our own error codes and platforms' numeric error codes are called: such
+# a value is not a login code, and keeping it keeps the logs useful.
+_ERROR_CODES = frozenset(code.value for code in ErrorCode)
+_NUMERIC_CODE = re.compile(r"-?\d{1,6}")
+
+_KEY = r"(?P<key>[A-Za-z_][A-Za-z0-9_.\-]{0,63})"
+_QUOTE = r"""\\?['"]"""  # a quote, or one escaped once more by a JSON renderer
+_QUOTED_VALUE = rf"(?P<vq>{_QUOTE})(?P<val>(?:(?!(?P=vq))[^\n])*)(?P=vq)"
+_BARE_VALUE = r"""(?P<val>(?:(?:Bearer|Basic|Digest)\s+)?[^&\s"'\\,;)}\]]+)"""
+# Pairs whose value is masked when the key is secret (see ``_mask_pair``), in every notation a
+# message may hold: Python and JSON mappings, object reprs, key=value and key: value text.
+_SECRET_PAIRS = (
+    # 'k': 'v', "k": "v", 'k': b'v' (a dict or JSON text formatted into a message).
+    re.compile(rf"(?P<kq>{_QUOTE}){_KEY}(?P=kq)\s*:\s*b?{_QUOTED_VALUE}"),
+    # k='v', k="v" (an object's repr), k=v (URLs, key=value messages), %3D-encoded too.
+    re.compile(rf"(?<![A-Za-z0-9_]){_KEY}\s*(?:=|%3D)\s*b?{_QUOTED_VALUE}", re.IGNORECASE),
+    re.compile(rf"(?<![A-Za-z0-9_]){_KEY}(?:=|%3D){_BARE_VALUE}", re.IGNORECASE),
+    # k: v (headers, YAML-ish text); a quoted key is the first pattern's.
+    re.compile(r"""(?<![A-Za-z0-9_'"\\])""" + _KEY + r":[ \t]*" + _BARE_VALUE),
+)
 
 # Values that are secret wherever they appear inside a string.
 _SECRET_TEXT = (
@@ -48,30 +72,57 @@ _SECRET_TEXT = (
     # PEM blocks, including one cut off before its END line.
     (re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|\Z)", re.DOTALL),
      REDACTED),
-    # name=value pairs of secrets, in URLs and in key=value messages alike.
-    (re.compile(
-        r"(?<![A-Za-z0-9_])((?:app_?|client_?)?secret|js_code|anonymous_code|auth_code"
-        r"|access_token|refresh_token|session_key|password|private_key)"
-        r"(=|%3D)[^&\s\"',;]+", re.IGNORECASE),
-     r"\1\2" + REDACTED),
-    # Generic names (code, sign, token) only as URL query parameters: ``code=invalid_code``
-    # in a log message is our error code, ``?code=...`` is a login code.
+    # Generic names (key) only as URL query parameters: ``?key=...`` is an API key.
     (re.compile(r"([?&](?:code|sign|token|key))=[^&\s\"',;]+", re.IGNORECASE),
      r"\1=" + REDACTED),
 )
 _MAX_DEPTH = 8
 
 
+def _normalised(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
 def is_secret_key(name: str) -> bool:
     """True when a field called ``name`` holds a secret and must not be logged."""
-    key = name.lower().replace("-", "_")
+    key = _normalised(name)
     return key in _SECRET_KEY_NAMES or any(part in key for part in _SECRET_KEY_PARTS)
+
+
+def is_harmless(name: str, value: object) -> bool:
+    """True when ``value`` under a secret-looking ``name`` is known not to be a secret.
+
+    Only ``code`` has such values: one of our error codes (``invalid_code``) or a platform's
+    numeric error code (``40029``) is not a login code.
+    """
+    if _normalised(name) != "code":
+        return False
+    if isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, str) and (value in _ERROR_CODES
+                                       or _NUMERIC_CODE.fullmatch(value) is not None)
+
+
+def _masks(name: str, value: object) -> bool:
+    return is_secret_key(name) and not is_harmless(name, value)
+
+
+def _mask_pair(match: re.Match[str]) -> str:
+    value = match["val"]
+    # Already masked (a bare value stops before the closing bracket of "[redacted]").
+    if REDACTED[:-1] in value or not _masks(match["key"], value):
+        return match[0]
+    start, end = match.span("val")
+    offset = match.start()
+    return match[0][:start - offset] + REDACTED + match[0][end - offset:]
 
 
 def mask_text(text: str) -> str:
     """``text`` with every secret-looking substring masked."""
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
+    for pair in _SECRET_PAIRS:
+        text = pair.sub(_mask_pair, text)
     return text
 
 
@@ -82,7 +133,7 @@ def _scrub(value: Any, depth: int) -> Any:
         return value if isinstance(value, int | float | bool | None) else REDACTED
     if isinstance(value, Mapping):
         return {
-            key: REDACTED if isinstance(key, str) and is_secret_key(key)
+            key: REDACTED if isinstance(key, str) and _masks(key, item)
             else _scrub(item, depth + 1)
             for key, item in value.items()
         }
@@ -103,7 +154,7 @@ def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key in list(event_dict):
         if key.startswith("_"):
             continue  # structlog's own metadata (the LogRecord)
-        if is_secret_key(key):
+        if _masks(key, event_dict[key]):
             event_dict[key] = REDACTED
         else:
             event_dict[key] = _scrub(event_dict[key], 0)

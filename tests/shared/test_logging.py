@@ -14,10 +14,12 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from shared.errors import ErrorCode
 from shared.logs import (
     REDACTED,
     build_formatter,
     configure_structlog,
+    is_secret_key,
     mask_text,
     redact,
     safe_request_id,
@@ -212,3 +214,91 @@ def test_configure_logging_installs_one_handler_and_replaces_it() -> None:
 ])
 def test_only_safe_request_ids_are_accepted(value: object, accepted: bool) -> None:
     assert (safe_request_id(value) is not None) is accepted
+
+
+@pytest.fixture
+def process_log() -> Iterator[io.StringIO]:
+    """The process's own logging, as `configure_logging("DEBUG", "json")` sets it up."""
+    root = logging.getLogger()
+    level = root.level
+    buffer = io.StringIO()
+    configure_logging("DEBUG", "json", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+
+
+LOGIN_CODE = "081aBcDeFgHiJkLmNoPq"
+SECRET = "9f8e7d6c5b4a3928"
+SESSION_KEY = "c2Vzc2lvbi1rZXktdmFsdWU="
+
+
+class Credentials:
+    """An object whose repr shows its fields, as dataclasses and many libraries' objects do."""
+
+    def __repr__(self) -> str:
+        return f"Credentials(app_id='wx1', secret='{SECRET}', session_key=\"{SESSION_KEY}\")"
+
+
+@pytest.mark.parametrize("call", [
+    # camelCase and other spellings of secret field names
+    lambda log: log.info("login.ok", extra={"accessToken": SECRET, "refreshToken": SECRET,
+                                            "jsCode": LOGIN_CODE, "apiKey": SECRET,
+                                            "aesKey": SESSION_KEY, "Session-Key": SESSION_KEY}),
+    # a dict formatted into the message
+    lambda log: log.info("params %s", {"js_code": LOGIN_CODE, "secret": SECRET,
+                                       "session_key": SESSION_KEY}),
+    lambda log: log.info("params %s", {"session_key": SESSION_KEY.encode(), "jsCode": LOGIN_CODE}),
+    # JSON text in a message
+    lambda log: log.info('platform said {"code": "%s", "secret": "%s", "session_key": "%s"}',
+                         LOGIN_CODE, SECRET, SESSION_KEY),
+    # key: value text
+    lambda log: log.info("headers\nsecret: %s\nAuthorization: Basic %s\njs_code:%s", SECRET,
+                         SESSION_KEY, LOGIN_CODE),
+    # an object whose repr quotes its fields
+    lambda log: log.info("loaded %r", Credentials()),
+    lambda log: log.info("loaded", extra={"credentials": Credentials()}),
+    # key=value with camelCase names, in a message and in a URL
+    lambda log: log.info("exchange appSecret=%s jsCode=%s sessionKey=%s", SECRET, LOGIN_CODE,
+                         SESSION_KEY),
+    lambda log: log.info("GET /x?appid=wx1&appSecret=%s&jsCode=%s", SECRET, LOGIN_CODE),
+], ids=["camelCase-fields", "dict-in-message", "bytes-in-dict", "json-in-message",
+        "key-colon-value", "repr-in-message", "repr-in-field", "camelCase-pairs", "camelCase-url"])
+def test_secrets_never_come_out_of_the_process_log(process_log: io.StringIO, call: Any) -> None:
+    call(logging.getLogger("mplogin.test.leaks"))
+    text = process_log.getvalue()
+    assert text.strip() and REDACTED in text, text
+    for secret in (LOGIN_CODE, SECRET, SESSION_KEY):
+        assert secret not in text, text
+    json.loads(text)  # still one valid JSON line
+
+
+def test_our_error_codes_and_platform_codes_stay_readable(process_log: io.StringIO) -> None:
+    log = logging.getLogger("mplogin.test.codes")
+    log.warning("login.platform_error app=wechat/wx1 code=invalid_code platform_code=40029")
+    log.warning("reply %s", {"code": "platform_unavailable", "errcode": -1})
+    log.warning('platform said {"code": 40163, "msg": "code been used"}')
+    log.warning("platform said code: -1")
+    log.warning("answered", extra={"code": ErrorCode.RATE_LIMITED, "platform_code": "45011"})
+    log.warning("answered", extra={"code": 40029})
+    lines = [json.loads(line) for line in process_log.getvalue().splitlines()]
+    assert REDACTED not in process_log.getvalue(), process_log.getvalue()
+    assert "code=invalid_code" in lines[0]["event"]
+    assert "'code': 'platform_unavailable'" in lines[1]["event"]
+    assert '"code": 40163' in lines[2]["event"] and "code: -1" in lines[3]["event"]
+    assert lines[4]["code"] == "rate_limited" and lines[5]["code"] == 40029
+
+
+@pytest.mark.parametrize("name,secret", [
+    ("accessToken", True), ("ACCESS-TOKEN", True), ("jsCode", True), ("js code", True),
+    ("apiKey", True), ("X-Api-Key", True), ("aesKey", True), ("sessionKey", True),
+    ("AppSecret", True), ("client_secret", True), ("encryptionKey", True), ("Sign", True),
+    ("anonymousCode", True),
+    ("error_code", False), ("platformCode", False), ("errcode", False), ("app_id", False),
+    ("request_id", False), ("token_type", False), ("openid", False),
+])
+def test_key_names_are_compared_without_case_or_separators(name: str, secret: bool) -> None:
+    assert is_secret_key(name) is secret
