@@ -235,7 +235,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Check configuration, broker, database, keys and platforms; print each fix."""
     from shared.doctor import main as run_doctor
 
-    return run_doctor()
+    return run_doctor(dev=args.dev)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--file", type=Path)
     apps.set_defaults(func=cmd_apps)
     doctor = sub.add_parser("doctor", help="diagnose a deployment; print the fix for each problem")
+    doctor.add_argument("--dev", action="store_true",
+                        help="check the local stack of `mplogin dev` (its .mplogin folder)")
     doctor.set_defaults(func=cmd_doctor)
     from shared.bench import add_bench_parser
 

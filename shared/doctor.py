@@ -5,6 +5,11 @@ URLs lose their passwords (and query strings), exception texts are reduced to th
 messages written without secrets, and as a last guard every known secret value is masked out
 of the report. Platform endpoints get one bare HEAD request to their base URL, with no
 credentials: any HTTP answer means reachable.
+
+In development mode (``mplogin doctor --dev``, or ``MPLOGIN_MODE=development``) it checks the
+local stack ``mplogin dev`` runs, reading what it left in the data folder (``.mplogin``): the
+apps file it wrote and the secret of its sandbox app, the MongoDB stand-in's port (from the
+stand-in's pid file), the generated encryption key.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +30,13 @@ from urllib.parse import urlsplit
 import aio_pika
 import aiohttp
 from aiormq.exceptions import AMQPError, ChannelNotFoundEntity, ProbableAuthenticationError
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
 
 from shared.appcheck import check_apps_file
 from shared.apps import DEFAULT_API_BASE, AppEntry, AppsFileError, parse_entries
+from shared.devstack import SECRET_ENV as DEV_SECRET_ENV
 from shared.keys import KeyRing, KeyRingError
 from shared.secretbox import SecretBox, SecretBoxError
 from shared.settings import Settings
@@ -44,6 +50,11 @@ FIX_BROKER_DOWN = "start it: rabbitmq-server -detached, or docker compose up -d 
 FIX_NO_WORKER = "start a worker: mplogin worker"
 FIX_MONGO = "check MPLOGIN_MONGO_URL / start MongoDB"
 FIX_KEYS = "mplogin keys rotate"
+FIX_DEV = "start the local stack: mplogin dev"
+DEV_APPS_FILE = "apps.toml"
+DEV_SECRET_FILE = "wechat-dev-secret"  # noqa: S105 - a file name, not a secret
+DEV_SECRETBOX_FILE = "secretbox.key"
+STANDIN_PID = "nx-27017-*.pid"
 AUTH_FAILED = {13, 18}  # Unauthorized, AuthenticationFailed
 
 
@@ -110,14 +121,49 @@ def check_settings(settings: Settings) -> Check:
     return Check("configuration", "settings", Status.PASS, f"parsed; mode {settings.mode}")
 
 
+def standin_port(data_dir: Path) -> int | None:
+    """The port of the MongoDB stand-in ``mplogin dev`` runs, from its live pid file, if any."""
+    for pid_file in sorted((data_dir / "logs").glob(STANDIN_PID)):
+        try:
+            pid = int(pid_file.read_text(encoding="ascii").strip())
+            port = int(pid_file.stem.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except (OSError, ValueError, IndexError):
+            continue
+        return port
+    return None
+
+
+def dev_stack(settings: Settings, env: Mapping[str, str]) -> tuple[Settings, dict[str, str]]:
+    """``settings`` completed with what ``mplogin dev`` runs on this machine, and the env it uses.
+
+    Only what the environment leaves unset is filled in: the apps file ``mplogin dev`` wrote
+    (and the secret of its sandbox app, which it passes to its workers by environment), and the
+    URL of the MongoDB stand-in it started.
+    """
+    data = settings.data_dir
+    env = dict(env)
+    update: dict[str, Any] = {}
+    if settings.apps_file is None and (data / DEV_APPS_FILE).is_file():
+        update["apps_file"] = data / DEV_APPS_FILE
+        secret_file = data / DEV_SECRET_FILE
+        if DEV_SECRET_ENV not in env and secret_file.is_file():
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                env[DEV_SECRET_ENV] = secret_file.read_text(encoding="utf-8").strip()
+    if settings.mongo_url is None:
+        port = standin_port(data)
+        if port is not None:
+            update["mongo_url"] = SecretStr(f"mongodb://127.0.0.1:{port}")
+    return settings.model_copy(update=update), env
+
+
 def check_encryption_key(settings: Settings) -> Check:
-    """Production mode needs a real session_key encryption key."""
+    """Production mode needs a real session_key encryption key; development, its key file."""
     name = "session_key encryption key"
     value = settings.session_key_encryption_key
     if value is None:
         if settings.mode == "development":
-            return Check("configuration", name, Status.PASS,
-                         f"development mode: generated into {settings.data_dir}/secretbox.key")
+            return _check_dev_key_file(settings.data_dir / DEV_SECRETBOX_FILE)
         return Check("configuration", name, Status.FAIL,
                      "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is not set (required in production)",
                      "generate one with `mplogin keys secretbox` and set "
@@ -132,17 +178,42 @@ def check_encryption_key(settings: Settings) -> Check:
     return Check("configuration", name, Status.PASS, f"set; active key id {box.active_key_id}")
 
 
-def check_apps(settings: Settings) -> Check:
+def _check_dev_key_file(path: Path) -> Check:
+    """The encryption key a development worker generated (and every worker of the stack reads)."""
+    name = "session_key encryption key"
+    if not path.is_file():
+        return Check("configuration", name, Status.FAIL,
+                     f"development mode: {path} does not exist (a worker of `mplogin dev` "
+                     "creates it when it starts)",
+                     f"{FIX_DEV}, or set MPLOGIN_SESSION_KEY_ENCRYPTION_KEY")
+    try:
+        box = SecretBox.from_config(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        return Check("configuration", name, Status.FAIL,
+                     f"development mode: {path} cannot be read ({type(exc).__name__})",
+                     "give this user read access to it")
+    except SecretBoxError as exc:  # messages never hold key material
+        return Check("configuration", name, Status.FAIL,
+                     f"development mode: {path} is unusable: {exc}",
+                     "restore the file; the session_keys stored with it need it (delete it "
+                     "only with the development database, and a worker makes a new one)")
+    return Check("configuration", name, Status.PASS,
+                 f"development mode: {path}; active key id {box.active_key_id}")
+
+
+def check_apps(settings: Settings, env: Mapping[str, str] | None = None) -> Check:
     """The apps file loads: every entry parses and its secrets are present."""
     path = settings.apps_file
     if path is None:
         if settings.mode == "development":
-            return Check("configuration", "apps file", Status.SKIP,
-                         "MPLOGIN_APPS_FILE is not set (mplogin dev writes one)")
+            return Check("configuration", "apps file", Status.FAIL,
+                         "MPLOGIN_APPS_FILE is not set and `mplogin dev` has not written "
+                         f"{settings.data_dir / DEV_APPS_FILE}: workers would serve no app",
+                         f"{FIX_DEV}, or set MPLOGIN_APPS_FILE")
         return Check("configuration", "apps file", Status.FAIL,
                      "MPLOGIN_APPS_FILE is not set: workers would serve no app",
                      "set MPLOGIN_APPS_FILE to your apps file (see deploy/apps.example.toml)")
-    ok, report = check_apps_file(path, production=settings.mode == "production")
+    ok, report = check_apps_file(path, env, production=settings.mode == "production")
     lines = report.splitlines()
     if ok:
         return Check("configuration", "apps file", Status.PASS, f"{path}: {lines[-1]}")
@@ -221,8 +292,10 @@ async def check_database(settings: Settings, timeout_ms: int = MONGO_TIMEOUT_MS)
     """Ping MongoDB with a short server-selection timeout."""
     if settings.mongo_url is None:
         if settings.mode == "development":
-            return Check("database", "MongoDB", Status.SKIP,
-                         "MPLOGIN_MONGO_URL is not set (mplogin dev starts the stand-in)")
+            return Check("database", "MongoDB", Status.FAIL,
+                         "MPLOGIN_MONGO_URL is not set and the MongoDB stand-in of `mplogin dev` "
+                         f"is not running (no live {settings.data_dir / 'logs' / STANDIN_PID})",
+                         f"{FIX_DEV}, or set MPLOGIN_MONGO_URL")
         return Check("database", "MongoDB", Status.FAIL,
                      "MPLOGIN_MONGO_URL is not set (required in production)",
                      "set MPLOGIN_MONGO_URL to your MongoDB")
@@ -339,13 +412,16 @@ def _crashed(area: str, name: str, exc: Exception) -> Check:
                  "report this with the output of mplogin doctor")
 
 
-async def run_doctor(settings: Settings) -> list[Check]:
-    """Run every check; the network ones concurrently, each with a short timeout."""
+async def run_doctor(settings: Settings, env: Mapping[str, str] | None = None) -> list[Check]:
+    """Run every check; the network ones concurrently, each with a short timeout.
+
+    ``env`` holds the apps' secret variables (by default the process's environment).
+    """
     checks = [
         *_safe("configuration", "settings", lambda: check_settings(settings)),
         *_safe("configuration", "session_key encryption key",
                lambda: check_encryption_key(settings)),
-        *_safe("configuration", "apps file", lambda: check_apps(settings)),
+        *_safe("configuration", "apps file", lambda: check_apps(settings, env)),
     ]
     remote = await asyncio.gather(
         _safe_async("broker", "connection", check_broker(settings)),
@@ -363,24 +439,29 @@ def known_secrets(settings: Settings, env_values: Iterable[str] = ()) -> set[str
     found.add(_password(settings.broker_url.get_secret_value()) or "")
     if settings.mongo_url is not None:
         found.add(_password(settings.mongo_url.get_secret_value()) or "")
+    values = []
     if settings.session_key_encryption_key is not None:
-        value = settings.session_key_encryption_key.get_secret_value()
+        values.append(settings.session_key_encryption_key.get_secret_value())
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        values.append((settings.data_dir / DEV_SECRETBOX_FILE).read_text(encoding="utf-8").strip())
+    for value in values:
         found.add(value)
         found.update(part.split(":", 1)[-1] for part in value.split(","))
     # Short values would mask ordinary words; a real secret is longer than this.
     return {s for s in found if len(s) >= 4}
 
 
-def app_secret_values(settings: Settings) -> set[str]:
+def app_secret_values(settings: Settings, env: Mapping[str, str] | None = None) -> set[str]:
     """The values of the environment variables and files the apps file names as secrets."""
+    env = os.environ if env is None else env
     values: set[str] = set()
     base = settings.apps_file.parent if settings.apps_file else Path()
     for entry in _app_entries(settings):
         for field in ("secret", "private_key", "alipay_public_key", "aes_key"):
             env_name = getattr(entry, f"{field}_env")
             file = getattr(entry, f"{field}_file")
-            if env_name and os.environ.get(env_name):
-                values.add(os.environ[env_name])
+            if env_name and env.get(env_name):
+                values.add(env[env_name])
             if file:
                 path = file if file.is_absolute() else base / file
                 with contextlib.suppress(OSError, UnicodeDecodeError):
@@ -408,17 +489,28 @@ def format_report(checks: list[Check], secrets: Iterable[str] = ()) -> str:
     return report
 
 
-def main() -> int:
-    """``mplogin doctor``: print the report; 0 when every check passes, 1 otherwise."""
+def main(dev: bool = False) -> int:
+    """``mplogin doctor``: print the report; 0 when every check passes, 1 otherwise.
+
+    ``dev`` (``--dev``) checks the local stack of ``mplogin dev``, as MPLOGIN_MODE=development.
+    """
     # Client libraries may log connection targets; the report says what an operator needs.
     for name in ("aio_pika", "aiormq", "pymongo", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        settings = Settings()
+        settings = Settings(mode="development") if dev else Settings()
     except ValidationError as exc:
         print(format_report([settings_failure(exc)]))
         return 1
-    checks = asyncio.run(run_doctor(settings))
-    secrets = known_secrets(settings, app_secret_values(settings))
-    print(format_report(checks, secrets))
-    return 0 if all(c.ok for c in checks) else 1
+    env: Mapping[str, str] = os.environ
+    if settings.mode == "development":
+        settings, env = dev_stack(settings, env)
+    checks = asyncio.run(run_doctor(settings, env))
+    secrets = known_secrets(settings, app_secret_values(settings, env))
+    report = format_report(checks, secrets)
+    ok = all(c.ok for c in checks)
+    if not ok and settings.mode == "production" and (settings.data_dir / DEV_APPS_FILE).is_file():
+        report += (f"\nnote: {settings.data_dir} holds a local stack of `mplogin dev`; to check "
+                   "it rather than a production deployment, run `mplogin doctor --dev`")
+    print(report)
+    return 0 if ok else 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ import aio_pika
 import pytest
 
 from shared import keys
-from shared.doctor import Check, Status, format_report, mask_url, run_doctor
+from shared.doctor import Check, Status, dev_stack, format_report, mask_url, run_doctor
 from shared.rpc import request_queue_arguments
 from shared.secretbox import generate_config_value
 from shared.settings import Settings
@@ -276,3 +278,105 @@ def test_urls_lose_their_passwords_and_queries() -> None:
     report = format_report([Check("broker", "connection", Status.FAIL, "x s3cretvalue y", "do")],
                            secrets={"s3cretvalue"})
     assert "s3cretvalue" not in report and "fix: do" in report
+
+
+@pytest.fixture
+def dev_stack_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of one `mplogin dev` run: its own ports and queue names, nothing else."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
+    return {**base, "MPLOGIN_GATEWAY_PORT": str(free_port()),
+            "MPLOGIN_SANDBOX_PORT": str(free_port()),
+            "MPLOGIN_QUEUE_PREFIX": f"mpltest-devdoctor-{uuid.uuid4().hex[:8]}"}
+
+
+def doctor_in(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shared.cli", "doctor", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_doctor_dev_checks_the_stack_mplogin_dev_runs(
+    tmp_path: Path, rabbit_url: str, dev_stack_env: dict[str, str],
+) -> None:
+    log = (tmp_path / "dev.out").open("w")
+    dev = subprocess.Popen([sys.executable, "-m", "shared.cli", "dev", "--workers", "1"],
+                           cwd=tmp_path, env=dev_stack_env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while "mplogin is running" not in (tmp_path / "dev.out").read_text():
+            assert dev.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "dev.out").read_text()
+            time.sleep(0.2)
+        done = doctor_in(tmp_path, dev_stack_env, "--dev")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "FAIL" not in done.stdout and "SKIP" not in done.stdout
+        for found in (".mplogin/apps.toml: 1 app(s) OK", "1 consumer(s)",
+                      "development mode: .mplogin/secretbox.key", "answered ping",
+                      "platform       wechat/wxdevsandbox0001"):
+            assert found in done.stdout, done.stdout
+        # The same from the environment alone, as the README says.
+        assert doctor_in(tmp_path, {**dev_stack_env, "MPLOGIN_MODE": "development"}
+                         ).returncode == 0
+        secret = (tmp_path / ".mplogin" / "wechat-dev-secret").read_text().strip()
+        box = (tmp_path / ".mplogin" / "secretbox.key").read_text().strip()
+        assert secret not in done.stdout and box.split(":", 1)[1] not in done.stdout
+        # Bare `mplogin doctor` checks production, and says how to check this stack instead.
+        production = doctor_in(tmp_path, dev_stack_env)
+        assert production.returncode == 1 and "mplogin doctor --dev" in production.stdout
+    finally:
+        dev.send_signal(signal.SIGINT)
+        try:
+            dev.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            dev.kill()
+            dev.wait()
+        log.close()
+
+
+def dev_folder(tmp_path: Path, sandbox: Sandbox, mongo_url: str | None) -> Settings:
+    """A .mplogin folder as `mplogin dev` leaves it while running, and settings that read it."""
+    data = tmp_path / ".mplogin"
+    (data / "logs").mkdir(parents=True)
+    (data / "wechat-dev-secret").write_text(APP_SECRET)
+    (data / "apps.toml").write_text(
+        '[[apps]]\nplatform = "wechat"\napp_id = "wxdevsandbox0001"\n'
+        f'secret_env = "MPLOGIN_DEV_WECHAT_SECRET"\napi_base = "{sandbox.base}/wechat"\n')
+    (data / "secretbox.key").write_text(generate_config_value() + "\n")
+    if mongo_url is not None:  # the stand-in's pid file: this (live) process stands in for it
+        port = mongo_url.rstrip("/").rsplit(":", 1)[1]
+        (data / "logs" / f"nx-27017-{port}.pid").write_text(f"{os.getpid()}\n")
+    return Settings(mode="development", data_dir=data, keys_dir=data / "keys")
+
+
+async def test_dev_mode_reads_the_dev_folder_and_checks_the_key_file(
+    tmp_path: Path, sandbox: Sandbox, mongo_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MPLOGIN_DEV_WECHAT_SECRET", raising=False)
+    settings, env = dev_stack(dev_folder(tmp_path, sandbox, mongo_url), os.environ)
+    checks = by_name(await run_doctor(settings, env))
+    assert checks["configuration:apps file"].status is Status.PASS
+    assert checks["database:MongoDB"].status is Status.PASS
+    assert checks["configuration:session_key encryption key"].status is Status.PASS
+    assert checks["platform:wechat/wxdevsandbox0001"].status is Status.PASS
+    (tmp_path / ".mplogin" / "secretbox.key").write_text("k1:bm90IGEga2V5\n")
+    key = by_name(await run_doctor(settings, env))["configuration:session_key encryption key"]
+    assert key.status is Status.FAIL and "is unusable" in key.detail
+    (tmp_path / ".mplogin" / "secretbox.key").unlink()
+    key = by_name(await run_doctor(settings, env))["configuration:session_key encryption key"]
+    assert key.status is Status.FAIL and "does not exist" in key.detail
+    assert "mplogin dev" in key.fix
+
+
+async def test_dev_mode_without_a_running_stack_says_to_start_it(
+    tmp_path: Path, sandbox: Sandbox,
+) -> None:
+    folder = dev_folder(tmp_path, sandbox, mongo_url=None)
+    # A pid file left by a stand-in that is gone does not count.
+    (tmp_path / ".mplogin" / "logs" / "nx-27017-27017.pid").write_text("999999999\n")
+    settings, env = dev_stack(folder, {})
+    assert settings.mongo_url is None
+    database = by_name(await run_doctor(settings, env))["database:MongoDB"]
+    assert database.status is Status.FAIL and "stand-in" in database.detail
+    assert "mplogin dev" in database.fix
+    empty = Settings(mode="development", data_dir=tmp_path / "nothing")
+    apps = by_name(await run_doctor(empty))["configuration:apps file"]
+    assert apps.status is Status.FAIL and "mplogin dev" in apps.fix
