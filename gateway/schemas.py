@@ -1,8 +1,11 @@
-"""Response models of the gateway's endpoints, for the OpenAPI document (and for handlers to use).
+"""Response models of the gateway's own answers, for the OpenAPI document.
 
 The request bodies are validated by the models in ``gateway.views`` and ``shared.messages``;
 these describe what comes back. What a worker answers is modelled in ``shared.messages`` (the
-worker builds those very models); the gateway's own answers are modelled here.
+worker builds those very models). Of the gateway's own answers, ``/healthz`` and ``/readyz`` are
+built from ``Health`` and ``Ready``. The error envelope (``gateway.errors``) and the JWKS
+document (``shared.keys``) are built as plain dicts on the hot path; ``ErrorEnvelope`` and
+``Jwks`` describe them, and the tests check real answers against these models.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from gateway.errors import CLOSE_CONNECTION, REQUEST_ID, error_response
 from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.middlewares import LOGIN_PLATFORM
+from gateway.schemas import Health, Ready
 from shared.apps import PLATFORMS
 from shared.errors import ErrorCode, MPLoginError
 from shared.keys import JWKS_MAX_AGE
@@ -20,6 +21,7 @@ from shared.messages import B64, Code, LoginParams, RefreshParams
 from shared.metrics import exposition
 
 M = TypeVar("M", bound=BaseModel)
+HEALTHY = Health(status="ok").model_dump()
 CONTENT_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
 """The Content-Encodings a body may use: aiohttp decompresses gzip and deflate as it reads, and
 ``client_max_size`` bounds the decompressed size, so a small compressed bomb is refused early."""
@@ -208,14 +210,14 @@ async def jwks(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the process lives."""
-    return json_response({"status": "ok"})
+    return json_response(HEALTHY)
 
 
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: the broker connection is up."""
     rpc = request.app[RPC]
     if rpc.ready:
-        return json_response({"status": "ready", "pending_calls": rpc.pending})
+        return json_response(Ready(status="ready", pending_calls=rpc.pending).model_dump())
     return error_response(request, ErrorCode.SERVICE_UNAVAILABLE, "The broker is not connected.")
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.keys import RPC
+from gateway.auth import AccessTokens
+from gateway.keys import RPC, SETTINGS, TOKENS
+from gateway.schemas import ErrorEnvelope, Health, Jwks, Ready
 from shared.errors import ErrorCode
 from shared.messages import RpcReply
 from shared.settings import Settings
@@ -68,3 +71,17 @@ async def test_a_body_over_the_cap_is_invalid_request_and_never_reaches_the_brok
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == "invalid_request"
     assert fake.calls == []
+
+
+async def test_the_gateways_own_answers_are_what_its_response_models_say(
+    aiohttp_client: Any, tmp_path: Path,
+) -> None:
+    app = create_app(Settings(mode="development", keys_dir=tmp_path / "keys"))
+    app.cleanup_ctx.clear()
+    app[RPC] = FakeRpc(RpcReply.success({}))  # type: ignore[assignment]
+    app[TOKENS] = AccessTokens(app[SETTINGS])
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    for path, model in (("/healthz", Health), ("/readyz", Ready),
+                        ("/.well-known/jwks.json", Jwks), ("/nope", ErrorEnvelope)):
+        resp = await client.get(path)
+        model.model_validate(await resp.json(), strict=False)
