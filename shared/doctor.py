@@ -36,7 +36,6 @@ from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyM
 
 from shared.appcheck import check_apps_file
 from shared.apps import DEFAULT_API_BASE, AppEntry, AppsFileError, parse_entries
-from shared.devstack import SECRET_ENV as DEV_SECRET_ENV
 from shared.keys import KeyRing, KeyRingError
 from shared.secretbox import SecretBox, SecretBoxError
 from shared.settings import Settings
@@ -52,7 +51,6 @@ FIX_MONGO = "check MPLOGIN_MONGO_URL / start MongoDB"
 FIX_KEYS = "mplogin keys rotate"
 FIX_DEV = "start the local stack: mplogin dev"
 DEV_APPS_FILE = "apps.toml"
-DEV_SECRET_FILE = "wechat-dev-secret"  # noqa: S105 - a file name, not a secret
 DEV_SECRETBOX_FILE = "secretbox.key"
 STANDIN_PID = "nx-27017-*.pid"
 AUTH_FAILED = {13, 18}  # Unauthorized, AuthenticationFailed
@@ -138,18 +136,14 @@ def dev_stack(settings: Settings, env: Mapping[str, str]) -> tuple[Settings, dic
     """``settings`` completed with what ``mplogin dev`` runs on this machine, and the env it uses.
 
     Only what the environment leaves unset is filled in: the apps file ``mplogin dev`` wrote
-    (and the secret of its sandbox app, which it passes to its workers by environment), and the
-    URL of the MongoDB stand-in it started.
+    (its secrets and keys are files it names, beside it) and the URL of the MongoDB stand-in
+    it started.
     """
     data = settings.data_dir
     env = dict(env)
     update: dict[str, Any] = {}
     if settings.apps_file is None and (data / DEV_APPS_FILE).is_file():
         update["apps_file"] = data / DEV_APPS_FILE
-        secret_file = data / DEV_SECRET_FILE
-        if DEV_SECRET_ENV not in env and secret_file.is_file():
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                env[DEV_SECRET_ENV] = secret_file.read_text(encoding="utf-8").strip()
     if settings.mongo_url is None:
         port = standin_port(data)
         if port is not None:

@@ -310,16 +310,19 @@ def test_doctor_dev_checks_the_stack_mplogin_dev_runs(
         done = doctor_in(tmp_path, dev_stack_env, "--dev")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "FAIL" not in done.stdout and "SKIP" not in done.stdout
-        for found in (".mplogin/apps.toml: 1 app(s) OK", "1 consumer(s)",
+        for found in (".mplogin/apps.toml: 6 app(s) OK", "1 consumer(s)",
                       "development mode: .mplogin/secretbox.key", "answered ping",
                       "platform       wechat/wxdevsandbox0001"):
             assert found in done.stdout, done.stdout
         # The same from the environment alone, as the README says.
         assert doctor_in(tmp_path, {**dev_stack_env, "MPLOGIN_MODE": "development"}
                          ).returncode == 0
-        secret = (tmp_path / ".mplogin" / "wechat-dev-secret").read_text().strip()
+        creds = tmp_path / ".mplogin" / "dev-secrets"
+        secrets = [f.read_text().strip() for f in creds.glob("*-secret")]
+        assert len(secrets) == 5  # every platform but Alipay, which signs with a key
         box = (tmp_path / ".mplogin" / "secretbox.key").read_text().strip()
-        assert secret not in done.stdout and box.split(":", 1)[1] not in done.stdout
+        for secret in [*secrets, box.split(":", 1)[1]]:
+            assert secret not in done.stdout
         # Bare `mplogin doctor` checks production, and says how to check this stack instead.
         production = doctor_in(tmp_path, dev_stack_env)
         assert production.returncode == 1 and "mplogin doctor --dev" in production.stdout
@@ -348,10 +351,11 @@ def dev_folder(tmp_path: Path, sandbox: Sandbox, mongo_url: str | None) -> Setti
     """A .mplogin folder as `mplogin dev` leaves it while running, and settings that read it."""
     data = tmp_path / ".mplogin"
     (data / "logs").mkdir(parents=True)
-    (data / "wechat-dev-secret").write_text(APP_SECRET)
+    (data / "dev-secrets").mkdir()
+    (data / "dev-secrets" / "wechat-secret").write_text(APP_SECRET)
     (data / "apps.toml").write_text(
         '[[apps]]\nplatform = "wechat"\napp_id = "wxdevsandbox0001"\n'
-        f'secret_env = "MPLOGIN_DEV_WECHAT_SECRET"\napi_base = "{sandbox.base}/wechat"\n')
+        f'secret_file = "dev-secrets/wechat-secret"\napi_base = "{sandbox.base}/wechat"\n')
     (data / "secretbox.key").write_text(generate_config_value() + "\n")
     if mongo_url is not None:  # the stand-in's pid file: this (live) process stands in for it
         port = mongo_url.rstrip("/").rsplit(":", 1)[1]
@@ -360,9 +364,8 @@ def dev_folder(tmp_path: Path, sandbox: Sandbox, mongo_url: str | None) -> Setti
 
 
 async def test_dev_mode_reads_the_dev_folder_and_checks_the_key_file(
-    tmp_path: Path, sandbox: Sandbox, mongo_url: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, sandbox: Sandbox, mongo_url: str,
 ) -> None:
-    monkeypatch.delenv("MPLOGIN_DEV_WECHAT_SECRET", raising=False)
     settings, env = dev_stack(dev_folder(tmp_path, sandbox, mongo_url), os.environ)
     checks = by_name(await run_doctor(settings, env))
     assert checks["configuration:apps file"].status is Status.PASS
