@@ -96,7 +96,7 @@ async def login_service(
 
 
 async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer) -> None:
-    """Pick up `mplogin keys rotate` without a restart: new tokens use the newest key."""
+    """Pick up `mplogin keys rotate` without a restart: a new key signs from its activation."""
     current = keyring.fingerprint()
     while True:
         await asyncio.sleep(settings.key_reload_interval)

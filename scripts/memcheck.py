@@ -111,7 +111,7 @@ class MemStack(Stack):
 LOG_EVENTS = {
     GATEWAY: ("rpc.late_reply_ignored", "rpc.reconnected", "rpc.pending_failed",
               "rpc.unroutable", "Traceback"),
-    WORKER: ("rpc.dead_lettered reason=expired", "rpc.dead_lettered reason=not_done",
+    WORKER: ("rpc.dropped reason=expired", "rpc.dead_lettered reason=not_done",
              "rpc.dead_lettered", "rpc.reconnected", "rpc.handler_failed", "Traceback"),
 }
 

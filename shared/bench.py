@@ -462,8 +462,10 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
             **env, "MPLOGIN_WORKER_METRICS_HOST": "127.0.0.1",
             "MPLOGIN_WORKER_METRICS_PORT": str(metrics_port)})
     gateway_names = ["gateway"] if gateways == 1 else [f"gateway-{i + 1}" for i in range(gateways)]
+    # Several gateways on one port must each say so (SO_REUSEPORT is off by default).
+    gateway_env = {**env, "MPLOGIN_GATEWAY_REUSE_PORT": "true"} if gateways > 1 else None
     for name in gateway_names:
-        stack.spawn(name, ["shared.cli", "gateway"])
+        stack.spawn(name, ["shared.cli", "gateway"], env=gateway_env)
     stack.spawn("inline", ["shared.bench", "inline", "--port", str(inline_port)])
     try:
         await wait_http(f"{stack.gateway}/readyz")
