@@ -37,7 +37,7 @@ async def test_a_reply_of_another_version_is_service_unavailable(
         channel = await connection.channel()
         queue = await channel.declare_queue(
             settings.request_queue, durable=True, auto_delete=True,
-            arguments=request_queue_arguments(settings.dead_letter_queue))
+            arguments=request_queue_arguments())
 
         async def other_worker(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             received.append(message.body)
