@@ -139,7 +139,7 @@ async def test_a_broker_restart_fails_fast_and_recovers_by_itself(
     await loader
     await stack.sandbox.control("DELETE", "faults")
     assert recovered_at is not None, "traffic never recovered after the broker returned"
-    assert recovered_at - back_at < 2.0, "traffic recovers within two seconds of the broker's return"
+    assert recovered_at - back_at < 2.0, "traffic recovers within 2 s of the broker's return"
     # The outage: every request that was in flight when the broker stopped or was sent before
     # it came back, unless it succeeded (its reply beat the broker's going). Each is answered 503
     # at once: within a second of being sent, or of the broker being gone for one in flight.
