@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -13,10 +14,31 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """A TCP port that is free on the loopback interface right now."""
-    with socket.socket() as sock:
+    """A TCP port that is free on the loopback interface right now, for a server to listen on.
+
+    It is taken below the kernel's ephemeral range: a port inside it may become the source port
+    of some outgoing connection between this check and the server's bind.
+    """
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(10_000, low)  # noqa: S311 - not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the low range is full: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _executable() -> str:

@@ -27,8 +27,8 @@ BANNER_END = "Press Ctrl-C to stop everything."
 
 
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports."""
-    for _ in range(200):
+    """The first of ``count`` consecutive free loopback ports (for servers the test starts)."""
+    for _ in range(500):
         first = free_port()
         if first + count < 65535 and all(port_free(first + i) for i in range(count)):
             return first
@@ -211,7 +211,7 @@ def dev_env(tmp: Path, rabbit_url: str, **extra: str) -> dict[str, str]:
     env.update({
         "MPLOGIN_BROKER_URL": rabbit_url,
         "MPLOGIN_DATA_DIR": str(tmp / "data"),
-        "MPLOGIN_GATEWAY_PORT": str(free_port()),
+        "MPLOGIN_GATEWAY_PORT": str(free_ports(1)),
         "MPLOGIN_SANDBOX_PORT": str(sandbox),
         "MPLOGIN_WORKER_METRICS_PORT": str(free_ports(2)),
     })

@@ -24,6 +24,7 @@ from shared.secretbox import generate_config_value
 from shared.settings import Settings
 from shared.standin import free_port
 from tests.conftest import Sandbox, write_apps
+from tests.dev.launcher import free_ports
 
 BROKER_PASSWORD = "br0ker-Pa55word-9d1c"
 APP_SECRET = "app-secret-5f0e2c7d9a41"
@@ -285,8 +286,9 @@ def test_urls_lose_their_passwords_and_queries() -> None:
 def dev_stack_env(tmp_path: Path) -> dict[str, str]:
     """The environment of one `mplogin dev` run: its own ports and queue names, nothing else."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
-    return {**base, "MPLOGIN_GATEWAY_PORT": str(free_port()),
-            "MPLOGIN_SANDBOX_PORT": str(free_port()),
+    return {**base, "MPLOGIN_GATEWAY_PORT": str(free_ports(1)),
+            "MPLOGIN_SANDBOX_PORT": str(free_ports(2)),  # the try-it page takes the next one
+            "MPLOGIN_WORKER_METRICS_PORT": str(free_ports(1)),
             "MPLOGIN_QUEUE_PREFIX": f"mpltest-devdoctor-{uuid.uuid4().hex[:8]}"}
 
 
