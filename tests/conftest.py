@@ -7,6 +7,9 @@ messages or documents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import logging
 import os
 import socket
 import uuid
@@ -27,6 +30,7 @@ from auth_worker.main import login_service
 from gateway.app import create_app
 from gateway.keys import RPC
 from shared.rpc import RpcServer
+from shared.runtime import HANDLER_NAME, configure_logging
 from shared.sandbox import create_sandbox_app
 from shared.settings import Settings
 from shared.standin import free_port, start_standin, wait_for_port
@@ -176,7 +180,7 @@ async def make_stack(
             }
             values.update(overrides)
             settings = Settings(**values)
-            stack.push_async_callback(_drop_queues, rabbit_url, settings)
+            stack.push_async_callback(delete_queues, rabbit_url, settings.queue_prefix)
             servers: list[RpcServer] = []
             if start_workers:
                 for i in range(workers):
@@ -199,15 +203,29 @@ async def make_stack(
         yield factory
 
 
-async def _drop_queues(url: str, settings: Settings) -> None:
+async def delete_queues(url: str, prefix: str) -> None:
+    """Delete the request and dead-letter queues of a queue prefix (the broker is shared)."""
     connection = await aio_pika.connect(url)
     async with connection:
-        channel = await connection.channel()
-        for name in (settings.request_queue, settings.dead_letter_queue):
-            try:
+        for name in (f"{prefix}.requests", f"{prefix}.dead"):
+            channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(name)
-            except aio_pika.exceptions.ChannelClosed:
-                channel = await connection.channel()
+
+
+@pytest.fixture
+def process_log() -> Iterator[io.StringIO]:
+    """Every log line of this process, as ``configure_logging("DEBUG", "json")`` writes them."""
+    root = logging.getLogger()
+    level = root.level
+    buffer = io.StringIO()
+    configure_logging("DEBUG", "json", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
+            root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.fixture

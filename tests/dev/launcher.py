@@ -19,9 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aio_pika
-
 from shared.standin import free_port
+from tests.conftest import delete_queues
 
 BANNER_END = "Press Ctrl-C to stop everything."
 
@@ -232,10 +231,4 @@ def start_dev(tmp: Path, env: dict[str, str], *args: str) -> DevProcess:
 
 async def drop_queue(url: str, queue: str) -> None:
     """Delete a dev stack's request and dead-letter queues."""
-    prefix = queue.removesuffix(".requests")
-    connection = await aio_pika.connect(url)
-    async with connection:
-        for name in (f"{prefix}.requests", f"{prefix}.dead"):
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
-                await channel.queue_delete(name)
+    await delete_queues(url, queue.removesuffix(".requests"))

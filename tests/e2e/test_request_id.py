@@ -5,32 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from shared.runtime import HANDLER_NAME, configure_logging
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxrequestid0001"
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """Every log line of this process (gateway and in-process workers), as JSON, in a buffer."""
-    root = logging.getLogger()
-    level = root.level
-    buffer = io.StringIO()
-    configure_logging("DEBUG", "json", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        for handler in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
-            root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def parsed(buffer: io.StringIO) -> list[dict[str, Any]]:
@@ -60,21 +44,21 @@ async def stack(make_stack: StackFactory, sandbox: Sandbox, secret: str,
 
 
 async def test_one_request_id_on_the_response_and_on_gateway_and_worker_lines(
-    stack: Stack, sandbox: Sandbox, log_lines: io.StringIO
+    stack: Stack, sandbox: Sandbox, process_log: io.StringIO
 ) -> None:
     minted = await sandbox.mint("wechat", APP, openid="o_request_id")
     status, body, headers = await stack.login(platform="wechat", code=minted["code"])
     assert status == 200, body
     request_id = headers["X-Request-Id"]
 
-    lines = [line for line in parsed(log_lines) if line.get("request_id") == request_id]
-    assert [line for line in lines if gateway_side(line)], parsed(log_lines)
-    assert [line for line in lines if worker_side(line)], parsed(log_lines)
+    lines = [line for line in parsed(process_log) if line.get("request_id") == request_id]
+    assert [line for line in lines if gateway_side(line)], parsed(process_log)
+    assert [line for line in lines if worker_side(line)], parsed(process_log)
     # Nothing logged during the login carries another request's id, and no secret.
-    others = {line["request_id"] for line in parsed(log_lines) if "request_id" in line}
+    others = {line["request_id"] for line in parsed(process_log) if "request_id" in line}
     assert others == {request_id}
     for secret in (minted["code"], minted["session_key"], body["refresh_token"]):
-        assert secret not in log_lines.getvalue()
+        assert secret not in process_log.getvalue()
 
 
 def platform_side(line: dict[str, Any]) -> bool:
@@ -85,7 +69,7 @@ def platform_side(line: dict[str, Any]) -> bool:
 
 @pytest.mark.parametrize("fault", [None, "invalid_code", "busy", "malformed", "http_500"])
 async def test_every_line_written_while_a_request_is_handled_carries_its_id(
-    stack: Stack, sandbox: Sandbox, log_lines: io.StringIO, fault: str | None
+    stack: Stack, sandbox: Sandbox, process_log: io.StringIO, fault: str | None
 ) -> None:
     """From the request's arrival at the gateway to its answer, gateway and worker included.
 
@@ -96,11 +80,11 @@ async def test_every_line_written_while_a_request_is_handled_carries_its_id(
     code = "never-minted" if fault == "invalid_code" else minted["code"]
     if fault not in (None, "invalid_code"):
         await sandbox.fault("wechat", fault, app_id=APP)
-    start = len(log_lines.getvalue())
+    start = len(process_log.getvalue())
     status, body, headers = await stack.login(platform="wechat", code=code)
     request_id = headers["X-Request-Id"]
     assert (status == 200) is (fault is None), body
-    written = [json.loads(line) for line in log_lines.getvalue()[start:].splitlines()]
+    written = [json.loads(line) for line in process_log.getvalue()[start:].splitlines()]
     ours = [line for line in written if not platform_side(line)]
     assert [line for line in ours if line.get("request_id") != request_id] == [], written
     assert any(gateway_side(line) for line in ours), written
@@ -110,7 +94,7 @@ async def test_every_line_written_while_a_request_is_handled_carries_its_id(
 
 
 async def test_a_trusted_proxys_request_id_is_kept_end_to_end(
-    stack: Stack, sandbox: Sandbox, log_lines: io.StringIO
+    stack: Stack, sandbox: Sandbox, process_log: io.StringIO
 ) -> None:
     minted = await sandbox.mint("wechat", APP, openid="o_request_id_proxy")
     proxy_id = f"edge-{uuid.uuid4().hex}"
@@ -118,7 +102,7 @@ async def test_a_trusted_proxys_request_id_is_kept_end_to_end(
                                    headers={"X-Request-Id": proxy_id})
     assert resp.status == 200
     assert resp.headers["X-Request-Id"] == proxy_id
-    lines = [line for line in parsed(log_lines) if line.get("request_id") == proxy_id]
+    lines = [line for line in parsed(process_log) if line.get("request_id") == proxy_id]
     assert any(worker_side(line) for line in lines) and any(gateway_side(line) for line in lines)
 
 

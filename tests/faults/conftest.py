@@ -39,7 +39,7 @@ from shared.keys import KeyRing, ensure_dev_keys
 from shared.secretbox import generate_config_value
 from shared.standin import free_port
 from shared.tokens import TokenVerifier
-from tests.conftest import Sandbox, write_apps
+from tests.conftest import Sandbox, delete_queues, write_apps
 
 APP = "wxfault00000001"
 
@@ -372,14 +372,5 @@ async def proc_stack(
         finally:
             stack.stop_all()
             await sandbox.control("DELETE", "faults")
-            await _drop(rabbit_url, prefix)
+            await delete_queues(rabbit_url, prefix)
         assert stack.leaked_secrets() == []
-
-
-async def _drop(url: str, prefix: str) -> None:
-    connection = await aio_pika.connect(url)
-    async with connection:
-        for name in (f"{prefix}.requests", f"{prefix}.dead"):
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
-                await channel.queue_delete(name)

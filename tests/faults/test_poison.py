@@ -19,7 +19,7 @@ from auth_worker.main import login_service
 from shared.messages import RpcReply, RpcRequest, dumps
 from shared.rpc import CallContext, RpcServer
 from shared.settings import Settings
-from tests.conftest import write_apps
+from tests.conftest import delete_queues, write_apps
 
 
 async def test_a_message_that_kills_its_workers_is_dead_lettered_after_bounded_deliveries(
@@ -32,6 +32,13 @@ async def test_a_message_that_kills_its_workers_is_dead_lettered_after_bounded_d
         data_dir=tmp_path / "data", apps_file=write_apps(tmp_path / "apps.toml", []),
         max_redeliveries=2,
     )
+    try:
+        await _run_poison(settings, rabbit_url)
+    finally:
+        await delete_queues(rabbit_url, prefix)
+
+
+async def _run_poison(settings: Settings, rabbit_url: str) -> None:
     taken = asyncio.Event()
     deliveries = 0
 
@@ -93,5 +100,3 @@ async def test_a_message_that_kills_its_workers_is_dead_lettered_after_bounded_d
                 await asyncio.sleep(0.1)
             assert reply is not None and b'"n":1' in reply.body
             await current.stop(1.0)
-            for name in (settings.request_queue, settings.dead_letter_queue):
-                await channel.queue_delete(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from shared.rpc import request_queue_arguments
 from shared.secretbox import generate_config_value
 from shared.settings import Settings
 from shared.standin import free_port
-from tests.conftest import Sandbox, write_apps
+from tests.conftest import Sandbox, delete_queues, write_apps
 from tests.dev.launcher import free_ports
 
 BROKER_PASSWORD = "br0ker-Pa55word-9d1c"
@@ -337,16 +336,6 @@ def test_doctor_dev_checks_the_stack_mplogin_dev_runs(
             dev.wait()
         log.close()
         asyncio.run(delete_queues(rabbit_url, dev_stack_env["MPLOGIN_QUEUE_PREFIX"]))
-
-
-async def delete_queues(url: str, prefix: str) -> None:
-    """Remove the durable queues a stack's workers declared (the broker is shared)."""
-    connection = await aio_pika.connect(url)
-    async with connection:
-        for name in (f"{prefix}.requests", f"{prefix}.dead"):
-            channel = await connection.channel()
-            with contextlib.suppress(aio_pika.exceptions.AMQPError):
-                await channel.queue_delete(name)
 
 
 def dev_folder(tmp_path: Path, sandbox: Sandbox, mongo_url: str | None) -> Settings:
