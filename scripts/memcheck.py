@@ -5,9 +5,13 @@ one gateway, one worker, each a process with a unique queue prefix and database,
 RabbitMQ), then drives an open-loop load of logins at a fixed rate (fresh codes, a fixed pool
 of returning users) for ``--minutes`` while it injects, on a schedule:
 
-* timeouts: every ``--slow-every`` seconds a sandbox ``slow`` fault, longer than the login
-  deadline, on the next few exchanges, so the gateway answers 504 and the worker's replies
-  arrive after their callers gave up (late replies);
+* slow platform: every ``--slow-every`` seconds a sandbox ``slow`` fault, longer than the login
+  deadline, on the next few exchanges: the worker cuts each call off at the request's budget
+  and answers ``platform_unavailable`` (502) before the gateway gives up;
+* timeouts: every ``--pause-every`` seconds the worker is stopped (SIGSTOP) for
+  ``--pause`` seconds, longer than the deadline: the gateway answers 504 for what it held and
+  what queued behind it, and the worker, resumed, replies late to what it was handling (late
+  replies, ignored) and drops what expired in its prefetch;
 * broker restarts: every ``--restart-every`` seconds ``rabbitmqctl stop_app``, a short pause,
   ``start_app`` and ``await_startup`` (always restored, also on errors and interrupts).
 
@@ -178,6 +182,8 @@ class Options:
     slow_fraction: float
     restart_every: float
     down: float
+    pause_every: float
+    pause: float
     warmup: float
     sample_every: float
     tolerance_mib: float
@@ -213,6 +219,7 @@ class State:
     samples: list[Json] = field(default_factory=list)
     restarts: list[Json] = field(default_factory=list)
     slow_injected: int = 0
+    pauses: int = 0
     broker_down: bool = False
 
     def now(self) -> float:
@@ -329,6 +336,23 @@ async def inject_timeouts(opts: Options, stack: Stack, control: aiohttp.ClientSe
         state.slow_injected += opts.slow_count
         state.event("slow", count=opts.slow_count, delay_ms=opts.slow_ms)
         next_at += opts.slow_every
+
+
+async def pause_worker(opts: Options, pid: int, state: State) -> None:
+    """Every ``pause_every`` s (first at half of it): SIGSTOP the worker for ``pause`` s."""
+    if opts.pause_every <= 0:
+        return
+    next_at = opts.pause_every / 2
+    while next_at < opts.duration - opts.pause - 5:
+        await asyncio.sleep(max(0.0, next_at - state.now()))
+        state.event("worker_pause", seconds=opts.pause)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(opts.pause)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        state.pauses += 1
+        next_at += opts.pause_every
 
 
 async def restart_broker(opts: Options, stack: Stack, control: aiohttp.ClientSession,
@@ -469,8 +493,10 @@ def final_report(out: Json) -> str:
     totals = out["totals"]
     lines.append(f"answers: {sum(totals.values())} ({fmt_statuses(totals)}); "
                  f"load summary p50 {out['load']['p50_ms']} ms, p99 {out['load']['p99_ms']} ms")
-    lines.append(f"timeouts: {out['slow_injected']} exchanges made {opts['slow_ms']} ms slow "
-                 f"({len([e for e in out['events'] if e['event'] == 'slow'])} injections); "
+    lines.append(f"slow platform: {out['slow_injected']} exchanges made {opts['slow_ms']} ms "
+                 f"slow ({len([e for e in out['events'] if e['event'] == 'slow'])} injections); "
+                 f"502 answers: {totals.get('502', 0)}")
+    lines.append(f"timeouts: the worker stopped {out['pauses']} times for {opts['pause']:g} s; "
                  f"504 answers: {totals.get('504', 0)}")
     restarts = out["restarts"]
     if restarts:
@@ -521,6 +547,7 @@ async def run(opts: Options, broker: Broker) -> Json:
     failed = True
     state = State()
     connector = aiohttp.TCPConnector(limit=2100)
+    pids: dict[str, int] = {}
     try:
         progress(f"starting the stack (1 gateway, 1 worker); logs in {tmp / 'logs'}\n")
         await start_stack(stack, 1)
@@ -542,7 +569,8 @@ async def run(opts: Options, broker: Broker) -> Json:
             progress(row_line(state.samples[0]) + "\n")
             sampling = asyncio.create_task(sampler(opts, stack, control, pids, state, phase))
             faults = [asyncio.create_task(inject_timeouts(opts, stack, control, state)),
-                      asyncio.create_task(restart_broker(opts, stack, control, broker, state))]
+                      asyncio.create_task(restart_broker(opts, stack, control, broker, state)),
+                      asyncio.create_task(pause_worker(opts, pids[WORKER], state))]
             try:
                 out["load"] = await run_load(opts, stack, http, minter, state)
                 await asyncio.gather(*faults)
@@ -570,6 +598,7 @@ async def run(opts: Options, broker: Broker) -> Json:
         out["events"] = state.events
         out["restarts"] = state.restarts
         out["slow_injected"] = state.slow_injected
+        out["pauses"] = state.pauses
         out["totals"] = dict(state.totals)
         out["logs"] = log_counts(stack)
         out["verdict"] = verdict(opts, state.samples, final_pending)
@@ -583,6 +612,9 @@ async def run(opts: Options, broker: Broker) -> Json:
         failed = False
         raise
     finally:
+        if WORKER in pids:  # never leave the worker stopped
+            with contextlib.suppress(OSError):
+                os.kill(pids[WORKER], signal.SIGCONT)
         await asyncio.to_thread(broker.restore)
         out["cleanup"] = await stop_stack(stack)
         if opts.keep_logs is not None:
@@ -613,6 +645,10 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
     parser.add_argument("--down", type=float, default=0.5,
                         help="seconds between stop_app returning and start_app (0.5; at most "
                              "3); stop_app and start_app themselves take 1-3 s each")
+    parser.add_argument("--pause-every", type=float, default=45.0, dest="pause_every",
+                        help="seconds between worker pauses, 0 for none (45)")
+    parser.add_argument("--pause", type=float, default=None,
+                        help="seconds each pause lasts (the deadline + 1 s)")
     parser.add_argument("--warmup", type=float, default=60.0, help="warm-up seconds (60)")
     parser.add_argument("--sample-every", type=float, default=5.0, dest="sample_every",
                         help="seconds between samples (5)")
@@ -629,6 +665,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
                      "(the broker is shared)")
     if args.rate <= 0 or args.users < 1 or args.deadline <= 0 or args.sample_every <= 0:
         parser.error("--rate, --users, --deadline and --sample-every must be positive")
+    if args.pause is None:
+        args.pause = args.deadline + 1.0
     opts = Options(**{k: v for k, v in vars(args).items() if k != "json"})
     return opts, args.json
 
