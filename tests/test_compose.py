@@ -443,11 +443,9 @@ def _compose_command() -> list[str] | None:
 
 def test_docker_compose_config_validates() -> None:
     command = _compose_command()
-    if command is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI installs docker-compose (see .ci/run); neither it nor the "
-                        "docker compose plugin is on PATH")
-        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    assert command is not None, (
+        "neither `docker compose` nor `docker-compose` is installed: bash scripts/test installs "
+        "docker-compose")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
     env |= _env_example()
     result = subprocess.run(

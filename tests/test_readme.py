@@ -64,12 +64,12 @@ def test_the_test_command_brings_the_tools_its_tests_drive() -> None:
     """A fresh machine needs only Python and RabbitMQ: scripts/test fetches the rest first."""
     script = (ROOT / "scripts" / "test").read_text(encoding="utf-8")
     pytest_at = script.index("exec .venv/bin/pytest")
-    for package in ("chromium", "nodejs", "curl"):
+    for package in ("chromium", "nodejs", "curl", "docker-compose"):
         assert f"missing+=({package})" in script[:pytest_at], package
     assert "apt-get install" in script[:pytest_at]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     code = [line for line in ci.splitlines() if not line.lstrip().startswith("#")]
-    assert not [line for line in code if re.search(r"chromium|nodejs", line)], \
+    assert not [line for line in code if re.search(r"chromium|nodejs|docker-compose", line)], \
         "CI leaves the test tools to scripts/test"
 
 
