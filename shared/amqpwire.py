@@ -1,4 +1,4 @@
-"""The broker connection's socket writes: frames written in one event-loop turn leave in one send.
+"""Opening the broker connection, and its socket writes: frames of one loop turn leave in one send.
 
 aiormq writes every queued frame with its own ``transport.write``, and an idle asyncio transport
 sends each one at once: one ``send`` system call per publish, per ack, per reply. On a loaded
@@ -14,13 +14,35 @@ buffer is below the high-water mark), never a promise that the bytes left.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+import contextlib
+from typing import Any, TypeVar, cast
 
 import aio_pika
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from yarl import URL
 
 FLUSH_AT = 64 * 1024
+
+C = TypeVar("C", bound=aio_pika.Connection)
+
+
+async def open_connection(
+    url: str, connection_class: type[C], *, timeout: float, **kwargs: Any,  # noqa: ASYNC109
+) -> C:
+    """Connect as ``aio_pika.connect`` does, but close the connection when connecting fails.
+
+    aio-pika leaves a connection that failed to open to the garbage collector, whose ``__del__``
+    then creates its ``close()`` without awaiting it: a socket left to chance and, in a process
+    whose loop is still open, a "coroutine was never awaited" warning.
+    """
+    connection = connection_class(URL(url), **kwargs)
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await connection.close()
+        raise
+    return connection
 
 
 class CoalescingWriter:

@@ -39,6 +39,7 @@ import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shared.amqpwire import open_connection
 from shared.keys import ensure_dev_keys
 from shared.runtime import load_secretbox, stop_event
 from shared.settings import Settings
@@ -101,7 +102,7 @@ async def _check_rabbit(url: str) -> bool:
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        connection = await aio_pika.connect(url, timeout=3)
+        connection = await open_connection(url, aio_pika.Connection, timeout=3)
     except Exception:
         return False
     finally:

@@ -34,6 +34,7 @@ from pydantic import SecretStr, ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
 
+from shared.amqpwire import open_connection
 from shared.appcheck import check_apps_file
 from shared.apps import DEFAULT_API_BASE, AppEntry, AppsFileError, parse_entries
 from shared.keys import KeyRing, KeyRingError
@@ -241,7 +242,7 @@ async def check_broker(settings: Settings, seconds: float = BROKER_TIMEOUT) -> l
     shown = mask_url(url)
     queue_name = settings.request_queue
     try:
-        connection = await aio_pika.connect(url, timeout=seconds)
+        connection = await open_connection(url, aio_pika.Connection, timeout=seconds)
     except ProbableAuthenticationError:
         return [Check("broker", "connection", Status.FAIL,
                       f"RabbitMQ at {shown} refused the user or password",

@@ -48,7 +48,7 @@ from aio_pika.exceptions import (
 from aiormq import spec
 from pydantic import ValidationError
 
-from shared.amqpwire import CoalescingConnection
+from shared.amqpwire import CoalescingConnection, open_connection
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import safe_request_id
 from shared.messages import PROTOCOL_VERSION, RpcReply, RpcRequest, dumps
@@ -124,9 +124,9 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     if "heartbeat=" not in url:
         options["heartbeat"] = 10
     try:
-        connection: AbstractRobustConnection = await aio_pika.connect_robust(
-            url, client_properties={"connection_name": name}, timeout=10,
-            connection_class=CoalescingConnection, **options,
+        connection: AbstractRobustConnection = await open_connection(
+            url, CoalescingConnection, timeout=10, client_properties={"connection_name": name},
+            **options,
         )
     except (TimeoutError, OSError, AMQPError) as exc:
         raise ConnectionError(f"RabbitMQ is unreachable ({type(exc).__name__})") from None

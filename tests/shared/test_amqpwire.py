@@ -8,7 +8,8 @@ from typing import cast
 import aio_pika
 import pytest
 
-from shared.amqpwire import FLUSH_AT, CoalescingConnection, CoalescingWriter
+from shared.amqpwire import FLUSH_AT, CoalescingConnection, CoalescingWriter, open_connection
+from shared.standin import free_port
 
 
 class RecordingWriter:
@@ -112,3 +113,27 @@ async def test_a_connection_sends_every_frame_through_it(
                     break
     assert sorted(bodies) == sorted(f"m{i}".encode() for i in range(20))
     assert sum(f"m{i}".encode() in frame for frame in written for i in range(20)) >= 20
+
+
+class RecordedConnection(aio_pika.Connection):
+    """A plain connection that remembers every instance made."""
+
+    made: list[RecordedConnection] = []  # noqa: RUF012 - a test's record
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        RecordedConnection.made.append(self)
+
+
+@pytest.mark.parametrize("which", ["closed port", "wrong password"])
+async def test_a_connection_that_fails_to_open_is_closed_not_left_to_the_collector(
+    rabbit_url: str, which: str
+) -> None:
+    host = rabbit_url.split("@", 1)[1]
+    url = (f"amqp://guest:guest@127.0.0.1:{free_port()}/" if which == "closed port"
+           else f"amqp://guest:not-the-password@{host}")
+    RecordedConnection.made.clear()
+    with pytest.raises((ConnectionError, aio_pika.exceptions.AMQPError)):
+        await open_connection(url, RecordedConnection, timeout=5)
+    [connection] = RecordedConnection.made
+    assert connection.is_closed
