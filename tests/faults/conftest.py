@@ -237,27 +237,25 @@ class ProcStack:
             assert "mplogin_worker_requests" in text
             self.scanned[f"worker {worker.pid} /metrics"] = text
         with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
-            records = []
-            connection = await aio_pika.connect(self.rabbit_url)
-            async with connection:
-                channel = await connection.channel()
-                queue = await channel.declare_queue(
-                    self.env["MPLOGIN_QUEUE_PREFIX"] + ".dead", passive=True)
-                while (message := await queue.get(fail=False, no_ack=False)) is not None:
-                    records.append(message.body.decode(errors="replace"))
-            self.scanned["dead-letter queue"] = "\n".join(records)
+            records = await self._dead_letter_bodies()
+            self.scanned["dead-letter queue"] = "\n".join(
+                body.decode(errors="replace") for body in records)
 
     async def dead_letters(self) -> list[dict[str, Any]]:
         """The dead-letter queue's records, left in the queue (read without an ack)."""
-        records = []
+        return [json.loads(body) for body in await self._dead_letter_bodies()]
+
+    async def _dead_letter_bodies(self) -> list[bytes]:
+        """The dead-letter queue's bodies, read without an ack (closing the channel keeps them)."""
+        bodies = []
         connection = await aio_pika.connect(self.rabbit_url)
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(
                 self.env["MPLOGIN_QUEUE_PREFIX"] + ".dead", passive=True)
             while (message := await queue.get(fail=False, no_ack=False)) is not None:
-                records.append(json.loads(message.body))
-        return records  # closing the channel returns the unacked records to the queue
+                bodies.append(message.body)
+        return bodies
 
     def stop_all(self) -> None:
         procs = [*self.workers, *([self.gateway] if self.gateway else [])]
