@@ -157,7 +157,10 @@ class Store:
         await self.sessions.create_index(
             [("purge_at", ASCENDING)], expireAfterSeconds=0, name="session_purge"
         )
-        await self.ensure_refresh_indexes()
+        # Reuse detection looks the hash a rotation just spent up by this index.
+        await self.sessions.create_index(
+            [("previous_refresh_hash", ASCENDING)], sparse=True, name="session_previous_refresh"
+        )
 
     # -- identities and users ------------------------------------------------------------
 
@@ -444,12 +447,6 @@ class Store:
             return_document=ReturnDocument.AFTER,
         )
         return int((doc or {}).get("count", 1))
-
-    async def ensure_refresh_indexes(self) -> None:
-        """The index reuse detection looks spent refresh hashes up by."""
-        await self.sessions.create_index(
-            [("previous_refresh_hash", ASCENDING)], sparse=True, name="session_previous_refresh"
-        )
 
     async def _remember_spent_refresh(self, refresh_hash: str, session: Doc, now: float) -> None:
         # A redelivered refresh spends the same hash again: the first record stands.
