@@ -15,9 +15,12 @@ from typing import Any
 import aio_pika
 import pytest
 
-from auth_worker.main import run_worker
-from shared.messages import RpcReply, RpcRequest, dumps
+from auth_worker.main import login_service, run_worker
+from auth_worker.store import SessionFields
+from shared.errors import ErrorCode, MPLoginError
+from shared.messages import LoginParams, RpcReply, RpcRequest, dumps
 from shared.metrics import WorkerMetrics
+from shared.rpc import CallContext
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxreplay0000001"
@@ -181,6 +184,33 @@ async def test_ending_one_session_of_a_code_ends_every_session_minted_from_it(
     status, body = await deployed.login(code)  # and the code mints no more
     assert (status, body["error"]["code"]) == (401, "invalid_code"), body
     assert await deployed.me(other[1]["access_token"]) == 200, "another login is untouched"
+
+
+async def test_a_replay_stored_after_its_family_ended_ends_itself(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The narrowest race: the replay read the code's claim while it was active, then the whole
+    # family was ended (a logout), then the replay stored its session. Nothing but the replay's
+    # own check of its head can end that session.
+    code = await deployed.code("o_family_race")
+    status, first = await deployed.login(code)
+    assert status == 200, first
+    async with login_service(deployed.stack.settings) as service:
+        store = service.store
+        store_session = store.insert_session
+
+        async def logout_lands_first(session_id: str, fields: SessionFields) -> None:
+            assert await store.revoke_family(fields.family, reason="logout") == 1
+            await store_session(session_id, fields)
+
+        monkeypatch.setattr(store, "insert_session", logout_lands_first)
+        context = CallContext(request_id="family-race", deadline=time.time() + 5,
+                              redelivered=False)
+        with pytest.raises(MPLoginError) as caught:
+            await service.login(LoginParams(platform="wechat", code=code), context)
+    assert caught.value.code is ErrorCode.INVALID_CODE
+    assert await deployed.stack.db.sessions.count_documents({"state": "active"}) == 0
+    assert await deployed.me(first["access_token"]) == 401
 
 
 # -- the deadline a worker honours ----------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth_worker.main import login_service
 from auth_worker.platforms import build_adapters
+from auth_worker.store import SessionFields
 from shared.apps import load_apps
+from shared.errors import ErrorCode, MPLoginError
+from shared.messages import LoginParams
+from shared.rpc import CallContext
 from shared.runtime import load_secretbox
 from tests.conftest import Sandbox, Stack, StackFactory
 
@@ -480,6 +486,44 @@ async def test_a_promoted_guests_tokens_end_and_the_device_gets_a_new_guest(
     me = await dep.me(fresh_guests[-1]["access_token"])
     assert [i["anonymous"] for i in me["identities"]] == [True], me
     assert (await dep.me(real["access_token"]))["id"] == real["user"]["id"]
+
+
+async def test_a_guest_login_racing_its_promotion_ends_its_own_session(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A guest login resolved the device's identity to the guest's user, then the real user
+    # logged in on the device (the promotion ended every session the guest had), then the
+    # guest login stored its session: it must not become a live session of the real user.
+    dep = deployment
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    anon = await dep.mint("douyin", anonymous=True, device_id=device)
+    status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
+    assert status == 200, guest
+    racing = await dep.mint("douyin", anonymous=True, device_id=device)
+    minted = await dep.mint("douyin", device_id=device)
+    promoted: list[dict[str, Any]] = []
+    async with login_service(dep.stack.settings) as service:
+        store_session = service.store.activate_claim
+
+        async def real_login_lands_first(session_id: str, fields: SessionFields) -> Any:
+            status, real, _ = await dep.login(
+                "douyin", code=minted["code"], anonymous_code=minted["anonymous_code"])
+            assert status == 200 and real["user"]["id"] == guest["user"]["id"], real
+            promoted.append(real)
+            return await store_session(session_id, fields)
+
+        monkeypatch.setattr(service.store, "activate_claim", real_login_lands_first)
+        context = CallContext(request_id="guest-race", deadline=time.time() + 5,
+                              redelivered=False)
+        with pytest.raises(MPLoginError) as caught:
+            await service.login(LoginParams(platform="douyin", app_id=dep.app_ids["douyin"],
+                                            anonymous_code=racing["anonymous_code"]), context)
+    assert caught.value.code is ErrorCode.INVALID_CODE
+    [real] = promoted
+    assert await dep.db.sessions.count_documents(
+        {"user_id": real["user"]["id"], "state": "active"}) == 1  # the real login's own
+    assert (await dep.me(real["access_token"]))["id"] == real["user"]["id"]
+    await _guest_tokens_refused(dep, guest)
 
 
 async def test_a_guest_linked_before_promotion_ended_sessions_is_retired_on_its_next_login(
