@@ -2,13 +2,14 @@
 
 Refresh tokens rotate on every use. A session keeps its current refresh hash, the hash it last
 spent (written by the rotation itself) and, in a collection of their own, every spent hash of
-the login's chain (its *family*). Presenting a spent token again ends the whole session, since
-either the client or a thief holds a copy. No grace window: of two refreshes sent at once with
-one token, one rotates and the other is a reuse that ends the session (the tokens the first
-just received included); a client that lost a refresh response logs in again (a login code
-costs it nothing). The one exception is the same request delivered again by the broker (its
-worker died after rotating, before acknowledging): it rotates once more instead of counting as
-a reuse, since its first answer may never have reached the client.
+the login's chain. Presenting a spent token again ends the whole session, since either the
+client or a thief holds a copy, and with it every other session minted from the same login
+code (the code's family, docs/sessions.md); so does a logout. No grace window: of two refreshes
+sent at once with one token, one rotates and the other is a reuse that ends the session (the
+tokens the first just received included); a client that lost a refresh response logs in again
+(a login code costs it nothing). The one exception is the same request delivered again by the
+broker (its worker died after rotating, before acknowledging): it rotates once more instead of
+counting as a reuse, since its first answer may never have reached the client.
 """
 
 from __future__ import annotations
@@ -115,19 +116,21 @@ class AccountService:
         if reused is None:
             return False
         session_id = str(reused["session_id"])
-        revoked = await self.store.revoke_session(session_id, reason="reuse")
+        ended = await self.store.revoke_family(session_id, reason="reuse")
         log.warning("refresh.reuse_detected app=%s/%s session_id=%s user_id=%s "
-                    "session_family_revoked=%s", reused.get("platform", "-"),
-                    reused.get("app_id", "-"), session_id, reused.get("user_id"), revoked)
+                    "session_family_revoked=%s sessions_ended=%d", reused.get("platform", "-"),
+                    reused.get("app_id", "-"), session_id, reused.get("user_id"), ended > 0,
+                    ended)
         return True
 
     async def logout(self, params: LogoutParams) -> LogoutOut:
-        """End the caller's session, or every session of the user with ``all``."""
+        """End the caller's session (with every session of its login code), or with ``all``
+        every session of the user."""
         await self.live_session(params)
         if params.all:
             ended = await self.store.revoke_user_sessions(params.user_id, reason="logout_all")
         else:
-            ended = int(await self.store.revoke_session(params.session_id, reason="logout"))
+            ended = await self.store.revoke_family(params.session_id, reason="logout")
         return LogoutOut(sessions_ended=ended)
 
     async def me(self, params: SessionParams) -> MeOut:
@@ -143,7 +146,8 @@ class AccountService:
                 exposed = app.expose_openid
             except MPLoginError:  # the app was removed from the apps file since
                 exposed = False
-            openid = str(identity["openid"])
+            # A promoted guest's identity is stored under a retired key; it shows as it was.
+            openid = str(identity.get("promoted_from") or identity["openid"])
             unionid = identity.get("unionid")
             shown.append(IdentityOut(
                 platform=str(identity["platform"]),

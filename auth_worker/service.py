@@ -1,10 +1,12 @@
 """The worker's request handlers: login (code exchange, identity upsert, session minting) and echo.
 
-A login code reaches the platform at most once (design.md §3.4): the worker claims the code in
-MongoDB before the exchange (a unique index on the code's hash decides between concurrent
-claimants), and a retry or a redelivery of the same code waits for the first claim's outcome
-instead of exchanging again. Every outcome is recorded, errors included, so a retried request
-gets the first answer; a transient platform error therefore asks the client for a fresh code.
+A login code reaches the platform at most once: the worker claims the code in MongoDB before the
+exchange (a unique index on the code's hash decides between concurrent claimants), and a retry
+or a redelivery of the same code waits for the first claim's outcome instead of exchanging
+again. Every outcome is recorded, errors included, so a retried request gets the first answer; a
+transient platform error therefore asks the client for a fresh code. A retry gets a session only
+within the code's replay window, and every session of one code ends with any of them
+(docs/sessions.md).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, ne
 
 log = logging.getLogger("mplogin.worker")
 
-CLAIM_POLL_INTERVAL = 0.05
+CLAIM_POLL_INTERVAL = 0.05  # every wait for another request's exchange sleeps this long
 DATABASE_MARGIN = 1.0  # pymongo overshoots its timeout by up to ~0.5 s when a server stalls
 AFTER_EXCHANGE = 0.5  # kept, within the database's budget, for the writes after the exchange
 MIN_PLATFORM_BUDGET = 0.2  # less than this left for the platform: answer timeout, claim nothing
@@ -228,11 +230,11 @@ class LoginService:
         )
         if existing is None:
             resolved = await self._exchange(app, session_id, params, ctx)
-            return await self._issue(app, session_id, resolved, claimed=True)
+            return await self._issue(app, session_id, resolved, family=session_id)
         if self.outbound is not None:  # this request will not call the platform
             self.outbound.release(app.platform, app.app_id)
-        resolved = await self._await_claim(app, key, existing, ctx)
-        return await self._issue(app, new_session_id(), resolved, claimed=False)
+        resolved, family = await self._await_claim(app, key, existing, ctx)
+        return await self._issue(app, new_session_id(), resolved, family=family)
 
     async def _exchange(
         self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
@@ -274,66 +276,83 @@ class LoginService:
 
     async def _await_claim(
         self, app: AppConfig, key: str, claim: dict[str, Any], ctx: CallContext
-    ) -> Resolved:
-        """Wait for the first exchange of this code and return its outcome."""
+    ) -> tuple[Resolved, str]:
+        """Wait for the first exchange of this code; its outcome and its family (the claim's id).
+
+        Only a pending claim is waited for, sleeping between reads and never past the request's
+        deadline; every other state is final and answered at once.
+        """
         while True:
-            state = claim.get("state")
             created = claim.get("created_ts")
-            if isinstance(created, int | float) and now_ts() - created > (
-                self.settings.code_result_ttl
+            if not isinstance(created, int | float) or (
+                now_ts() - created > self.settings.code_replay_window
             ):
+                # Past the replay window (or purged): a replay no longer gets a session.
                 raise MPLoginError(ErrorCode.INVALID_CODE)
+            state = claim.get("state")
             if state == "active":
-                # The first result back, as the first request got it: the same user, whether
-                # it was new, and the unionid.
-                enc = claim.get("session_key_enc")
-                unionid = claim.get("unionid")
-                return Resolved(
-                    # bool(): the MongoDB stand-in gives a boolean written by $set back as 1.
-                    user=ResolvedUser(user_id=str(claim["user_id"]),
-                                      is_new=bool(claim.get("is_new"))),
-                    identity=IdentityKey(app.platform, app.app_id, str(claim["openid"])),
-                    unionid=unionid if isinstance(unionid, str) else None,
-                    session_key_enc=enc if isinstance(enc, str) else None,
-                )
+                return self._first_result(app, claim), str(claim["_id"])
             if state == "failed":
                 raise recorded_error(claim)
-            if state == "gone":
+            if state != "pending":
+                # Its session ended (logout, reuse, a promoted guest) or the claim is gone.
                 raise MPLoginError(ErrorCode.INVALID_CODE)
-            lease = claim.get("lease_until_ts")
-            if state == "pending" and claim.get("request_id") == ctx.request_id:
-                # This very message was being handled by a worker that died (a redelivery).
-                # The code may have reached the platform, so it is not sent again; answering
-                # now frees this worker instead of waiting out the dead worker's lease.
-                await self.store.fail_claim(str(claim["_id"]), error={
-                    "code": ErrorCode.SERVICE_UNAVAILABLE.value,
-                    "message": "The login was interrupted; retry with a new code.",
-                })
-            elif isinstance(lease, int | float) and lease < now_ts():
-                # The worker that claimed the code died mid-exchange. The code may have reached
-                # the platform, so it is not sent again; the client retries with a fresh code.
-                await self.store.fail_claim(str(claim["_id"]), error={
-                    "code": ErrorCode.PLATFORM_UNAVAILABLE.value,
-                    "message": "The first attempt with this code was interrupted; "
-                               "retry with a new code.",
-                })
-            elif ctx.remaining() <= CLAIM_POLL_INTERVAL + DATABASE_MARGIN:
+            await self._settle_abandoned(claim, ctx)
+            if ctx.remaining() <= CLAIM_POLL_INTERVAL + DATABASE_MARGIN:
                 raise MPLoginError(ErrorCode.TIMEOUT)
-            else:
-                await asyncio.sleep(CLAIM_POLL_INTERVAL)
+            await asyncio.sleep(CLAIM_POLL_INTERVAL)
             refreshed = await self.store.get_claim(key)
             claim = refreshed if refreshed is not None else {"state": "gone"}
+
+    @staticmethod
+    def _first_result(app: AppConfig, claim: dict[str, Any]) -> Resolved:
+        """The first result back, as the first request got it: the same user, whether it was
+        new, and the unionid."""
+        enc = claim.get("session_key_enc")
+        unionid = claim.get("unionid")
+        return Resolved(
+            # bool(): the MongoDB stand-in gives a boolean written by $set back as 1.
+            user=ResolvedUser(user_id=str(claim["user_id"]), is_new=bool(claim.get("is_new"))),
+            identity=IdentityKey(app.platform, app.app_id, str(claim["openid"])),
+            unionid=unionid if isinstance(unionid, str) else None,
+            session_key_enc=enc if isinstance(enc, str) else None,
+        )
+
+    async def _settle_abandoned(self, claim: dict[str, Any], ctx: CallContext) -> None:
+        """Answer a pending claim nobody will finish; raises the answer when this call gave it.
+
+        The code may have reached the platform, so it is never sent again: the client retries
+        with a fresh code.
+        """
+        lease = claim.get("lease_until_ts")
+        if claim.get("request_id") == ctx.request_id:
+            # This very message was being handled by a worker that died (a redelivery):
+            # answering now frees this worker instead of waiting out the dead worker's lease.
+            error = {"code": ErrorCode.SERVICE_UNAVAILABLE.value,
+                     "message": "The login was interrupted; retry with a new code."}
+        elif isinstance(lease, int | float) and lease < now_ts():
+            # The worker that claimed the code died mid-exchange.
+            error = {"code": ErrorCode.PLATFORM_UNAVAILABLE.value,
+                     "message": "The first attempt with this code was interrupted; "
+                                "retry with a new code."}
+        else:
+            return
+        if await self.store.fail_claim(str(claim["_id"]), error=error):
+            raise recorded_error({"state": "failed", "error": error})
 
     async def _resolve_user(self, app: AppConfig, identity: PlatformIdentity) -> Resolved:
         openid = (ANONYMOUS_PREFIX + identity.openid) if identity.anonymous else identity.openid
         key = IdentityKey(app.platform, app.app_id, openid)
         known = self._known.get(key)
         if known is not None and identity.unionid in (None, known.unionid):
-            # An identity's user never changes once created, so a returning user whose
+            # A real identity's user never changes once created, so a returning user whose
             # identity this worker has seen needs no database read at all.
             self._known.move_to_end(key)
             return Resolved(ResolvedUser(known.user_id, is_new=False), key, identity.unionid)
         before = await self.store.touch_identity(key, unionid=identity.unionid)
+        if before is not None and identity.anonymous and before.get("linked_openid"):
+            await self._retire_linked_guest(app, key, before)
+            before = None
         if before is not None:
             user_id = str(before["user_id"])
             if identity.unionid and before.get("unionid") != identity.unionid:
@@ -344,13 +363,13 @@ class LoginService:
         candidate = new_user_id()
         guest: str | None = None
         if identity.anonymous_openid and not identity.anonymous:
-            guest = await self._claim_guest(app, identity)
+            guest = await self._promote_guest(app, identity)
             candidate = guest or candidate
         if identity.unionid:
             # A unionid already held by a user wins, even over the device's guest: that user
             # is the person across the apps of the platform account.
             holder = await self.store.claim_unionid(app.platform, identity.unionid, candidate)
-            if guest is not None and holder != guest:
+            if guest is not None and holder != guest:  # claimed meanwhile by another login
                 log.warning("login.anonymous_link_skipped app=%s/%s reason=unionid_held "
                             "guest_user_id=%s user_id=%s", app.platform, app.app_id, guest, holder)
             candidate = holder
@@ -361,30 +380,74 @@ class LoginService:
         self._remember(key, user.user_id, identity.unionid)
         return Resolved(user, key, identity.unionid)
 
-    async def _claim_guest(self, app: AppConfig, identity: PlatformIdentity) -> str | None:
-        """The user of the device's anonymous identity, if this real identity may join it.
+    async def _promote_guest(self, app: AppConfig, identity: PlatformIdentity) -> str | None:
+        """The user of the device's guest, handed over to this new real identity; None if none.
 
         A Douyin device that logged in anonymously before: the first real identity to log in
-        on it joins the guest's user, so what the guest gathered stays with the person. The
-        link is claimed once, atomically: a second person on the same device gets a user of
-        their own instead of the first person's.
+        on it takes over the guest's user, so what the guest gathered stays with the person.
+        The guest's identity moves to a retired key in one atomic update (a second person on
+        the device finds no guest to take), and every session the guest held ends: from now
+        on the user holds a real identity, so neither the guest's tokens nor the device's next
+        anonymous login (a new guest) may open it.
         """
         assert identity.anonymous_openid is not None  # noqa: S101 - checked by the caller
         anonymous = IdentityKey(app.platform, app.app_id,
                                 ANONYMOUS_PREFIX + identity.anonymous_openid)
-        linked = await self.store.link_anonymous(anonymous, identity.openid)
-        if linked is not None:
-            guest = str(linked["user_id"])
-            log.info("login.anonymous_linked app=%s/%s user_id=%s", app.platform, app.app_id,
-                     guest)
-            return guest
-        existing = await self.store.find_identity(anonymous)
-        if existing is not None:
-            log.warning("login.anonymous_link_skipped app=%s/%s reason=already_linked "
-                        "guest_user_id=%s", app.platform, app.app_id, existing.get("user_id"))
-        return None
+        if identity.unionid is not None:
+            holder = await self.store.unionid_holder(app.platform, identity.unionid)
+            if holder is not None:  # that user is the person; the guest stays a guest
+                log.warning("login.anonymous_link_skipped app=%s/%s reason=unionid_held "
+                            "user_id=%s", app.platform, app.app_id, holder)
+                return None
+        moved = await self.store.promote_anonymous(anonymous, identity.openid)
+        if moved is None:
+            return None
+        guest = str(moved["user_id"])
+        ended = await self.store.revoke_user_sessions(guest, reason="guest_promoted",
+                                                      openid=anonymous.openid)
+        log.info("login.guest_promoted app=%s/%s user_id=%s guest_sessions_ended=%d",
+                 app.platform, app.app_id, guest, ended)
+        return guest
+
+    async def _retire_linked_guest(
+        self, app: AppConfig, key: IdentityKey, linked: dict[str, Any]
+    ) -> None:
+        """Retire a guest an earlier version joined to a real identity in place, and its sessions.
+
+        Such a guest still resolves to the real identity's user: it is moved to its retired key
+        like a promoted guest, its sessions end, and this login becomes a new guest.
+        """
+        user_id, openid = str(linked["user_id"]), str(linked["linked_openid"])
+        await self.store.retire_anonymous(key, openid, previously_linked=True)
+        ended = await self.store.revoke_user_sessions(user_id, reason="guest_promoted",
+                                                      openid=key.openid)
+        log.warning("login.linked_guest_retired app=%s/%s user_id=%s guest_sessions_ended=%d",
+                    app.platform, app.app_id, user_id, ended)
+
+    async def _confirm(
+        self, app: AppConfig, session_id: str, family: str, resolved: Resolved
+    ) -> None:
+        """End the session just stored if what it came from ended while it was being stored.
+
+        A replay checks its code's head: ending a family ends the head first (store.py). A
+        guest's login checks its identity still leads to its user: a promotion moves the
+        identity before it ends the guest's sessions.
+        """
+        if family != session_id and await self.store.session_state(family) != "active":
+            await self.store.revoke_session(session_id, reason="family_ended")
+            raise MPLoginError(ErrorCode.INVALID_CODE)
+        if not resolved.identity.openid.startswith(ANONYMOUS_PREFIX):
+            return
+        current = await self.store.find_identity(resolved.identity)
+        if current is None or str(current.get("user_id")) != resolved.user.user_id:
+            await self.store.revoke_family(session_id, reason="guest_promoted")
+            log.warning("login.guest_promoted_meanwhile app=%s/%s user_id=%s", app.platform,
+                        app.app_id, resolved.user.user_id)
+            raise MPLoginError(ErrorCode.INVALID_CODE)
 
     def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
+        if key.openid.startswith(ANONYMOUS_PREFIX):
+            return  # a device's anonymous key changes hands when its guest is promoted
         self._known[key] = KnownIdentity(user_id, unionid if isinstance(unionid, str) else None)
         if len(self._known) > KNOWN_IDENTITIES:
             self._known.popitem(last=False)
@@ -400,7 +463,7 @@ class LoginService:
                                                    user_id)
 
     async def _issue(
-        self, app: AppConfig, session_id: str, resolved: Resolved, *, claimed: bool
+        self, app: AppConfig, session_id: str, resolved: Resolved, *, family: str
     ) -> SessionOut:
         """Store the session (the claim itself when this request exchanged the code)."""
         refresh = new_refresh_token()
@@ -413,9 +476,10 @@ class LoginService:
             refresh_hash=hash_refresh_token(refresh),
             expires_ts=now + self.settings.refresh_token_ttl,
             absolute_expires_ts=now + self.settings.refresh_token_max_age,
+            family=family,
             session_key_enc=resolved.session_key_enc,
         )
-        if not claimed:
+        if family != session_id:
             await self.store.insert_session(session_id, fields)
         else:
             current = await self.store.activate_claim(session_id, fields)
@@ -426,6 +490,7 @@ class LoginService:
                 log.warning("login.claim_already_answered app=%s/%s state=%s", app.platform,
                             app.app_id, current.get("state"))
                 raise recorded_error(current)
+        await self._confirm(app, session_id, family, resolved)
         access, expires_in = self.issuer.mint_access(
             subject=resolved.user.user_id, session_id=session_id
         )

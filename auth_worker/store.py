@@ -3,6 +3,11 @@
 Written for real MongoDB: unique indexes and upserts decide races, never read-then-insert; a
 ``DuplicateKeyError`` from a concurrent upsert means "someone else inserted it" and is retried
 once. No multi-document transactions (a standalone MongoDB refuses them).
+
+Every session minted from one login code belongs to that code's *family*: the code's claim (the
+first session) is its head, and ``family`` on each session names the head. Ending a family ends
+the head first, so a replay that finds its head still active was stored before the end began
+(docs/sessions.md).
 """
 
 from __future__ import annotations
@@ -44,6 +49,19 @@ def now_ts() -> float:
 def new_user_id() -> str:
     """A fresh, opaque user id."""
     return "u_" + secrets.token_hex(12)
+
+
+def retired_key(anonymous: IdentityKey, openid: str) -> IdentityKey:
+    """Where a device's anonymous identity goes once the real identity ``openid`` took it over.
+
+    Derived from both, so a retry of the same person finds it through the unique index. No
+    login asks for it: a login's anonymous key is the prefix and the device's openid alone.
+    """
+    return IdentityKey(anonymous.platform, anonymous.app_id, f"{anonymous.openid}#{openid}")
+
+
+def _revoked(reason: str) -> Doc:
+    return {"state": "revoked", "revoked_at": utcnow(), "revoked_reason": reason}
 
 
 async def _retry_duplicate(operation: Callable[[], Awaitable[T]]) -> T:
@@ -90,12 +108,14 @@ class SessionFields:
     refresh_hash: str = field(repr=False)
     expires_ts: float
     absolute_expires_ts: float
+    family: str
     session_key_enc: str | None = field(default=None, repr=False)
 
     def document(self) -> Doc:
         """The session's fields as stored."""
         return {
             "state": "active",
+            "family": self.family,
             "user_id": self.user_id,
             "is_new": self.is_new,
             "platform": self.identity.platform,
@@ -143,6 +163,8 @@ class Store:
             [("refresh_hash", ASCENDING)], unique=True, sparse=True, name="session_refresh"
         )
         await self.sessions.create_index([("user_id", ASCENDING)], name="session_user")
+        await self.sessions.create_index([("family", ASCENDING)], sparse=True,
+                                         name="session_family")
         await self.deliveries.create_index(
             [("purge_at", ASCENDING)], expireAfterSeconds=0, name="redelivery_purge"
         )
@@ -165,14 +187,18 @@ class Store:
     # -- identities and users ------------------------------------------------------------
 
     async def touch_identity(self, key: IdentityKey, *, unionid: str | None) -> Doc | None:
-        """Update a returning identity in one round trip; returns it as it was, or None."""
+        """Update a returning identity in one round trip; returns it as it was, or None.
+
+        ``linked_openid`` comes back too: an anonymous identity that has it was joined to a real
+        identity by an earlier version and is retired by its next login (``retire_anonymous``).
+        """
         update: Doc = {"last_login_at": utcnow()}
         if unionid is not None:
             update["unionid"] = unionid
         return await self.identities.find_one_and_update(
             key.filter(),
             {"$set": update},
-            projection={"user_id": 1, "unionid": 1},
+            projection={"user_id": 1, "unionid": 1, "linked_openid": 1},
             return_document=ReturnDocument.BEFORE,
         )
 
@@ -256,21 +282,48 @@ class Store:
         )
 
     async def find_identity(self, key: IdentityKey) -> Doc | None:
-        """The identity document, or None."""
-        return await self.identities.find_one(key.filter())
+        """The identity's ``user_id``, or None when there is no such identity."""
+        return await self.identities.find_one(key.filter(), projection={"user_id": 1})
 
-    async def link_anonymous(self, anonymous: IdentityKey, openid: str) -> Doc | None:
-        """Claim a device's anonymous identity for the real identity ``openid``, once.
+    async def unionid_holder(self, platform: str, unionid: str) -> str | None:
+        """The user holding ``unionid`` on ``platform``, if any (a read; nothing is claimed)."""
+        found = await self.unions.find_one({"_id": f"{platform}|{unionid}"},
+                                           projection={"user_id": 1})
+        return str(found["user_id"]) if found is not None else None
 
-        Returns the anonymous identity (its ``user_id``) when it is now linked to ``openid``:
-        linked by this call, or by an earlier attempt of the same person. None when there is no
-        such identity or it is already linked to someone else. One atomic update decides, so of
-        two people logging in on one device only the first joins the guest's user.
+    async def promote_anonymous(self, anonymous: IdentityKey, openid: str) -> Doc | None:
+        """Hand a device's anonymous identity to the real identity ``openid``, once.
+
+        The identity moves, with its user, to a key of its own (``retired_key``) that no login
+        asks for, so the device's key is free: its next anonymous login is a new guest. Returns
+        the moved identity (its ``user_id``): moved by this call, or by an earlier or concurrent
+        call for the same person. None when the device has no guest to hand over. One atomic
+        update decides, so of two people logging in on one device only the first gets the guest.
         """
+        moved = await self.retire_anonymous(anonymous, openid, previously_linked=False)
+        if moved is not None:
+            return moved
+        # Nothing under the device's key: perhaps this person's earlier attempt (or a
+        # concurrent one, whose update is done by now) moved it already.
+        return await self.identities.find_one(retired_key(anonymous, openid).filter(),
+                                              projection={"user_id": 1})
+
+    async def retire_anonymous(
+        self, anonymous: IdentityKey, openid: str, *, previously_linked: bool
+    ) -> Doc | None:
+        """Move an anonymous identity to its retired key, linked to ``openid``.
+
+        ``previously_linked``: move it only if an earlier version linked it to ``openid`` in
+        place (it then still resolves to the real identity's user); otherwise only if it was
+        never linked. Returns the identity as moved (``user_id``), or None if nothing matched.
+        """
+        condition: Doc = ({"linked_openid": openid} if previously_linked
+                          else {"linked_openid": {"$exists": False}})
         return await self.identities.find_one_and_update(
-            {**anonymous.filter(),
-             "$or": [{"linked_openid": {"$exists": False}}, {"linked_openid": openid}]},
-            {"$set": {"linked_openid": openid, "linked_at": utcnow()}},
+            {**anonymous.filter(), **condition},
+            {"$set": {"openid": retired_key(anonymous, openid).openid,
+                      "promoted_from": anonymous.openid, "linked_openid": openid,
+                      "linked_at": utcnow()}},
             projection={"user_id": 1},
             return_document=ReturnDocument.AFTER,
         )
@@ -385,21 +438,50 @@ class Store:
                     "platform": session.get("platform"), "app_id": session.get("app_id")}
         return await self.spent_refresh.find_one({"_id": refresh_hash})
 
+    async def session_state(self, session_id: str) -> str | None:
+        """The state of a session (``active``, ``revoked``...), or None when there is none."""
+        found = await self.sessions.find_one({"_id": session_id}, projection={"state": 1})
+        return str(found.get("state")) if found is not None else None
+
     async def revoke_session(self, session_id: str, *, reason: str) -> bool:
-        """End one session (one login's whole token family)."""
+        """End one session alone (one login's refresh chain; see ``revoke_family``)."""
         result = await self.sessions.update_one(
-            {"_id": session_id, "state": "active"},
-            {"$set": {"state": "revoked", "revoked_at": utcnow(), "revoked_reason": reason}},
+            {"_id": session_id, "state": "active"}, {"$set": _revoked(reason)}
         )
         return result.modified_count == 1
 
-    async def revoke_user_sessions(self, user_id: str, *, reason: str) -> int:
-        """End every session of a user."""
-        result = await self.sessions.update_many(
-            {"user_id": user_id, "state": "active"},
-            {"$set": {"state": "revoked", "revoked_at": utcnow(), "revoked_reason": reason}},
+    async def revoke_family(self, session_id: str, *, reason: str) -> int:
+        """End a session and every other session minted from its login code; how many ended.
+
+        The head (the code's claim) ends first, in an update of its own: a replay of the code
+        checks its head after storing its session, so either it sees the head ended and ends
+        itself, or it was stored before the update of the rest began and is ended by it.
+        """
+        found = await self.sessions.find_one({"_id": session_id}, projection={"family": 1})
+        # A session stored before families existed is a family of its own.
+        family = str(found.get("family") or session_id) if found is not None else session_id
+        ended = int(await self.revoke_session(family, reason=reason))
+        rest = await self.sessions.update_many(
+            {"family": family, "state": "active"}, {"$set": _revoked(reason)}
         )
-        return result.modified_count
+        return ended + rest.modified_count
+
+    async def revoke_user_sessions(
+        self, user_id: str, *, reason: str, openid: str | None = None
+    ) -> int:
+        """End every session of a user (only those through ``openid``, if given).
+
+        Twice: a replay stored while the first pass ran, whose head the first pass had not yet
+        reached when the replay checked it, is stored before the second pass begins.
+        """
+        query: Doc = {"user_id": user_id, "state": "active"}
+        if openid is not None:
+            query["openid"] = openid
+        ended = 0
+        for _ in range(2):
+            result = await self.sessions.update_many(query, {"$set": _revoked(reason)})
+            ended += result.modified_count
+        return ended
 
     async def live_session(self, session_id: str, user_id: str) -> Doc | None:
         """The session if it is active and not expired, else None."""
@@ -415,7 +497,7 @@ class Store:
         identities = await self.identities.find(
             {"user_id": user_id},
             projection={"platform": 1, "app_id": 1, "openid": 1, "unionid": 1, "created_at": 1,
-                        "last_login_at": 1},
+                        "last_login_at": 1, "promoted_from": 1},
         ).to_list(None)
         return user, identities
 

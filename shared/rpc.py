@@ -59,6 +59,7 @@ DEADLINE_HEADER = "x-deadline-ms"
 REQUEST_ID_HEADER = "x-request-id"
 REPLY_QUEUE_EXPIRES_MS = 60_000
 REQUEST_TTL_CEILING_MS = 120_000
+DEFAULT_MAX_BUDGET = 30.0  # seconds a request may take at most, unless the server is told
 DEAD_LETTER_TTL_MS = 86_400_000
 DEAD_LETTER_MAX_LENGTH = 100_000
 DEAD_LETTER_RECORD_VERSION = 1
@@ -331,7 +332,10 @@ class RpcServer:
         name: str,
         redelivery_guard: RedeliveryGuard | None = None,
         observer: RpcObserver | None = None,
+        max_budget: float = DEFAULT_MAX_BUDGET,
     ) -> None:
+        """``max_budget``: the longest a request may take from its arrival, whatever deadline
+        it carries (workers pass the login deadline, the budget the gateway gives a call)."""
         self._url = url
         self._request_queue = request_queue
         self._dead_letter_queue = dead_letter_queue
@@ -340,6 +344,7 @@ class RpcServer:
         self._observer = observer
         self._prefetch = prefetch
         self._name = name
+        self._max_budget = max_budget
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._reply_channel: AbstractChannel | None = None
@@ -462,8 +467,12 @@ class RpcServer:
     async def _process(self, message: AbstractIncomingMessage, request_id: str) -> None:
         headers = message.headers or {}
         raw_deadline = headers.get(DEADLINE_HEADER)
+        # Whoever can publish a request chooses its header: a deadline is honoured only up to
+        # the budget the gateway itself gives a call, so a forged one cannot hold a worker (or
+        # a code's claim, whose lease follows the deadline) any longer.
+        ceiling = time.time() + self._max_budget
         deadline = (
-            raw_deadline / 1000 if isinstance(raw_deadline, int) else time.time() + 30.0
+            min(raw_deadline / 1000, ceiling) if isinstance(raw_deadline, int) else ceiling
         )
         if time.time() >= deadline:
             # The caller has given up: doing the work now would only surprise the user later,

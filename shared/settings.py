@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     login_deadline: float = Field(default=10.0, gt=0, le=120)
     platform_timeout: float = Field(default=5.0, gt=0, le=60)
     code_result_ttl: int = Field(default=300, ge=10)
+    # How long after a code's first exchange a retry of it still gets a session (the answer was
+    # lost); the claim itself lives code_result_ttl, so the code is never sent twice.
+    code_replay_window: int = Field(default=30, ge=1, le=3600)
 
     gateway_host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
     gateway_port: int = 8080
@@ -101,6 +104,13 @@ class Settings(BaseSettings):
             if item.strip():
                 ip_network(item.strip(), strict=False)  # ValueError names the bad entry
         return value
+
+    @model_validator(mode="after")
+    def _check_replay_window(self) -> Settings:
+        if self.code_replay_window > self.code_result_ttl:
+            raise ValueError("MPLOGIN_CODE_REPLAY_WINDOW must not exceed MPLOGIN_CODE_RESULT_TTL "
+                             "(a code's claim must outlive its replay window)")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

@@ -189,6 +189,7 @@ async def make_stack(
                         rabbit_url, settings.request_queue, settings.dead_letter_queue,
                         service.handle, prefetch=settings.worker_concurrency,
                         name=f"test-worker-{i}", redelivery_guard=service.allow_redelivery,
+                        max_budget=settings.login_deadline,
                     )
                     await server.start()
                     stack.push_async_callback(server.stop, 2.0)

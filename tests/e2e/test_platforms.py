@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth_worker.main import login_service
 from auth_worker.platforms import build_adapters
+from auth_worker.store import SessionFields
 from shared.apps import load_apps
+from shared.errors import ErrorCode, MPLoginError
+from shared.messages import LoginParams
+from shared.rpc import CallContext
 from shared.runtime import load_secretbox
 from tests.conftest import Sandbox, Stack, StackFactory
 
@@ -380,12 +386,11 @@ async def test_douyin_anonymous_login_then_real_login_is_the_same_user(
 
 
 async def test_a_second_person_on_the_guests_device_gets_a_user_of_their_own(
-    deployment: Deployment, caplog: pytest.LogCaptureFixture
+    deployment: Deployment,
 ) -> None:
     # A shared device: a guest, then P1 logs in (and becomes the guest's user), then P2, a
     # different Douyin account on the same device. P2 must never join P1's user.
     dep = deployment
-    caplog.set_level(logging.INFO, logger="mplogin")
     device = f"device-{uuid.uuid4().hex[:8]}"
     anon = await dep.mint("douyin", anonymous=True, device_id=device)
     status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
@@ -407,21 +412,145 @@ async def test_a_second_person_on_the_guests_device_gets_a_user_of_their_own(
 
     p2_identity = await dep.db.identities.find_one({"openid": second["openid"]})
     assert p2_identity["user_id"] == p2["user"]["id"]
-    anon_identity = await dep.db.identities.find_one(
-        {"openid": f"anonymous:{anon['anonymous_openid']}"})
-    assert anon_identity["linked_openid"] == first["openid"]
-    assert anon_identity["user_id"] == p1["user"]["id"]
+    # The guest's identity went with P1, under a key no login of the device ever asks for.
+    promoted = await dep.db.identities.find_one({"linked_openid": first["openid"]})
+    assert promoted["user_id"] == p1["user"]["id"]
+    assert promoted["promoted_from"] == f"anonymous:{anon['anonymous_openid']}"
+    assert await dep.db.identities.count_documents(
+        {"openid": f"anonymous:{anon['anonymous_openid']}"}) == 0
     assert await dep.db.users.count_documents({}) == 2
-    [skipped] = [r.getMessage() for r in caplog.records
-                 if "login.anonymous_link_skipped" in r.getMessage()]
-    assert f"app=douyin/{dep.app_ids['douyin']}" in skipped
-    assert "reason=already_linked" in skipped
 
     # P1 on the same device again: still P1's user, no second link.
     again = await dep.mint("douyin", device_id=device, openid=first["openid"])
     status, p1_again, _ = await dep.login(
         "douyin", code=again["code"], anonymous_code=again["anonymous_code"])
     assert status == 200 and p1_again["user"]["id"] == p1["user"]["id"]
+
+
+async def _guest_tokens_refused(dep: Deployment, guest: dict[str, Any]) -> None:
+    resp = await dep.stack.client.get(
+        "/v1/me", headers={"Authorization": f"Bearer {guest['access_token']}"})
+    body = await resp.json()
+    assert (resp.status, body["error"]["code"]) == (401, "invalid_token"), body
+    resp = await dep.stack.client.post(
+        "/v1/token/refresh", json={"refresh_token": guest["refresh_token"]})
+    body = await resp.json()
+    assert (resp.status, body["error"]["code"]) == (401, "invalid_refresh_token"), body
+
+
+async def test_a_promoted_guests_tokens_end_and_the_device_gets_a_new_guest(
+    deployment: Deployment,
+) -> None:
+    # A guest on a shared phone; then a real user logs in on it with code + anonymous_code and
+    # the guest's user becomes theirs. Neither the guest's tokens nor any later anonymous login
+    # of the device may open that account.
+    dep = deployment
+    workers = dep.stack.workers
+
+    def handled() -> list[int]:
+        return [worker.handled for worker in workers]
+
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    anon = await dep.mint("douyin", anonymous=True, device_id=device)
+    before = handled()
+    status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
+    assert status == 200 and guest["user"]["is_new"] is True, guest
+    # Every worker sees the device's anonymous identity (a worker that remembered it must not
+    # answer from memory after the promotion). The broker hands sequential requests to its
+    # two consumers in turn.
+    for _ in range(3):
+        again = await dep.mint("douyin", anonymous=True, device_id=device)
+        status, body, _ = await dep.login("douyin", anonymous_code=again["anonymous_code"])
+        assert status == 200 and body["user"]["id"] == guest["user"]["id"], body
+    assert min(now - then for now, then in zip(handled(), before, strict=True)) >= 1
+
+    minted = await dep.mint("douyin", device_id=device)
+    status, real, _ = await dep.login(
+        "douyin", code=minted["code"], anonymous_code=minted["anonymous_code"])
+    assert status == 200, real
+    assert real["user"]["id"] == guest["user"]["id"]  # what the guest gathered stays
+
+    await _guest_tokens_refused(dep, guest)
+    fresh_guests = []
+    before = handled()
+    for _ in range(4):
+        later = await dep.mint("douyin", anonymous=True, device_id=device)
+        assert later["anonymous_openid"] == anon["anonymous_openid"]
+        status, body, _ = await dep.login("douyin", anonymous_code=later["anonymous_code"])
+        assert status == 200, body
+        fresh_guests.append(body)
+    assert min(now - then for now, then in zip(handled(), before, strict=True)) >= 1
+    assert fresh_guests[0]["user"]["is_new"] is True
+    assert {body["user"]["id"] for body in fresh_guests} == {fresh_guests[0]["user"]["id"]}
+    assert fresh_guests[0]["user"]["id"] != real["user"]["id"]
+    me = await dep.me(fresh_guests[-1]["access_token"])
+    assert [i["anonymous"] for i in me["identities"]] == [True], me
+    assert (await dep.me(real["access_token"]))["id"] == real["user"]["id"]
+
+
+async def test_a_guest_login_racing_its_promotion_ends_its_own_session(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A guest login resolved the device's identity to the guest's user, then the real user
+    # logged in on the device (the promotion ended every session the guest had), then the
+    # guest login stored its session: it must not become a live session of the real user.
+    dep = deployment
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    anon = await dep.mint("douyin", anonymous=True, device_id=device)
+    status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
+    assert status == 200, guest
+    racing = await dep.mint("douyin", anonymous=True, device_id=device)
+    minted = await dep.mint("douyin", device_id=device)
+    promoted: list[dict[str, Any]] = []
+    async with login_service(dep.stack.settings) as service:
+        store_session = service.store.activate_claim
+
+        async def real_login_lands_first(session_id: str, fields: SessionFields) -> Any:
+            status, real, _ = await dep.login(
+                "douyin", code=minted["code"], anonymous_code=minted["anonymous_code"])
+            assert status == 200 and real["user"]["id"] == guest["user"]["id"], real
+            promoted.append(real)
+            return await store_session(session_id, fields)
+
+        monkeypatch.setattr(service.store, "activate_claim", real_login_lands_first)
+        context = CallContext(request_id="guest-race", deadline=time.time() + 5,
+                              redelivered=False)
+        with pytest.raises(MPLoginError) as caught:
+            await service.login(LoginParams(platform="douyin", app_id=dep.app_ids["douyin"],
+                                            anonymous_code=racing["anonymous_code"]), context)
+    assert caught.value.code is ErrorCode.INVALID_CODE
+    [real] = promoted
+    assert await dep.db.sessions.count_documents(
+        {"user_id": real["user"]["id"], "state": "active"}) == 1  # the real login's own
+    assert (await dep.me(real["access_token"]))["id"] == real["user"]["id"]
+    await _guest_tokens_refused(dep, guest)
+
+
+async def test_a_guest_linked_before_promotion_ended_sessions_is_retired_on_its_next_login(
+    deployment: Deployment,
+) -> None:
+    # A database written before guests were promoted: the device's anonymous identity was left
+    # under its own key, linked to the real identity that joined its user, with the guest's
+    # sessions still active. The device's next anonymous login retires it.
+    dep = deployment
+    device = f"device-{uuid.uuid4().hex[:8]}"
+    anon = await dep.mint("douyin", anonymous=True, device_id=device)
+    status, guest, _ = await dep.login("douyin", anonymous_code=anon["anonymous_code"])
+    assert status == 200, guest
+    key = f"anonymous:{anon['anonymous_openid']}"
+    _, real = await dep.login_ok("douyin")
+    real_openid = (await dep.db.identities.find_one({"user_id": real["user"]["id"]}))["openid"]
+    await dep.db.identities.update_one({"openid": real_openid},
+                                       {"$set": {"user_id": guest["user"]["id"]}})
+    await dep.db.identities.update_one({"openid": key}, {"$set": {"linked_openid": real_openid}})
+
+    later = await dep.mint("douyin", anonymous=True, device_id=device)
+    status, body, _ = await dep.login("douyin", anonymous_code=later["anonymous_code"])
+    assert status == 200, body
+    assert body["user"]["id"] != guest["user"]["id"] and body["user"]["is_new"] is True
+    await _guest_tokens_refused(dep, guest)
+    retired = await dep.db.identities.find_one({"linked_openid": real_openid})
+    assert retired["user_id"] == guest["user"]["id"] and retired["promoted_from"] == key
 
 
 async def test_a_unionid_holder_wins_over_the_devices_guest(
