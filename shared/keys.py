@@ -309,8 +309,10 @@ def _jwks(public: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]:
 
 
 class PublicKeys:
-    """The public halves of a keys directory's keys, from its ``public/`` folder: what a gateway
-    loads to verify tokens and serve the JWKS. It never opens a private key file."""
+    """The public halves of a keys directory's keys: what a gateway verifies tokens with.
+
+    Loaded from the ``public/`` folder alone; no private key file is ever opened.
+    """
 
     def __init__(self, public_keys: Mapping[str, Ed25519PublicKey]) -> None:
         if not public_keys:
@@ -392,8 +394,10 @@ def public_disk_fingerprint(keys_dir: Path) -> str:
 
 
 def readable_private_keys(keys_dir: Path) -> list[Path]:
-    """The private key files (``*.pem`` but not ``*.pub.pem``) of ``keys_dir`` and of its
-    public folder that this process can read; for a gateway, which must have none."""
+    """The private key files this process can read in ``keys_dir`` and its public folder.
+
+    Private: ``*.pem`` but not ``*.pub.pem``. A gateway must find none.
+    """
     found: list[Path] = []
     for folder in (keys_dir, public_dir(keys_dir)):
         try:
@@ -538,8 +542,10 @@ def key_states(ring: KeyRing, *, now: float, token_lifetime: float) -> list[KeyS
 
 
 def ensure_dev_keys(keys_dir: Path) -> KeyRing:
-    """Development mode: create the keys directory and one key if there is none, then load and
-    publish (a folder from before the public folder existed gets its public halves)."""
+    """Development mode: create the keys directory and a key if there is none; load, publish.
+
+    Publishing gives a folder from before the public folder existed its public halves.
+    """
     _ensure_dir(keys_dir)
     if not _kids_on_disk(keys_dir):
         generate_key(keys_dir)
