@@ -47,14 +47,16 @@ ENV PATH="/opt/mplogin/bin:${PATH}" \
 RUN groupadd --system --gid 10001 mplogin \
     && useradd --system --uid 10001 --gid mplogin --home-dir /var/lib/mplogin \
         --no-create-home --shell /usr/sbin/nologin mplogin \
-    && install -d -o mplogin -g mplogin -m 0700 /var/lib/mplogin /var/lib/mplogin/keys
+    && install -d -o mplogin -g mplogin -m 0700 /var/lib/mplogin /var/lib/mplogin/keys \
+    && install -d -o mplogin -g mplogin -m 0755 /var/lib/mplogin/keys/public
 
 COPY --from=build /opt/mplogin /opt/mplogin
 
 USER mplogin:mplogin
 WORKDIR /var/lib/mplogin
-# No VOLUME here: compose mounts a named volume on /var/lib/mplogin/keys, which starts with
-# this directory's owner and mode (mplogin, 0700).
+# No VOLUME here: compose mounts named volumes on /var/lib/mplogin/keys (private keys, workers
+# only) and /var/lib/mplogin/keys/public (public halves, gateway and workers), which start with
+# these directories' owner and mode (mplogin; 0700 and 0755).
 
 EXPOSE 8080
 

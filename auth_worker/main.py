@@ -25,7 +25,13 @@ from auth_worker.service import LoginService
 from auth_worker.store import Store
 from auth_worker.userdata import WeChatPhoneSource
 from shared.apps import load_apps
-from shared.keys import KeyRing, KeyRingError, disk_fingerprint
+from shared.keys import (
+    KeyRing,
+    KeyRingError,
+    disk_fingerprint,
+    public_disk_fingerprint,
+    publish,
+)
 from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from shared.rpc import RpcServer
 from shared.runtime import load_keyring, load_secretbox, stop_event
@@ -96,20 +102,31 @@ async def login_service(
 
 
 async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer) -> None:
-    """Pick up `mplogin keys rotate` without a restart: a new key signs from its activation."""
+    """Pick up `mplogin keys rotate` without a restart: a new key signs from its activation.
+
+    The public folder is checked too: a half that is missing (or left by a retired key) is
+    written (or removed) before the keys are used, so the gateways can verify every token this
+    worker signs. A ring whose halves cannot be published is not used: the old one goes on.
+    """
     current = keyring.fingerprint()
     while True:
         await asyncio.sleep(settings.key_reload_interval)
         try:
-            if disk_fingerprint(settings.keys_dir) == current:
+            if current == disk_fingerprint(settings.keys_dir) == public_disk_fingerprint(
+                    settings.keys_dir):
                 continue
             fresh = KeyRing.load(settings.keys_dir)
+            published = publish(settings.keys_dir, fresh)
         except (KeyRingError, OSError) as exc:
             log.error("keys.reload_failed error=%s", exc)
             continue
-        issuer.update_keyring(fresh)
-        current = fresh.fingerprint()
-        log.info("keys.reloaded active_kid=%s", fresh.active_kid)
+        if published.written or published.removed:
+            log.info("keys.published written=%s removed=%s", ",".join(published.written),
+                     ",".join(published.removed))
+        if fresh.fingerprint() != current:
+            issuer.update_keyring(fresh)
+            current = fresh.fingerprint()
+            log.info("keys.reloaded active_kid=%s", fresh.active_kid)
 
 
 async def _ping_database(db: AsyncDatabase[dict[str, object]], readiness: WorkerReadiness) -> None:

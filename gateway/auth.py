@@ -1,25 +1,38 @@
 """Local verification of our access tokens, and the JWKS document other services verify with.
 
-The gateway holds only what it needs to verify: the public halves of the signing keys, every
-key on disk, including a rotated key that is published but does not sign yet. The JWKS document
-follows the keys folder within a second. A token with a ``kid`` this process has not loaded yet
-makes the gateway re-read the folder if it changed and try once more.
+The gateway holds only what it needs to verify: the public halves of the signing keys
+(``<keys dir>/public``, see ``shared.keys``), every one on disk, including a rotated key that
+is published but does not sign yet. It never loads a private key, and outside development mode
+refuses to start where it could read one (``shared.runtime.load_public_keys``).
+
+The public folder is listed at most once a second, on the first token or JWKS request after the
+second has passed, so a retired key stops verifying within a second whatever the traffic, and an
+idle gateway touches the disk not at all. A token naming a kid of the right shape that is not
+loaded may bring that listing forward, at most once per ``UNKNOWN_KID_RELOAD_GAP``: a flood of
+made-up kids costs a handful of listings, not one each. A kid of the wrong shape is refused
+before any of this (``shared.tokens``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from aiohttp import web
 
 from shared.errors import ErrorCode, MPLoginError
-from shared.keys import KeyRing, KeyRingError, disk_fingerprint
-from shared.runtime import load_keyring
+from shared.keys import KeyRingError, PublicKeys, public_disk_fingerprint
+from shared.runtime import load_public_keys
 from shared.settings import Settings
 from shared.tokens import AccessClaims, InvalidToken, TokenVerifier
 
+log = logging.getLogger("mplogin.gateway")
+
 RELOAD_EVERY = 1.0
+"""Seconds between two listings of the public keys folder (a retired key verifies this long)."""
+UNKNOWN_KID_RELOAD_GAP = 0.2
+"""Seconds between two listings brought forward by tokens with a kid not loaded yet."""
 
 
 class AccessTokens:
@@ -27,29 +40,49 @@ class AccessTokens:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        ring = load_keyring(settings)
-        self._jwks = ring.jwks()
-        self._fingerprint = ring.fingerprint()
+        keys = load_public_keys(settings)
+        self._jwks = keys.jwks()
+        self._fingerprint = keys.fingerprint()
+        self._failed: str | None = None
         self._verifier = TokenVerifier(
-            ring.public_keys(), settings.token_issuer, settings.token_audience
+            keys.public_keys(), settings.token_issuer, settings.token_audience
         )
         self._checked = time.monotonic()
 
-    def _maybe_reload(self, force: bool = False) -> bool:
+    def _maybe_reload(self, min_gap: float = RELOAD_EVERY) -> bool:
+        """Reload the public keys if ``min_gap`` passed since the last look and they changed."""
         now = time.monotonic()
-        if not force and now - self._checked < RELOAD_EVERY:
+        if now - self._checked < min_gap:
             return False
         self._checked = now
+        keys_dir = self._settings.keys_dir
         try:
-            if disk_fingerprint(self._settings.keys_dir) == self._fingerprint:
-                return False
-            ring = KeyRing.load(self._settings.keys_dir)
-        except (KeyRingError, OSError):
+            on_disk = public_disk_fingerprint(keys_dir)
+        except OSError as exc:
+            self._report_failure("?", f"cannot list the public keys folder ({exc.strerror})")
             return False
-        self._verifier.update_keys(ring.public_keys())
-        self._jwks = ring.jwks()
-        self._fingerprint = ring.fingerprint()
+        if on_disk == self._fingerprint:
+            self._failed = None
+            return False
+        if on_disk == self._failed:  # parsed again only once its listing changes
+            return False
+        try:
+            keys = PublicKeys.load(keys_dir)
+        except (KeyRingError, OSError) as exc:  # names the file, never key material
+            self._report_failure(on_disk, str(exc))
+            return False
+        self._failed = None
+        self._verifier.update_keys(keys.public_keys())
+        self._jwks = keys.jwks()
+        self._fingerprint = keys.fingerprint()
+        log.info("keys.reloaded kids=%s", ",".join(keys.kids))
         return True
+
+    def _report_failure(self, listing: str, error: str) -> None:
+        """Log a failed reload once, not once a second; the loaded keys stay in use."""
+        if self._failed != listing:
+            log.error("keys.reload_failed error=%s", error)
+        self._failed = listing
 
     def jwks(self) -> dict[str, Any]:
         """The current JWKS document (public keys only)."""
@@ -57,13 +90,13 @@ class AccessTokens:
         return self._jwks
 
     def verify(self, token: str) -> AccessClaims:
-        """Verify ``token``; an unknown kid triggers one reload of the keys folder."""
+        """Verify ``token`` against the keys on disk as of at most a second ago."""
+        self._maybe_reload()
         try:
             return self._verifier.verify(token)
         except InvalidToken as exc:
-            # Listing the folder is cheap, so an unknown kid always looks; keys load only
-            # when the folder changed.
-            if exc.unknown_kid and self._maybe_reload(force=True):
+            # A key rotated in with an immediate activation may sign before the next listing.
+            if exc.unknown_kid and self._maybe_reload(UNKNOWN_KID_RELOAD_GAP):
                 return self._verifier.verify(token)
             raise
 

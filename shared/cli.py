@@ -163,10 +163,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 return 1
             keys.retire(keys_dir, args.kid)
             print(f"retired {args.kid}")
+        elif args.keys_command == "export-public":
+            _export_public(keys_dir)
         else:
             ring = keys.KeyRing.load(keys_dir)
+            public = _public_kids(keys_dir)
             for state in keys.key_states(ring, now=time.time(), token_lifetime=token_lifetime):
-                print(f"{state.kid}  {state.state:<9}  {_describe_key(state)}")
+                missing = "" if state.kid in public else (
+                    "; its public half is missing (gateways cannot verify it): "
+                    "`mplogin keys export-public` writes it")
+                print(f"{state.kid}  {state.state:<9}  {_describe_key(state)}{missing}")
     except keys.KeyRingError as exc:
         print(f"mplogin: {exc}", file=sys.stderr)
         return 1
@@ -188,6 +194,28 @@ def _rotate_key(keys_dir: Path, activate_in: float) -> None:
         print(f"mplogin: warning: services that cache the JWKS document (up to "
               f"{keys.JWKS_MAX_AGE} s) may reject tokens signed with {kid} until their copy "
               "expires", file=sys.stderr)
+
+
+def _export_public(keys_dir: Path) -> None:
+    from shared import keys
+
+    published = keys.export_public(keys_dir)
+    folder = keys.public_dir(keys_dir)
+    if not published.written and not published.removed:
+        print(f"the public keys folder {folder} is up to date")
+    for kid in published.written:
+        print(f"wrote {keys.public_key_path(keys_dir, kid)}")
+    for kid in published.removed:
+        print(f"removed {keys.public_key_path(keys_dir, kid)} (its private key is gone)")
+
+
+def _public_kids(keys_dir: Path) -> set[str]:
+    from shared import keys
+
+    try:
+        return set(keys.public_disk_fingerprint(keys_dir).split(","))
+    except OSError:
+        return set()
 
 
 def _describe_key(state: KeyState) -> str:
@@ -269,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     retire.add_argument("--dir", type=Path)
     retire.add_argument("--force", action="store_true",
                         help="retire even while tokens it signed may still be valid")
+    export = keys_sub.add_parser(
+        "export-public", help="write the public half of every key into the folder's public/ "
+                              "(what gateways load); removes halves of retired keys")
+    export.add_argument("--dir", type=Path)
     keys_sub.add_parser("secretbox", help="print a fresh session_key encryption key")
     keys.set_defaults(func=cmd_keys)
     apps = sub.add_parser("apps", help="check the apps file")

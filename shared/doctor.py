@@ -37,7 +37,7 @@ from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyM
 from shared.amqpwire import open_connection
 from shared.appcheck import check_apps_file
 from shared.apps import DEFAULT_API_BASE, AppEntry, AppsFileError, parse_entries
-from shared.keys import KeyRing, KeyRingError
+from shared.keys import KeyRing, KeyRingError, public_dir, public_disk_fingerprint
 from shared.secretbox import SecretBox, SecretBoxError
 from shared.settings import Settings
 
@@ -50,6 +50,7 @@ FIX_BROKER_DOWN = "start it: rabbitmq-server -detached, or docker compose up -d 
 FIX_NO_WORKER = "start a worker: mplogin worker"
 FIX_MONGO = "check MPLOGIN_MONGO_URL / start MongoDB"
 FIX_KEYS = "mplogin keys rotate"
+FIX_PUBLIC_KEYS = "mplogin keys export-public (a starting worker writes them too)"
 FIX_DEV = "start the local stack: mplogin dev"
 DEV_APPS_FILE = "apps.toml"
 DEV_SECRETBOX_FILE = "secretbox.key"
@@ -232,6 +233,16 @@ def check_keys(settings: Settings) -> Check:
                          f"{keys_dir} has no key yet; development mode creates one at start")
         fix = FIX_KEYS if empty else f"replace or remove the file named, then {FIX_KEYS}"
         return Check("keys", "signing keys", Status.FAIL, str(exc), fix)
+    try:
+        published = set(public_disk_fingerprint(keys_dir).split(","))
+    except OSError:
+        published = set()
+    missing = [kid for kid in ring.kids if kid not in published]
+    if missing and settings.mode != "development":  # development mode writes them at start
+        return Check("keys", "signing keys", Status.FAIL,
+                     f"{len(ring.kids)} key(s) in {keys_dir}, but {public_dir(keys_dir)} has no "
+                     f"public half of {', '.join(missing)}: gateways cannot verify its tokens",
+                     FIX_PUBLIC_KEYS)
     return Check("keys", "signing keys", Status.PASS,
                  f"{len(ring.kids)} key(s) in {keys_dir}; active {ring.active_kid}")
 

@@ -11,7 +11,15 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from shared.keys import KeyRing, ensure_dev_keys
+from shared.keys import (
+    KeyRing,
+    KeyRingError,
+    PublicKeys,
+    ensure_dev_keys,
+    public_dir,
+    publish,
+    readable_private_keys,
+)
 from shared.logs import LogFormat, build_formatter, configure_structlog
 from shared.secretbox import SecretBox, generate_config_value
 from shared.settings import Settings
@@ -64,10 +72,38 @@ def configure_logging(
 
 
 def load_keyring(settings: Settings) -> KeyRing:
-    """The token signing keys; development mode creates one if the folder is empty."""
+    """The token signing keys, their public halves published; development mode creates a key
+    if the folder is empty.
+
+    Publishing here is what lets a keys folder from before the public folder existed keep
+    working: the first worker to start writes the halves the gateways load.
+    """
     if settings.mode == "development":
         return ensure_dev_keys(settings.keys_dir)
-    return KeyRing.load(settings.keys_dir)
+    ring = KeyRing.load(settings.keys_dir)
+    publish(settings.keys_dir, ring)
+    return ring
+
+
+def load_public_keys(settings: Settings) -> PublicKeys:
+    """The public halves of the signing keys, for a gateway (``<keys dir>/public``).
+
+    Outside development mode a gateway that can read a private key refuses to start: it only
+    verifies, and the internet-facing process must not hold what signs tokens. Loading public
+    files alone would leave the private ones exposed to anyone who takes the process over, so
+    the deployment has to change, not the gateway's choice of files. Development mode runs
+    every process on one machine from one folder, and ignores them.
+    """
+    if settings.mode == "development":
+        ensure_dev_keys(settings.keys_dir)
+    else:
+        private = readable_private_keys(settings.keys_dir)
+        if private:
+            raise KeyRingError(
+                f"the gateway can read the private signing key {private[0]}; give it only "
+                f"{public_dir(settings.keys_dir)} (docker compose mounts the keys-public volume "
+                "there alone, see the README's Key rotation)")
+    return PublicKeys.load(settings.keys_dir)
 
 
 def load_secretbox(settings: Settings) -> SecretBox:

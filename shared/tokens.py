@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from shared.keys import KeyRing, activation_of
+from shared.keys import KeyRing, activation_of, is_valid_kid
 
 ALGORITHM: Final = "EdDSA"
 ACCESS_TOKEN_TYPE: Final = "at+jwt"  # noqa: S105 - a media type, not a secret
@@ -184,9 +184,10 @@ class TokenIssuer:
 class TokenVerifier:
     """Verifies access tokens against a set of public keys, one algorithm only (EdDSA).
 
-    On ``UnknownKeyId`` (``exc.unknown_kid``) a caller may reload the keys from disk, pass them
-    to ``update_keys`` and verify once more: the token may be signed by a key rotated in after
-    this process loaded its keys.
+    On ``UnknownKeyId`` (``exc.unknown_kid``: a kid of the right shape, ``shared.keys``, that
+    is not loaded) a caller may reload the keys from disk, pass them to ``update_keys`` and
+    verify once more: the token may be signed by a key rotated in after this process loaded its
+    keys.
     """
 
     def __init__(
@@ -235,7 +236,9 @@ class TokenVerifier:
         if not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES:
             raise InvalidToken("wrong_type")
         kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
+        # A kid that is not of our shape names no key we could ever load: refused here, so a
+        # caller never re-reads its keys folder for it.
+        if not isinstance(kid, str) or not is_valid_kid(kid):
             raise InvalidToken("bad_header")
         key = self._keys.get(kid)
         if key is None:

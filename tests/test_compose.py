@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from gateway.app import create_app
 from shared.apps import PLATFORMS, parse_entries
 from shared.cli import build_parser
+from shared.keys import PUBLIC_DIR_NAME
 from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from shared.secretbox import generate_config_value
 from shared.settings import Settings
@@ -259,17 +260,28 @@ def _volume_target(volume: str | Mapping[str, Any]) -> tuple[str, str, bool]:
     return str(volume.get("source", "")), str(volume["target"]), bool(volume.get("read_only"))
 
 
-def test_keys_are_shared_by_gateway_and_workers() -> None:
+def _mounts(service: str) -> dict[str, tuple[str, bool]]:
+    """A service's volume mounts: target -> (source, read_only)."""
+    return {t: (s, ro) for s, t, ro in map(_volume_target, _services()[service]["volumes"])}
+
+
+def test_the_gateway_is_given_only_the_public_halves_of_the_signing_keys() -> None:
+    """Workers mount the private keys and their public folder; the gateway the latter alone."""
     services = _services()
-    assert "keys" in _compose()["volumes"]
-    mounts: dict[str, tuple[str, bool]] = {}
-    for name in ("gateway", "auth_worker"):
-        keys_dir = _environment(services[name])["MPLOGIN_KEYS_DIR"]
-        volumes = [_volume_target(v) for v in services[name]["volumes"]]
-        [(source, read_only)] = [(s, ro) for s, t, ro in volumes if t == keys_dir]
-        mounts[name] = (source, read_only)
-    assert mounts["gateway"] == ("keys", True), "the gateway verifies; it never writes keys"
-    assert mounts["auth_worker"][0] == "keys"
+    assert {"keys", "keys-public"} <= set(_compose()["volumes"])
+    keys_dir = _environment(services["auth_worker"])["MPLOGIN_KEYS_DIR"]
+    public = str(PurePosixPath(keys_dir) / PUBLIC_DIR_NAME)
+    worker, gateway = _mounts("auth_worker"), _mounts("gateway")
+    assert worker[keys_dir] == ("keys", False), "`keys rotate` runs in the worker service"
+    assert worker[public] == ("keys-public", False), "a worker publishes missing halves"
+    assert gateway[public] == ("keys-public", True), "the gateway verifies; it never writes keys"
+    for target, (source, _) in gateway.items():
+        assert source != "keys", f"the gateway must not see the private keys ({target})"
+        assert not PurePosixPath(keys_dir).is_relative_to(target), \
+            f"{target} would show the gateway the private keys folder"
+    # The image makes the mount points, so fresh volumes start owned by the service's user.
+    runs = " ".join(args for kw, args in _dockerfile_instructions() if kw == "RUN")
+    assert f"-m 0755 {public}" in runs
 
 
 def test_apps_file_is_mounted_read_only_where_the_setting_points() -> None:

@@ -65,9 +65,11 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _mplogin(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _mplogin(
+    *args: str, env: dict[str, str], timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=60, check=False)
+                          capture_output=True, timeout=timeout, check=False)
 
 
 def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -81,6 +83,21 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
 def test_a_gateway_without_signing_keys_says_so_in_one_line(tmp_path: Path) -> None:
     line = _one_line(_mplogin("gateway", env=_env(tmp_path, MPLOGIN_MODE="production")))
     assert "does not exist" in line and "mplogin keys rotate" in line
+
+
+def test_a_production_gateway_that_can_read_a_private_key_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    assert _mplogin("keys", "rotate", env=_env(tmp_path)).returncode == 0
+    env = _env(tmp_path, MPLOGIN_MODE="production", MPLOGIN_GATEWAY_HOST="127.0.0.1",
+               MPLOGIN_GATEWAY_PORT=str(free_port()))
+    try:
+        proc = _mplogin("gateway", env=env, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the gateway started with the private signing keys readable")
+    line = _one_line(proc)
+    assert "the gateway can read the private signing key" in line
+    assert str(tmp_path / "keys" / "public") in line
 
 
 def test_a_worker_with_a_bad_encryption_key_says_so_in_one_line(tmp_path: Path) -> None:

@@ -171,6 +171,21 @@ async def test_keys_missing_in_production_fail_with_rotate_but_not_in_developmen
     assert not empty.exists()  # the doctor looks; it creates nothing
 
 
+async def test_keys_without_their_public_halves_fail_with_export_public(
+    healthy: Callable[..., Settings],
+) -> None:
+    settings = healthy()
+    kid = keys.KeyRing.load(settings.keys_dir).active_kid
+    keys.public_key_path(settings.keys_dir, kid).unlink()  # a folder from an earlier version
+    check = by_name(await run_doctor(settings))["keys:signing keys"]
+    assert check.status is Status.FAIL and kid in check.detail
+    assert "mplogin keys export-public" in check.fix
+    assert not keys.public_key_path(settings.keys_dir, kid).exists()  # the doctor only looks
+
+    keys.export_public(settings.keys_dir)
+    assert by_name(await run_doctor(settings))["keys:signing keys"].status is Status.PASS
+
+
 async def test_configuration_problems_are_named_with_their_fix(
     healthy: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch,
 ) -> None:

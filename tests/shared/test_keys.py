@@ -4,6 +4,7 @@ retirement, key states, the JWKS and the `mplogin keys` commands."""
 from __future__ import annotations
 
 import base64
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -26,15 +27,22 @@ from shared.keys import (
     SAFETY_MARGIN,
     KeyRing,
     KeyRingError,
+    PublicKeys,
     activation_of,
     disk_fingerprint,
     ensure_dev_keys,
+    export_public,
     generate_key,
     is_valid_kid,
     key_states,
+    public_disk_fingerprint,
+    public_key_path,
+    readable_private_keys,
     retire,
     rotate,
 )
+from shared.runtime import load_keyring
+from shared.settings import Settings
 
 
 @pytest.fixture
@@ -46,7 +54,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_generate_key_writes_private_pkcs8_file(keys_dir: Path) -> None:
+def test_generate_key_writes_private_pkcs8_file_and_its_public_half(keys_dir: Path) -> None:
     kid = generate_key(keys_dir)
 
     assert is_valid_kid(kid)
@@ -54,7 +62,15 @@ def test_generate_key_writes_private_pkcs8_file(keys_dir: Path) -> None:
     assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert _mode(path) == 0o600
     assert _mode(keys_dir) == 0o700
-    assert [p.name for p in keys_dir.iterdir()] == [f"{kid}.pem"], "no temporary file left"
+    public = keys_dir / "public" / f"{kid}.pub.pem"
+    assert public_key_path(keys_dir, kid) == public
+    assert public.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert b"PRIVATE" not in public.read_bytes()
+    assert _mode(public) == 0o644 and _mode(public.parent) == 0o755
+    assert sorted(p.name for p in keys_dir.iterdir()) == [f"{kid}.pem", "public"], \
+        "no temporary file left"
+    assert [p.name for p in public.parent.iterdir()] == [public.name]
+    assert PublicKeys.load(keys_dir).jwks() == KeyRing.load(keys_dir).jwks()
 
 
 def test_kid_shape() -> None:
@@ -216,8 +232,8 @@ def test_load_refuses_other_key_types_and_encrypted_keys(keys_dir: Path) -> None
 
 
 def test_load_refuses_pem_file_not_named_by_kid(keys_dir: Path) -> None:
-    generate_key(keys_dir)
-    (keys_dir / "mykey.pem").write_bytes((next(keys_dir.iterdir())).read_bytes())
+    kid = generate_key(keys_dir)
+    (keys_dir / "mykey.pem").write_bytes((keys_dir / f"{kid}.pem").read_bytes())
     with pytest.raises(KeyRingError, match=r"mykey\.pem"):
         KeyRing.load(keys_dir)
 
@@ -331,3 +347,102 @@ def test_keys_rotate_refuses_a_bad_delay(
     assert exited.value.code == 2
     assert "--activate-in" in capsys.readouterr().err
     assert len(KeyRing.load(keys_dir).kids) == 1
+
+
+# --- the public folder: what a gateway is given --------------------------------------------------
+
+
+def _legacy(keys_dir: Path) -> KeyRing:
+    """A keys folder as made before the public folder existed: private keys only."""
+    generate_key(keys_dir, activate_at=time.time() - 100)
+    rotate(keys_dir)
+    shutil.rmtree(keys_dir / "public")
+    return KeyRing.load(keys_dir)
+
+
+def test_export_public_derives_the_public_halves_of_an_existing_folder_once(
+    keys_dir: Path,
+) -> None:
+    ring = _legacy(keys_dir)
+    with pytest.raises(KeyRingError, match="export-public"):
+        PublicKeys.load(keys_dir)
+
+    assert export_public(keys_dir).written == ring.kids
+    public = PublicKeys.load(keys_dir)
+    assert public.jwks() == ring.jwks() and public.kids == ring.kids
+    assert public_disk_fingerprint(keys_dir) == disk_fingerprint(keys_dir)
+    assert export_public(keys_dir).written == (), "nothing to do the second time"
+
+    # A half that no longer matches its private key is written again.
+    stranger = Ed25519PrivateKey.generate().public_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    public_key_path(keys_dir, ring.kids[0]).write_bytes(stranger)
+    assert export_public(keys_dir).written == (ring.kids[0],)
+    assert PublicKeys.load(keys_dir).jwks() == ring.jwks()
+
+
+def test_retiring_removes_both_halves_and_export_public_removes_an_orphan(
+    keys_dir: Path,
+) -> None:
+    old = generate_key(keys_dir, activate_at=time.time() - 100)
+    middle = rotate(keys_dir, activate_in=0)
+    new = rotate(keys_dir, activate_in=0)
+    retire(keys_dir, old)
+    assert not public_key_path(keys_dir, old).exists()
+    assert PublicKeys.load(keys_dir).kids == (middle, new)
+
+    (keys_dir / f"{middle}.pem").unlink()  # retired by hand
+    assert export_public(keys_dir).removed == (middle,)
+    assert PublicKeys.load(keys_dir).kids == (new,)
+
+
+def test_public_keys_never_open_a_private_key_file(keys_dir: Path) -> None:
+    ring = _legacy(keys_dir)
+    export_public(keys_dir)
+    for kid in ring.kids:
+        (keys_dir / f"{kid}.pem").write_text("not a key: a gateway must never read this")
+    assert PublicKeys.load(keys_dir).jwks() == ring.jwks()
+
+
+def test_public_keys_refuse_a_private_key_in_the_public_folder(keys_dir: Path) -> None:
+    kid = generate_key(keys_dir)
+    secret = (keys_dir / f"{kid}.pem").read_bytes()
+    public_key_path(keys_dir, kid).write_bytes(secret)
+
+    with pytest.raises(KeyRingError, match="holds a private key") as excinfo:
+        PublicKeys.load(keys_dir)
+    body = "".join(secret.decode().splitlines()[1:-1])
+    assert body not in str(excinfo.value) and excinfo.value.__cause__ is None
+
+
+def test_readable_private_keys_finds_private_files_in_both_folders(keys_dir: Path) -> None:
+    kid = generate_key(keys_dir)
+    assert readable_private_keys(keys_dir) == [keys_dir / f"{kid}.pem"]
+    assert readable_private_keys(keys_dir / "public") == []
+    stray = keys_dir / "public" / f"{kid}.pem"
+    stray.write_bytes((keys_dir / f"{kid}.pem").read_bytes())
+    assert readable_private_keys(keys_dir) == [keys_dir / f"{kid}.pem", stray]
+    assert readable_private_keys(keys_dir / "missing") == []
+
+
+def test_keys_export_public_and_list_commands(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    ring = _legacy(keys_dir)
+    code, out, _ = keys_command(capsys, "list", "--dir", str(keys_dir))
+    assert code == 0 and out.count("public half is missing") == len(ring.kids)
+
+    code, out, _ = keys_command(capsys, "export-public", "--dir", str(keys_dir))
+    assert code == 0
+    assert out.splitlines() == [f"wrote {public_key_path(keys_dir, kid)}" for kid in ring.kids]
+    code, out, _ = keys_command(capsys, "list", "--dir", str(keys_dir))
+    assert "public half is missing" not in out
+    code, out, _ = keys_command(capsys, "export-public", "--dir", str(keys_dir))
+    assert "up to date" in out
+
+
+def test_a_production_worker_publishes_what_it_signs_with(keys_dir: Path) -> None:
+    ring = _legacy(keys_dir)
+    settings = Settings(mode="production", keys_dir=keys_dir)
+    assert load_keyring(settings).kids == ring.kids
+    assert PublicKeys.load(keys_dir).jwks() == ring.jwks()
