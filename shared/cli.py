@@ -122,9 +122,12 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_renderer)
+    from shared.devguard import parse_allowed_hosts
+
     host = args.host or settings.sandbox_host
     port = args.port or settings.sandbox_port
-    return _run(run_sandbox(host, port), settings=settings)
+    allowed = parse_allowed_hosts(settings.sandbox_allowed_hosts)
+    return _run(run_sandbox(host, port, allowed), settings=settings)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
