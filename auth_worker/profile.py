@@ -13,7 +13,7 @@ on other people's screens. So, for every stored text field (docs/opendata.md say
 - a field longer than ``PROFILE_TEXT_MAX`` characters once cleaned is refused with the whole
   request (``invalid_payload``), since storing part of a signed value is storing something the
   platform did not sign;
-- ``avatar_url`` is kept only when it is an ``https:`` URL with a host, no user or password,
+- ``avatar_url`` is kept only when it is an ``https://`` URL with a host, no user or password,
   no white space or invisible characters, at most ``AVATAR_URL_MAX`` characters; anything else
   is dropped (not stored, not an error);
 - ``gender`` is kept when it is an integer from 0 to 9, or a text cleaned as above.
@@ -79,7 +79,8 @@ def https_url(value: object) -> str | None:
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
     except ValueError:
         return None
-    if parts.scheme.lower() != "https" or not parts.hostname or "@" in parts.netloc:
+    # "https://" exactly, as the Profile model states it: no other case, no missing slashes.
+    if not value.startswith("https://") or not parts.hostname or "@" in parts.netloc:
         return None
     return value
 

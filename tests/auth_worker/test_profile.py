@@ -44,16 +44,18 @@ def test_clean_text(raw: str, clean: str) -> None:
 
 @pytest.mark.parametrize("url", [
     "https://thirdwx.qlogo.cn/mmopen/vi_32/abc/132",
-    "HTTPS://example.com/a.png",
     "https://example.com:8443/a.png?size=132",
     "https://" + "a" * (AVATAR_URL_MAX - len("https://")),
 ])
 def test_https_avatar_urls_are_kept(url: str) -> None:
     assert https_url(url) == url
+    assert Profile.model_validate(stored_fields({"avatarUrl": url})).avatar_url == url
 
 
 @pytest.mark.parametrize("url", [
     "http://wx.qlogo.cn/mmopen/vi_32/abc/0",
+    "HTTPS://example.com/a.png",
+    "https:example.com/a.png",
     "javascript:alert(1)",
     "data:image/png;base64,AAAA",
     "//example.com/a.png",
@@ -73,6 +75,21 @@ def test_https_avatar_urls_are_kept(url: str) -> None:
 def test_anything_but_a_plain_https_avatar_url_is_dropped(url: Any) -> None:
     assert https_url(url) is None
     assert "avatar_url" not in stored_fields({"avatarUrl": url, "nickName": "Bob"})
+
+
+@pytest.mark.parametrize("value", [
+    "x" * PROFILE_TEXT_MAX, "\u202e" * 100 + "x", "\u3164", " ", 0, 9, 10, True, None, 1.5,
+    "https://e.example/a", "HTTPS://E.EXAMPLE/", {"a": 1}, ["x"], "\ud800", FAMILY * 9,
+])
+def test_whatever_is_stored_is_a_valid_profile(value: Any) -> None:
+    fields = {name: value for name in ("nickName", "avatarUrl", "gender", "city", "province",
+                                       "country", "language")}
+    try:
+        stored = stored_fields(fields)
+    except MPLoginError as exc:
+        assert exc.code is ErrorCode.INVALID_PAYLOAD
+        return
+    Profile.model_validate({**stored, "signed": True})  # the reply model never refuses it
 
 
 def test_stored_fields_maps_cleans_and_drops() -> None:
