@@ -118,12 +118,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Run the platform sandbox."""
+    from shared.devguard import parse_allowed_hosts
     from shared.sandbox import run_sandbox
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_renderer)
-    from shared.devguard import parse_allowed_hosts
-
     host = args.host or settings.sandbox_host
     port = args.port or settings.sandbox_port
     allowed = parse_allowed_hosts(settings.sandbox_allowed_hosts)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
 from shared.sandbox import SANDBOX_STATE, create_sandbox_app
 from shared.settings import Settings
+from shared.standin import async_wait_for_port, free_port
 from tests.sandbox.conftest import WECHAT_APP, SandboxDriver
 
 MINT = {"platform": "wechat", "app_id": WECHAT_APP[0], "openid": "o_guard"}
@@ -116,3 +121,27 @@ def test_a_bad_allowed_host_setting_is_refused() -> None:
     assert Settings(sandbox_allowed_hosts="sandbox:8090, dev.local").sandbox_allowed_hosts
     with pytest.raises(ValidationError, match="not a host"):
         Settings(sandbox_allowed_hosts="http://sandbox:8090/")
+
+
+async def test_mplogin_sandbox_answers_the_hosts_its_setting_names() -> None:
+    # As compose runs it: MPLOGIN_SANDBOX_ALLOWED_HOSTS=sandbox:<port>.
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")},
+           "MPLOGIN_SANDBOX_ALLOWED_HOSTS": f"sandbox:{port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "sandbox", "--host", "127.0.0.1",
+         "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await async_wait_for_port(port, timeout=30)
+        async with aiohttp.ClientSession() as http:
+            async def status(host: str) -> int:
+                async with http.get(f"http://127.0.0.1:{port}/sandbox/stats",
+                                    headers={"Host": host}) as resp:
+                    return resp.status
+
+            assert await status(f"sandbox:{port}") == 200
+            assert await status(f"127.0.0.1:{port}") == 200
+            assert await status(f"elsewhere:{port}") == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
