@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from auth_worker.opendata import mask_phone
+from auth_worker.profile import readable_profile
 from auth_worker.quota import REFRESH, AppQuota
 from auth_worker.store import Store, now_ts
 from shared.apps import AppRegistry
@@ -28,7 +29,6 @@ from shared.messages import (
     LogoutOut,
     LogoutParams,
     MeOut,
-    Profile,
     RefreshParams,
     SessionOut,
     SessionParams,
@@ -162,7 +162,7 @@ class AccountService:
             id=params.user_id,
             created_at=_iso(user.get("created_at")),
             identities=shown,
-            profile=Profile.model_validate(stored if isinstance(stored, dict) else {}),
+            profile=readable_profile(stored),
             phone=mask_phone(str(phone)) if phone else None,
         )
 

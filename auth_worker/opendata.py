@@ -8,6 +8,13 @@ Pure functions, no I/O:
 - ``decrypt_wechat_style``: AES-128-CBC ``encryptedData`` with a JSON plaintext carrying a
   ``watermark`` (WeChat, QQ, Douyin, Kuaishou).
 - ``decrypt_baidu``: AES-192-CBC, plaintext ``16 random bytes | u32 length | data | app_key``.
+
+Both return ``OpenData``: the whole decrypted object, and ``intact``, the members that no one
+without the session_key can have forged. CBC without a MAC is malleable: whoever holds the
+ciphertext rewrites the first plaintext block at will by flipping IV bits (and can drop
+leading blocks, making any later block the first), so a member whose key starts in the bytes
+that can be rewritten that way (``WECHAT_MALLEABLE_BYTES``, ``BAIDU_MALLEABLE_BYTES``) is
+never intact. docs/opendata.md gives the reasoning.
 - ``decrypt_alipay_phone``: RSA2-signed, AES-CBC (zero IV) ``my.getPhoneNumber`` payload.
 - ``mask_phone``: a phone number fit for logs and screens.
 
@@ -27,6 +34,7 @@ import hashlib
 import hmac
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from cryptography.hazmat.primitives import padding
@@ -48,7 +56,16 @@ MAX_ENCRYPTED_CHARS: Final = 64 * 1024
 MAX_RAW_DATA_CHARS: Final = 64 * 1024
 _ALIPAY_SUCCESS: Final = "10000"
 _ZERO_IV: Final = bytes(16)
+# How many leading plaintext bytes can be rewritten without the key and without garbling a byte
+# that is checked (docs/opendata.md): WeChat-style, the first block (the IV rewrites it);
+# Baidu, the first two (the first ciphertext block rewrites the second plaintext block and
+# garbles only the first, 16 random bytes that nothing checks).
+WECHAT_MALLEABLE_BYTES: Final = 16
+BAIDU_MALLEABLE_BYTES: Final = 32
+_BAIDU_DATA_START: Final = 20
 _HEX_SHA1 = re.compile(r"[0-9a-fA-F]{40}")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
 _SAFE_PLATFORM_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -118,15 +135,100 @@ def _aes_cbc_decrypt(ciphertext: bytes, key: bytes, iv: bytes) -> bytes | None:
         return None
 
 
-def _json_object(data: bytes | None) -> dict[str, Any] | None:
-    """``data`` parsed as a UTF-8 JSON object, or None."""
+@dataclass(frozen=True)
+class OpenData:
+    """Decrypted open data: ``data``, the whole object; ``intact``, the members of it whose
+    key starts past the bytes that can be rewritten without the key (duplicates: the last
+    one counts, as in ``data``)."""
+
+    data: dict[str, Any]
+    intact: dict[str, Any]
+
+
+Member = tuple[int, str, Any]
+"""One member of a JSON object: where its key's opening quote is (a str index), key, value."""
+
+
+def _skip_space(text: str, index: int) -> int:
+    match = _JSON_SPACE.match(text, index)
+    return match.end() if match else index
+
+
+def _member_at(text: str, index: int) -> tuple[Member, int] | None:
+    """The member starting at ``text[index]`` (its key's quote) and where it ends, or None."""
+    if not text.startswith('"', index):
+        return None
+    key, end = _DECODER.raw_decode(text, index)
+    end = _skip_space(text, end)
+    if not text.startswith(":", end):
+        return None
+    value, end = _DECODER.raw_decode(text, _skip_space(text, end + 1))
+    return (index, key, value), _skip_space(text, end)
+
+
+def _members(text: str) -> list[Member] | None:
+    """The top-level members of the JSON object ``text``, in order; None if it is not one.
+
+    It accepts exactly what ``json.loads`` accepts for an object, and says where each key is.
+    """
+    try:
+        return _object_members(text)
+    except (ValueError, RecursionError):  # JSONDecodeError holds the text: never chained on
+        return None
+
+
+def _object_members(text: str) -> list[Member] | None:
+    index = _skip_space(text, 0)
+    if not text.startswith("{", index):
+        return None
+    index = _skip_space(text, index + 1)
+    members: list[Member] = []
+    if text.startswith("}", index):
+        index += 1
+    else:
+        while True:
+            found = _member_at(text, index)
+            if found is None:
+                return None
+            member, index = found
+            members.append(member)
+            if text.startswith(",", index):
+                index = _skip_space(text, index + 1)
+                continue
+            if not text.startswith("}", index):
+                return None
+            index += 1
+            break
+    return members if _skip_space(text, index) == len(text) else None
+
+
+def _open(data: bytes | None, *, offset: int, malleable: int) -> OpenData | None:
+    """``data`` (which starts at plaintext byte ``offset``) as an object, or None.
+
+    A member is intact when its key's opening quote lies at plaintext byte ``malleable`` or
+    later: everything from there on is as the platform encrypted it.
+    """
     if data is None:
         return None
     try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
         return None
-    return parsed if isinstance(parsed, dict) else None
+    members = _members(text)
+    if members is None:
+        return None
+    whole: dict[str, Any] = {}
+    starts: dict[str, int] = {}
+    for start, key, value in members:
+        whole[key] = value
+        starts[key] = start
+    # A str index never exceeds the byte offset it maps to: encode only the short heads.
+    intact = {
+        key: whole[key] for key, start in starts.items()
+        if offset + start >= malleable
+        or offset + len(text[:start].encode("utf-8")) >= malleable
+    }
+    return OpenData(data=whole, intact=intact)
 
 
 def _decrypt_failed() -> OpenDataError:
@@ -154,13 +256,14 @@ def decrypt_wechat_style(
     app_id: str,
     now: float,
     max_age: float | None,
-) -> dict[str, Any]:
+) -> OpenData:
     """Decrypt AES-128-CBC open data (WeChat, QQ, Douyin, Kuaishou) and check its watermark."""
     ciphertext, iv_bytes, key = _decode_cbc_inputs(encrypted_data, iv, session_key, key_len=16)
-    payload = _json_object(_aes_cbc_decrypt(ciphertext, key, iv_bytes))
-    if payload is None:
+    opened = _open(_aes_cbc_decrypt(ciphertext, key, iv_bytes), offset=0,
+                   malleable=WECHAT_MALLEABLE_BYTES)
+    if opened is None:
         raise _decrypt_failed()
-    watermark = payload.get("watermark")
+    watermark = opened.data.get("watermark")
     if not isinstance(watermark, dict) or watermark.get("appid") != app_id:
         raise OpenDataError("watermark_mismatch", "the data was not issued for this app")
     if max_age is not None:
@@ -172,27 +275,29 @@ def decrypt_wechat_style(
             or abs(now - timestamp) > max_age
         ):
             raise OpenDataError("stale_payload", "the watermark timestamp is out of the window")
-    return payload
+    return opened
 
 
 def decrypt_baidu(
     encrypted_data: str, iv: str, session_key: str, *, app_key: str
-) -> dict[str, Any]:
+) -> OpenData:
     """Decrypt Baidu AES-192-CBC open data and check its trailing app_key."""
     ciphertext, iv_bytes, key = _decode_cbc_inputs(encrypted_data, iv, session_key, key_len=24)
     plaintext = _aes_cbc_decrypt(ciphertext, key, iv_bytes)
     if plaintext is None or len(plaintext) < 20:
         raise _decrypt_failed()
-    length = int.from_bytes(plaintext[16:20], "big")
-    if 20 + length > len(plaintext):
+    length = int.from_bytes(plaintext[16:_BAIDU_DATA_START], "big")
+    end = _BAIDU_DATA_START + length
+    if end > len(plaintext):
         raise _decrypt_failed()
     # A length field that lies short cuts the JSON, so it fails here rather than at the app_key.
-    payload = _json_object(plaintext[20 : 20 + length])
-    if payload is None:
+    opened = _open(plaintext[_BAIDU_DATA_START:end], offset=_BAIDU_DATA_START,
+                   malleable=BAIDU_MALLEABLE_BYTES)
+    if opened is None:
         raise _decrypt_failed()
-    if not hmac.compare_digest(plaintext[20 + length :], app_key.encode("utf-8")):
+    if not hmac.compare_digest(plaintext[end:], app_key.encode("utf-8")):
         raise OpenDataError("watermark_mismatch", "the data was not issued for this app")
-    return payload
+    return opened
 
 
 def decrypt_alipay_phone(
@@ -223,9 +328,10 @@ def decrypt_alipay_phone(
     ciphertext = _b64decode(response, "response")
     if not ciphertext or len(ciphertext) % 16:
         raise OpenDataError("bad_input", "response is not a whole number of AES blocks")
-    payload = _json_object(_aes_cbc_decrypt(ciphertext, key, _ZERO_IV))
-    if payload is None:
+    opened = _open(_aes_cbc_decrypt(ciphertext, key, _ZERO_IV), offset=0, malleable=0)
+    if opened is None:
         raise OpenDataError("decrypt_failed", "the phone payload could not be decrypted")
+    payload = opened.data
     code = str(payload.get("code", ""))
     if code != _ALIPAY_SUCCESS:
         safe_code = code if _SAFE_PLATFORM_TOKEN.fullmatch(code) else None

@@ -502,11 +502,10 @@ class Store:
         return user, identities
 
     async def set_profile(self, user_id: str, profile: Doc) -> None:
-        """Store verified profile fields on the user."""
+        """Replace the user's profile with ``profile`` (the last payload's fields, whole)."""
         await self.users.update_one(
             {"_id": user_id},
-            {"$set": {**{f"profile.{k}": v for k, v in profile.items()},
-                      "profile_updated_at": utcnow()}},
+            {"$set": {"profile": profile, "profile_updated_at": utcnow()}},
         )
 
     async def set_phone(self, user_id: str, phone: str, source: str) -> bool:

@@ -8,6 +8,13 @@ device) and the answer is ``session_key_expired``. Then it checks ``signature`` 
 a mismatch with a key that decrypts is tampering (``invalid_signature``). With only rawData and
 signature the two cases cannot be told apart; the answer is ``invalid_signature``.
 
+What is stored (docs/opendata.md): with ``rawData`` + ``signature``, exactly the signed fields,
+and the user fields decrypted from ``encryptedData`` (when sent too) must be the same, else
+``invalid_signature`` (the encryption is not authenticated: equal fields are what ties the
+encrypted copy to the signed one). With ``encryptedData`` alone, only its intact fields (those
+no one can forge without the key), and the profile says ``signed: false``. Either way the
+fields are cleaned and bounded (``auth_worker.profile``) and replace the stored profile whole.
+
 Phone: one phone number belongs to one user (a unique index). Binding a number another user
 holds answers ``phone_in_use`` and changes nothing; the same user binding again is a no-op.
 """
@@ -21,6 +28,7 @@ from typing import Any
 
 from auth_worker.account import AccountService
 from auth_worker.opendata import (
+    OpenData,
     OpenDataError,
     decrypt_alipay_phone,
     decrypt_baidu,
@@ -28,6 +36,7 @@ from auth_worker.opendata import (
     mask_phone,
     verify_raw_signature,
 )
+from auth_worker.profile import PROFILE_FIELDS, stored_fields
 from auth_worker.store import IdentityKey, Store
 from auth_worker.wechat_api import WeChatPhoneSource
 from shared.apps import AppConfig, AppRegistry, configuration_error
@@ -39,15 +48,6 @@ from shared.settings import Settings
 
 __all__ = ["OpenDataService", "WeChatPhoneSource"]
 
-PROFILE_FIELDS = {
-    "nickName": "nickname",
-    "avatarUrl": "avatar_url",
-    "gender": "gender",
-    "city": "city",
-    "province": "province",
-    "country": "country",
-    "language": "language",
-}
 WECHAT_STYLE = {"wechat", "qq", "douyin", "kuaishou"}
 
 OPEN_DATA_ERRORS: dict[str, ErrorCode] = {
@@ -64,6 +64,26 @@ def _mapped(exc: OpenDataError, app: AppConfig) -> MPLoginError:
     if exc.code == "misconfigured":
         return configuration_error(app, "the AES key or Alipay public key is unusable")
     return MPLoginError(OPEN_DATA_ERRORS.get(exc.code, ErrorCode.INVALID_PAYLOAD), str(exc))
+
+
+def _pair(first: str | None, second: str | None) -> tuple[str, str] | None:
+    return (first, second) if first is not None and second is not None else None
+
+
+def _user_fields(data: dict[str, Any]) -> dict[str, str]:
+    """The profile fields of ``data`` as canonical JSON (1, 1.0 and true differ)."""
+    return {name: json.dumps(data[name], sort_keys=True, ensure_ascii=False)
+            for name in PROFILE_FIELDS if name in data}
+
+
+def _raw_object(raw_data: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(raw_data)
+    except (ValueError, RecursionError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise MPLoginError(ErrorCode.INVALID_REQUEST, "rawData is not a JSON object.")
+    return raw
 
 
 def _alipay_envelope(response: str, sign: str | None) -> tuple[str, str | None]:
@@ -117,51 +137,42 @@ class OpenDataService:
         except SecretBoxError:
             raise MPLoginError(ErrorCode.SESSION_KEY_EXPIRED) from None
 
+    def _decrypt(self, app: AppConfig, encrypted_data: str, iv: str,
+                 session_key: str) -> OpenData:
+        if app.platform == "baidu":
+            return decrypt_baidu(encrypted_data, iv, session_key, app_key=app.app_key or "")
+        return decrypt_wechat_style(
+            encrypted_data, iv, session_key, app_id=app.app_id, now=time.time(),
+            max_age=float(self.settings.open_data_max_age) or None,
+        )
+
     async def profile(self, params: ProfileParams) -> ProfileOut:
         """Verify and decrypt the client's profile data, then store its fields on the user."""
         app, key, session = await self._caller(params)
         if app.platform not in WECHAT_STYLE and app.platform != "baidu":
             raise MPLoginError(ErrorCode.NOT_SUPPORTED,
                                "Profile data is not signed by this platform.")
-        has_encrypted = params.encrypted_data is not None and params.iv is not None
-        has_raw = params.raw_data is not None and params.signature is not None
-        if not has_encrypted and not has_raw:
+        encrypted = _pair(params.encrypted_data, params.iv)
+        signed = _pair(params.raw_data, params.signature)
+        if encrypted is None and signed is None:
             raise MPLoginError(ErrorCode.INVALID_REQUEST,
                                "Send encryptedData and iv, and/or rawData and signature.")
         session_key = self._session_key(key, session)
-        fields: dict[str, Any] = {}
         try:
-            if has_encrypted:
-                assert params.encrypted_data is not None and params.iv is not None  # noqa: S101
-                if app.platform == "baidu":
-                    data = decrypt_baidu(params.encrypted_data, params.iv, session_key,
-                                         app_key=app.app_key or "")
-                else:
-                    data = decrypt_wechat_style(
-                        params.encrypted_data, params.iv, session_key, app_id=app.app_id,
-                        now=time.time(),
-                        max_age=float(self.settings.open_data_max_age) or None,
-                    )
-                fields.update(data)
-            if has_raw:
-                assert params.raw_data is not None and params.signature is not None  # noqa: S101
-                verify_raw_signature(params.raw_data, params.signature, session_key)
-                if not has_encrypted:
-                    try:
-                        raw = json.loads(params.raw_data)
-                    except json.JSONDecodeError:
-                        raise MPLoginError(ErrorCode.INVALID_REQUEST,
-                                           "rawData is not JSON.") from None
-                    if isinstance(raw, dict):
-                        fields.update(raw)
+            opened = self._decrypt(app, *encrypted, session_key) if encrypted else None
+            if signed is not None:
+                verify_raw_signature(*signed, session_key)
         except OpenDataError as exc:
             raise _mapped(exc, app) from None
-        profile = {ours: fields[theirs] for theirs, ours in PROFILE_FIELDS.items()
-                   if isinstance(fields.get(theirs), str | int) and not isinstance(
-                       fields.get(theirs), bool)}
-        for value in profile.values():
-            if isinstance(value, str) and len(value) > 1024:
-                raise MPLoginError(ErrorCode.INVALID_PAYLOAD, "A profile field is too long.")
+        if signed is not None:
+            fields = _raw_object(signed[0])
+            if opened is not None and _user_fields(opened.data) != _user_fields(fields):
+                raise MPLoginError(ErrorCode.INVALID_SIGNATURE,
+                                   "encryptedData does not hold the signed rawData's fields.")
+        else:
+            assert opened is not None  # noqa: S101 - one of the two was sent
+            fields = opened.intact
+        profile = {**stored_fields(fields), "signed": signed is not None}
         await self.store.set_profile(params.user_id, profile)
         return ProfileOut(profile=Profile.model_validate(profile))
 

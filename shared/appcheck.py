@@ -7,7 +7,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared.apps import AppConfig, AppRegistry, AppsFileError, parse_entries, resolve
+from shared.apps import (
+    AppConfig,
+    AppRegistry,
+    AppsFileError,
+    insecure_api_base,
+    parse_entries,
+    resolve,
+)
 
 
 def check_app(app: AppConfig) -> None:
@@ -59,6 +66,7 @@ def check_apps_file(
     except OSError as exc:
         return False, f"apps file {path} cannot be read ({exc.strerror})"
     problems: list[str] = []
+    notes: list[str] = []
     apps: list[AppConfig] = []
     try:
         entries = parse_entries(text, str(path))
@@ -69,6 +77,10 @@ def check_apps_file(
             app = resolve(entry, env, path.parent, production=production)
             check_app(app)
             apps.append(app)
+            if production and insecure_api_base(entry):
+                notes.append(f"note: app {app.platform}/{app.app_id}: api_base is http:// "
+                             "(allowed by allow_insecure_api_base): traffic to it is not "
+                             "encrypted")
         except AppsFileError as exc:
             problems.append(f"error: {exc}")
     try:
@@ -86,4 +98,4 @@ def check_apps_file(
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                       for r in rows)
     summary = f"{len(apps)} app(s) OK" if not problems else f"{len(problems)} problem(s)"
-    return not problems, "\n".join([table, *problems, summary])
+    return not problems, "\n".join([table, *problems, *notes, summary])

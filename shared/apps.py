@@ -7,10 +7,16 @@ An apps file lists any number of apps per platform::
     app_id = "wx1234567890abcdef"
     secret_env = "WX_APP_SECRET"          # or secret_file = "/run/secrets/wx"
     api_base = "http://127.0.0.1:8090/wechat"   # optional: the sandbox or a staging endpoint
+    allow_insecure_api_base = true         # needed in production for an http:// api_base
     expose_openid = false                  # put openid/unionid into login responses
 
 Secrets are never written in the file itself: only the name of an environment variable or the
 path of a file holding them.
+
+Production refuses an ``http://`` api_base unless its entry sets ``allow_insecure_api_base``:
+the app's secret, the login codes and the session keys would cross the network in clear, and
+anyone on the path could answer in the platform's name. Development mode allows it (the
+sandbox speaks http on this machine).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class AppEntry(BaseModel):
     secret_env: str | None = None
     secret_file: Path | None = None
     api_base: str | None = None
+    allow_insecure_api_base: bool = False
     expose_openid: bool = False
     # Alipay
     private_key_env: str | None = None
@@ -182,6 +189,21 @@ def _label(entry: AppEntry) -> str:
     return f"app {entry.platform}/{entry.app_id}"
 
 
+def insecure_api_base(entry: AppEntry) -> bool:
+    """Whether the entry's api_base is plain http (the default bases are all https)."""
+    return entry.api_base is not None and urlsplit(entry.api_base).scheme == "http"
+
+
+def _check_transport(entry: AppEntry, *, production: bool) -> None:
+    if production and insecure_api_base(entry) and not entry.allow_insecure_api_base:
+        raise AppsFileError(
+            f"{_label(entry)}: api_base is http://, which would send the app's secret, the "
+            "login codes and the session keys unencrypted and accept answers from anyone on "
+            "the path: use https://, or set allow_insecure_api_base = true in this entry for "
+            "a sandbox or an endpoint you trust on a private network (development mode allows "
+            "http)")
+
+
 REQUIRED: dict[str, tuple[str, ...]] = {
     "wechat": ("secret",),
     "qq": ("secret",),
@@ -198,8 +220,10 @@ def resolve(
     """Resolve one entry's secret references; raises AppsFileError naming the app and field.
 
     In production (the default) a placeholder secret ("changeme"...) is refused, as
-    ``Settings`` refuses one for the encryption key.
+    ``Settings`` refuses one for the encryption key, and so is an ``http://`` api_base unless
+    the entry allows it.
     """
+    _check_transport(entry, production=production)
     secret = _read_ref(entry, "secret", entry.secret_env, entry.secret_file, env, base_dir,
                        production=production)
     private_key = _read_ref(

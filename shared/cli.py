@@ -118,13 +118,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """Run the platform sandbox."""
+    from shared.devguard import parse_allowed_hosts
     from shared.sandbox import run_sandbox
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_renderer)
     host = args.host or settings.sandbox_host
     port = args.port or settings.sandbox_port
-    return _run(run_sandbox(host, port), settings=settings)
+    allowed = parse_allowed_hosts(settings.sandbox_allowed_hosts)
+    return _run(run_sandbox(host, port, allowed), settings=settings)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ try-it page, prints what to open, and stops everything on Ctrl-C.
 
 Everything it creates lives in the data dir (``MPLOGIN_DATA_DIR``, ``.mplogin``, which git
 ignores): the apps file, the apps' secrets and the Alipay app's RSA key (generated there on the
-first run), the signing keys, the stand-in's data and the logs.
+first run), the signing keys, the stand-in's data and the logs. All of it is private to the
+user who runs it (``shared.private_files``): folders 0700, files 0600, what an earlier run left
+looser is tightened at start, and the children run with umask 077.
 
 A dev stack keeps to itself: its queue prefix is derived from its data dir unless
 ``MPLOGIN_QUEUE_PREFIX`` is set, so two stacks on one broker never take each other's requests;
@@ -41,6 +43,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.amqpwire import open_connection
 from shared.keys import ensure_dev_keys
+from shared.private_files import (
+    CHILD_UMASK,
+    open_private_append,
+    private_dir,
+    tighten,
+    tighten_tree,
+    write_private,
+)
 from shared.runtime import load_secretbox, stop_event
 from shared.settings import Settings
 from shared.standin import free_port, start_standin
@@ -166,9 +176,10 @@ class Child:
 
 def _spawn(name: str, args: list[str], env: dict[str, str], log: Path) -> Child:
     offset = log.stat().st_size if log.exists() else 0
-    with log.open("ab") as handle:
+    with open_private_append(log) as handle:
         proc = subprocess.Popen(  # noqa: S603 - our own CLI with fixed arguments
-            [sys.executable, "-m", "shared.cli", *args], env=env, stdout=handle, stderr=handle
+            [sys.executable, "-m", "shared.cli", *args], env=env, stdout=handle, stderr=handle,
+            umask=CHILD_UMASK,
         )
     return Child(name, proc, log, offset)
 
@@ -236,13 +247,6 @@ def _stop(children: list[Child]) -> None:
 # -- the apps -----------------------------------------------------------------------------------
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
-
 def _alipay_app_key(path: Path) -> rsa.RSAPrivateKey:
     """The Alipay sandbox app's RSA key: generated into the data dir once, then reused."""
     if path.exists():
@@ -250,7 +254,7 @@ def _alipay_app_key(path: Path) -> rsa.RSAPrivateKey:
         if isinstance(key, rsa.RSAPrivateKey):
             return key
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    _write_private(path, key.private_bytes(
+    write_private(path, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()).decode())
     return key
@@ -260,8 +264,8 @@ async def _register_dev_apps(
     http: aiohttp.ClientSession, sandbox_base: str, data: Path
 ) -> Path:
     """Write the dev apps file (secrets beside it) and register every app with the sandbox."""
-    creds = data / "dev-secrets"
-    creds.mkdir(parents=True, exist_ok=True, mode=0o700)
+    creds = private_dir(data / "dev-secrets")
+    tighten_tree(creds)
     lines = ["# Written by `mplogin dev` at every start: one app per platform, served by the",
              "# local sandbox. The secrets and keys it names are in dev-secrets/ (never commit",
              "# them; git ignores this folder).", ""]
@@ -278,13 +282,13 @@ async def _register_dev_apps(
             async with http.get(f"{sandbox_base}/sandbox/alipay/public_key") as resp:
                 resp.raise_for_status()
                 platform_key = str((await resp.json())["public_key_pem"])
-            _write_private(creds / "alipay-platform-public-key.pem", platform_key)
+            write_private(creds / "alipay-platform-public-key.pem", platform_key)
             entry["private_key_file"] = "dev-secrets/alipay-app-private-key.pem"
             entry["alipay_public_key_file"] = "dev-secrets/alipay-platform-public-key.pem"
         else:
             secret_file = creds / f"{app.platform}-secret"
             if not secret_file.exists():
-                _write_private(secret_file, secrets.token_hex(16))
+                write_private(secret_file, secrets.token_hex(16))
             register["secret"] = secret_file.read_text(encoding="utf-8").strip()
             entry["secret_file"] = f"dev-secrets/{app.platform}-secret"
         if app.app_key is not None:
@@ -297,7 +301,7 @@ async def _register_dev_apps(
         lines += [f'{name} = "{value}"' for name, value in entry.items()]
         lines += ["expose_openid = true", ""]
     apps_file = data / "apps.toml"
-    apps_file.write_text("\n".join(lines), encoding="utf-8")
+    write_private(apps_file, "\n".join(lines))
     return apps_file
 
 
@@ -367,9 +371,9 @@ async def run_dev(workers: int = 2) -> None:
         raise DevStackError("--workers must be at least 1")
     stop = stop_event()
     settings, env = _dev_settings()
-    data = settings.data_dir
-    logs = data / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    data = private_dir(settings.data_dir)
+    logs = private_dir(data / "logs")
+    tighten_tree(logs)
     broker = settings.broker_url.get_secret_value()
     if not await _check_rabbit(broker):
         raise ConnectionError(RABBIT_HELP.format(url=_masked(broker)))
@@ -378,6 +382,7 @@ async def run_dev(workers: int = 2) -> None:
     # moment would each make their own.
     ensure_dev_keys(settings.keys_dir)
     load_secretbox(settings)
+    tighten(data / "secretbox.key")  # created 0600; one from an older run may be looser
 
     children: list[Child] = []
     tryit = None

@@ -212,7 +212,9 @@ def check_apps(settings: Settings, env: Mapping[str, str] | None = None) -> Chec
     ok, report = check_apps_file(path, env, production=settings.mode == "production")
     lines = report.splitlines()
     if ok:
-        return Check("configuration", "apps file", Status.PASS, f"{path}: {lines[-1]}")
+        notes = [line.removeprefix("note: ") for line in lines if line.startswith("note:")]
+        return Check("configuration", "apps file", Status.PASS,
+                     "; ".join([f"{path}: {lines[-1]}", *notes]))
     problems = [line.removeprefix("error: ") for line in lines if line.startswith("error:")]
     detail = "; ".join(problems[:3]) or lines[-1]
     if len(problems) > 3:

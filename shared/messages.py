@@ -124,16 +124,41 @@ class IdentityOut(_Strict):
     unionid: str | None = Field(default=None, exclude_if=_absent_if_none)
 
 
-class Profile(_Strict):
-    """The verified profile fields the platform vouched for (any may be missing)."""
+PROFILE_TEXT_MAX = 64
+"""The most characters a stored profile text field (nickname, city, ...) may have."""
+AVATAR_URL_MAX = 2048
+"""The longest avatar URL stored."""
 
-    nickname: str | None = Field(default=None, exclude_if=_absent_if_none)
-    avatar_url: str | None = Field(default=None, exclude_if=_absent_if_none)
-    gender: int | str | None = Field(default=None, exclude_if=_absent_if_none)
-    city: str | None = Field(default=None, exclude_if=_absent_if_none)
-    province: str | None = Field(default=None, exclude_if=_absent_if_none)
-    country: str | None = Field(default=None, exclude_if=_absent_if_none)
-    language: str | None = Field(default=None, exclude_if=_absent_if_none)
+_Text = Annotated[str, StringConstraints(min_length=1, max_length=PROFILE_TEXT_MAX)]
+
+
+class Profile(_Strict):
+    """The profile fields the platform vouched for (any may be missing), and how.
+
+    Text fields are stored without control, format (zero-width, bidi) or line-separator
+    characters and at most PROFILE_TEXT_MAX characters long; an avatar URL only when https.
+    """
+
+    nickname: _Text | None = Field(default=None, exclude_if=_absent_if_none)
+    avatar_url: Annotated[str, StringConstraints(max_length=AVATAR_URL_MAX,
+                                                 pattern=r"^https://")] | None = Field(
+        default=None, exclude_if=_absent_if_none, description="Always an https URL.")
+    gender: Annotated[int, Field(ge=0, le=9)] | _Text | None = Field(
+        default=None, exclude_if=_absent_if_none,
+        description="As the platform gives it: 0 unknown, 1 male, 2 female on most.")
+    city: _Text | None = Field(default=None, exclude_if=_absent_if_none)
+    province: _Text | None = Field(default=None, exclude_if=_absent_if_none)
+    country: _Text | None = Field(default=None, exclude_if=_absent_if_none)
+    language: _Text | None = Field(default=None, exclude_if=_absent_if_none)
+    signed: bool = Field(
+        default=False,
+        description=(
+            "True when the fields are exactly the rawData the platform signed (sent with its "
+            "signature). False when they came from encryptedData alone, which is encrypted "
+            "but not signed: then only the fields that cannot be forged without the key are "
+            "kept (never the first one, usually the nickname), and a profile stored before "
+            "this was recorded says false too."),
+    )
 
 
 class MeOut(_Strict):

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
 
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8090
+    # Host names (host or host:port, comma-separated) the sandbox answers besides its own
+    # local names, e.g. "sandbox:8090" on a compose network (shared/devguard.py).
+    sandbox_allowed_hosts: str = ""
 
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     data_dir: Path = Path(".mplogin")
@@ -103,6 +106,14 @@ class Settings(BaseSettings):
         for item in value.split(","):
             if item.strip():
                 ip_network(item.strip(), strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("sandbox_allowed_hosts")
+    @classmethod
+    def _check_sandbox_allowed_hosts(cls, value: str) -> str:
+        from shared.devguard import parse_allowed_hosts
+
+        parse_allowed_hosts(value)  # ValueError names the bad entry
         return value
 
     @model_validator(mode="after")

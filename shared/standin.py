@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared.private_files import CHILD_UMASK, private_dir, tighten_tree
+
 
 def free_port() -> int:
     """A TCP port that is free on the loopback interface right now, for a server to listen on.
@@ -53,17 +55,23 @@ def _executable() -> str:
 
 
 def start_standin(port: int, data_dir: Path | None, log_dir: Path) -> subprocess.Popen[bytes]:
-    """Start nx-27017 on ``port``; ``data_dir`` None keeps the data in memory."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+    """Start nx-27017 on ``port``; ``data_dir`` None keeps the data in memory.
+
+    Its data, log and pid files are private (``shared.private_files``): the folders 0700 and
+    the files 0600, tightened when an earlier run left them looser, and the stand-in runs with
+    umask 077 so that what it creates is too.
+    """
+    tighten_tree(private_dir(log_dir))
+    log_file, pid_file = log_dir / f"nx-27017-{port}.log", log_dir / f"nx-27017-{port}.pid"
     args = [_executable(), "--host", "127.0.0.1", "-p", str(port),
-            "--log-file", str(log_dir / f"nx-27017-{port}.log"),
-            "--pid-file", str(log_dir / f"nx-27017-{port}.pid")]
+            "--log-file", str(log_file), "--pid-file", str(pid_file)]
     if data_dir is None:
         args += ["--db", "memory"]
     else:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        tighten_tree(private_dir(data_dir))
         args += ["--data-dir", str(data_dir)]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    return subprocess.Popen(  # noqa: S603 - a fixed executable and arguments
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, umask=CHILD_UMASK)
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

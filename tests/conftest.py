@@ -75,8 +75,10 @@ class Sandbox:
     http: aiohttp.ClientSession
 
     async def control(self, method: str, path: str, **json: Any) -> Any:
+        # The control API takes JSON bodies only: a POST without fields sends {}.
+        body = json if json or method not in ("GET", "DELETE") else None
         async with self.http.request(method, f"{self.base}/sandbox/{path}",
-                                     json=json or None) as resp:
+                                     json=body) as resp:
             assert resp.status < 300, await resp.text()
             return await resp.json()
 

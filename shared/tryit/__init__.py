@@ -6,6 +6,11 @@ and ``/sandbox/*`` to the sandbox control API. The proxy passes the method, the 
 status and only the headers ``Content-Type``, ``Authorization`` (toward the upstream) and
 ``Content-Type``, ``Retry-After``, ``X-Request-Id`` (back: the page shows each request's id, by
 which its gateway and worker log lines are found). It logs no bodies and no headers.
+
+It serves a developer's machine, so it answers only requests addressed to it by a local name
+(``localhost``, ``127.0.0.1``, ``[::1]`` and its port) from its own page or from a program, and
+takes JSON bodies only (``shared.devguard``): another site's page can neither drive the proxy
+with a cross-site POST nor read its answers through DNS rebinding.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from yarl import URL
+
+from shared.devguard import HostGuard
 
 log = logging.getLogger("mplogin.tryit")
 
@@ -64,7 +71,7 @@ def create_tryit_app(
 ) -> web.Application:
     """The try-it app. ``apps`` are ``{"platform", "app_id"[, "name"]}`` the page offers;
     ``logs_dir`` is where the stack's log files are, for the page's hint on finding a request."""
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[HostGuard().middleware()])
     page: dict[str, Any] = {"apps": _listed(apps), "default_openid": DEFAULT_OPENID}
     if logs_dir is not None:
         page["logs_dir"] = str(logs_dir)

@@ -17,8 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from auth_worker.opendata import (
+    BAIDU_MALLEABLE_BYTES,
     MAX_ENCRYPTED_CHARS,
+    WECHAT_MALLEABLE_BYTES,
     OpenDataError,
+    _members,
     decrypt_alipay_phone,
     decrypt_baidu,
     decrypt_wechat_style,
@@ -138,7 +141,7 @@ def test_official_decryption_vector() -> None:
         app_id=SAMPLE_APP_ID,
         now=1477314187 + 60,
         max_age=300,
-    )
+    ).data
     assert data["openId"] == "oGZUI0egBJY1zhBYw2KhdUfwVJJE"
     assert data["unionId"] == "ocMvos6NjeKLIBqg5Mr9QjxrP1FA"
     assert data["watermark"] == {"timestamp": 1477314187, "appid": SAMPLE_APP_ID}
@@ -147,7 +150,7 @@ def test_official_decryption_vector() -> None:
 def test_wechat_round_trip_with_extra_fields() -> None:
     key = os.urandom(16)
     encrypted, iv = wechat_payload(key, phoneNumber=PHONE, newField={"x": [1, 2]})
-    data = decrypt_wechat_style(encrypted, iv, b64(key), app_id=APP_ID, now=NOW, max_age=300)
+    data = decrypt_wechat_style(encrypted, iv, b64(key), app_id=APP_ID, now=NOW, max_age=300).data
     assert data["openId"] == "oUser"
     assert data["nickName"] == "微信用户"
     assert data["phoneNumber"] == PHONE
@@ -163,7 +166,8 @@ def test_base64_with_plus_and_slash_decrypts() -> None:
             break
     else:  # pragma: no cover - odds of 200 misses are negligible
         pytest.fail("could not produce base64 containing '+'")
-    data = decrypt_wechat_style(encrypted, iv, session_key, app_id=APP_ID, now=NOW, max_age=None)
+    data = decrypt_wechat_style(encrypted, iv, session_key, app_id=APP_ID, now=NOW,
+                                max_age=None).data
     assert data["openId"] == "oUser"
     # The form-encoding accident ('+' became ' ') is refused, not silently mis-decoded.
     expect_error(
@@ -210,7 +214,7 @@ def test_old_future_or_missing_timestamp_is_stale(timestamp: Any) -> None:
 def test_max_age_none_skips_the_freshness_check() -> None:
     key = os.urandom(16)
     encrypted, iv = wechat_payload(key, timestamp=1)
-    data = decrypt_wechat_style(encrypted, iv, b64(key), app_id=APP_ID, now=NOW, max_age=None)
+    data = decrypt_wechat_style(encrypted, iv, b64(key), app_id=APP_ID, now=NOW, max_age=None).data
     assert data["watermark"]["timestamp"] == 1
 
 
@@ -273,7 +277,7 @@ BAIDU_DATA = json.dumps({"openid": "bUser", "mobile": PHONE}).encode()
 def test_baidu_round_trip() -> None:
     key = os.urandom(24)
     encrypted, iv = baidu_payload(key, BAIDU_DATA)
-    data = decrypt_baidu(encrypted, iv, b64(key), app_key=BAIDU_APP_KEY)
+    data = decrypt_baidu(encrypted, iv, b64(key), app_key=BAIDU_APP_KEY).data
     assert data == {"openid": "bUser", "mobile": PHONE}
 
 
@@ -315,6 +319,137 @@ def test_baidu_wrong_key_is_decrypt_failed_and_sixteen_byte_key_is_bad_input() -
         "bad_input",
         lambda: decrypt_baidu(encrypted, iv, b64(os.urandom(16)), app_key=BAIDU_APP_KEY),
     )
+
+
+# --- malleability: what IV and ciphertext tampering can forge, and what stays intact ---------
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def compact(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def forge_first_block(
+    ciphertext: bytes, iv: bytes, plaintext: bytes, forged: bytes, *, drop_blocks: int = 0
+) -> tuple[bytes, bytes]:
+    """What anyone who knows the plaintext (the user: it is their own profile) can send without
+    the key: ``forged`` followed by the plaintext from block ``drop_blocks + 1`` on."""
+    assert len(forged) == 16
+    k = drop_blocks
+    previous = iv if k == 0 else ciphertext[16 * (k - 1) : 16 * k]
+    new_iv = xor(xor(previous, plaintext[16 * k : 16 * k + 16]), forged)
+    return ciphertext[16 * k :], new_iv
+
+
+WATERMARK = {"appid": APP_ID, "timestamp": int(NOW)}
+
+
+def test_an_iv_flip_rewrites_the_first_block_which_is_never_intact() -> None:
+    key = os.urandom(16)
+    body = {"nickName": "Bob", "gender": 1, "city": "Guangzhou",
+            "avatarUrl": "https://example.com/a.png", "watermark": WATERMARK}
+    plaintext = compact(body)
+    assert plaintext[:16] == b'{"nickName":"Bob'
+    iv = os.urandom(16)
+    ciphertext = aes_cbc_encrypt(plaintext, key, iv)
+    forged_ct, forged_iv = forge_first_block(ciphertext, iv, plaintext, b'{"nickName":"Eve')
+    opened = decrypt_wechat_style(b64(forged_ct), b64(forged_iv), b64(key), app_id=APP_ID,
+                                  now=NOW, max_age=300)
+    assert opened.data["nickName"] == "Eve", "the tampering decrypts, watermark and all"
+    assert opened.intact == {k: v for k, v in body.items() if k != "nickName"}
+    untouched = decrypt_wechat_style(b64(ciphertext), b64(iv), b64(key), app_id=APP_ID,
+                                     now=NOW, max_age=300)
+    assert untouched.data == body
+    assert "nickName" not in untouched.intact, "the first member is never intact"
+
+
+def test_dropping_leading_blocks_makes_a_later_block_the_forgeable_first() -> None:
+    key = os.urandom(16)
+    # "Bobbie" puts the key "city" at byte 32, the start of the third block.
+    body = {"nickName": "Bobbie", "gender": 1, "city": "Guangzhou", "country": "CN",
+            "watermark": WATERMARK}
+    plaintext = compact(body)
+    assert plaintext[32:39] == b'"city":'
+    iv = os.urandom(16)
+    ciphertext = aes_cbc_encrypt(plaintext, key, iv)
+    forged_ct, forged_iv = forge_first_block(ciphertext, iv, plaintext, b'{"nickName":"E",',
+                                             drop_blocks=1)
+    opened = decrypt_wechat_style(b64(forged_ct), b64(forged_iv), b64(key), app_id=APP_ID,
+                                  now=NOW, max_age=300)
+    assert opened.data["nickName"] == "E" and "gender" not in opened.data
+    assert opened.intact == {"city": "Guangzhou", "country": "CN", "watermark": WATERMARK}
+
+
+def test_a_forged_key_is_overridden_by_a_genuine_later_one() -> None:
+    key = os.urandom(16)
+    body = {"nickName": "Bob", "city": "Guangzhou", "watermark": WATERMARK}
+    plaintext = compact(body)
+    iv = os.urandom(16)
+    ciphertext = aes_cbc_encrypt(plaintext, key, iv)
+    # {"city":"Evil!!!" then the genuine ","city":"Guangzhou"...: the genuine one comes last.
+    forged_ct, forged_iv = forge_first_block(ciphertext, iv, plaintext, b'{"city":"Evil!!!')
+    opened = decrypt_wechat_style(b64(forged_ct), b64(forged_iv), b64(key), app_id=APP_ID,
+                                  now=NOW, max_age=300)
+    assert "nickName" not in opened.data
+    assert opened.data["city"] == opened.intact["city"] == "Guangzhou"
+
+
+def test_intact_is_measured_in_bytes_not_characters() -> None:
+    key = os.urandom(16)
+    # "n" then four 3-byte characters: "gender" starts at character 12 but byte 20.
+    body = {"n": "微信用户", "gender": 1, "watermark": WATERMARK}
+    plaintext = compact(body)
+    assert plaintext.index(b'"gender"') == 20 > WECHAT_MALLEABLE_BYTES
+    iv = os.urandom(16)
+    opened = decrypt_wechat_style(b64(aes_cbc_encrypt(plaintext, key, iv)), b64(iv), b64(key),
+                                  app_id=APP_ID, now=NOW, max_age=300)
+    assert opened.intact == {"gender": 1, "watermark": WATERMARK}
+
+
+def test_baidu_first_ciphertext_block_rewrites_the_length_block_and_twelve_data_bytes() -> None:
+    key = os.urandom(24)
+    data = compact({"nickName": "Bob", "gender": 1, "city": "Guangzhou"})
+    assert data[:12] == b'{"nickName":'
+    plaintext = os.urandom(16) + len(data).to_bytes(4, "big") + data + BAIDU_APP_KEY.encode()
+    iv = os.urandom(16)
+    ciphertext = aes_cbc_encrypt(plaintext, key, iv)
+    # Rewrite plaintext block 1 (length + data[:12]) through ciphertext block 0; block 0 turns
+    # to noise, but it is the 16 random bytes that nothing checks.
+    forged_block = plaintext[16:20] + b'{"country": '
+    tampered = xor(xor(ciphertext[:16], plaintext[16:32]), forged_block) + ciphertext[16:]
+    opened = decrypt_baidu(b64(tampered), b64(iv), b64(key), app_key=BAIDU_APP_KEY)
+    assert opened.data["country"] == "Bob", "the nickname's value now passes for a country"
+    assert "nickName" not in opened.data
+    assert opened.intact == {"gender": 1, "city": "Guangzhou"}
+    assert 20 + data.index(b'"gender"') >= BAIDU_MALLEABLE_BYTES
+    untouched = decrypt_baidu(b64(ciphertext), b64(iv), b64(key), app_key=BAIDU_APP_KEY)
+    assert untouched.intact == {"gender": 1, "city": "Guangzhou"}
+
+
+@pytest.mark.parametrize("text", [
+    '{}', ' { } ', '{"a":1}', '{ "a" : [1, {"b": null}] , "c":"\\u00e9\\"" }\n',
+    '{"a":1,"a":2}', '{"a":NaN,"b":-Infinity}', '{"a":1,}', '{"a" 1}', '{"a":1}x', '[1]',
+    '{"a":}', '{a:1}', '{"a":1', '', '"x"', '{"a":"\\ud800"}', '{"a":1 "b":2}',
+    '{"a":01}', '{"\\u0061":true}', '\ufeff{}',
+])
+def test_members_accepts_exactly_what_json_loads_accepts(text: str) -> None:
+    try:
+        expected: Any = json.loads(text)
+    except ValueError:
+        expected = None
+    members = _members(text)
+    if not isinstance(expected, dict):
+        assert members is None
+        return
+    assert members is not None
+    # NaN is not equal to itself: compare the JSON texts instead.
+    assert json.dumps(dict((key, value) for _, key, value in members)) == json.dumps(expected)
+    for start, key, _ in members:
+        key_text, _ = json.JSONDecoder().raw_decode(text, start)
+        assert key_text == key
 
 
 # --- Alipay phone ------------------------------------------------------------------------

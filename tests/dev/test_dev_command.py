@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from shared.apps import PLATFORMS
 from shared.devstack import DEV_APPS, _dev_settings, dev_queue_prefix
+from shared.secretbox import generate_config_value
 from shared.settings import Settings
 from tests.dev.launcher import (
     DevProcess,
@@ -54,11 +56,31 @@ async def run_printed_login(dev: DevProcess) -> dict[str, object]:
     return answer
 
 
+def leave_loose_files(data: Path) -> None:
+    """What an earlier version of ``mplogin dev`` left: everything readable by all."""
+    for folder in ("logs", "mongo", "dev-secrets"):
+        (data / folder).mkdir(parents=True)
+    (data / "logs" / "sandbox.log").write_text("an earlier run\n")
+    (data / "dev-secrets" / "wechat-secret").write_text("0123456789abcdef0123456789abcdef\n")
+    (data / "secretbox.key").write_text(generate_config_value() + "\n")
+    for path in (data, *data.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def others_may_read(data: Path) -> dict[str, str]:
+    """Every file and folder of the data dir that group or others may access."""
+    return {str(path.relative_to(data)): oct(stat.S_IMODE(path.lstat().st_mode))
+            for path in (data, *data.rglob("*"))
+            if not path.is_symlink() and stat.S_IMODE(path.lstat().st_mode) & 0o077}
+
+
 async def test_mplogin_dev_serves_a_newcomer_and_stops_every_child_on_ctrl_c(
     rabbit_url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     prefix = f"mpltest-dev-{uuid.uuid4().hex[:8]}"
-    dev = start_dev(tmp_path, dev_env(tmp_path, rabbit_url, MPLOGIN_QUEUE_PREFIX=prefix))
+    env = dev_env(tmp_path, rabbit_url, MPLOGIN_QUEUE_PREFIX=prefix)
+    leave_loose_files(Path(env["MPLOGIN_DATA_DIR"]))
+    dev = start_dev(tmp_path, env)
     try:
         await dev.wait_banner()
         children = descendants(dev.proc.pid)
@@ -110,6 +132,9 @@ async def test_mplogin_dev_serves_a_newcomer_and_stops_every_child_on_ctrl_c(
         assert dev.interrupt() == 0, dev.text()
         assert dev.text().rstrip().endswith("stopped.")
         assert [pid for pid in children if alive(pid)] == []
+        # The database, logs, secrets and keys, new or left looser by an earlier run: private.
+        assert (dev.data_dir / "mongo").is_dir() and any((dev.data_dir / "mongo").iterdir())
+        assert others_may_read(dev.data_dir) == {}
         assert [name for name, port in ports.items() if not port_free(port)] == []
     finally:
         dev.kill_everything()

@@ -235,7 +235,7 @@ async def test_a_login_succeeds_and_stores_the_identity(deployment: Deployment, 
 
 async def _used_elsewhere(dep: Deployment, name: str, code: str) -> None:
     """Exchange the code outside this deployment, as another server of the same app would."""
-    apps = load_apps(dep.stack.settings.apps_file)
+    apps = load_apps(dep.stack.settings.apps_file, production=False)  # as the stack's workers
     app = apps.get(dep.platform_of(name), dep.app_ids[name])
     adapter = build_adapters(dep.sandbox.http, 5.0)[app.platform]
     await adapter.exchange_code(app, code)
@@ -592,7 +592,8 @@ async def test_an_invalid_or_used_anonymous_code_is_invalid_code(
     await _assert_nothing_stored(dep, None)
 
     anon = await dep.mint("douyin", anonymous=True)
-    app = load_apps(dep.stack.settings.apps_file).get("douyin", dep.app_ids["douyin"])
+    app = load_apps(dep.stack.settings.apps_file, production=False).get(
+        "douyin", dep.app_ids["douyin"])
     adapter = build_adapters(dep.sandbox.http, 5.0)["douyin"]
     await adapter.exchange_code(app, None, anonymous_code=anon["anonymous_code"])
     await _expect_error(dep, "douyin", 401, "invalid_code",

@@ -289,7 +289,7 @@ async def test_me_shows_identities_and_never_secrets(stack: Stack, sandbox: Sand
     assert body["id"] == session["user"]["id"]
     assert body["identities"] == [{"platform": "wechat", "app_id": APP, "openid": "o_me",
                                    "anonymous": False}]
-    assert body["phone"] is None and body["profile"] == {}
+    assert body["phone"] is None and body["profile"] == {"signed": False}
     assert "session_key" not in json.dumps(body)
 
 

@@ -22,6 +22,8 @@ from tests.faults.conftest import ProcStack, proc_stack  # noqa: F401 - a fixtur
 
 WX = "wxprofile0000001"
 ALIPAY = "2021000000777001"
+BAIDU = "19990777"
+BAIDU_APP_KEY = "bdprofileappkey0001"
 PROFILE = {"nickName": "Band", "gender": 1, "language": "zh_CN", "city": "Guangzhou",
            "province": "Guangdong", "country": "CN", "avatarUrl": "https://example.com/a.png"}
 
@@ -33,6 +35,7 @@ async def stack(
 ) -> Stack:
     monkeypatch.setenv("UD_WX_SECRET", secret)
     await sandbox.register("wechat", WX, secret=secret)
+    await sandbox.register("baidu", BAIDU, secret=secret, app_key=BAIDU_APP_KEY)
     app_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (tmp_path / "app.pem").write_text(app_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -47,6 +50,8 @@ async def stack(
     built = await make_stack(
         [{"platform": "wechat", "app_id": WX, "secret_env": "UD_WX_SECRET",
           "api_base": f"{sandbox.base}/wechat"},
+         {"platform": "baidu", "app_id": BAIDU, "secret_env": "UD_WX_SECRET",
+          "app_key": BAIDU_APP_KEY, "api_base": f"{sandbox.base}/baidu"},
          {"platform": "alipay", "app_id": ALIPAY, "private_key_file": str(tmp_path / "app.pem"),
           "alipay_public_key_file": str(tmp_path / "alipay.pub"), "aes_key_env": "UD_ALIPAY_AES",
           "api_base": f"{sandbox.base}/alipay"}],
@@ -70,11 +75,44 @@ async def post(stack: Stack, path: str, access: str, body: dict[str, Any]) -> tu
     return resp.status, await resp.json()
 
 
-async def payload(sandbox: Sandbox, openid: str, **kw: Any) -> dict[str, Any]:
+async def payload(sandbox: Sandbox, openid: str, *, platform: str = "wechat",
+                  user_info: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    app_id = BAIDU if platform == "baidu" else WX
     result: dict[str, Any] = await sandbox.control(
-        "POST", "profile_payload", platform="wechat", app_id=WX, openid=openid,
-        user_info=PROFILE, **kw)
+        "POST", "profile_payload", platform=platform, app_id=app_id, openid=openid,
+        user_info=PROFILE if user_info is None else user_info, **kw)
     return result
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def flip_iv(data: dict[str, Any], genuine: bytes, forged: bytes) -> dict[str, Any]:
+    """``data`` with its IV flipped so that the first plaintext block reads ``forged``: what a
+    client (which knows its own profile, not the key) can do to AES-CBC encryptedData."""
+    iv = base64.b64decode(data["iv"])
+    return {**data, "iv": base64.b64encode(xor(xor(iv, genuine), forged)).decode()}
+
+
+def flip_first_block(data: dict[str, Any], genuine: bytes, forged: bytes) -> dict[str, Any]:
+    """Baidu: the first ciphertext block flipped so that the second plaintext block (length and
+    the first 12 data bytes) reads ``forged``; the first (16 random bytes) turns to noise."""
+    cipher = base64.b64decode(data["encryptedData"])
+    tampered = xor(xor(cipher[:16], genuine), forged) + cipher[16:]
+    return {**data, "encryptedData": base64.b64encode(tampered).decode()}
+
+
+def encrypted_only(data: dict[str, Any]) -> dict[str, Any]:
+    return {"encryptedData": data["encryptedData"], "iv": data["iv"]}
+
+
+BOB = {"nickName": "Bob", "gender": 1, "city": "Guangzhou", "province": "Guangdong",
+       "country": "CN", "avatarUrl": "https://example.com/a.png"}
+# The sandbox encrypts the compact JSON of the user info (then its watermark): the first block
+# is '{"nickName":"Bob', which the client knows.
+BOB_FIRST_BLOCK = b'{"nickName":"Bob'
+EVE_FIRST_BLOCK = b'{"nickName":"Eve'
 
 
 async def test_a_valid_profile_payload_is_verified_decrypted_and_stored(
@@ -85,9 +123,116 @@ async def test_a_valid_profile_payload_is_verified_decrypted_and_stored(
     status, body = await post(stack, "/v1/profile", session["access_token"], data)
     assert status == 200, body
     assert body["profile"]["nickname"] == "Band" and body["profile"]["city"] == "Guangzhou"
+    assert body["profile"]["signed"] is True
     me = await (await stack.client.get(
         "/v1/me", headers={"Authorization": f"Bearer {session['access_token']}"})).json()
     assert me["profile"]["avatar_url"] == "https://example.com/a.png"
+    assert me["profile"]["signed"] is True
+
+
+async def me_profile(stack: Stack, session: dict[str, Any]) -> dict[str, Any]:
+    resp = await stack.client.get(
+        "/v1/me", headers={"Authorization": f"Bearer {session['access_token']}"})
+    assert resp.status == 200
+    profile: dict[str, Any] = (await resp.json())["profile"]
+    return profile
+
+
+async def test_a_flipped_iv_beside_signed_raw_data_is_refused_and_stores_nothing(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    session = await login(stack, sandbox, "wechat", WX, openid="o_flip_signed")
+    data = flip_iv(await payload(sandbox, "o_flip_signed", user_info=BOB),
+                   BOB_FIRST_BLOCK, EVE_FIRST_BLOCK)
+    status, body = await post(stack, "/v1/profile", session["access_token"], data)
+    assert status == 400, body
+    assert body["error"]["code"] == "invalid_signature"
+    user = await stack.db.users.find_one({"_id": session["user"]["id"]})
+    assert "profile" not in user
+
+
+async def test_encrypted_data_and_raw_data_of_two_genuine_payloads_must_agree(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    session = await login(stack, sandbox, "wechat", WX, openid="o_two_payloads")
+    signed = await payload(sandbox, "o_two_payloads", user_info=BOB)
+    other = await payload(sandbox, "o_two_payloads", user_info={**BOB, "city": "Shenzhen"})
+    status, body = await post(stack, "/v1/profile", session["access_token"],
+                              {**signed, **encrypted_only(other)})
+    assert status == 400 and body["error"]["code"] == "invalid_signature", body
+
+
+async def test_encrypted_data_alone_keeps_only_what_tampering_cannot_forge(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    session = await login(stack, sandbox, "wechat", WX, openid="o_flip_unsigned")
+    genuine = encrypted_only(await payload(sandbox, "o_flip_unsigned", user_info=BOB))
+    status, body = await post(stack, "/v1/profile", session["access_token"],
+                              flip_iv(genuine, BOB_FIRST_BLOCK, EVE_FIRST_BLOCK))
+    assert status == 200, body
+    expected = {"gender": 1, "city": "Guangzhou", "province": "Guangdong", "country": "CN",
+                "avatar_url": "https://example.com/a.png", "signed": False}
+    assert body["profile"] == expected, "the rewritable first field (the nickname) is dropped"
+    user = await stack.db.users.find_one({"_id": session["user"]["id"]})
+    assert "nickname" not in user["profile"] and user["profile"]["signed"] is False
+    assert await me_profile(stack, session) == expected
+    # Untouched, encryptedData alone gives the same: the first block cannot be told apart.
+    status, body = await post(stack, "/v1/profile", session["access_token"], genuine)
+    assert status == 200 and body["profile"] == expected, body
+
+
+async def test_baidu_tampering_is_refused_when_signed_and_not_kept_when_unsigned(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    session = await login(stack, sandbox, "baidu", BAIDU, openid="bd_flip")
+    data = await payload(sandbox, "bd_flip", platform="baidu", user_info=BOB)
+    raw = data["rawData"].encode()
+    genuine = len(raw).to_bytes(4, "big") + raw[:12]
+    assert raw[:12] == b'{"nickName":'
+    # The nickname's value passes for a country: '{"country": "Bob",...'.
+    tampered = flip_first_block(data, genuine, genuine[:4] + b'{"country": ')
+    status, body = await post(stack, "/v1/profile", session["access_token"], tampered)
+    assert status == 400 and body["error"]["code"] == "invalid_signature", body
+    bob_no_country = {k: v for k, v in BOB.items() if k != "country"}
+    data = await payload(sandbox, "bd_flip", platform="baidu", user_info=bob_no_country)
+    raw = data["rawData"].encode()
+    genuine = len(raw).to_bytes(4, "big") + raw[:12]
+    tampered = encrypted_only(flip_first_block(data, genuine, genuine[:4] + b'{"country": '))
+    status, body = await post(stack, "/v1/profile", session["access_token"], tampered)
+    assert status == 200, body
+    assert body["profile"] == {"gender": 1, "city": "Guangzhou", "province": "Guangdong",
+                               "avatar_url": "https://example.com/a.png", "signed": False}
+    status, body = await post(stack, "/v1/profile", session["access_token"], data)
+    assert status == 200 and body["profile"]["nickname"] == "Bob", body
+    assert body["profile"]["signed"] is True
+
+
+async def test_stored_profile_text_is_cleaned_bounded_and_the_avatar_https_only(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    session = await login(stack, sandbox, "wechat", WX, openid="o_dirty")
+    dirty = {"nickName": " \u202eBo\u200bb\x07\n\u2028👨\u200d👩\u200d👧 ", "gender": 2,
+             "city": "Guang\u2066zhou\u2069", "province": "\u3164", "language": "zh_CN",
+             "avatarUrl": "http://example.com/a.png"}
+    status, body = await post(stack, "/v1/profile", session["access_token"],
+                              await payload(sandbox, "o_dirty", user_info=dirty))
+    assert status == 200, body
+    expected = {"nickname": "Bob👨\u200d👩\u200d👧", "gender": 2, "city": "Guangzhou",
+                "language": "zh_CN", "signed": True}
+    assert body["profile"] == expected
+    assert await me_profile(stack, session) == expected
+    for avatar in ("javascript:alert(1)", "https://user:pw@example.com/a.png", "//example.com/a",
+                   "https://example.com/a b.png", "data:image/png;base64,AAAA"):
+        status, body = await post(stack, "/v1/profile", session["access_token"], await payload(
+            sandbox, "o_dirty", user_info={"nickName": "Bob", "avatarUrl": avatar}))
+        assert status == 200 and "avatar_url" not in body["profile"], (avatar, body)
+    too_long = {"nickName": "长" * 65, "city": "Guangzhou"}
+    status, body = await post(stack, "/v1/profile", session["access_token"],
+                              await payload(sandbox, "o_dirty", user_info=too_long))
+    assert status == 400 and body["error"]["code"] == "invalid_payload", body
+    assert body["error"]["message"] == "nickname is longer than 64 characters."
+    user = await stack.db.users.find_one({"_id": session["user"]["id"]})
+    assert user["profile"]["nickname"] == "Bob", "a refused payload changes nothing stored"
 
 
 @pytest.mark.parametrize("case,expected", [

@@ -111,7 +111,9 @@ class SandboxDriver:
             return Answer(resp.status, resp.content_type, await resp.text(), dict(resp.headers))
 
     async def control(self, method: str, path: str, body: Any = None) -> Answer:
-        """A control API request with a JSON body."""
+        """A control API request with a JSON body (``{}`` for a POST without one)."""
+        if body is None and method == "POST":
+            body = {}
         return await self.call(method, path, json=body) if body is not None else await self.call(
             method, path
         )

@@ -249,3 +249,46 @@ def test_a_secret_in_the_wrong_place_is_refused_and_never_echoed(
     for secret in (PASTED, "a9f8e7d6c5b4a39281706f5e4d3c2b1a", "s3cret-pw", "9f8e7d6c5b4a",
                    "MIIEv", "wx-secret-value"):
         assert secret not in printed, printed
+
+
+SANDBOX_BASE = 'api_base = "http://sandbox:8090/wechat"\n'
+
+
+def test_production_refuses_an_http_api_base_unless_the_entry_allows_it(tmp_path: Path) -> None:
+    path = tmp_path / "apps.toml"
+    env = {"WX_A": "wx-secret-value"}
+    path.write_text(WECHAT + SANDBOX_BASE)
+    with pytest.raises(AppsFileError) as exc:
+        load_apps(path, env=env)
+    message = str(exc.value)
+    assert message.startswith("app wechat/wxA: api_base is http://"), message
+    assert "allow_insecure_api_base = true" in message and "wx-secret-value" not in message
+    ok, report = check_apps_file(path, env=env)
+    assert not ok and "error: app wechat/wxA: api_base is http://" in report
+    # Development mode takes it (the sandbox of `mplogin dev` speaks http on this machine).
+    assert load_apps(path, env=env, production=False).get("wechat", "wxA").api_base == (
+        "http://sandbox:8090/wechat")
+    assert check_apps_file(path, env=env, production=False)[0]
+    # So does production once the entry says so, and `apps check` still mentions it.
+    path.write_text(WECHAT + SANDBOX_BASE + "allow_insecure_api_base = true\n")
+    assert len(load_apps(path, env=env)) == 1
+    ok, report = check_apps_file(path, env=env)
+    assert ok and "note: app wechat/wxA: api_base is http:// (allowed by " in report
+    # https needs nothing.
+    path.write_text(WECHAT + 'api_base = "https://staging.example.com/wechat"\n')
+    ok, report = check_apps_file(path, env=env)
+    assert ok and "note:" not in report
+
+
+def test_mplogin_apps_check_says_why_an_http_api_base_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "apps.toml"
+    path.write_text(WECHAT + SANDBOX_BASE)
+    monkeypatch.setenv("WX_A", "wx-secret-value")
+    monkeypatch.setenv("MPLOGIN_MODE", "production")
+    assert main(["apps", "check", "--file", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "api_base is http://" in err and "unencrypted" in err, err
+    monkeypatch.setenv("MPLOGIN_MODE", "development")
+    assert main(["apps", "check", "--file", str(path)]) == 0

@@ -72,7 +72,7 @@ def healthy(
     keys.rotate(tmp_path / "keys")
     apps = write_apps(tmp_path / "apps.toml", [
         {"platform": "wechat", "app_id": "wxdoctor0000001", "secret_env": "DOCTOR_WX_SECRET",
-         "api_base": f"{sandbox.base}/wechat"},
+         "api_base": f"{sandbox.base}/wechat", "allow_insecure_api_base": True},
     ])
 
     def make(**overrides: Any) -> Settings:
@@ -207,15 +207,32 @@ async def test_an_unreachable_platform_fails_and_any_http_answer_passes(
 ) -> None:
     apps = write_apps(tmp_path / "two.toml", [
         {"platform": "wechat", "app_id": "wxdoctorup", "secret_env": "DOCTOR_WX_SECRET",
-         "api_base": f"{sandbox.base}/no-such-path"},
+         "api_base": f"{sandbox.base}/no-such-path", "allow_insecure_api_base": True},
         {"platform": "qq", "app_id": "1110000001", "secret_env": "DOCTOR_WX_SECRET",
-         "api_base": f"http://127.0.0.1:{free_port()}"},
+         "api_base": f"http://127.0.0.1:{free_port()}", "allow_insecure_api_base": True},
     ])
     checks = by_name(await run_doctor(healthy(apps_file=apps)))
     assert checks["platform:wechat/wxdoctorup"].status is Status.PASS  # a 404 is an answer
     down = checks["platform:qq/1110000001"]
     assert down.status is Status.FAIL and "connection failed" in down.detail
     assert "api_base" in down.fix
+
+
+async def test_an_http_api_base_fails_in_production_saying_why(
+    healthy: Callable[..., Settings], tmp_path: Path, sandbox: Sandbox,
+) -> None:
+    entry = {"platform": "wechat", "app_id": "wxdoctorhttp", "secret_env": "DOCTOR_WX_SECRET",
+             "api_base": f"{sandbox.base}/wechat"}
+    refused = write_apps(tmp_path / "http.toml", [entry])
+    found = by_name(await run_doctor(healthy(apps_file=refused)))["configuration:apps file"]
+    assert found.status is Status.FAIL
+    assert "api_base is http://" in found.detail and "allow_insecure_api_base" in found.detail
+    development = by_name(await run_doctor(healthy(apps_file=refused, mode="development")))
+    assert development["configuration:apps file"].status is Status.PASS
+    allowed = write_apps(tmp_path / "allowed.toml", [{**entry, "allow_insecure_api_base": True}])
+    found = by_name(await run_doctor(healthy(apps_file=allowed)))["configuration:apps file"]
+    assert found.status is Status.PASS
+    assert "api_base is http:// (allowed by allow_insecure_api_base)" in found.detail
 
 
 def run_cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
