@@ -53,7 +53,8 @@ E = ErrorCode
 ALWAYS = (E.INTERNAL_ERROR,)
 BODY = (E.INVALID_REQUEST, E.UNSUPPORTED_MEDIA_TYPE, E.REQUEST_TIMEOUT)
 RPC = (E.SERVICE_UNAVAILABLE, E.TIMEOUT)
-AUTH = (E.INVALID_TOKEN,)
+# Every route that needs a token is also limited per client IP and per user (gateway/access.py).
+AUTH = (E.INVALID_TOKEN, E.RATE_LIMITED)
 # Codes no single operation answers with: any request to an unknown path or with the wrong
 # method. They are in the error catalogue (``x-error-codes``) and the ErrorCode enum.
 ANY_REQUEST = (E.NOT_FOUND, E.METHOD_NOT_ALLOWED)

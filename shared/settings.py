@@ -64,10 +64,13 @@ class Settings(BaseSettings):
 
     rate_limit_ip_per_minute: int = Field(default=60, ge=0)
     rate_limit_ip_burst: int = Field(default=20, ge=0)
+    rate_limit_user_per_minute: int = Field(default=30, ge=0)
+    rate_limit_user_burst: int = Field(default=10, ge=0)
     trusted_proxies: str = ""
     rate_limit_app_per_second: int = Field(default=200, ge=0)
     platform_rate_per_second: float = Field(default=100.0, ge=0)
     platform_rate_max_wait: float = Field(default=0.5, ge=0, le=60)
+    platform_api_rate_per_second: float = Field(default=50.0, ge=0)
 
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8090
