@@ -25,6 +25,7 @@ from gateway.keys import (
 )
 from gateway.middlewares import errors_middleware, metrics_middleware
 from gateway.ratelimit import ClientRateLimiter, UserRateLimiter
+from gateway.server import GatewayRequestHandler, connection_middleware, on_response_prepare
 from shared.errors import StartupError
 from shared.metrics import GatewayMetrics
 from shared.rpc import RpcClient
@@ -84,8 +85,10 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> web
     user_limiter = UserRateLimiter.from_settings(settings)
     metrics = metrics if metrics is not None else GatewayMetrics()
     app = web.Application(
-        # Metrics outermost: they see the status errors_middleware turned every failure into.
-        middlewares=[metrics_middleware, errors_middleware, access_middleware],
+        # Metrics outermost but for the connection's bookkeeping: they see the status
+        # errors_middleware turned every failure into.
+        middlewares=[connection_middleware, metrics_middleware, errors_middleware,
+                     access_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -95,6 +98,7 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> web
     app[METRICS] = metrics
     metrics.watch_rpc(lambda: app.get(RPC))
     metrics.watch_client_limiter(limiter, user_limiter)
+    app.on_response_prepare.append(on_response_prepare)
     app.cleanup_ctx.append(tokens_ctx)
     app.cleanup_ctx.append(rpc_client_ctx)
     add_routes(app, ROUTES)
@@ -106,10 +110,8 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
     stop = stop or stop_event()
     runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port,
-                       reuse_port=settings.gateway_reuse_port or None)
     try:
-        await site.start()
+        listener = await _listen(runner, settings)
     except OSError as exc:
         await runner.cleanup()
         if exc.errno != errno.EADDRINUSE:
@@ -124,4 +126,28 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
         await stop.wait()
     finally:
         log.info("gateway.stopping")
+        listener.close()  # no new connections; the runner then drains the open ones
         await runner.cleanup()
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> asyncio.Server:
+    """Accept connections with the gateway's own handler (what ``web.TCPSite`` does otherwise).
+
+    The runner's server stays the manager of every connection, so the runner's cleanup closes
+    idle ones and waits for those in flight exactly as it would behind a TCPSite.
+    """
+    manager = runner.server
+    assert manager is not None  # noqa: S101 - set by runner.setup()
+    loop = asyncio.get_running_loop()
+
+    def connection() -> GatewayRequestHandler:
+        return GatewayRequestHandler(
+            manager, loop=loop, access_log=None,
+            keepalive_timeout=settings.keepalive_timeout,
+            head_timeout=settings.header_read_timeout,
+        )
+
+    return await loop.create_server(
+        connection, settings.gateway_host, settings.gateway_port,
+        reuse_port=settings.gateway_reuse_port or None,
+    )

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     gateway_reuse_port: bool = False
     max_body_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
     body_read_timeout: float = Field(default=10.0, gt=0, le=300)
+    # A request's head (request line and headers) must arrive within this many seconds of its
+    # first byte, and a connection with no request under way is closed after keepalive_timeout
+    # (docs/ratelimits.md, "Slow and idle connections").
+    header_read_timeout: float = Field(default=10.0, gt=0, le=300)
+    keepalive_timeout: float = Field(default=75.0, gt=0, le=3600)
 
     worker_concurrency: int = Field(default=256, ge=1, le=2000)
     # Each worker serves GET /metrics here; 0 switches it off. Several workers on one host
