@@ -1,10 +1,13 @@
 """The gateway's own server (``run_gateway``): a connection that sends nothing and one that
-trickles its headers are closed within their limits while a normal client keeps working."""
+trickles its headers are closed within their limits while a normal client keeps working; a
+request the HTTP parser refuses gets the usual headers and is one warning line in the log."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +16,7 @@ import aiohttp
 import pytest
 
 from gateway.app import run_gateway
+from gateway.server import SERVER_NAME
 from shared.settings import Settings
 from shared.standin import async_wait_for_port, free_port
 from tests.conftest import delete_queues
@@ -90,3 +94,26 @@ async def test_idle_and_trickling_connections_are_closed_while_clients_keep_work
     assert IDLE / 2 <= idle_seconds < IDLE + SLACK, idle_seconds
     assert statuses and set(statuses) == {200}, statuses
     assert len(statuses) >= 3
+
+
+async def test_a_request_the_parser_refuses_is_one_warning_line_with_the_usual_headers(
+    gateway: int, process_log: io.StringIO,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nNot a header line\r\n\r\n")
+    async with asyncio.timeout(10):
+        answer = await reader.read()  # the parser's 400 closes the connection
+    writer.close()
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+    assert head.startswith(("http/1.1 400", "http/1.0 400")), head
+    assert f"server: {SERVER_NAME}\r\n" in head + "\r\n", head
+    assert "x-content-type-options: nosniff" in head, head
+
+    await asyncio.sleep(0.2)  # the log line is written as the answer goes out
+    lines = [json.loads(line) for line in process_log.getvalue().splitlines() if line.strip()]
+    refusals = [line for line in lines if "refused_by_parser" in str(line.get("event"))]
+    assert len(refusals) == 1, lines
+    assert refusals[0]["level"] == "warning"
+    assert "BadHttpMessage" in refusals[0]["event"] or "InvalidHeader" in refusals[0]["event"]
+    assert "Traceback" not in process_log.getvalue()
+    assert not [line for line in lines if line.get("level") in ("error", "critical")], lines
