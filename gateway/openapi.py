@@ -256,7 +256,9 @@ def build_document(version: str, operations: Sequence[Operation] = OPERATIONS) -
             "description": "Every error has one shape, "
             "`{\"error\": {\"code\", \"message\", \"request_id\"}}`, with a stable `code` to "
             "switch on; `x-error-codes` lists every code with its HTTP status. Any request "
-            "may also get `not_found` (404, no such endpoint) or `method_not_allowed` (405).",
+            "may also get `not_found` (404, no such endpoint) or `method_not_allowed` (405). "
+            "A body larger than the size cap (`MPLOGIN_MAX_BODY_BYTES`, 16 KiB by default, "
+            "counted after decompression) is answered `invalid_request` (HTTP 400).",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [{"name": name} for name in dict.fromkeys(op.tag for op in operations)],
