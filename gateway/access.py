@@ -81,11 +81,6 @@ def access_of(request: web.Request) -> Access | None:
     return request.app.get(ROUTE_ACCESS, {}).get(resource, Access.USER)
 
 
-def _limited(request: web.Request, retry_after: int | None) -> None:
-    if retry_after is not None:
-        raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=retry_after)
-
-
 def authenticated(request: web.Request) -> AccessClaims:
     """The request's verified access token, once its per-user limit allowed it.
 
@@ -96,7 +91,9 @@ def authenticated(request: web.Request) -> AccessClaims:
     claims = request.get(CLAIMS)
     if claims is None:
         claims = request.app[TOKENS].authenticate(request)
-        _limited(request, request.app[USER_LIMITER].check(claims.sub, route_template(request)))
+        retry_after = request.app[USER_LIMITER].check(claims.sub, route_template(request))
+        if retry_after is not None:
+            raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=retry_after)
         request[CLAIMS] = claims
     return claims
 
