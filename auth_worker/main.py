@@ -78,8 +78,9 @@ async def login_service(
         quota = AppQuota.from_settings(settings, store.db["rate_windows"])
         await quota.ensure_indexes()
         outbound = PlatformRateLimiter.from_settings(settings)
+        api_outbound = PlatformRateLimiter.for_platform_apis(settings)
         if metrics is not None:
-            metrics.watch_quotas(quota, outbound)
+            metrics.watch_quotas(quota, outbound, api_outbound)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         async with aiohttp.ClientSession(connector=connector) as http:
             adapters = build_adapters(http, settings.platform_timeout)
@@ -89,7 +90,8 @@ async def login_service(
             issuer = TokenIssuer(
                 keyring, settings.token_issuer, settings.token_audience, settings.access_token_ttl
             )
-            phones = WeChatPhoneSource(http, settings.platform_timeout, store, box)
+            phones = WeChatPhoneSource(http, settings.platform_timeout, store, box,
+                                       limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound)
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))

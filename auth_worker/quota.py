@@ -12,7 +12,8 @@ one worker already answers ``rate_limited``; with ``chunk = max(1, limit // 20)`
 
 ``PlatformRateLimiter`` is per worker process: a token bucket per (platform, app_id) in front of the
 code exchange, so a burst of logins reaches the platform smoothed instead of earning its own rate
-limiting. With M workers the platform sees up to M times the configured rate.
+limiting. A second one, with its own rate, stands in front of every other call toward a platform
+(``auth_worker.platform_api``). With M workers the platform sees up to M times the configured rate.
 """
 
 from __future__ import annotations
@@ -183,8 +184,13 @@ class PlatformRateLimiter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PlatformRateLimiter:
-        """The limiter the settings describe."""
+        """The login exchange's limiter the settings describe."""
         return cls(settings.platform_rate_per_second, settings.platform_rate_max_wait)
+
+    @classmethod
+    def for_platform_apis(cls, settings: Settings) -> PlatformRateLimiter:
+        """The limiter of every other call toward a platform (access tokens, phone numbers...)."""
+        return cls(settings.platform_api_rate_per_second, settings.platform_rate_max_wait)
 
     @property
     def enabled(self) -> bool:

@@ -28,7 +28,9 @@ from typing import Any
 import aiohttp
 from pymongo.errors import DuplicateKeyError
 
-from auth_worker.platforms.base import HttpAdapter, platform_code_of, text_field
+from auth_worker.platform_api import PlatformApi
+from auth_worker.platforms.base import PlatformObserver, platform_code_of, text_field
+from auth_worker.quota import PlatformRateLimiter
 from auth_worker.store import Store, now_ts, utcnow
 from shared.apps import AppConfig
 from shared.errors import ErrorCode, MPLoginError, PlatformError
@@ -68,8 +70,12 @@ class WeChatPhone:
     country_code: str
 
 
-class WeChatApi(HttpAdapter):
-    """Calls to WeChat APIs beyond code2Session; errors follow the adapters' conventions."""
+class WeChatApi(PlatformApi):
+    """Calls to WeChat APIs beyond code2Session; errors follow the adapters' conventions.
+
+    Each call takes the app's outbound API slot and is counted in the platform metrics
+    (``PlatformApi``); a later WeChat API is a method here that calls ``self.call`` too.
+    """
 
     platform = "wechat"
     display_name = "WeChat"
@@ -253,8 +259,9 @@ class WeChatPhoneSource:
     """Phone numbers from WeChat's phone button codes, with the shared token store."""
 
     def __init__(self, session: aiohttp.ClientSession, timeout: float, store: Store,
-                 box: SecretBox) -> None:
-        self.api = WeChatApi(session, timeout)
+                 box: SecretBox, *, limiter: PlatformRateLimiter | None = None,
+                 observer: PlatformObserver | None = None) -> None:
+        self.api = WeChatApi(session, timeout, limiter=limiter, observer=observer)
         self.tokens = WeChatTokenStore(store, box, self.api)
 
     async def fetch(self, app: AppConfig, code: str, openid: str | None,

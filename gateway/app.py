@@ -12,10 +12,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import openapi, views
+from gateway.access import Access, Route, access_middleware, add_routes
 from gateway.auth import AccessTokens
-from gateway.keys import CLIENT_LIMITER, METRICS, RPC, SETTINGS, TOKENS, TRUSTED_PROXIES
+from gateway.keys import (
+    CLIENT_LIMITER,
+    METRICS,
+    RPC,
+    SETTINGS,
+    TOKENS,
+    TRUSTED_PROXIES,
+    USER_LIMITER,
+)
 from gateway.middlewares import errors_middleware, metrics_middleware
-from gateway.ratelimit import ClientRateLimiter
+from gateway.ratelimit import ClientRateLimiter, UserRateLimiter
+from gateway.server import GatewayRequestHandler, connection_middleware, on_response_prepare
 from shared.errors import StartupError
 from shared.metrics import GatewayMetrics
 from shared.rpc import RpcClient
@@ -46,39 +56,52 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+ROUTES: tuple[Route, ...] = (
+    # Every route needs an access token and is limited per client IP and per user unless it
+    # says otherwise here (gateway/access.py); a route registered another way is too.
+    Route("POST", "/v1/login", views.login, Access.CLIENT),
+    Route("POST", "/v1/token/refresh", views.refresh, Access.CLIENT),
+    Route("POST", "/v1/logout", views.logout),
+    Route("GET", "/v1/me", views.me),
+    Route("POST", "/v1/profile", views.profile),
+    Route("POST", "/v1/phone", views.phone),
+    # Exempt: answered by this process alone, from memory or its own files.
+    Route("GET", "/.well-known/jwks.json", views.jwks, Access.EXEMPT),
+    Route("GET", "/healthz", views.healthz, Access.EXEMPT),
+    Route("GET", "/readyz", views.readyz, Access.EXEMPT),
+    Route("GET", "/metrics", views.metrics, Access.EXEMPT),
+    Route("GET", "/openapi.json", openapi.openapi_json, Access.EXEMPT),
+    Route("GET", "/docs", openapi.docs, Access.EXEMPT),
+    Route("GET", openapi.DOCS_ASSETS_PREFIX + "/{name:.+}", openapi.docs_asset, Access.EXEMPT),
+)
+
+
 def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> web.Application:
     """Build the gateway application; connections open when it starts.
 
     ``metrics`` holds the process's registry; by default the application gets its own.
     """
     limiter = ClientRateLimiter.from_settings(settings)
+    user_limiter = UserRateLimiter.from_settings(settings)
     metrics = metrics if metrics is not None else GatewayMetrics()
     app = web.Application(
-        # Metrics outermost: they see the status errors_middleware turned every failure into.
-        middlewares=[metrics_middleware, errors_middleware, limiter.middleware()],
+        # Metrics outermost but for the connection's bookkeeping: they see the status
+        # errors_middleware turned every failure into.
+        middlewares=[connection_middleware, metrics_middleware, errors_middleware,
+                     access_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[CLIENT_LIMITER] = limiter
+    app[USER_LIMITER] = user_limiter
     app[TRUSTED_PROXIES] = limiter.trusted_proxies
     app[METRICS] = metrics
     metrics.watch_rpc(lambda: app.get(RPC))
-    metrics.watch_client_limiter(limiter)
+    metrics.watch_client_limiter(limiter, user_limiter)
+    app.on_response_prepare.append(on_response_prepare)
     app.cleanup_ctx.append(tokens_ctx)
     app.cleanup_ctx.append(rpc_client_ctx)
-    app.router.add_post("/v1/login", views.login)
-    app.router.add_post("/v1/token/refresh", views.refresh)
-    app.router.add_post("/v1/logout", views.logout)
-    app.router.add_get("/v1/me", views.me)
-    app.router.add_post("/v1/profile", views.profile)
-    app.router.add_post("/v1/phone", views.phone)
-    app.router.add_get("/.well-known/jwks.json", views.jwks)
-    app.router.add_get("/healthz", views.healthz)
-    app.router.add_get("/readyz", views.readyz)
-    app.router.add_get("/metrics", views.metrics)
-    app.router.add_get("/openapi.json", openapi.openapi_json)
-    app.router.add_get("/docs", openapi.docs)
-    app.router.add_get(openapi.DOCS_ASSETS_PREFIX + "/{name:.+}", openapi.docs_asset)
+    add_routes(app, ROUTES)
     return app
 
 
@@ -87,10 +110,8 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
     stop = stop or stop_event()
     runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=10.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port,
-                       reuse_port=settings.gateway_reuse_port or None)
     try:
-        await site.start()
+        listener = await _listen(runner, settings)
     except OSError as exc:
         await runner.cleanup()
         if exc.errno != errno.EADDRINUSE:
@@ -105,4 +126,28 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
         await stop.wait()
     finally:
         log.info("gateway.stopping")
+        listener.close()  # no new connections; the runner then drains the open ones
         await runner.cleanup()
+
+
+async def _listen(runner: web.AppRunner, settings: Settings) -> asyncio.Server:
+    """Accept connections with the gateway's own handler (what ``web.TCPSite`` does otherwise).
+
+    The runner's server stays the manager of every connection, so the runner's cleanup closes
+    idle ones and waits for those in flight exactly as it would behind a TCPSite.
+    """
+    manager = runner.server
+    assert manager is not None  # noqa: S101 - set by runner.setup()
+    loop = asyncio.get_running_loop()
+
+    def connection() -> GatewayRequestHandler:
+        return GatewayRequestHandler(
+            manager, loop=loop, access_log=None,
+            keepalive_timeout=settings.keepalive_timeout,
+            head_timeout=settings.header_read_timeout,
+        )
+
+    return await loop.create_server(
+        connection, settings.gateway_host, settings.gateway_port,
+        reuse_port=settings.gateway_reuse_port or None,
+    )

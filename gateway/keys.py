@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.auth import AccessTokens
-from gateway.ratelimit import ClientRateLimiter, IPNetwork
+from gateway.ratelimit import ClientRateLimiter, IPNetwork, UserRateLimiter
 from shared.metrics import GatewayMetrics
 from shared.rpc import RpcClient
 from shared.settings import Settings
@@ -14,5 +14,6 @@ SETTINGS = web.AppKey("settings", Settings)
 RPC = web.AppKey("rpc", RpcClient)
 TOKENS = web.AppKey("tokens", AccessTokens)
 CLIENT_LIMITER = web.AppKey("client_limiter", ClientRateLimiter)
+USER_LIMITER = web.AppKey("user_limiter", UserRateLimiter)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 TRUSTED_PROXIES = web.AppKey[tuple[IPNetwork, ...]]("trusted_proxies")

@@ -24,6 +24,8 @@ HTTP_ERRORS: dict[int, ErrorCode] = {
     400: ErrorCode.INVALID_REQUEST,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
+    # A body over client_max_size: invalid_request (400) like any other malformed body, so each
+    # code keeps one status; the README and the OpenAPI document say so.
     413: ErrorCode.INVALID_REQUEST,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
 }

@@ -53,7 +53,8 @@ E = ErrorCode
 ALWAYS = (E.INTERNAL_ERROR,)
 BODY = (E.INVALID_REQUEST, E.UNSUPPORTED_MEDIA_TYPE, E.REQUEST_TIMEOUT)
 RPC = (E.SERVICE_UNAVAILABLE, E.TIMEOUT)
-AUTH = (E.INVALID_TOKEN,)
+# Every route that needs a token is also limited per client IP and per user (gateway/access.py).
+AUTH = (E.INVALID_TOKEN, E.RATE_LIMITED)
 # Codes no single operation answers with: any request to an unknown path or with the wrong
 # method. They are in the error catalogue (``x-error-codes``) and the ErrorCode enum.
 ANY_REQUEST = (E.NOT_FOUND, E.METHOD_NOT_ALLOWED)
@@ -255,7 +256,9 @@ def build_document(version: str, operations: Sequence[Operation] = OPERATIONS) -
             "description": "Every error has one shape, "
             "`{\"error\": {\"code\", \"message\", \"request_id\"}}`, with a stable `code` to "
             "switch on; `x-error-codes` lists every code with its HTTP status. Any request "
-            "may also get `not_found` (404, no such endpoint) or `method_not_allowed` (405).",
+            "may also get `not_found` (404, no such endpoint) or `method_not_allowed` (405). "
+            "A body larger than the size cap (`MPLOGIN_MAX_BODY_BYTES`, 16 KiB by default, "
+            "counted after decompression) is answered `invalid_request` (HTTP 400).",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [{"name": name} for name in dict.fromkeys(op.tag for op in operations)],

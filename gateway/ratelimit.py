@@ -1,8 +1,9 @@
-"""Per-client-IP rate limits of the login endpoints: a token bucket per IP, per gateway process.
+"""The gateway's rate limits: a token bucket per client IP and one per user, per gateway process.
 
-The buckets live in this process's memory, so with N gateways behind a balancer a client gets up to
-N times the configured rate (docs/ratelimits.md). The per-app limit that must hold globally is
-enforced by the workers (``auth_worker.quota``).
+Which routes each limit covers is decided by ``gateway.access`` (every route that is not
+explicitly exempt). The buckets live in this process's memory, so with N gateways behind a
+balancer a client gets up to N times the configured rate (docs/ratelimits.md). The per-app limit
+that must hold globally is enforced by the workers (``auth_worker.quota``).
 
 The client IP is the TCP peer. ``X-Forwarded-For`` is read only when the peer is a trusted proxy
 (``MPLOGIN_TRUSTED_PROXIES``); it is then walked right to left and the first address that is not
@@ -21,10 +22,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
 
-from gateway.errors import error_response
-from shared.errors import ErrorCode
 from shared.settings import Settings
 
 log = logging.getLogger("mplogin.gateway")
@@ -32,7 +30,6 @@ log = logging.getLogger("mplogin.gateway")
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
-LIMITED_PATHS = frozenset({"/v1/login", "/v1/token/refresh"})
 MAX_BUCKETS = 100_000
 # An IPv6 subscriber usually holds a whole /64; keying by single address would let one client
 # rotate through 2**64 buckets.
@@ -152,8 +149,18 @@ def bucket_key(address: IPAddress | None, peer: str | None) -> str:
     return str(address)
 
 
+def _retry_after(wait: float) -> int:
+    """Whole seconds of a ``Retry-After`` header: the wait rounded up, at least 1."""
+    return max(1, math.ceil(wait))
+
+
 class ClientRateLimiter:
-    """The per-IP limit of POST /v1/login and /v1/token/refresh (one bucket covers both)."""
+    """The per-IP limit: one bucket per client and group of routes.
+
+    The login routes (``POST /v1/login`` and ``/v1/token/refresh``) share one group, the routes
+    that need an access token another, so that an app's own API calls never spend its users'
+    logins.
+    """
 
     def __init__(
         self, per_minute: int, burst: int, trusted_proxies: tuple[IPNetwork, ...] = (), *,
@@ -161,7 +168,8 @@ class ClientRateLimiter:
     ) -> None:
         self.buckets = TokenBuckets(per_minute / 60.0, burst, max_keys=max_keys, clock=clock)
         self.trusted_proxies = trusted_proxies
-        # Rejections by endpoint, for the metrics: never by IP, which would grow without bound.
+        # Rejections by route template, for the metrics: never by IP, which would grow without
+        # bound, nor by raw path, which the client writes.
         self.rejections: Counter[str] = Counter()
 
     @classmethod
@@ -178,30 +186,46 @@ class ClientRateLimiter:
         )
         return bucket_key(address, peer)
 
-    def check(self, request: web.Request) -> int | None:
+    def check(self, request: web.Request, group: str, route: str) -> int | None:
         """None if the request may proceed, else the ``Retry-After`` seconds (at least 1)."""
         if not self.buckets.enabled:
             return None
         key = self.client_key(request)
-        wait = self.buckets.take(key)
+        wait = self.buckets.take(f"{group}|{key}")
         if wait <= 0:
             return None
-        self.rejections[request.path] += 1
+        self.rejections[route] += 1
         # DEBUG, not WARNING: a flood would otherwise turn into a flood of log lines.
-        log.debug("ratelimit.client_rejected path=%s client=%s retry_after=%.2f",
-                  request.path, key, wait)
-        return max(1, math.ceil(wait))
+        log.debug("ratelimit.client_rejected route=%s client=%s retry_after=%.2f",
+                  route, key, wait)
+        return _retry_after(wait)
 
-    def middleware(self) -> Middleware:
-        """A middleware that answers ``rate_limited`` (429) once a client's bucket is empty."""
 
-        @web.middleware
-        async def client_rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if request.method == hdrs.METH_POST and request.path in LIMITED_PATHS:
-                retry_after = self.check(request)
-                if retry_after is not None:
-                    return error_response(request, ErrorCode.RATE_LIMITED,
-                                          retry_after=retry_after)
-            return await handler(request)
+class UserRateLimiter:
+    """The per-user limit of the routes that need an access token.
 
-        return client_rate_limit
+    Keyed by the user id of the verified token (its ``sub``), not by the session: a user who
+    logs in on several devices, or many times over, still has one bucket.
+    """
+
+    def __init__(
+        self, per_minute: int, burst: int, *, max_keys: int = MAX_BUCKETS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.buckets = TokenBuckets(per_minute / 60.0, burst, max_keys=max_keys, clock=clock)
+        self.rejections: Counter[str] = Counter()  # by route template, never by user
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UserRateLimiter:
+        """The limiter the settings describe."""
+        return cls(settings.rate_limit_user_per_minute, settings.rate_limit_user_burst)
+
+    def check(self, user_id: str, route: str) -> int | None:
+        """None if the user may proceed, else the ``Retry-After`` seconds (at least 1)."""
+        wait = self.buckets.take(user_id)
+        if wait <= 0:
+            return None
+        self.rejections[route] += 1
+        log.debug("ratelimit.user_rejected route=%s user_id=%s retry_after=%.2f",
+                  route, user_id, wait)
+        return _retry_after(wait)

@@ -10,6 +10,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from gateway.access import authenticated
 from gateway.errors import CLOSE_CONNECTION, REQUEST_ID, error_response
 from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.middlewares import LOGIN_PLATFORM
@@ -146,7 +147,7 @@ async def forward(request: web.Request, method: str, params: dict[str, Any]) -> 
 
 def caller(request: web.Request) -> dict[str, Any]:
     """The verified session of the request's access token, as RPC parameters."""
-    claims = request.app[TOKENS].authenticate(request)
+    claims = authenticated(request)
     return {"user_id": claims.sub, "session_id": claims.sid}
 
 

@@ -10,6 +10,9 @@ messages most modules use) or with a structlog logger, goes through one chain of
 - :func:`redact` replaces the values of secret-looking keys and masks secret-looking text
   (design.md §3.7: secrets never appear in a log line, whatever a caller logs);
 - a renderer: one JSON object per line (production) or a readable console line (development).
+
+A request aiohttp's HTTP parser refuses is the client's fault, not the server's: aiohttp logs it
+at ERROR with a traceback, :class:`ParserRefusalFilter` turns that into one WARNING line.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from shared.errors import ErrorCode
@@ -170,6 +174,47 @@ class _MaskedRenderer:
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         rendered = self._renderer(logger, name, event_dict)
         return mask_text(rendered if isinstance(rendered, str) else str(rendered))
+
+
+PARSER_LOGGER = "aiohttp.server"
+"""Where aiohttp logs a request it could not hand to the application."""
+_REASON_CLIP = 120
+
+
+class ParserRefusalFilter(logging.Filter):
+    """One WARNING line, no traceback, for a request aiohttp's HTTP parser refused.
+
+    aiohttp logs such a request (a bad header line, too many headers, a line over the size
+    limit, broken chunked framing) on ``aiohttp.server`` as "Error handling request from
+    <peer>" at ERROR, with the parser's exception and traceback, as if the server had failed.
+    The client sent a request that is not HTTP, and got a 400: worth a line, not an alarm, and
+    a traceback per line would let anyone on the internet fill the logs. The line names the
+    peer, the exception's class and the first line of its reason, quoted and clipped (the
+    parser may quote the client's bytes there). Any other record passes unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a parser refusal in place; keep every record."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
+        reason = (exc.message or "").split("\n", 1)[0][:_REASON_CLIP]
+        record.msg = "http.refused_by_parser peer=%s error=%s status=%s reason=%r"
+        record.args = (peer, type(exc).__name__, exc.code, reason)
+        record.levelno = min(record.levelno, logging.WARNING)
+        record.levelname = logging.getLevelName(record.levelno)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def filter_parser_refusals() -> None:
+    """Install :class:`ParserRefusalFilter` on aiohttp's server logger (once)."""
+    logger = logging.getLogger(PARSER_LOGGER)
+    for old in [f for f in logger.filters if isinstance(f, ParserRefusalFilter)]:
+        logger.removeFilter(old)
+    logger.addFilter(ParserRefusalFilter())
 
 
 def _shared_processors() -> list[Processor]:

@@ -65,7 +65,9 @@ DB_COMMANDS = frozenset({
     "abortTransaction", "bulkWrite",
 })
 ERROR_CODES = frozenset(code.value for code in ErrorCode)
-LIMITED_KINDS = {"/v1/login": "login", "/v1/token/refresh": "refresh"}
+LIMITED_KINDS = {"/v1/login": "login", "/v1/token/refresh": "refresh", "/v1/logout": "logout",
+                 "/v1/me": "me", "/v1/profile": "profile", "/v1/phone": "phone"}
+"""The ``kind`` label of a gateway limit's rejections, by route (any other route: ``other``)."""
 
 
 def bounded(value: object, allowed: Iterable[str]) -> str:
@@ -166,15 +168,23 @@ class GatewayMetrics:
 
         self.registry.register(_LiveCollector(source))
 
-    def watch_client_limiter(self, limiter: RejectionCounts) -> None:
-        """Export the per-client-IP limiter's rejections (by endpoint, never by IP)."""
+    def watch_client_limiter(
+        self, limiter: RejectionCounts, user_limiter: RejectionCounts | None = None
+    ) -> None:
+        """Export the rejections of the per-client-IP and per-user limiters (one family).
+
+        By route, never by IP or user, which would grow without bound.
+        """
 
         def source() -> Iterator[Metric]:
             family = _rejections_family()
-            for path, count in sorted(limiter.rejections.items()):
-                family.add_metric(
-                    ["client_ip", bounded(LIMITED_KINDS.get(path), LIMITED_KINDS.values()),
-                     NOT_APPLICABLE, NOT_APPLICABLE], count)
+            totals: Tally[tuple[str, str]] = Tally()
+            for limit, counts in (("client_ip", limiter), ("user", user_limiter)):
+                for route, count in (counts.rejections if counts else {}).items():
+                    kind = bounded(LIMITED_KINDS.get(route), LIMITED_KINDS.values())
+                    totals[(limit, kind)] += count
+            for (limit, kind), count in sorted(totals.items()):
+                family.add_metric([limit, kind, NOT_APPLICABLE, NOT_APPLICABLE], count)
             yield family
 
         self.registry.register(_LiveCollector(source))
@@ -191,8 +201,8 @@ class GatewayMetrics:
 def _rejections_family() -> CounterMetricFamily:
     return CounterMetricFamily(
         "mplogin_rate_limit_rejections",
-        "Requests refused by a rate limit: client_ip (per gateway), app (global per app), "
-        "platform_outbound (per worker, calls toward a platform).",
+        "Requests refused by a rate limit: client_ip and user (per gateway), app (global per "
+        "app), platform_outbound (per worker, calls toward a platform).",
         labels=["limit", "kind", "platform", "app_id"])
 
 
@@ -298,9 +308,14 @@ class WorkerMetrics:
         self.registry.register(_LiveCollector(source))
 
     def watch_quotas(
-        self, app_quota: RejectionCounts | None, outbound: RejectionCounts | None
+        self, app_quota: RejectionCounts | None, outbound: RejectionCounts | None,
+        api_outbound: RejectionCounts | None = None,
     ) -> None:
-        """Export the rejections of the per-app quota and the outbound platform limiter."""
+        """Export the rejections of the per-app quota and the outbound platform limiters.
+
+        The login exchange's outbound rejections are ``kind="platform_call"``, those of every
+        other platform call (``api_outbound``) ``kind="api_call"``.
+        """
 
         def source() -> Iterator[Metric]:
             family = _rejections_family()
@@ -309,10 +324,11 @@ class WorkerMetrics:
                 kind, _, rest = key.partition("|")
                 platform, _, app_id = rest.partition("|")
                 totals[self._rejection_labels("app", kind, platform, app_id)] += count
-            for key, count in (outbound.rejections if outbound else {}).items():
-                platform, _, app_id = key.partition("|")
-                totals[self._rejection_labels("platform_outbound", "platform_call", platform,
-                                              app_id)] += count
+            for kind, limiter in (("platform_call", outbound), ("api_call", api_outbound)):
+                for key, count in (limiter.rejections if limiter else {}).items():
+                    platform, _, app_id = key.partition("|")
+                    totals[self._rejection_labels("platform_outbound", kind, platform,
+                                                  app_id)] += count
             for labels, count in sorted(totals.items()):
                 family.add_metric(list(labels), count)
             yield family
@@ -323,7 +339,7 @@ class WorkerMetrics:
         self, limit: str, kind: str, platform: str, app_id: str
     ) -> tuple[str, str, str, str]:
         platform_label = bounded(platform, PLATFORMS)
-        kinds = ("login", "refresh", "platform_call")
+        kinds = ("login", "refresh", "platform_call", "api_call")
         return (limit, bounded(kind, kinds), platform_label,
                 self.app_label(platform_label, app_id))
 

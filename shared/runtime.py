@@ -20,7 +20,7 @@ from shared.keys import (
     publish,
     readable_private_keys,
 )
-from shared.logs import LogFormat, build_formatter, configure_structlog
+from shared.logs import LogFormat, build_formatter, configure_structlog, filter_parser_refusals
 from shared.secretbox import SecretBox, generate_config_value
 from shared.settings import Settings
 
@@ -66,6 +66,7 @@ def configure_logging(
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    filter_parser_refusals()  # a request the HTTP parser refused: one WARNING line, no traceback
     # Their DEBUG lines dump whole frames and commands; ours carry what an operator needs.
     logging.getLogger("pymongo").setLevel(max(logging.INFO, root.level))
     return handler

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     gateway_reuse_port: bool = False
     max_body_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
     body_read_timeout: float = Field(default=10.0, gt=0, le=300)
+    # A request's head (request line and headers) must arrive within this many seconds of its
+    # first byte, and a connection with no request under way is closed after keepalive_timeout
+    # (docs/ratelimits.md, "Slow and idle connections").
+    header_read_timeout: float = Field(default=10.0, gt=0, le=300)
+    keepalive_timeout: float = Field(default=75.0, gt=0, le=3600)
 
     worker_concurrency: int = Field(default=256, ge=1, le=2000)
     # Each worker serves GET /metrics here; 0 switches it off. Several workers on one host
@@ -67,10 +72,13 @@ class Settings(BaseSettings):
 
     rate_limit_ip_per_minute: int = Field(default=60, ge=0)
     rate_limit_ip_burst: int = Field(default=20, ge=0)
+    rate_limit_user_per_minute: int = Field(default=30, ge=0)
+    rate_limit_user_burst: int = Field(default=10, ge=0)
     trusted_proxies: str = ""
     rate_limit_app_per_second: int = Field(default=200, ge=0)
     platform_rate_per_second: float = Field(default=100.0, ge=0)
     platform_rate_max_wait: float = Field(default=0.5, ge=0, le=60)
+    platform_api_rate_per_second: float = Field(default=50.0, ge=0)
 
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8090

@@ -117,6 +117,28 @@ async def test_worker_metrics_count_logins_platform_calls_and_database_commands(
         assert secret not in text
 
 
+async def test_wechat_api_calls_count_in_the_platform_metrics_like_logins(
+    worker: tuple[Stack, int], sandbox: Sandbox
+) -> None:
+    stack, port = worker
+    minted = await sandbox.mint("wechat", APP, openid="o_worker_phone")
+    status, body, _ = await stack.login(platform="wechat", app_id=APP, code=minted["code"])
+    assert status == 200, body
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    phone = await sandbox.control("POST", "phone_codes", platform="wechat", app_id=APP,
+                                  openid="o_worker_phone", phone="13800008888")
+    resp = await stack.client.post("/v1/phone", json={"code": phone["code"]}, headers=headers)
+    assert resp.status == 200, await resp.text()
+    resp = await stack.client.post("/v1/phone", json={"code": "never-minted-3"}, headers=headers)
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "invalid_code"
+
+    _, samples = await scrape(port)
+    # The login's exchange, the access token, two phone number calls.
+    assert total(samples, "mplogin_platform_call_duration_seconds_count", platform="wechat") == 4
+    assert total(samples, "mplogin_platform_errors_total", platform="wechat",
+                 code="invalid_code") == 1
+
+
 async def test_app_quota_rejections_are_counted_by_registered_app(
     worker: tuple[Stack, int], sandbox: Sandbox
 ) -> None:

@@ -1,4 +1,5 @@
-"""End to end: the per-IP limit at the gateway, the global per-app limit, the outbound rate.
+"""End to end: the per-IP and per-user limits at the gateway, the global per-app limit, the
+outbound rates (logins, and every other platform call).
 
 No timings are asserted: only statuses, counts, and bounds that hold however slow the machine is.
 """
@@ -238,3 +239,69 @@ async def test_a_burst_past_the_wait_is_rejected_without_reaching_the_platform(
     status, body, _ = await until_not_limited(
         lambda: stack.login(platform="wechat", code=rejected[0]))
     assert status == 200, body
+
+
+# -- the authenticated endpoints: per user at the gateway, per app toward the platform ------
+
+
+async def phone(stack: Stack, access: str, code: str) -> tuple[int, dict[str, Any], Any]:
+    resp = await stack.client.post("/v1/phone", json={"code": code},
+                                   headers={"Authorization": f"Bearer {access}"})
+    return resp.status, await resp.json(), resp.headers
+
+
+async def phone_code(sandbox: Sandbox, app_id: str, openid: str, number: str) -> str:
+    minted = await sandbox.control("POST", "phone_codes", platform="wechat", app_id=app_id,
+                                   openid=openid, phone=number)
+    return str(minted["code"])
+
+
+async def test_one_account_cannot_flood_the_phone_endpoint(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, app_id: str
+) -> None:
+    stack = await limited_stack(make_stack, sandbox, secret, app_id,
+                                rate_limit_user_per_minute=1, rate_limit_user_burst=3)
+    openid = f"o_flood_{uuid.uuid4().hex[:8]}"
+    minted = await sandbox.mint("wechat", app_id, openid=openid)
+    status, session, _ = await stack.login(platform="wechat", code=minted["code"])
+    assert status == 200, session
+    access = session["access_token"]
+    results = await asyncio.gather(*(phone(stack, access, f"junk-phone-code-{i}")
+                                     for i in range(20)))
+    limited = [r for r in results if r[0] == 429]
+    assert len(limited) == 17, [r[0] for r in results]
+    for result in limited:
+        assert_rate_limited(*result)
+    junk_seen = [c for c in (await sandbox.stats())["by_code"] if c.startswith("junk-phone")]
+    assert len(junk_seen) == 3, "only the user's burst reached WeChat"
+    resp = await stack.client.get("/v1/me", headers={"Authorization": f"Bearer {access}"})
+    assert resp.status == 429, "one bucket for every authenticated route of the user"
+
+
+async def test_phone_calls_toward_the_platform_are_limited_per_app(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, app_id: str
+) -> None:
+    # Two calls per second for the app: one bind (token fetch + phone number) fits, the next
+    # bind is refused without reaching WeChat, and its code still works after Retry-After.
+    stack = await limited_stack(make_stack, sandbox, secret, app_id, workers=1,
+                                rate_limit_user_per_minute=0, platform_api_rate_per_second=2,
+                                platform_rate_max_wait=0)
+    sessions = []
+    for i in range(2):
+        openid = f"o_api_{i}_{uuid.uuid4().hex[:8]}"
+        minted = await sandbox.mint("wechat", app_id, openid=openid)
+        status, body, _ = await stack.login(platform="wechat", code=minted["code"])
+        assert status == 200, body
+        sessions.append((openid, body["access_token"]))
+    (first_openid, first), (second_openid, second) = sessions
+    status, body, _ = await phone(
+        stack, first, await phone_code(sandbox, app_id, first_openid, "13800007001"))
+    assert status == 200, body
+    code = await phone_code(sandbox, app_id, second_openid, "13800007002")
+    refused = await phone(stack, second, code)
+    assert_rate_limited(*refused)
+    assert code not in (await sandbox.stats())["by_code"]
+    api_outbound = services(stack)[0].opendata.phones.api.limiter
+    assert api_outbound is not None and api_outbound.rejections == {f"wechat|{app_id}": 1}
+    status, body, _ = await until_not_limited(lambda: phone(stack, second, code))
+    assert status == 200 and body["phone"] == "+86138****7002", body

@@ -73,12 +73,12 @@ class SchemaRpc:
 def fuzz_settings(tmp_path: Path) -> Settings:
     """Development settings with a small body cap, a short read timeout and no rate limit.
 
-    The per-IP limit is off: with it on, all but the first few fuzzed logins would be a 429
-    and their bodies never parsed (the limiter has its own tests).
+    The per-IP and per-user limits are off: with them on, all but the first few fuzzed requests
+    would be a 429 and their bodies never parsed (the limiters have their own tests).
     """
     return Settings(mode="development", keys_dir=tmp_path / "keys", max_body_bytes=BODY_CAP,
                     body_read_timeout=0.5, data_dir=tmp_path / "data",
-                    rate_limit_ip_per_minute=0)
+                    rate_limit_ip_per_minute=0, rate_limit_user_per_minute=0)
 
 
 def fuzz_gateway(settings: Settings) -> web.Application:

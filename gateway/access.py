@@ -1,0 +1,115 @@
+"""Who may call each route and how often: a token and two rate limits unless a route is exempt.
+
+Every route is registered from a table of :class:`Route` entries (``gateway.app.ROUTES``), each
+with an :class:`Access`:
+
+- ``USER`` (the default): an access token is required, and both the per-client-IP limit and the
+  per-user limit apply;
+- ``CLIENT``: no token (the login routes); the per-client-IP limit applies;
+- ``EXEMPT``: neither; only for routes this process answers on its own, without the broker or
+  a platform (health, metrics, keys, documentation), so a flood of them costs next to nothing.
+
+A route that reaches the router any other way counts as ``USER``: an endpoint added later is
+authenticated and limited unless someone decides otherwise in the table. The checks run in a
+middleware before the handler, so a refused request never has its body read nor reaches a
+worker. docs/ratelimits.md describes the limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_urldispatcher import AbstractResource
+
+from gateway.errors import error_response
+from gateway.keys import CLIENT_LIMITER, TOKENS, USER_LIMITER
+from gateway.middlewares import route_template
+from shared.errors import ErrorCode, MPLoginError
+from shared.tokens import AccessClaims
+
+
+class Access(Enum):
+    """What a route asks of its callers."""
+
+    USER = "user"
+    CLIENT = "client"
+    EXEMPT = "exempt"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One route of the gateway: method, path, handler and who may call it."""
+
+    method: str
+    path: str
+    handler: Handler
+    access: Access = Access.USER
+
+
+ROUTE_ACCESS = web.AppKey[dict[AbstractResource, Access]]("route_access")
+CLAIMS = web.RequestKey("claims", AccessClaims)
+"""The verified access token of a request, set once its per-user limit was checked."""
+
+
+def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
+    """Register ``routes`` on ``app`` and remember each one's access (by its resource)."""
+    table: dict[AbstractResource, Access] = {}
+    for entry in routes:
+        if entry.method == "GET":
+            route = app.router.add_get(entry.path, entry.handler)  # HEAD comes with GET
+        else:
+            route = app.router.add_route(entry.method, entry.path, entry.handler)
+        assert route.resource is not None  # noqa: S101 - a path route always has a resource
+        known = table.setdefault(route.resource, entry.access)
+        if known is not entry.access:
+            raise ValueError(f"{entry.path}: one path, one access ({known} and {entry.access})")
+    app[ROUTE_ACCESS] = table
+
+
+def access_of(request: web.Request) -> Access | None:
+    """The access of the request's route; None when no route matched (404, 405).
+
+    A matched route that is missing from the table is ``USER``: the safe default.
+    """
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return request.app.get(ROUTE_ACCESS, {}).get(resource, Access.USER)
+
+
+def authenticated(request: web.Request) -> AccessClaims:
+    """The request's verified access token, once its per-user limit allowed it.
+
+    Called by the middleware for every ``USER`` route and by any handler that needs the caller:
+    a handler reached without the middleware's check still authenticates and spends from the
+    user's bucket, and never twice for one request.
+    """
+    claims = request.get(CLAIMS)
+    if claims is None:
+        claims = request.app[TOKENS].authenticate(request)
+        retry_after = request.app[USER_LIMITER].check(claims.sub, route_template(request))
+        if retry_after is not None:
+            raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=retry_after)
+        request[CLAIMS] = claims
+    return claims
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Apply the route's access: per-IP limit, then token and per-user limit (``USER``)."""
+    access = access_of(request)
+    if access is None or access is Access.EXEMPT:
+        return await handler(request)
+    # The per-IP limit comes first: a flood of forged or expired tokens costs a bucket lookup,
+    # not a signature check each.
+    retry_after = request.app[CLIENT_LIMITER].check(request, access.value,
+                                                    route_template(request))
+    if retry_after is not None:
+        return error_response(request, ErrorCode.RATE_LIMITED, retry_after=retry_after)
+    if access is Access.USER:
+        authenticated(request)
+    return await handler(request)
