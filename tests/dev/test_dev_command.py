@@ -68,10 +68,16 @@ def leave_loose_files(data: Path) -> None:
 
 
 def others_may_read(data: Path) -> dict[str, str]:
-    """Every file and folder of the data dir that group or others may access."""
+    """Every file and folder of the data dir that group or others may access.
+
+    The public halves of the signing keys (``keys/public``) are public by design: the gateway,
+    which may run as another user, reads them; the folder that holds them is private anyway.
+    """
+    public = data / "keys" / "public"
     return {str(path.relative_to(data)): oct(stat.S_IMODE(path.lstat().st_mode))
             for path in (data, *data.rglob("*"))
-            if not path.is_symlink() and stat.S_IMODE(path.lstat().st_mode) & 0o077}
+            if not path.is_symlink() and path != public and public not in path.parents
+            and stat.S_IMODE(path.lstat().st_mode) & 0o077}
 
 
 async def test_mplogin_dev_serves_a_newcomer_and_stops_every_child_on_ctrl_c(
