@@ -100,7 +100,8 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "POST", "/v1/logout", "logout", "session",
-        "End this session, or every session of the user with {\"all\": true}",
+        "End this session (with any other minted from its login code), or every session of "
+        "the user with {\"all\": true}",
         LogoutOut, (*AUTH, *BODY, *RPC), request=LogoutBody, body_required=False, auth=True,
     ),
     Operation(
