@@ -160,6 +160,7 @@ async def run_worker(
             name=f"mplogin-worker@{socket.gethostname()}:{os.getpid()}",
             redelivery_guard=service.allow_redelivery,
             observer=metrics.observe_request,
+            queue_type=settings.request_queue_type,
         )
         metrics.watch_rpc_server(server)
         readiness.watch_consumer(lambda: server.consuming)
