@@ -7,7 +7,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared.apps import AppConfig, AppRegistry, AppsFileError, parse_entries, resolve
+from shared.apps import (
+    AppConfig,
+    AppRegistry,
+    AppsFileError,
+    parse_entries,
+    resolve,
+    unreadable_fix,
+)
 
 
 def check_app(app: AppConfig) -> None:
@@ -57,7 +64,7 @@ def check_apps_file(
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        return False, f"apps file {path} cannot be read ({exc.strerror})"
+        return False, f"apps file {path} cannot be read ({exc.strerror}){unreadable_fix(exc)}"
     problems: list[str] = []
     apps: list[AppConfig] = []
     try:
