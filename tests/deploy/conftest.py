@@ -137,8 +137,8 @@ def deploy(tmp: Path, images: dict[str, str], files: list[str], *, cluster: bool
 
     The human parts of the steps (the edits the README asks for) are done here in between: the
     placeholders in .env, the apps file, and the secretbox key into .env. A step that fails
-    fails the test. Before the README's `install` line, the secret is first written the naive
-    way (root, 0600), to check that `apps check` names the fix for it.
+    fails the test. Before the README's `apps check`, the secret is first written the naive way
+    (by root, mode 0600) to check that `apps check` names the fix, then as the README says.
     """
     copy_repository(tmp)
     project = f"mpldeploy{uuid.uuid4().hex[:8]}"
@@ -151,13 +151,16 @@ def deploy(tmp: Path, images: dict[str, str], files: list[str], *, cluster: bool
     snag = ""
     ran: list[str] = []
     for step in steps:
-        if step.startswith("printf"):
+        if step.endswith("apps check"):
+            # The snag first: the same secret written the naive way (by root, mode 0600).
             naive = tmp / "deploy" / "secrets" / "wechat_app_secret"
+            naive.unlink()
             naive.write_text(secret, encoding="utf-8")
             naive.chmod(0o600)
-            check = stack.shell(MAIN_STEPS[6], check=False)
+            check = stack.shell(step, check=False)
             snag = f"exit {check.returncode}\n{check.stdout}{check.stderr}"
             naive.unlink()
+            stack.shell(MAIN_STEPS[2])  # then as the README says
         if step.startswith("docker compose up"):
             if cluster:
                 break
@@ -180,6 +183,8 @@ def deploy(tmp: Path, images: dict[str, str], files: list[str], *, cluster: bool
             printed = result.stdout.strip().splitlines()[-1].strip()
             set_env_lines(tmp / ".env", {"MPLOGIN_SESSION_KEY_ENCRYPTION_KEY": printed})
     if cluster:
+        # From here on every command takes the cluster file too (the README says so).
+        stack.files = [files[0], CLUSTER, *files[1:], CLUSTER_TEST]
         block = code_blocks(readme_section("Running with docker compose"))[3]
         assert block[0] == 'echo "RABBITMQ_ERLANG_COOKIE=$(openssl rand -hex 32)" >> .env'
         stack.shell(block[0])
