@@ -124,8 +124,9 @@ class Stack:
         command = line.replace("docker compose ", shlex.join(compose_command()) + " ")
         if os.geteuid() == 0:
             command = re.sub(r"(^|\|\s*|&&\s*|\$\()sudo\s+", r"\1", command)
-        return run([command], cwd=self.workdir, env=self.env, timeout=timeout, check=check,
-                   shell=True)
+        # A README line is shell (pipes, $(...)): run as the user would, in their shell.
+        return run([command], cwd=self.workdir, env=self.env, timeout=timeout,  # noqa: S604
+                   check=check, shell=True)
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True,
                 ) -> subprocess.CompletedProcess[str]:
@@ -140,7 +141,8 @@ class Stack:
         return sorted(out, key=self.number)
 
     def number(self, container: str) -> int:
-        return int(inspect(container, "{{ index .Config.Labels \"com.docker.compose.container-number\" }}"))
+        label = "com.docker.compose.container-number"
+        return int(inspect(container, f'{{{{ index .Config.Labels "{label}" }}}}'))
 
     def wait_healthy(self, services: Iterable[str], timeout: float = 180) -> float:
         """Wait until every container of ``services`` runs and is healthy; seconds waited."""

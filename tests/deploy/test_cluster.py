@@ -23,6 +23,7 @@ QUEUE = "mplogin.requests"
 FAIL_FAST_S = 8.0
 # What the tests accept as "back" (the figure recorded is the measured one; the aim is < 10 s).
 RECOVERY_BOUND_S = 30.0
+PARTITION_S = 25.0
 
 
 @pytest.fixture(scope="module")
@@ -118,20 +119,46 @@ async def test_stopping_the_node_that_leads_the_request_queue(cluster: Deploymen
 
 
 async def test_cutting_the_leading_node_off_the_network(cluster: Deployment) -> None:
+    """The leader disconnected from the network for 25 s, then reconnected, under the trickle.
+
+    Every login is answered at once (200 or 503), none is lost or exchanged twice, and logins
+    succeed again after the network heals. How long they fail while the node stays cut off is
+    recorded (docs/scaling.md: processes whose queues live on the cut-off node wait for the
+    network or for the cluster to declare the node down).
+    """
     victim = leader(cluster)
     (container,) = cluster.stack.containers(victim)
     network = f"{cluster.stack.project}_default"
     connections = len(rabbitmqctl(cluster, "list_connections", "name", node=victim).splitlines())
     trickle = cluster.trickle()
-    try:
-        outcomes = await trickle.during(
-            lambda: run(["docker", "network", "disconnect", network, container]), before=3,
-            after=25)
-    finally:
+    cut: dict[str, float] = {}
+
+    def partition() -> None:
+        cut["at"] = time.monotonic()
+        run(["docker", "network", "disconnect", network, container])
+        time.sleep(PARTITION_S)
+        cut["healed"] = time.monotonic()
         run(["docker", "network", "connect", "--alias", victim, network, container])
+
+    try:
+        outcomes = await trickle.during(partition, before=3, after=25)
+    finally:
+        if "healed" not in cut:
+            run(["docker", "network", "connect", "--alias", victim, network, container],
+                check=False)
     per_code = await trickle.exchanges_per_code()
-    summary = tally(outcomes) | {"recovery_s": round(recovery(outcomes), 2), "node": victim,
-                                 "clients_on_it": connections}
+    during = [o for o in outcomes if cut["at"] <= o.sent < cut["healed"]]
+    after = [o for o in outcomes if o.sent >= cut["healed"]]
+    summary = tally(outcomes) | {
+        "recovery_s": round(recovery(outcomes), 2), "node": victim, "clients_on_it": connections,
+        "ok_while_cut_off": sum(o.ok for o in during), "sent_while_cut_off": len(during),
+        "back_after_heal_s": round(min((o.sent for o in after if o.ok), default=float("inf"))
+                                   - cut["healed"], 2)}
     record("cluster_leader_partitioned", summary)
     record("cluster_partition_healed_s", round(wait_for_three_nodes(cluster), 1))
-    assert_fail_fast_and_nothing_lost(outcomes, per_code)
+    summary_ok = tally(outcomes)
+    assert summary_ok["unanswered"] == 0 and summary_ok["timed_out"] == 0, summary
+    assert not summary_ok["other"], summary
+    assert not [o for o in outcomes if not o.ok and o.seconds > FAIL_FAST_S], summary
+    assert not [o.code for o in outcomes if per_code.get(o.code, 0) > 1], summary
+    assert outcomes[-1].ok and summary["back_after_heal_s"] < RECOVERY_BOUND_S, summary
