@@ -21,13 +21,20 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN python -m venv /opt/mplogin
 WORKDIR /src
+# The runtime dependencies first, read from pyproject.toml alone: a change to the code (or the
+# README) reuses this layer, so a rebuild downloads nothing.
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"]))' \
+        > /tmp/requirements.txt \
+    && /opt/mplogin/bin/pip install -r /tmp/requirements.txt
 # Only what the package build needs: no tests, no deploy files, no local state (.dockerignore).
-COPY pyproject.toml README.md ./
+# One COPY per package; a new package is one more line here and in .dockerignore.
+COPY README.md ./
 COPY shared ./shared
 COPY gateway ./gateway
 COPY auth_worker ./auth_worker
-# A regular (non-editable) install without the dev extras.
-RUN /opt/mplogin/bin/pip install . \
+# A regular (non-editable) install without the dev extras; its dependencies are already there.
+RUN /opt/mplogin/bin/pip install --no-deps --no-build-isolation . \
     && /opt/mplogin/bin/mplogin --help > /dev/null
 
 # --- runtime -------------------------------------------------------------------------------

@@ -180,6 +180,7 @@ async def run_worker(
             redelivery_guard=service.allow_redelivery,
             observer=metrics.observe_request,
             max_budget=settings.login_deadline,
+            queue_type=settings.request_queue_type,
         )
         metrics.watch_rpc_server(server)
         readiness.watch_consumer(lambda: server.consuming)

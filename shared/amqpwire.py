@@ -1,5 +1,13 @@
 """Opening the broker connection, and its socket writes: frames of one loop turn leave in one send.
 
+The broker setting may name several nodes of one RabbitMQ cluster, comma-separated
+(``amqp://u:p@rabbit-1:5672/,amqp://u:p@rabbit-2:5672/``): every connection attempt, the first
+and each reconnect, opens its socket to the first node that answers, starting after the node
+it used last, so a process whose node is lost moves to another one (docs/scaling.md, cluster).
+Every socket gets a TCP user timeout: when a node vanishes from the network without closing its
+connections, the kernel gives up on unacknowledged data after ``TCP_USER_TIMEOUT_MS`` and the
+connection fails at once, instead of after three missed heartbeats.
+
 aiormq writes every queued frame with its own ``transport.write``, and an idle asyncio transport
 sends each one at once: one ``send`` system call per publish, per ack, per reply. On a loaded
 gateway or worker many frames are written in the same loop turn (the replies and acks of the
@@ -15,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
+import socket
 from typing import Any, TypeVar, cast
 
 import aio_pika
@@ -22,6 +32,8 @@ from aiormq.connection import TCPTransportFactory, TLSTransportFactory, Transpor
 from yarl import URL
 
 FLUSH_AT = 64 * 1024
+TCP_USER_TIMEOUT_MS = 5000
+NODE_CONNECT_TIMEOUT = 3.0
 
 C = TypeVar("C", bound=aio_pika.Connection)
 
@@ -35,7 +47,10 @@ async def open_connection(
     then creates its ``close()`` without awaiting it: a socket left to chance and, in a process
     whose loop is still open, a "coroutine was never awaited" warning.
     """
-    connection = connection_class(URL(url), **kwargs)
+    nodes = broker_nodes(url)
+    connection = connection_class(nodes[0], **kwargs)
+    coalesce = isinstance(connection, CoalescingConnection)
+    connection.kwargs["transport_factory"] = NodeTransportFactory(nodes, coalesce=coalesce)
     try:
         await connection.connect(timeout=timeout)
     except BaseException:
@@ -43,6 +58,82 @@ async def open_connection(
             await connection.close()
         raise
     return connection
+
+
+def broker_nodes(value: str) -> list[URL]:
+    """The node URLs of a broker setting: one URL, or several separated by commas.
+
+    Several URLs name the nodes of one cluster: they may differ only in host and port (one
+    user, one virtual host, one set of parameters), since every attempt logs in the same way.
+    Raises ValueError without quoting the value (it holds a password).
+    """
+    nodes = [URL(part.strip()) for part in value.split(",") if part.strip()]
+    if not nodes:
+        raise ValueError("the broker URL is empty")
+    for index, node in enumerate(nodes, 1):
+        if node.scheme not in ("amqp", "amqps") or not node.host:
+            raise ValueError(f"broker URL number {index} is not an amqp:// or amqps:// URL")
+    first = nodes[0]
+    for index, node in enumerate(nodes[1:], 2):
+        if (node.scheme, node.user, node.password, node.path, node.query_string) != (
+                first.scheme, first.user, first.password, first.path, first.query_string):
+            raise ValueError(
+                f"broker URL number {index} differs from the first in more than host and port: "
+                "the nodes of one cluster share scheme, user, password, virtual host and "
+                "parameters")
+    return nodes
+
+
+class NodeTransportFactory(TransportFactory):
+    """Opens the socket of each connection attempt to the first of the nodes that answers.
+
+    Attempts go round the nodes, starting after the node used last (the first attempt starts
+    at a random one, which spreads processes over the nodes). ``coalesce`` wraps the writer in a
+    ``CoalescingWriter``.
+    """
+
+    def __init__(self, nodes: list[URL], *, coalesce: bool) -> None:
+        self._nodes = nodes
+        self._coalesce = coalesce
+        self._next = secrets.randbelow(len(nodes))
+        self.current: URL | None = None
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        failure: BaseException | None = None
+        for step in range(len(self._nodes)):
+            index = (self._next + step) % len(self._nodes)
+            node = url.with_host(self._nodes[index].host or "").with_port(self._nodes[index].port)
+            inner = TLSTransportFactory() if node.scheme == "amqps" else TCPTransportFactory()
+            try:
+                # One node that swallows packets must not use up the whole connect timeout.
+                if len(self._nodes) > 1:
+                    reader, writer = await asyncio.wait_for(
+                        inner.create(node, **kwargs), NODE_CONNECT_TIMEOUT)
+                else:
+                    reader, writer = await inner.create(node, **kwargs)
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+                continue
+            self._next = (index + 1) % len(self._nodes)
+            self.current = node
+            _set_user_timeout(writer)
+            if self._coalesce:
+                return reader, cast(asyncio.StreamWriter, CoalescingWriter(writer))
+            return reader, writer
+        self._next = (self._next + 1) % len(self._nodes)
+        assert failure is not None  # noqa: S101 - the loop ran at least once
+        raise failure
+
+
+def _set_user_timeout(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, TCP_USER_TIMEOUT_MS)
 
 
 class CoalescingWriter:
@@ -112,25 +203,12 @@ class CoalescingWriter:
         return self._writer.get_extra_info(name, default)
 
 
-class _CoalescingFactory(TransportFactory):
-    """Opens the connection as aiormq would, then wraps its writer."""
-
-    def __init__(self, inner: TransportFactory) -> None:
-        self._inner = inner
-
-    async def create(
-        self, url: URL, **kwargs: Any
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await self._inner.create(url, **kwargs)
-        return reader, cast(asyncio.StreamWriter, CoalescingWriter(writer))
-
-
 class CoalescingConnection(aio_pika.RobustConnection):
-    """A robust connection whose socket writes are joined per loop turn (see module doc)."""
+    """A robust connection whose socket writes are joined per loop turn (see module doc).
+
+    ``open_connection`` replaces its transport factory with one for every node of the setting.
+    """
 
     def __init__(self, url: URL, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        inner = TLSTransportFactory() if self.url.scheme == "amqps" else TCPTransportFactory()
-        self.kwargs["transport_factory"] = _CoalescingFactory(inner)
-
-
+        self.kwargs["transport_factory"] = NodeTransportFactory([self.url], coalesce=True)

@@ -14,6 +14,7 @@ from shared.apps import (
     insecure_api_base,
     parse_entries,
     resolve,
+    unreadable_fix,
 )
 
 
@@ -64,7 +65,7 @@ def check_apps_file(
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        return False, f"apps file {path} cannot be read ({exc.strerror})"
+        return False, f"apps file {path} cannot be read ({exc.strerror}){unreadable_fix(exc)}"
     problems: list[str] = []
     notes: list[str] = []
     apps: list[AppConfig] = []

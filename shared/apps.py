@@ -174,6 +174,7 @@ def _read_ref(
         except OSError as exc:
             raise AppsFileError(
                 f"{_label(entry)}: {field}_file {path} cannot be read ({exc.strerror})"
+                f"{unreadable_fix(exc)}"
             ) from None
         if not value:
             raise AppsFileError(f"{_label(entry)}: {field}_file {path} is empty")
@@ -327,6 +328,20 @@ def parse_entries(text: str, source: str = "apps file") -> list[AppEntry]:
     return entries
 
 
+def unreadable_fix(exc: OSError) -> str:
+    """For a file this process may not read: the fix, naming the uid it runs as; else nothing.
+
+    In the image that uid is 10001, and a file created by root with mode 0600 on the host and
+    mounted into the container is exactly such a file.
+    """
+    if not isinstance(exc, PermissionError):
+        return ""
+    uid = os.getuid()
+    return (f": this process runs as uid {uid}, so make the file readable by that uid "
+            f"(on the host: `chown {uid} FILE && chmod 0400 FILE`; the image's user is uid "
+            "10001, see the README's docker compose section)")
+
+
 def load_apps(
     path: Path | None, env: Mapping[str, str] | None = None, extra: Iterable[AppConfig] = (),
     *, production: bool = True,
@@ -341,7 +356,9 @@ def load_apps(
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise AppsFileError(f"apps file {path} cannot be read ({exc.strerror})") from None
+            raise AppsFileError(
+                f"apps file {path} cannot be read ({exc.strerror}){unreadable_fix(exc)}"
+            ) from None
         apps.extend(resolve(e, env, path.parent, production=production)
                     for e in parse_entries(text, str(path)))
     return AppRegistry(apps)

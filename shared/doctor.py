@@ -83,7 +83,12 @@ class Check:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` and its query string dropped."""
+    """``url`` with its password replaced by ``***`` and its query string dropped.
+
+    A comma-separated list (the nodes of a RabbitMQ cluster) is masked URL by URL.
+    """
+    if "," in url:
+        return ",".join(mask_url(part.strip()) for part in url.split(","))
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -66,12 +66,22 @@ DEAD_LETTER_RECORD_VERSION = 1
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def request_queue_arguments() -> dict[str, Any]:
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def request_queue_arguments(queue_type: str = "classic") -> dict[str, Any]:
     """Arguments of the request queue; whoever declares it must declare it identically.
 
-    No dead-letter exchange: a request that expires in the queue is dropped with its body.
+    No dead-letter exchange: a request that expires in the queue is dropped with its body. A
+    classic queue is declared with the arguments it always had (no ``x-queue-type``), so an
+    existing one is met as it is; a quorum queue names its type.
     """
-    return {"x-message-ttl": REQUEST_TTL_CEILING_MS}
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"unknown request queue type {queue_type!r} (classic or quorum)")
+    arguments: dict[str, Any] = {"x-message-ttl": REQUEST_TTL_CEILING_MS}
+    if queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    return arguments
 
 
 def dead_letter_queue_arguments() -> dict[str, Any]:
@@ -80,7 +90,24 @@ def dead_letter_queue_arguments() -> dict[str, Any]:
 
 
 class QueueMismatchError(ValueError):
-    """The request queue exists on the broker with other arguments (an older version's)."""
+    """The request queue exists on the broker with other arguments (an older version's, or
+    another queue type)."""
+
+
+def _mismatch(queue: str, dead_letter_queue: str, queue_type: str, why: str) -> QueueMismatchError:
+    """The one-line error for a request queue the broker holds with other arguments."""
+    if "x-queue-type" in why:
+        other = "classic" if queue_type == "quorum" else "quorum"
+        return QueueMismatchError(
+            f"queue {queue} exists as a {other} queue but MPLOGIN_REQUEST_QUEUE_TYPE="
+            f"{queue_type}: set MPLOGIN_REQUEST_QUEUE_TYPE={other} to keep it, or change its "
+            f"type: stop every worker, `rabbitmqctl delete_queue {queue}`, start the workers "
+            "(docs/reliability.md, changing the request queue's type)")
+    return QueueMismatchError(
+        f"queue {queue} exists with other arguments: an older version declared it to "
+        "dead-letter expired requests with their bodies. Stop every worker, then "
+        f"`rabbitmqctl delete_queue {queue}` and purge {dead_letter_queue} "
+        "(docs/reliability.md, upgrading the request queue)")
 
 
 def dead_letter_record(
@@ -333,10 +360,13 @@ class RpcServer:
         redelivery_guard: RedeliveryGuard | None = None,
         observer: RpcObserver | None = None,
         max_budget: float = DEFAULT_MAX_BUDGET,
+        queue_type: str = "classic",
     ) -> None:
         """``max_budget``: the longest a request may take from its arrival, whatever deadline
         it carries (workers pass the login deadline, the budget the gateway gives a call)."""
         self._url = url
+        self._queue_arguments = request_queue_arguments(queue_type)
+        self._queue_type = queue_type
         self._request_queue = request_queue
         self._dead_letter_queue = dead_letter_queue
         self._handler = handler
@@ -384,16 +414,12 @@ class RpcServer:
         )
         try:
             self._queue = await channel.declare_queue(
-                self._request_queue, durable=True, arguments=request_queue_arguments()
+                self._request_queue, durable=True, arguments=self._queue_arguments
             )
-        except ChannelPreconditionFailed:
+        except ChannelPreconditionFailed as exc:
             await self._connection.close()
-            raise QueueMismatchError(
-                f"queue {self._request_queue} exists with other arguments: an older version "
-                "declared it to dead-letter expired requests with their bodies. Stop every "
-                f"worker, then `rabbitmqctl delete_queue {self._request_queue}` and purge "
-                f"{self._dead_letter_queue} (docs/reliability.md, upgrading the request queue)"
-            ) from None
+            raise _mismatch(self._request_queue, self._dead_letter_queue, self._queue_type,
+                            str(exc)) from None
         # Replies go on a channel of their own without publisher confirms: a reply the broker
         # loses is a timeout the client already handles, and not waiting for its confirm saves
         # a frame and a wait per request. Frames keep their order on the one connection, so the

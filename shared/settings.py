@@ -24,7 +24,11 @@ class Settings(BaseSettings):
 
     mode: Literal["production", "development"] = "production"
 
+    # One URL, or the nodes of one cluster separated by commas (shared/amqpwire.py).
     broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    # classic: lowest latency, one node. quorum: replicated over a cluster's nodes, survives the
+    # loss of a minority of them. Changing it needs the migration in docs/reliability.md.
+    request_queue_type: Literal["classic", "quorum"] = "classic"
     queue_prefix: str = Field(default="mplogin", pattern=r"^[A-Za-z0-9_.\-]{1,100}$")
 
     mongo_url: SecretStr | None = None
@@ -107,6 +111,14 @@ class Settings(BaseSettings):
     def dead_letter_queue(self) -> str:
         """Where requests that cannot be processed end up."""
         return f"{self.queue_prefix}.dead"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: SecretStr) -> SecretStr:
+        from shared.amqpwire import broker_nodes
+
+        broker_nodes(value.get_secret_value())  # ValueError says what is wrong, not the value
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

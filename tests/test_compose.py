@@ -207,11 +207,25 @@ def test_dependencies_wait_for_healthy_services() -> None:
 
 
 def test_infrastructure_images() -> None:
+    """Official images by default; RABBITMQ_IMAGE and MONGO_IMAGE replace them (the deployment
+    tests run locally built stand-ins that way)."""
     services = _services()
-    assert re.fullmatch(r"rabbitmq:(3\.13|4\.\d+)-management", services["rabbitmq"]["image"])
-    assert services["mongo"]["image"] == "mongo:7"
+    rabbit, mongo = services["rabbitmq"]["image"], services["mongo"]["image"]
+    assert re.fullmatch(r"rabbitmq:(3\.13|4\.\d+)-management", _interpolate(rabbit, {}))
+    assert _interpolate(mongo, {}) == "mongo:7"
+    assert _interpolate(rabbit, {"RABBITMQ_IMAGE": "local/rabbit:1"}) == "local/rabbit:1"
+    assert _interpolate(mongo, {"MONGO_IMAGE": "local/mongo:1"}) == "local/mongo:1"
+    build = services["gateway"]["build"]
+    assert _interpolate(build["args"]["PYTHON_IMAGE"], {}) == "python:3.11-slim"
     assert "rabbitmq-diagnostics" in services["rabbitmq"]["healthcheck"]["test"]
     assert "mongosh" in services["mongo"]["healthcheck"]["test"]
+
+
+def test_the_broker_amqp_port_is_not_published_on_the_host() -> None:
+    """A broker already running on the host keeps 5672; only the management UI is published,
+    on loopback."""
+    ports = [_interpolate(str(p), {}) for p in _services()["rabbitmq"].get("ports", [])]
+    assert ports == ["127.0.0.1:15672:15672"]
 
 
 # --- configuration ------------------------------------------------------------------------------

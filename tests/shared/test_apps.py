@@ -292,3 +292,37 @@ def test_mplogin_apps_check_says_why_an_http_api_base_is_refused(
     assert "api_base is http://" in err and "unencrypted" in err, err
     monkeypatch.setenv("MPLOGIN_MODE", "development")
     assert main(["apps", "check", "--file", str(path)]) == 0
+
+
+def _deny_reading(monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:
+    """Reading ``denied`` fails as it does for a 0600 file of another user (root bypasses modes)."""
+    original = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+
+
+@pytest.mark.parametrize("which", ["secret file", "apps file"])
+def test_an_unreadable_file_is_reported_with_the_owner_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    secret = tmp_path / "wechat_app_secret"
+    secret.write_text("a-real-looking-secret-0123456789", encoding="utf-8")
+    apps = tmp_path / "apps.toml"
+    apps.write_text(f'[[apps]]\nplatform = "wechat"\napp_id = "wx0123456789abcdef"\n'
+                    f'secret_file = "{secret}"\n', encoding="utf-8")
+    _deny_reading(monkeypatch, secret if which == "secret file" else apps)
+    uid = __import__("os").getuid()
+    fix = f"runs as uid {uid}"
+    ok, report = check_apps_file(apps)
+    assert not ok
+    assert "Permission denied" in report and fix in report
+    assert f"chown {uid} FILE && chmod 0400 FILE" in report and "uid 10001" in report
+    with pytest.raises(AppsFileError) as info:  # what a worker says at start-up
+        load_apps(apps)
+    assert fix in str(info.value) and "chmod 0400" in str(info.value)
+    assert "a-real-looking-secret" not in report + str(info.value)
