@@ -18,11 +18,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from auth_worker.opendata import mask_phone
+from auth_worker.apps import AppRegistry
+from auth_worker.opendata_crypto import mask_phone
 from auth_worker.profile import readable_profile
 from auth_worker.quota import REFRESH, AppQuota
 from auth_worker.store import Store, now_ts
-from shared.apps import AppRegistry
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
     IdentityOut,
@@ -34,7 +34,7 @@ from shared.messages import (
     SessionParams,
     UserOut,
 )
-from shared.rpc import CallContext
+from shared.rpc.server import CallContext
 from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token
 

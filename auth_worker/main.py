@@ -18,23 +18,25 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from auth_worker.apps import load_apps
+from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
+from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
+from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
-from auth_worker.userdata import WeChatPhoneSource
-from shared.apps import load_apps
-from shared.keys import (
+from shared.keyring import (
     KeyRing,
     KeyRingError,
     disk_fingerprint,
+    load_keyring,
     public_disk_fingerprint,
     publish,
 )
-from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
-from shared.rpc import RpcServer
-from shared.runtime import load_keyring, load_secretbox, stop_event
+from shared.rpc.server import RpcServer
+from shared.runtime import stop_event
 from shared.settings import Settings
 from shared.tokens import TokenIssuer
 

@@ -25,8 +25,11 @@ from pydantic import BaseModel, ValidationError
 from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
+from auth_worker.apps import AppConfig, AppRegistry
+from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
+from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
     IdentityKey,
     ResolvedUser,
@@ -35,8 +38,6 @@ from auth_worker.store import (
     new_user_id,
     now_ts,
 )
-from auth_worker.userdata import OpenDataService, WeChatPhoneSource
-from shared.apps import AppConfig, AppRegistry
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.messages import (
     LoginParams,
@@ -50,8 +51,7 @@ from shared.messages import (
     SessionParams,
     UserOut,
 )
-from shared.rpc import CallContext, RejectAfterReply
-from shared.secretbox import SecretBox
+from shared.rpc.server import CallContext, RejectAfterReply
 from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, new_session_id
 

@@ -28,13 +28,13 @@ from typing import Any
 import aiohttp
 from pymongo.errors import DuplicateKeyError
 
+from auth_worker.apps import AppConfig
 from auth_worker.platform_api import PlatformApi
 from auth_worker.platforms.base import PlatformObserver, platform_code_of, text_field
 from auth_worker.quota import PlatformRateLimiter
+from auth_worker.secretbox import SecretBox, SecretBoxError
 from auth_worker.store import Store, now_ts, utcnow
-from shared.apps import AppConfig
 from shared.errors import ErrorCode, MPLoginError, PlatformError
-from shared.secretbox import SecretBox, SecretBoxError
 
 log = logging.getLogger("mplogin.platforms.wechat")
 

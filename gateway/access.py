@@ -25,8 +25,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import AbstractResource
 
+from gateway.appkeys import CLIENT_LIMITER, TOKENS, USER_LIMITER
 from gateway.errors import error_response
-from gateway.keys import CLIENT_LIMITER, TOKENS, USER_LIMITER
 from gateway.middlewares import route_template
 from shared.errors import ErrorCode, MPLoginError
 from shared.tokens import AccessClaims

@@ -13,8 +13,7 @@ from aiohttp import web
 
 from gateway import openapi, views
 from gateway.access import Access, Route, access_middleware, add_routes
-from gateway.auth import AccessTokens
-from gateway.keys import (
+from gateway.appkeys import (
     CLIENT_LIMITER,
     METRICS,
     RPC,
@@ -23,12 +22,13 @@ from gateway.keys import (
     TRUSTED_PROXIES,
     USER_LIMITER,
 )
+from gateway.auth import AccessTokens
+from gateway.metrics import GatewayMetrics
 from gateway.middlewares import errors_middleware, metrics_middleware
 from gateway.ratelimit import ClientRateLimiter, UserRateLimiter
 from gateway.server import GatewayRequestHandler, connection_middleware, on_response_prepare
 from shared.errors import StartupError
-from shared.metrics import GatewayMetrics
-from shared.rpc import RpcClient
+from shared.rpc.client import RpcClient
 from shared.runtime import stop_event
 from shared.settings import Settings
 

@@ -1,9 +1,9 @@
 """Local verification of our access tokens, and the JWKS document other services verify with.
 
 The gateway holds only what it needs to verify: the public halves of the signing keys
-(``<keys dir>/public``, see ``shared.keys``), every one on disk, including a rotated key that
+(``<keys dir>/public``, see ``shared.keyring``), every one on disk, including a rotated key that
 is published but does not sign yet. It never loads a private key, and outside development mode
-refuses to start where it could read one (``shared.runtime.load_public_keys``).
+refuses to start where it could read one (``shared.keyring.load_public_keys``).
 
 The public folder is listed at most once a second, on the first token or JWKS request after the
 second has passed, so a retired key stops verifying within a second whatever the traffic, and an
@@ -22,8 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from shared.errors import ErrorCode, MPLoginError
-from shared.keys import KeyRingError, PublicKeys, public_disk_fingerprint
-from shared.runtime import load_public_keys
+from shared.keyring import KeyRingError, PublicKeys, load_public_keys, public_disk_fingerprint
 from shared.settings import Settings
 from shared.tokens import AccessClaims, InvalidToken, TokenVerifier
 

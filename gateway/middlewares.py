@@ -11,8 +11,8 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from gateway.appkeys import METRICS, TRUSTED_PROXIES
 from gateway.errors import ERROR_CODE, REQUEST_ID, error_response, from_exception
-from gateway.keys import METRICS, TRUSTED_PROXIES
 from gateway.ratelimit import is_trusted_peer
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import safe_request_id

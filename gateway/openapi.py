@@ -31,9 +31,9 @@ from gateway.schemas import (
     Ready,
 )
 from gateway.views import LogoutBody, PhoneBody, ProfileBody
-from shared.apps import PLATFORMS
 from shared.errors import DEFAULT_MESSAGE, HTTP_STATUS, ErrorCode, MPLoginError
 from shared.messages import LoginParams, RefreshParams, SessionOut
+from shared.platforms import PLATFORMS
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 STATIC_DIR = Path(__file__).resolve().parent / "static"

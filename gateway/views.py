@@ -11,15 +11,15 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from gateway.access import authenticated
+from gateway.appkeys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.errors import CLOSE_CONNECTION, REQUEST_ID, error_response
-from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.middlewares import LOGIN_PLATFORM
 from gateway.schemas import Health, Ready
-from shared.apps import PLATFORMS
 from shared.errors import ErrorCode, MPLoginError
-from shared.keys import JWKS_MAX_AGE
+from shared.keyring import JWKS_MAX_AGE
 from shared.messages import B64, Code, LoginParams, RefreshParams
 from shared.metrics import exposition
+from shared.platforms import PLATFORMS
 
 M = TypeVar("M", bound=BaseModel)
 HEALTHY = Health(status="ok").model_dump()

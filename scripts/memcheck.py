@@ -1,6 +1,6 @@
 """Memory check: the RSS of the gateway and a worker stays flat over a long run with faults.
 
-Starts its own stack with the bench's helpers (``shared/bench.py``: MongoDB stand-in, sandbox,
+Starts its own stack with the bench's helpers (``mplogin/bench/``: MongoDB stand-in, sandbox,
 one gateway, one worker, each a process with a unique queue prefix and database, on the shared
 RabbitMQ), then drives an open-loop load of logins at a fixed rate (fresh codes, a fixed pool
 of returning users) for ``--minutes`` while it injects, on a schedule:
@@ -49,27 +49,17 @@ from typing import Any
 
 import aiohttp
 
-from shared.bench import (
-    APP_ID,
-    CodeMinter,
-    Json,
-    Stack,
-    Supply,
-    cpu_seconds,
-    http_login_sender,
-    machine_info,
-    open_loop,
-    peak_rss_mb,
-    start_stack,
-    stop_stack,
-    warm_up,
-)
+from mplogin.bench.common import APP_ID, Json
+from mplogin.bench.load import CodeMinter, http_login_sender, warm_up
+from mplogin.bench.measure import Supply, open_loop
+from mplogin.bench.proc import cpu_seconds, machine_info, peak_rss_mb
+from mplogin.bench.stack import Stack, start_stack, stop_stack
 
 GATEWAY = "gateway"
 WORKER = "worker-1"
 
 
-# -- /proc (what shared.bench does not read) --------------------------------------------------
+# -- /proc (what mplogin.bench does not read) --------------------------------------------------
 
 
 def rss_mb(pid: int) -> float | None:

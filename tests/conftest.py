@@ -28,12 +28,12 @@ from pymongo import AsyncMongoClient
 
 from auth_worker.main import login_service
 from gateway.app import create_app
-from gateway.keys import RPC
-from shared.rpc import RpcServer
+from gateway.appkeys import RPC
+from mplogin.sandbox import create_sandbox_app
+from mplogin.standin import free_port, start_standin, wait_for_port
+from shared.rpc.server import RpcServer
 from shared.runtime import HANDLER_NAME, configure_logging
-from shared.sandbox import create_sandbox_app
 from shared.settings import Settings
-from shared.standin import free_port, start_standin, wait_for_port
 
 RABBIT_URL = os.environ.get("MPLOGIN_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

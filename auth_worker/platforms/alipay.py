@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth_worker.apps import AppConfig, configuration_error
 from auth_worker.platforms.alipay_sign import (
     KeyFormatError,
     SignedNode,
@@ -37,7 +38,6 @@ from auth_worker.platforms.alipay_sign import (
     verify,
 )
 from auth_worker.platforms.base import HttpAdapter, PlatformIdentity, clip, text_field
-from shared.apps import AppConfig, configuration_error
 from shared.errors import ErrorCode
 
 PATH = "/gateway.do"

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Protocol
 
 import aiohttp
 
-from shared.apps import AppConfig, configuration_error
+from auth_worker.apps import AppConfig, configuration_error
 from shared.errors import ErrorCode, PlatformError
 
 MAX_BODY_BYTES = 256 * 1024

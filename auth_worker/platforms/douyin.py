@@ -7,6 +7,7 @@ sent the real identity comes back with ``anonymous_openid`` filled too, so the t
 
 from __future__ import annotations
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
     HttpAdapter,
     PlatformIdentity,
@@ -14,7 +15,6 @@ from auth_worker.platforms.base import (
     platform_code_of,
     text_field,
 )
-from shared.apps import AppConfig
 from shared.errors import ErrorCode, PlatformError
 
 PATH = "/api/apps/v2/jscode2session"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
     HttpAdapter,
     PlatformIdentity,
@@ -16,7 +17,6 @@ from auth_worker.platforms.base import (
     platform_code_of,
     text_field,
 )
-from shared.apps import AppConfig
 from shared.errors import ErrorCode
 
 PATH = "/sns/jscode2session"

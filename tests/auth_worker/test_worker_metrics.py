@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth_worker.main import run_worker
-from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
-from shared.standin import async_wait_for_port, free_port, start_standin
+from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
+from mplogin.standin import async_wait_for_port, free_port, start_standin
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxworkermetric1"

@@ -23,9 +23,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.devstack import DEV_APPS, dev_queue_prefix
-from shared.standin import free_port
-from shared.tryit import STATIC_DIR, create_tryit_app
+from mplogin.devstack import DEV_APPS, dev_queue_prefix
+from mplogin.standin import free_port
+from mplogin.tryit import STATIC_DIR, create_tryit_app
 from tests.browser.cdp import Browser, Page
 from tests.dev.launcher import DevProcess, dev_env, drop_queue, start_dev
 

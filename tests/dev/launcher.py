@@ -1,4 +1,4 @@
-"""Runs ``mplogin dev`` as a newcomer does (``python -m shared.cli dev``), in a subprocess with
+"""Runs ``mplogin dev`` as a newcomer does (``python -m mplogin dev``), in a subprocess with
 its own data dir and ports, and reads what its banner says to open.
 
 The process gets a session of its own, so a test can always clean up every process it started
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.standin import free_port
+from mplogin.standin import free_port
 from tests.conftest import delete_queues
 
 BANNER_END = "Press Ctrl-C to stop everything."
@@ -219,11 +219,11 @@ def dev_env(tmp: Path, rabbit_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_dev(tmp: Path, env: dict[str, str], *args: str) -> DevProcess:
-    """Start ``python -m shared.cli dev`` in a session of its own, output into a file."""
+    """Start ``python -m mplogin dev`` in a session of its own, output into a file."""
     output = tmp / "mplogin-dev.out"
     with output.open("wb") as handle:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "dev", *args], env=env, cwd=tmp,
+            [sys.executable, "-m", "mplogin", "dev", *args], env=env, cwd=tmp,
             stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
     return DevProcess(proc, output, Path(env["MPLOGIN_DATA_DIR"]), env)

@@ -16,11 +16,11 @@ import aio_pika
 import pytest
 
 from auth_worker.main import login_service, run_worker
+from auth_worker.metrics import WorkerMetrics
 from auth_worker.store import SessionFields
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import LoginParams, RpcReply, RpcRequest, dumps
-from shared.metrics import WorkerMetrics
-from shared.rpc import CallContext
+from shared.rpc.server import CallContext
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxreplay0000001"

@@ -12,10 +12,10 @@ from typing import Any
 import aio_pika
 import pytest
 
-from shared.keys import KeyRing
+from auth_worker.secretbox import load_secretbox
+from shared.keyring import KeyRing
 from shared.messages import RpcReply, RpcRequest, dumps
-from shared.rpc import request_queue_arguments
-from shared.runtime import load_secretbox
+from shared.rpc.wire import request_queue_arguments
 from shared.tokens import TokenVerifier
 from tests.conftest import Sandbox, Stack, StackFactory
 

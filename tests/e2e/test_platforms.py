@@ -20,14 +20,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth_worker.apps import load_apps
 from auth_worker.main import login_service
 from auth_worker.platforms import build_adapters
+from auth_worker.secretbox import load_secretbox
 from auth_worker.store import SessionFields
-from shared.apps import load_apps
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import LoginParams
-from shared.rpc import CallContext
-from shared.runtime import load_secretbox
+from shared.rpc.server import CallContext
 from tests.conftest import Sandbox, Stack, StackFactory
 
 PLATFORMS = ["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]

@@ -20,9 +20,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_worker.main import login_service
-from shared.keys import JWKS_MAX_AGE, KeyRing, activation_of
+from shared.keyring import JWKS_MAX_AGE, KeyRing, activation_of
 from shared.messages import RpcRequest
-from shared.rpc import CallContext, RpcServer
+from shared.rpc.server import CallContext, RpcServer
 from shared.tokens import hash_refresh_token
 from tests.conftest import Sandbox, Stack, StackFactory
 
@@ -336,7 +336,7 @@ async def keys_cli(stack: Stack, *argv: str) -> tuple[str, str]:
     """Run ``mplogin keys ...`` as an operator would, on the stack's keys folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "keys", *argv, "--dir", str(stack.settings.keys_dir),
+        sys.executable, "-m", "mplogin", "keys", *argv, "--dir", str(stack.settings.keys_dir),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     out, err = await proc.communicate()
     assert proc.returncode == 0, err

@@ -35,9 +35,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from pymongo import AsyncMongoClient
 
-from shared.keys import KeyRing, ensure_dev_keys
-from shared.secretbox import generate_config_value
-from shared.standin import free_port
+from auth_worker.secretbox import generate_config_value
+from mplogin.standin import free_port
+from shared.keyring import KeyRing, ensure_dev_keys
 from shared.tokens import TokenVerifier
 from tests.conftest import Sandbox, delete_queues, write_apps
 
@@ -117,7 +117,7 @@ class ProcStack:
         self.logs.append(log)
         handle = log.open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", command],
+            [sys.executable, "-m", "mplogin", command],
             env={**self.env, **(extra_env or {})}, stdout=handle, stderr=handle,
         )
         self.log_of[proc.pid] = log

@@ -22,7 +22,7 @@ import pytest
 
 from shared.errors import ErrorCode
 from shared.messages import RpcReply, RpcRequest, dumps
-from shared.rpc import CallContext, QueueMismatchError, RejectAfterReply, RpcServer
+from shared.rpc.server import CallContext, QueueMismatchError, RejectAfterReply, RpcServer
 
 SECRET_CODE = "0a1B2c3D4e5F-live-login-code"
 SECRET_REFRESH = "mplrt_live-refresh-token-0123456789abcdef"

@@ -16,7 +16,7 @@ import time
 import aio_pika
 import pytest
 
-from shared.standin import async_wait_for_port, free_port, start_standin
+from mplogin.standin import async_wait_for_port, free_port, start_standin
 from tests.faults.conftest import APP, Outcome, ProcStack, tally
 
 ANSWERS = {200, 503, 504}

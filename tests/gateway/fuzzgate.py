@@ -15,9 +15,9 @@ from aiohttp import web
 
 from gateway import openapi
 from gateway.app import create_app
+from gateway.appkeys import RPC, TOKENS
 from gateway.auth import AccessTokens
-from gateway.keys import RPC, TOKENS
-from shared.keys import KeyRing
+from shared.keyring import KeyRing
 from shared.messages import (
     IdentityOut,
     LogoutOut,

@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import openapi
 from gateway.access import Access, access_of
 from gateway.app import ROUTES, create_app
+from gateway.appkeys import RPC, TOKENS, USER_LIMITER
 from gateway.auth import AccessTokens
-from gateway.keys import RPC, TOKENS, USER_LIMITER
-from shared.keys import KeyRing
+from shared.keyring import KeyRing
 from shared.messages import RpcReply
 from shared.settings import Settings
 from shared.tokens import TokenIssuer

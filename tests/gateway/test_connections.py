@@ -17,8 +17,8 @@ import pytest
 
 from gateway.app import run_gateway
 from gateway.server import SERVER_NAME
+from mplogin.standin import async_wait_for_port, free_port
 from shared.settings import Settings
-from shared.standin import async_wait_for_port, free_port
 from tests.conftest import delete_queues
 
 HEAD = 0.5  # MPLOGIN_HEADER_READ_TIMEOUT of the gateway under test

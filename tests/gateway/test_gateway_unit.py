@@ -9,8 +9,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from gateway.appkeys import RPC, SETTINGS, TOKENS
 from gateway.auth import AccessTokens
-from gateway.keys import RPC, SETTINGS, TOKENS
 from gateway.schemas import ErrorEnvelope, Health, Jwks, Ready
 from shared.errors import ErrorCode
 from shared.messages import RpcReply

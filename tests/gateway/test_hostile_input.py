@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 
 from gateway import openapi
-from gateway.keys import RPC
+from gateway.appkeys import RPC
 from tests.gateway.fuzzgate import (
     BODY_CAP,
     fuzz_gateway,

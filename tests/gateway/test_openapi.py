@@ -18,9 +18,9 @@ from openapi_spec_validator import validate
 from gateway import openapi
 from gateway.app import create_app
 from gateway.views import LogoutBody, PhoneBody, ProfileBody
-from shared.apps import PLATFORMS
 from shared.errors import HTTP_STATUS, ErrorCode
 from shared.messages import LoginParams, RefreshParams
+from shared.platforms import PLATFORMS
 from shared.settings import Settings
 from tests.conftest import StackFactory
 

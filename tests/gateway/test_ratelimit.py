@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.keys import CLIENT_LIMITER, RPC
+from gateway.appkeys import CLIENT_LIMITER, RPC
 from gateway.ratelimit import (
     ClientRateLimiter,
     TokenBuckets,

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from shared.rpc import request_queue_arguments
+from shared.rpc.wire import request_queue_arguments
 from shared.settings import Settings
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import RPC
+from gateway.appkeys import RPC
 from gateway.server import SERVER_NAME
 from shared.messages import RpcReply, SessionOut, UserOut
 from tests.gateway.test_access import bearer, gateway

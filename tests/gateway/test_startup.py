@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from pymongo.errors import InvalidURI, ServerSelectionTimeoutError
 
-from shared.apps import AppsFileError
-from shared.cli import _run
-from shared.keys import KeyRingError
-from shared.secretbox import SecretBoxError
+from auth_worker.apps import AppsFileError
+from auth_worker.secretbox import SecretBoxError
+from mplogin.cli import _run
+from mplogin.standin import free_port
+from shared.keyring import KeyRingError
 from shared.settings import Settings
-from shared.standin import free_port
 
 MONGO_PASSWORD = "mongo-pw-4f1c"
 
@@ -68,7 +68,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def _mplogin(
     *args: str, env: dict[str, str], timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "mplogin", *args], env=env, text=True,
                           capture_output=True, timeout=timeout, check=False)
 
 
@@ -135,7 +135,7 @@ class Gateways:
                    MPLOGIN_GATEWAY_PORT=str(self.port), MPLOGIN_LOG_LEVEL="INFO", **extra)
         log = self.tmp_path / f"gateway-{len(self.procs)}.log"
         with log.open("wb") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "gateway"], env=env,
+            proc = subprocess.Popen([sys.executable, "-m", "mplogin", "gateway"], env=env,
                                     stderr=handle, stdout=subprocess.DEVNULL)
         self.procs.append((proc, log))
         return len(self.procs) - 1

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
+from mplogin.standin import free_port, start_standin, wait_for_port
 from shared.private_files import (
     open_private_append,
     private_dir,
     tighten_tree,
     write_private,
 )
-from shared.standin import free_port, start_standin, wait_for_port
 
 
 def mode(path: Path) -> int:

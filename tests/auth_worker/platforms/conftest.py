@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import MultiDict
 from pydantic import SecretStr
 
-from shared.apps import AppConfig
+from auth_worker.apps import AppConfig
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="

@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms import PlatformAdapter, build_adapters
-from shared.apps import AppConfig
+from mplogin.sandbox import create_sandbox_app
 from shared.errors import ConfigurationError, ErrorCode, PlatformError
-from shared.sandbox import create_sandbox_app
 
 PLATFORMS = ["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]
 SECRETS = {p: f"{p}-sandbox-secret-9f8e7d6c" for p in PLATFORMS}
