@@ -24,7 +24,6 @@ from pymongo import monitoring
 
 from auth_worker.apps import AppConfig
 from shared.errors import ErrorCode
-from shared.messages import RpcReply
 from shared.metrics import (
     HTTP_BUCKETS,
     LiveCollector,
@@ -36,13 +35,15 @@ from shared.metrics import (
     rejections_family,
 )
 from shared.platforms import PLATFORMS
+from shared.rpc.contract import CONTRACT, RpcReply
 
 log = logging.getLogger("mplogin.metrics")
 
 PLATFORM_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-RPC_METHODS = frozenset({"login", "refresh", "logout", "me", "profile", "phone", "echo"})
+RPC_METHODS = frozenset(CONTRACT)
+"""The method label values: the methods of the contract (anything else is ``other``)."""
 DB_COMMANDS = frozenset({
     "find", "insert", "update", "delete", "findAndModify", "aggregate", "count", "distinct",
     "getMore", "killCursors", "createIndexes", "dropIndexes", "listIndexes", "listCollections",

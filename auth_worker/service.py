@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
@@ -39,18 +39,9 @@ from auth_worker.store import (
     now_ts,
 )
 from shared.errors import ErrorCode, MPLoginError, PlatformError
-from shared.messages import (
-    LoginParams,
-    LogoutParams,
-    PhoneParams,
-    ProfileParams,
-    RefreshParams,
-    RpcReply,
-    RpcRequest,
-    SessionOut,
-    SessionParams,
-    UserOut,
-)
+from shared.messages import EchoOut, EchoParams, LoginParams, SessionOut, UserOut
+from shared.rpc import contract
+from shared.rpc.contract import HandlerTable, RpcReply, RpcRequest
 from shared.rpc.server import CallContext, RejectAfterReply
 from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, new_session_id
@@ -137,16 +128,15 @@ class LoginService:
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
         """Dispatch one request; errors with a stable code become error replies."""
         try:
-            if request.method == "echo":
-                return RpcReply.success({"echo": request.params})
             # The database gets the request's budget less a margin, so that when it stalls the
             # client hears service_unavailable from us rather than a timeout from the gateway.
             with pymongo.timeout(max(ctx.remaining() - DATABASE_MARGIN, 0.05)):
-                return RpcReply.success(await self._dispatch(request, ctx))
+                return RpcReply.success(await self.handlers.dispatch(request, ctx))
         except ValidationError:
             return RpcReply.failure(ErrorCode.INVALID_REQUEST, "Malformed request parameters.")
         except MPLoginError as exc:
@@ -178,23 +168,23 @@ class LoginService:
             return False
         return True
 
-    async def _dispatch(self, request: RpcRequest, ctx: CallContext) -> BaseModel | dict[str, Any]:
-        params = request.params
-        account = self.account
-        match request.method:
-            case "login":
-                return await self.login(LoginParams.model_validate(params), ctx)
-            case "refresh":
-                return await account.refresh(RefreshParams.model_validate(params), ctx)
-            case "logout":
-                return await account.logout(LogoutParams.model_validate(params))
-            case "me":
-                return await account.me(SessionParams.model_validate(params))
-            case "profile":
-                return await self.opendata.profile(ProfileParams.model_validate(params))
-            case "phone":
-                return await self.opendata.phone(PhoneParams.model_validate(params), ctx)
-        raise MPLoginError(ErrorCode.INVALID_REQUEST, "Unknown method.")
+    def _register(self) -> HandlerTable[CallContext]:
+        """The handler of every method of the contract (``shared.rpc.contract``)."""
+        account, opendata = self.account, self.opendata
+        table: HandlerTable[CallContext] = HandlerTable()
+        table.register(contract.ECHO, self.echo)
+        table.register(contract.LOGIN, self.login)
+        table.register(contract.REFRESH, account.refresh)
+        table.register(contract.LOGOUT, lambda params, ctx: account.logout(params))
+        table.register(contract.ME, lambda params, ctx: account.me(params))
+        table.register(contract.PROFILE, lambda params, ctx: opendata.profile(params))
+        table.register(contract.PHONE, opendata.phone)
+        return table
+
+    @staticmethod
+    async def echo(params: EchoParams, ctx: CallContext) -> EchoOut:
+        """The parameters back, untouched: a round trip through the broker and no more."""
+        return EchoOut(echo=params.model_dump())
 
     async def login(self, params: LoginParams, ctx: CallContext) -> SessionOut:
         """Exchange a login code (once), resolve the user and mint a session."""

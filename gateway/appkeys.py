@@ -7,11 +7,11 @@ from aiohttp import web
 from gateway.auth import AccessTokens
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import ClientRateLimiter, IPNetwork, UserRateLimiter
-from shared.rpc.client import RpcClient
+from shared.rpc.client import RpcTransport
 from shared.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-RPC = web.AppKey("rpc", RpcClient)
+RPC = web.AppKey[RpcTransport]("rpc")
 TOKENS = web.AppKey("tokens", AccessTokens)
 CLIENT_LIMITER = web.AppKey("client_limiter", ClientRateLimiter)
 USER_LIMITER = web.AppKey("user_limiter", UserRateLimiter)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -25,9 +25,24 @@ from shared.metrics import (
 )
 from shared.platforms import PLATFORMS
 
-LIMITED_KINDS = {"/v1/login": "login", "/v1/token/refresh": "refresh", "/v1/logout": "logout",
-                 "/v1/me": "me", "/v1/profile": "profile", "/v1/phone": "phone"}
-"""The ``kind`` label of a gateway limit's rejections, by route (any other route: ``other``)."""
+
+class LimitedRoute(Protocol):
+    """What the metrics read of a route: its path, its name and whether limits apply."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def operation_id(self) -> str: ...
+
+    @property
+    def limited(self) -> bool: ...
+
+
+def limited_kinds(routes: Iterable[LimitedRoute]) -> dict[str, str]:
+    """The ``kind`` label of a gateway limit's rejections, by route path: the route's name, for
+    every route the limits apply to (any other route: ``other``)."""
+    return {route.path: route.operation_id for route in routes if route.limited}
 
 
 class RpcClientStats(Protocol):
@@ -73,19 +88,22 @@ class GatewayMetrics:
         self.registry.register(LiveCollector(source))
 
     def watch_client_limiter(
-        self, limiter: RejectionCounts, user_limiter: RejectionCounts | None = None
+        self, limiter: RejectionCounts, user_limiter: RejectionCounts | None = None,
+        kinds: Mapping[str, str] | None = None,
     ) -> None:
         """Export the rejections of the per-client-IP and per-user limiters (one family).
 
         By route, never by IP or user, which would grow without bound.
         """
 
+        known = dict(kinds or {})
+
         def source() -> Iterator[Metric]:
             family = rejections_family()
             totals: Tally[tuple[str, str]] = Tally()
             for limit, counts in (("client_ip", limiter), ("user", user_limiter)):
                 for route, count in (counts.rejections if counts else {}).items():
-                    kind = bounded(LIMITED_KINDS.get(route), LIMITED_KINDS.values())
+                    kind = bounded(known.get(route), known.values())
                     totals[(limit, kind)] += count
             for (limit, kind), count in sorted(totals.items()):
                 family.add_metric([limit, kind, NOT_APPLICABLE, NOT_APPLICABLE], count)

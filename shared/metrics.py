@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.errors import ErrorCode
-from shared.messages import RpcReply
+from shared.rpc.contract import RpcReply
 
 log = logging.getLogger("mplogin.metrics")
 

@@ -18,8 +18,8 @@ from gateway.app import create_app
 from gateway.metrics import GatewayMetrics
 from mplogin.cli import build_parser
 from shared.errors import HTTP_STATUS, ErrorCode
-from shared.messages import RpcReply
 from shared.platforms import PLATFORMS
+from shared.rpc.contract import RpcReply
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -80,13 +80,15 @@ def http_login_sender(http: aiohttp.ClientSession, base: str, app_id: str) -> Se
 def echo_sender(client: Any) -> Send:
     """``RpcClient.call("echo")``; the answer is ``ok`` or ``rpc:<error code>``."""
     from shared.errors import MPLoginError
+    from shared.messages import EchoParams
+    from shared.rpc.contract import ECHO
 
     counter = itertools.count()
 
     async def send(item: str) -> str:
         try:
-            reply = await client.call("echo", {"n": item}, request_id=f"bench-{next(counter)}",
-                                      timeout=15.0)
+            reply = await client.call(ECHO, EchoParams.model_validate({"n": item}),
+                                      request_id=f"bench-{next(counter)}", timeout=15.0)
         except MPLoginError as exc:
             return f"rpc:{exc.code.value}"
         if reply.ok:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 import orjson
@@ -33,12 +33,31 @@ from aio_pika.exceptions import (
 from pydantic import ValidationError
 
 from shared.errors import ErrorCode, MPLoginError
-from shared.messages import PROTOCOL_VERSION, RpcReply, RpcRequest, dumps
+from shared.rpc.contract import PROTOCOL_VERSION, Method, P, RpcReply, RpcRequest, dumps
 from shared.rpc.wire import DEADLINE_HEADER, REQUEST_ID_HEADER, connect
 
 log = logging.getLogger("mplogin.rpc")
 
 REPLY_QUEUE_EXPIRES_MS = 60_000
+
+
+class RpcTransport(Protocol):
+    """What the gateway needs of its RPC: ``RpcClient`` over the broker, or ``LocalTransport``."""
+
+    reconnects: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    async def call(
+        self, method: Method[P, Any], params: P, *, request_id: str,
+        timeout: float,  # noqa: ASYNC109
+    ) -> RpcReply: ...
+
+    async def close(self) -> None: ...
 
 
 class RpcClient:
@@ -137,16 +156,18 @@ class RpcClient:
         future.set_result(reply)
 
     async def call(
-        self, method: str, params: dict[str, Any], *, request_id: str, timeout: float  # noqa: ASYNC109
+        self, method: Method[P, Any], params: P, *, request_id: str,
+        timeout: float,  # noqa: ASYNC109
     ) -> RpcReply:
-        """Send one request and wait at most ``timeout`` seconds for its reply."""
+        """Send ``method`` with ``params`` and wait at most ``timeout`` seconds for its reply."""
         if not self._up or self._channel is None or self._reply_queue is None:
             raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE)
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[RpcReply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         deadline_ms = int((time.time() + timeout) * 1000)
-        body = dumps(RpcRequest(method=method, request_id=request_id, params=params))
+        body = dumps(RpcRequest(method=method.name, request_id=request_id,
+                                params=params.model_dump(mode="json", exclude_none=True)))
         message = aio_pika.Message(
             body,
             content_type="application/json",

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from shared.errors import ErrorCode
 from shared.logs import safe_request_id
-from shared.messages import RpcReply, RpcRequest
+from shared.rpc.contract import RpcReply, RpcRequest
 from shared.rpc.wire import (
     DEADLINE_HEADER,
     REQUEST_ID_HEADER,

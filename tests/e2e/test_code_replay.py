@@ -19,7 +19,8 @@ from auth_worker.main import login_service, run_worker
 from auth_worker.metrics import WorkerMetrics
 from auth_worker.store import SessionFields
 from shared.errors import ErrorCode, MPLoginError
-from shared.messages import LoginParams, RpcReply, RpcRequest, dumps
+from shared.messages import LoginParams
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
 from shared.rpc.server import CallContext
 from tests.conftest import Sandbox, Stack, StackFactory
 

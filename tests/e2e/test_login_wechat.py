@@ -14,7 +14,7 @@ import pytest
 
 from auth_worker.secretbox import load_secretbox
 from shared.keyring import KeyRing
-from shared.messages import RpcReply, RpcRequest, dumps
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
 from shared.rpc.wire import request_queue_arguments
 from shared.tokens import TokenVerifier
 from tests.conftest import Sandbox, Stack, StackFactory

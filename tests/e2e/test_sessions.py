@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_worker.main import login_service
 from shared.keyring import JWKS_MAX_AGE, KeyRing, activation_of
-from shared.messages import RpcRequest
+from shared.rpc.contract import RpcRequest
 from shared.rpc.server import CallContext, RpcServer
 from shared.tokens import hash_refresh_token
 from tests.conftest import Sandbox, Stack, StackFactory

@@ -21,7 +21,7 @@ import aio_pika
 import pytest
 
 from shared.errors import ErrorCode
-from shared.messages import RpcReply, RpcRequest, dumps
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
 from shared.rpc.server import CallContext, QueueMismatchError, RejectAfterReply, RpcServer
 
 SECRET_CODE = "0a1B2c3D4e5F-live-login-code"

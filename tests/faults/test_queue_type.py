@@ -11,7 +11,7 @@ import aio_pika
 import pytest
 
 from shared.errors import ErrorCode
-from shared.messages import RpcReply, RpcRequest
+from shared.rpc.contract import RpcReply, RpcRequest
 from shared.rpc.server import CallContext, QueueMismatchError, RpcServer
 from shared.rpc.wire import request_queue_arguments
 

@@ -18,7 +18,7 @@ from gateway.ratelimit import (
     client_address,
     parse_networks,
 )
-from shared.messages import RpcReply
+from shared.rpc.contract import RpcReply
 from shared.settings import Settings
 from tests.gateway.test_gateway_unit import FakeRpc
 

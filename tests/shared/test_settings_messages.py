@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.errors import ErrorCode
-from shared.messages import LoginParams, RpcReply, RpcRequest, dumps
+from shared.messages import LoginParams
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
 from shared.settings import Settings
 
 
