@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from shared.errors import ConfigurationError
+from shared.errors import AppConfigError, OperatorError
 from shared.platforms import PLATFORMS, Platform
 from shared.settings import is_placeholder
 
@@ -52,8 +52,14 @@ SECRET_FIELDS = ("secret", "private_key", "aes_key")
 public)."""
 
 
-class AppsFileError(ValueError):
+class AppsFileError(OperatorError):
     """The apps file is unusable; the message names the app and the field."""
+
+    fix = "`mplogin apps check` lists every problem of the apps file"
+
+    def for_operator(self) -> str:
+        """The problem, then the command that lists them all."""
+        return f"{self} ({self.fix})"
 
 
 def _looks_random(name: str) -> bool:
@@ -362,6 +368,6 @@ def load_apps(
     return AppRegistry(apps)
 
 
-def configuration_error(app: AppConfig, what: str) -> ConfigurationError:
+def configuration_error(app: AppConfig, what: str) -> AppConfigError:
     """A configuration error naming the app, for credentials the platform rejects."""
-    return ConfigurationError(f"app {app.platform}/{app.app_id}: {what}")
+    return AppConfigError(f"app {app.platform}/{app.app_id}: {what}")

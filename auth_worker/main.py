@@ -27,6 +27,7 @@ from auth_worker.quota import AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
+from shared.errors import StartupError
 from shared.keyring import (
     KeyRing,
     KeyRingError,
@@ -51,7 +52,7 @@ def mongo_client(
     With ``metrics``, every command is timed by name (a listener on this client only).
     """
     if settings.mongo_url is None:
-        raise ValueError("MPLOGIN_MONGO_URL is not set")
+        raise StartupError("MPLOGIN_MONGO_URL is not set")
     return AsyncMongoClient(
         settings.mongo_url.get_secret_value(),
         tz_aware=True,

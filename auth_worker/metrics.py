@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pymongo import monitoring
 
 from auth_worker.apps import AppConfig
-from shared.errors import ErrorCode
+from shared.errors import ErrorCode, StartupError
 from shared.metrics import (
     HTTP_BUCKETS,
     LiveCollector,
@@ -293,7 +293,7 @@ async def serve_metrics(
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             if not fallback_to_free_port:
-                raise ConnectionError(
+                raise StartupError(
                     f"the metrics port {host}:{port} is unavailable ({exc.strerror}); with "
                     "several workers on one host give each its own MPLOGIN_WORKER_METRICS_PORT"
                 ) from None

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from auth_worker.platforms import alipay_sign
 
-ErrorCode = Literal[
+OpenDataFailure = Literal[  # why open data was refused (not an API ErrorCode)
     "invalid_signature",
     "decrypt_failed",
     "watermark_mismatch",
@@ -80,19 +80,19 @@ class OpenDataError(Exception):
 
     def __init__(
         self,
-        code: ErrorCode,
+        code: OpenDataFailure,
         message: str,
         *,
         platform_code: str | None = None,
         platform_sub_code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.code: ErrorCode = code
+        self.code: OpenDataFailure = code
         self.platform_code = platform_code
         self.platform_sub_code = platform_sub_code
 
 
-def _b64decode(value: str, what: str, *, code: ErrorCode = "bad_input") -> bytes:
+def _b64decode(value: str, what: str, *, code: OpenDataFailure = "bad_input") -> bytes:
     """Strict standard base64 (``+`` and ``/`` intact, padding required) or OpenDataError."""
     decoded: bytes | None = None
     if not isinstance(value, str):

@@ -32,6 +32,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from shared.buckets import TokenBuckets
 from shared.errors import ErrorCode, MPLoginError
 from shared.settings import Settings
 
@@ -178,7 +179,7 @@ class PlatformRateLimiter:
         self.clock = clock
         self.sleep = sleep
         # Keyed by (platform, app_id) of a registered app, so bounded by the apps file.
-        self._tokens: dict[str, tuple[float, float]] = {}
+        self._buckets = TokenBuckets(rate_per_second, self.burst, clock=clock)
         self.rejections: Counter[str] = Counter()
         self.waits = 0
 
@@ -205,27 +206,18 @@ class PlatformRateLimiter:
         if not self.enabled:
             return 0.0
         key = f"{platform}|{app_id}"
-        now = self.clock()
-        tokens, updated = self._tokens.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - updated) * self.rate)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
-        if wait > min(self.max_wait, budget):
-            self._tokens[key] = (tokens, now)
+        reserved, wait = self._buckets.reserve(key, min(self.max_wait, budget))
+        if not reserved:
             self.rejections[key] += 1
             log.debug("outbound.rejected app=%s/%s wait=%.3f", platform, app_id, wait)
             raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=max(1, math.ceil(wait)))
-        # Going below zero is the reservation: the next caller waits behind this one.
-        self._tokens[key] = (tokens - 1.0, now)
         return wait
 
     def release(self, platform: str, app_id: str) -> None:
         """Give back a reserved call that was not made (the code was already claimed)."""
         if not self.enabled:
             return
-        key = f"{platform}|{app_id}"
-        if key in self._tokens:
-            tokens, updated = self._tokens[key]
-            self._tokens[key] = (min(self.burst, tokens + 1.0), updated)
+        self._buckets.refund(f"{platform}|{app_id}")
 
     async def acquire(self, platform: str, app_id: str, *, budget: float) -> None:
         """Reserve one call and wait for its slot, or raise ``rate_limited``."""

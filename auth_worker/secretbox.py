@@ -18,6 +18,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from shared.errors import OperatorError, StartupError
 from shared.private_files import write_private
 from shared.settings import Settings
 
@@ -33,11 +34,18 @@ _B64_ANY: Final = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
 _MIN_DISTINCT_BYTES: Final = 17
 
 
-class SecretBoxError(Exception):
+class SecretBoxError(OperatorError):
     """A value cannot be encrypted or decrypted, or the key configuration is unusable.
 
-    Messages never contain key material or plaintext.
+    Messages never contain key material or plaintext. At start-up it is the operator's to fix
+    (the configured key); later, a value that does not decrypt is the caller's to handle.
     """
+
+    fix = "generate one with `mplogin keys secretbox`"
+
+    def for_operator(self) -> str:
+        """Which setting is unusable, why, and how to make a good one."""
+        return f"MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is unusable: {self}; {self.fix}"
 
 
 def _check_key(key_id: str, key: bytes) -> None:
@@ -170,7 +178,8 @@ def load_secretbox(settings: Settings) -> SecretBox:
     if settings.session_key_encryption_key is not None:
         return SecretBox.from_config(settings.session_key_encryption_key.get_secret_value())
     if settings.mode != "development":
-        raise ValueError("MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required outside development mode")
+        raise StartupError(
+            "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required outside development mode")
     path = settings.data_dir / "secretbox.key"
     if not path.exists():
         write_private(path, generate_config_value() + "\n")

@@ -16,7 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.errors import OperatorError
 from shared.keyring import DEFAULT_ACTIVATION_DELAY, KeyState
+from shared.logs import mask_url
 from shared.runtime import configure_logging, run
 from shared.settings import Settings
 
@@ -32,8 +34,6 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(f"mplogin: bad configuration: {problems}") from None
 
 
-BROKER_FIX = ("start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) and "
-              "check MPLOGIN_BROKER_URL")
 PORT_FIX = ("stop the process that holds it, or choose another port (MPLOGIN_GATEWAY_PORT, "
             "MPLOGIN_WORKER_METRICS_PORT, MPLOGIN_SANDBOX_PORT)")
 
@@ -41,27 +41,17 @@ PORT_FIX = ("stop the process that holds it, or choose another port (MPLOGIN_GAT
 def startup_failure(exc: BaseException, settings: Settings | None = None) -> str:
     """The one line that says why a process stopped, with the fix; never a secret or a traceback.
 
-    The messages of the project's own errors are written without secrets; those of libraries
-    are reduced to their type, since they may quote a URL with its password.
+    The project's own failures are ``OperatorError`` and carry their fix (their messages are
+    written without secrets); those of libraries are reduced to their type, since they may
+    quote a URL with its password.
     """
     from pymongo.errors import ConfigurationError, PyMongoError
 
-    from auth_worker.apps import AppsFileError
-    from auth_worker.secretbox import SecretBoxError
-    from mplogin.doctor import mask_url
-    from shared.errors import StartupError
-    from shared.keyring import KeyRingError
-
+    if isinstance(exc, OperatorError):
+        return exc.for_operator()
     mongo = "MongoDB"
     if settings is not None and settings.mongo_url is not None:
         mongo = f"MongoDB at {mask_url(settings.mongo_url.get_secret_value())}"
-    if isinstance(exc, StartupError | KeyRingError):
-        return str(exc)
-    if isinstance(exc, SecretBoxError):
-        return (f"MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is unusable: {exc}; generate one with "
-                "`mplogin keys secretbox`")
-    if isinstance(exc, AppsFileError):
-        return f"{exc} (`mplogin apps check` lists every problem of the apps file)"
     if isinstance(exc, ConfigurationError):  # InvalidURI included
         return ("MPLOGIN_MONGO_URL is not a valid MongoDB URL "
                 "(expected mongodb://user:password@host:27017/)")
@@ -71,15 +61,11 @@ def startup_failure(exc: BaseException, settings: Settings | None = None) -> str
     if isinstance(exc, TimeoutError):
         return ("timed out while starting: RabbitMQ or MongoDB did not answer in time; "
                 "`mplogin doctor` names which")
-    if isinstance(exc, ConnectionError):
-        return f"{exc}: {BROKER_FIX}" if "RabbitMQ" in str(exc) else f"{exc}"
     if isinstance(exc, OSError):
         if exc.errno == errno.EADDRINUSE:
             return f"a port is already in use ({exc.strerror or 'address in use'}): {PORT_FIX}"
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or type(exc).__name__}{where}"
-    if isinstance(exc, ValueError):
-        return str(exc)
     return (f"stopped by an unexpected {type(exc).__name__}; run with MPLOGIN_LOG_LEVEL=DEBUG "
             "for the traceback, and report it")
 

@@ -44,7 +44,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from auth_worker.secretbox import load_secretbox
 from mplogin.standin import free_port, start_standin
 from mplogin.tryit import apps_from_file, start_tryit
+from shared.errors import BrokerUnreachableError, OperatorError
 from shared.keyring import ensure_dev_keys
+from shared.logs import mask_url
 from shared.private_files import (
     CHILD_UMASK,
     open_private_append,
@@ -67,11 +69,8 @@ RABBIT_HELP = (
 )
 
 
-class DevStackError(ValueError):
-    """The dev stack cannot start or a child died; the message says what to do.
-
-    A ValueError, so the CLI prints it as one ``mplogin: …`` line and exits 1.
-    """
+class DevStackError(OperatorError):
+    """The dev stack cannot start or a child died; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +97,6 @@ def dev_queue_prefix(data_dir: Path) -> str:
     """``mplogin-dev-<hash>``: the same for one data dir on one host, different for any other."""
     where = f"{socket.gethostname()}\0{data_dir.resolve()}"
     return "mplogin-dev-" + hashlib.sha256(where.encode()).hexdigest()[:8]
-
-
-def _masked(url: str) -> str:
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 async def _check_rabbit(url: str) -> bool:
@@ -377,7 +369,7 @@ async def run_dev(workers: int = 2) -> None:
     tighten_tree(logs)
     broker = settings.broker_url.get_secret_value()
     if not await _check_rabbit(broker):
-        raise ConnectionError(RABBIT_HELP.format(url=_masked(broker)))
+        raise BrokerUnreachableError(RABBIT_HELP.format(url=mask_url(broker)), fix="")
     ports = _choose_ports(settings, workers)
     # Created once here, before any child starts: several children creating them at the same
     # moment would each make their own.

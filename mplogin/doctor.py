@@ -38,13 +38,14 @@ from auth_worker.apps import DEFAULT_API_BASE, AppEntry, AppsFileError, parse_en
 from auth_worker.secretbox import SecretBox, SecretBoxError
 from mplogin.apps_check import check_apps_file
 from shared.keyring import KeyRing, KeyRingError, public_dir, public_disk_fingerprint
+from shared.logs import mask_url
 from shared.rpc.wire import open_connection
 from shared.settings import Settings
 
 BROKER_TIMEOUT = 3.0
 MONGO_TIMEOUT_MS = 2000
 PLATFORM_TIMEOUT = 5.0
-MASK = "***"
+MASK = "***"  # what stands for a secret in a report
 
 FIX_BROKER_DOWN = "start it: rabbitmq-server -detached, or docker compose up -d rabbitmq"
 FIX_NO_WORKER = "start a worker: mplogin worker"
@@ -80,26 +81,6 @@ class Check:
     def ok(self) -> bool:
         """False only for a failed check."""
         return self.status is not Status.FAIL
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` and its query string dropped.
-
-    A comma-separated list (the nodes of a RabbitMQ cluster) is masked URL by URL.
-    """
-    if "," in url:
-        return ",".join(mask_url(part.strip()) for part in url.split(","))
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hosts = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{MASK}@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
-    query = "?…" if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 def _password(url: str) -> str | None:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from shared.errors import StartupError
 from shared.private_files import CHILD_UMASK, private_dir, tighten_tree
 
 
@@ -47,7 +48,7 @@ def _executable() -> str:
     found = shutil.which("nx-27017", path=str(Path(sys.executable).parent) + os.pathsep
                          + os.environ.get("PATH", ""))
     if found is None:
-        raise ValueError(
+        raise StartupError(
             "the MongoDB stand-in nx-27017 is not installed (pip install -e '.[dev]'), "
             "or set MPLOGIN_MONGO_URL to a real MongoDB"
         )

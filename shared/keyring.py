@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
+from shared.errors import OperatorError
 from shared.settings import Settings
 
 KID_PATTERN = re.compile(r"^k([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})$")
@@ -80,7 +81,7 @@ _PUBLIC_DIR_MODE = 0o755
 _PUBLIC_FILE_MODE = 0o644
 
 
-class KeyRingError(Exception):
+class KeyRingError(OperatorError):
     """The keys directory or one of its files is unusable (names the file, never key material)."""
 
 

@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
@@ -267,3 +268,25 @@ def safe_request_id(value: object) -> str | None:
     if isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value):
         return value
     return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` and its query string dropped.
+
+    A comma-separated list of URLs (the nodes of a RabbitMQ cluster) is masked URL by URL; a
+    comma inside one URL (a MongoDB URL's hosts) stays in it.
+    """
+    nodes = [node.strip() for node in url.split(",")]
+    if len(nodes) > 1 and all("://" in node for node in nodes):
+        return ",".join(mask_url(node) for node in nodes)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hosts = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"

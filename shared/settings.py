@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.errors import StartupError
+
 PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "xxx", "todo"}
 
 
@@ -184,12 +186,12 @@ class Settings(BaseSettings):
         if self.mode == "development":
             return
         if self.session_key_encryption_key is None:
-            raise ValueError(
+            raise StartupError(
                 "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required outside development mode "
                 "(generate one with: mplogin keys secretbox)"
             )
         if self.mongo_url is None:
-            raise ValueError("MPLOGIN_MONGO_URL is required outside development mode")
+            raise StartupError("MPLOGIN_MONGO_URL is required outside development mode")
 
     def safe_summary(self) -> dict[str, str]:
         """The settings as printable strings, secrets masked."""

@@ -39,7 +39,7 @@ from aio_pika.exceptions import (
 from aiormq import spec
 from pydantic import ValidationError
 
-from shared.errors import ErrorCode
+from shared.errors import ErrorCode, OperatorError
 from shared.logs import safe_request_id
 from shared.rpc.contract import RpcReply, RpcRequest
 from shared.rpc.wire import (
@@ -57,7 +57,7 @@ DEAD_LETTER_RECORD_VERSION = 1
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-class QueueMismatchError(ValueError):
+class QueueMismatchError(OperatorError):
     """The request queue exists on the broker with other arguments (an older version's, or
     another queue type)."""
 

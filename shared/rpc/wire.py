@@ -33,6 +33,8 @@ from aio_pika.exceptions import AMQPError
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from yarl import URL
 
+from shared.errors import BrokerUnreachableError
+
 FLUSH_AT = 64 * 1024
 TCP_USER_TIMEOUT_MS = 5000
 NODE_CONNECT_TIMEOUT = 3.0
@@ -263,5 +265,5 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
             **options,
         )
     except (TimeoutError, OSError, AMQPError) as exc:
-        raise ConnectionError(f"RabbitMQ is unreachable ({type(exc).__name__})") from None
+        raise BrokerUnreachableError(f"RabbitMQ is unreachable ({type(exc).__name__})") from None
     return connection

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from auth_worker.main import run_worker
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from mplogin.standin import async_wait_for_port, free_port, start_standin
+from shared.errors import StartupError
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxworkermetric1"
@@ -162,7 +163,7 @@ async def test_a_taken_metrics_port_fails_in_production_and_moves_in_development
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConnectionError, match="MPLOGIN_WORKER_METRICS_PORT"):
+        with pytest.raises(StartupError, match="MPLOGIN_WORKER_METRICS_PORT"):
             async with serve_metrics(metrics.registry, "127.0.0.1", port):
                 pass
         async with serve_metrics(metrics.registry, "127.0.0.1", port,

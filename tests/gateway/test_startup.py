@@ -19,6 +19,7 @@ from auth_worker.apps import AppsFileError
 from auth_worker.secretbox import SecretBoxError
 from mplogin.cli import _run
 from mplogin.standin import free_port
+from shared.errors import BrokerUnreachableError, StartupError
 from shared.keyring import KeyRingError
 from shared.settings import Settings
 
@@ -38,10 +39,11 @@ async def _raise(exc: BaseException) -> None:
     (ServerSelectionTimeoutError(f"mongodb://u:{MONGO_PASSWORD}@db:27017 refused"),
      "MongoDB at mongodb://u:***@db:27017/ did not answer"),
     (InvalidURI(f"bad uri mongo://u:{MONGO_PASSWORD}@x"), "not a valid MongoDB URL"),
-    (ConnectionError("RabbitMQ is unreachable (AMQPConnectionError)"), "rabbitmq-server -detached"),
+    (BrokerUnreachableError("RabbitMQ is unreachable (AMQPConnectionError)"),
+     "rabbitmq-server -detached"),
     (OSError(errno.EADDRINUSE, "address already in use"), "MPLOGIN_GATEWAY_PORT"),
     (PermissionError(errno.EACCES, "Permission denied", "/etc/keys"), "/etc/keys"),
-    (ValueError("MPLOGIN_MONGO_URL is required outside development mode"), "MPLOGIN_MONGO_URL"),
+    (StartupError("MPLOGIN_MONGO_URL is required outside development mode"), "MPLOGIN_MONGO_URL"),
     (RuntimeError(f"a library quoting {MONGO_PASSWORD}"), "MPLOGIN_LOG_LEVEL=DEBUG"),
 ])
 def test_every_startup_failure_is_one_line_with_the_fix_and_exit_1(

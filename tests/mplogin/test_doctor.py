@@ -17,9 +17,10 @@ import aio_pika
 import pytest
 
 from auth_worker.secretbox import generate_config_value
-from mplogin.doctor import Check, Status, dev_stack, format_report, mask_url, run_doctor
+from mplogin.doctor import Check, Status, dev_stack, format_report, run_doctor
 from mplogin.standin import free_port
 from shared import keyring as keys
+from shared.logs import mask_url
 from shared.rpc.wire import request_queue_arguments
 from shared.settings import Settings
 from tests.conftest import Sandbox, delete_queues, write_apps
