@@ -6,7 +6,6 @@ healthcheck asks it.
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -24,6 +23,7 @@ from pymongo import monitoring
 
 from auth_worker.apps import AppConfig
 from shared.errors import ErrorCode, StartupError
+from shared.logs import get_logger
 from shared.metrics import (
     HTTP_BUCKETS,
     LiveCollector,
@@ -37,7 +37,7 @@ from shared.metrics import (
 from shared.platforms import PLATFORMS
 from shared.rpc.contract import CONTRACT, RpcReply
 
-log = logging.getLogger("mplogin.metrics")
+log = get_logger("mplogin.metrics")
 
 PLATFORM_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -298,9 +298,9 @@ async def serve_metrics(
                     "several workers on one host give each its own MPLOGIN_WORKER_METRICS_PORT"
                 ) from None
             await web.TCPSite(runner, host, 0).start()
-            log.warning("metrics.port_in_use port=%d", port)
+            log.warning("metrics.port_in_use", port=port)
         bound = int(runner.addresses[0][1])
-        log.info("metrics.serving host=%s port=%d", host, bound)
+        log.info("metrics.serving", host=host, port=bound)
         yield bound
     finally:
         await runner.cleanup()

@@ -1,6 +1,6 @@
 """Verifying and decrypting the open data mini-program clients hand us (rawData, phone).
 
-See platforms.md §1.2 (WeChat), §2.6 (Alipay phone), §3 (Douyin), §4 (Baidu), §5 (Kuaishou).
+See docs/platforms.md §1.2 (WeChat), §2.6 (Alipay phone), §3 (Douyin), §4 (Baidu), §5 (Kuaishou).
 
 Pure functions, no I/O:
 

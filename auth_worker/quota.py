@@ -19,7 +19,6 @@ limiting. A second one, with its own rate, stands in front of every other call t
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections import Counter
@@ -34,9 +33,10 @@ from pymongo.errors import DuplicateKeyError
 
 from shared.buckets import TokenBuckets
 from shared.errors import ErrorCode, MPLoginError
+from shared.logs import get_logger
 from shared.settings import Settings
 
-log = logging.getLogger("mplogin.worker")
+log = get_logger("mplogin.worker")
 
 LOGIN = "login"
 REFRESH = "refresh"
@@ -116,7 +116,7 @@ class AppQuota:
             if self._spend(key, window):
                 return
         self.rejections[key] += 1
-        log.debug("quota.rejected kind=%s app=%s/%s", kind, platform, app_id)
+        log.debug("quota.rejected", kind=kind, platform=platform, app_id=app_id)
         raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=self.retry_after())
 
     def retry_after(self) -> int:
@@ -156,7 +156,7 @@ class AppQuota:
         total = int(doc["n"]) if doc is not None else self.chunk
         granted = max(0, min(self.chunk, self.limit - (total - self.chunk)))
         if granted == 0:
-            log.info("quota.window_spent key=%s limit=%d", key, self.limit)
+            log.info("quota.window_spent", key=key, limit=self.limit)
         return granted
 
 
@@ -209,7 +209,7 @@ class PlatformRateLimiter:
         reserved, wait = self._buckets.reserve(key, min(self.max_wait, budget))
         if not reserved:
             self.rejections[key] += 1
-            log.debug("outbound.rejected app=%s/%s wait=%.3f", platform, app_id, wait)
+            log.debug("outbound.rejected", platform=platform, app_id=app_id, wait=round(wait, 3))
             raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=max(1, math.ceil(wait)))
         return wait
 

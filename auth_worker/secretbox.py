@@ -34,6 +34,10 @@ _B64_ANY: Final = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
 _MIN_DISTINCT_BYTES: Final = 17
 
 
+DEV_SECRETBOX_FILE = "secretbox.key"
+"""Where development mode keeps the key it generates, in the data dir."""
+
+
 class SecretBoxError(OperatorError):
     """A value cannot be encrypted or decrypted, or the key configuration is unusable.
 
@@ -180,7 +184,7 @@ def load_secretbox(settings: Settings) -> SecretBox:
     if settings.mode != "development":
         raise StartupError(
             "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required outside development mode")
-    path = settings.data_dir / "secretbox.key"
+    path = settings.data_dir / DEV_SECRETBOX_FILE
     if not path.exists():
         write_private(path, generate_config_value() + "\n")
     return SecretBox.from_config(path.read_text(encoding="utf-8").strip())

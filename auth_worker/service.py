@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from auth_worker.store import (
     now_ts,
 )
 from shared.errors import ErrorCode, MPLoginError, PlatformError
+from shared.logs import get_logger
 from shared.messages import EchoOut, EchoParams, LoginParams, SessionOut, UserOut
 from shared.rpc import contract
 from shared.rpc.contract import HandlerTable, RpcReply, RpcRequest
@@ -46,7 +46,7 @@ from shared.rpc.server import CallContext, RejectAfterReply
 from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, new_session_id
 
-log = logging.getLogger("mplogin.worker")
+log = get_logger("mplogin.worker")
 
 CLAIM_POLL_INTERVAL = 0.05  # every wait for another request's exchange sleeps this long
 DATABASE_MARGIN = 1.0  # pymongo overshoots its timeout by up to ~0.5 s when a server stalls
@@ -141,13 +141,12 @@ class LoginService:
             return RpcReply.failure(ErrorCode.INVALID_REQUEST, "Malformed request parameters.")
         except MPLoginError as exc:
             if exc.code is ErrorCode.APP_MISCONFIGURED:
-                log.error("login.app_misconfigured request_id=%s detail=%s", ctx.request_id,
-                          exc.message)
+                log.error("login.app_misconfigured", request_id=ctx.request_id, detail=exc.message)
                 return RpcReply.failure(exc.code, "This app is misconfigured on the server.")
             return RpcReply.failure(exc.code, exc.message, exc.retry_after)
         except PyMongoError as exc:
-            log.error("login.database_unavailable request_id=%s error=%s", ctx.request_id,
-                      type(exc).__name__)
+            log.error("login.database_unavailable", request_id=ctx.request_id,
+                      error=type(exc).__name__)
             raise RejectAfterReply(RpcReply.failure(
                 ErrorCode.SERVICE_UNAVAILABLE, "The database is unavailable; retry shortly."
             )) from None
@@ -164,7 +163,7 @@ class LoginService:
         except PyMongoError:
             return True  # the database is down: the handler will answer service_unavailable
         if count > self.settings.max_redeliveries:
-            log.error("rpc.poison_message message_id=%s redeliveries=%d", message_id, count)
+            log.error("rpc.poison_message", message_id=message_id, redeliveries=count)
             return False
         return True
 
@@ -242,18 +241,18 @@ class LoginService:
         except MPLoginError as exc:
             await self.store.fail_claim(session_id, error=claim_error(exc))
             if isinstance(exc, PlatformError):
-                log.warning("login.platform_error request_id=%s app=%s/%s code=%s platform_code=%s",
-                            ctx.request_id, app.platform, app.app_id, exc.code.value,
-                            exc.platform_code)
+                log.warning("login.platform_error", request_id=ctx.request_id,
+                            platform=app.platform, app_id=app.app_id, code=exc.code.value,
+                            platform_code=exc.platform_code)
             raise
         except Exception as exc:
             # Whatever happened, the code may have reached the platform: never exchange it
             # again, and answer as for any failed exchange. Only the exception's type and where
             # it was raised are logged: its message may hold the URL, hence the AppSecret.
             frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("login.exchange_failed request_id=%s app=%s/%s error=%s at=%s:%s",
-                      ctx.request_id, app.platform, app.app_id, type(exc).__name__,
-                      Path(frame.filename).name, frame.lineno)
+            log.error("login.exchange_failed", request_id=ctx.request_id, platform=app.platform,
+                      app_id=app.app_id, error=type(exc).__name__,
+                      at=f"{Path(frame.filename).name}:{frame.lineno}")
             failure = MPLoginError(ErrorCode.PLATFORM_UNAVAILABLE,
                                    "The platform exchange failed; retry with a new code.")
             await self.store.fail_claim(session_id, error=claim_error(failure))
@@ -360,8 +359,9 @@ class LoginService:
             # is the person across the apps of the platform account.
             holder = await self.store.claim_unionid(app.platform, identity.unionid, candidate)
             if guest is not None and holder != guest:  # claimed meanwhile by another login
-                log.warning("login.anonymous_link_skipped app=%s/%s reason=unionid_held "
-                            "guest_user_id=%s user_id=%s", app.platform, app.app_id, guest, holder)
+                log.warning("login.anonymous_link_skipped", platform=app.platform,
+                            app_id=app.app_id, reason="unionid_held", guest_user_id=guest,
+                            user_id=holder)
             candidate = holder
         extra = {"anonymous": True} if identity.anonymous else None
         user = await self.store.create_identity(
@@ -386,8 +386,8 @@ class LoginService:
         if identity.unionid is not None:
             holder = await self.store.unionid_holder(app.platform, identity.unionid)
             if holder is not None:  # that user is the person; the guest stays a guest
-                log.warning("login.anonymous_link_skipped app=%s/%s reason=unionid_held "
-                            "user_id=%s", app.platform, app.app_id, holder)
+                log.warning("login.anonymous_link_skipped", platform=app.platform,
+                            app_id=app.app_id, reason="unionid_held", user_id=holder)
                 return None
         moved = await self.store.promote_anonymous(anonymous, identity.openid)
         if moved is None:
@@ -395,8 +395,8 @@ class LoginService:
         guest = str(moved["user_id"])
         ended = await self.store.revoke_user_sessions(guest, reason="guest_promoted",
                                                       openid=anonymous.openid)
-        log.info("login.guest_promoted app=%s/%s user_id=%s guest_sessions_ended=%d",
-                 app.platform, app.app_id, guest, ended)
+        log.info("login.guest_promoted", platform=app.platform, app_id=app.app_id, user_id=guest,
+                 guest_sessions_ended=ended)
         return guest
 
     async def _retire_linked_guest(
@@ -411,8 +411,8 @@ class LoginService:
         await self.store.retire_anonymous(key, openid, previously_linked=True)
         ended = await self.store.revoke_user_sessions(user_id, reason="guest_promoted",
                                                       openid=key.openid)
-        log.warning("login.linked_guest_retired app=%s/%s user_id=%s guest_sessions_ended=%d",
-                    app.platform, app.app_id, user_id, ended)
+        log.warning("login.linked_guest_retired", platform=app.platform, app_id=app.app_id,
+                    user_id=user_id, guest_sessions_ended=ended)
 
     async def _confirm(
         self, app: AppConfig, session_id: str, family: str, resolved: Resolved
@@ -431,8 +431,8 @@ class LoginService:
         current = await self.store.find_identity(resolved.identity)
         if current is None or str(current.get("user_id")) != resolved.user.user_id:
             await self.store.revoke_family(session_id, reason="guest_promoted")
-            log.warning("login.guest_promoted_meanwhile app=%s/%s user_id=%s", app.platform,
-                        app.app_id, resolved.user.user_id)
+            log.warning("login.guest_promoted_meanwhile", platform=app.platform, app_id=app.app_id,
+                        user_id=resolved.user.user_id)
             raise MPLoginError(ErrorCode.INVALID_CODE)
 
     def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
@@ -445,10 +445,8 @@ class LoginService:
     async def _link_unionid(self, app: AppConfig, unionid: str, user_id: str) -> None:
         holder = await self.store.claim_unionid(app.platform, unionid, user_id)
         if holder != user_id:
-            log.error(
-                "login.unionid_conflict app=%s/%s holder_user_id=%s other_user_id=%s "
-                "action=kept_separate", app.platform, app.app_id, holder, user_id,
-            )
+            log.error("login.unionid_conflict", platform=app.platform, app_id=app.app_id,
+                      holder_user_id=holder, other_user_id=user_id, action="kept_separate")
             await self.store.record_union_conflict(app.platform, app.app_id, unionid, holder,
                                                    user_id)
 
@@ -477,8 +475,8 @@ class LoginService:
                 # A redelivery of this very message answered the claim with an error meanwhile
                 # (this worker looked dead to the broker): every request for this code gets
                 # that answer, never a session next to it.
-                log.warning("login.claim_already_answered app=%s/%s state=%s", app.platform,
-                            app.app_id, current.get("state"))
+                log.warning("login.claim_already_answered", platform=app.platform,
+                            app_id=app.app_id, state=current.get("state"))
                 raise recorded_error(current)
         await self._confirm(app, session_id, family, resolved)
         access, expires_in = self.issuer.mint_access(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -28,11 +27,12 @@ from gateway.ratelimit import ClientRateLimiter, UserRateLimiter
 from gateway.routes import ROUTES
 from gateway.server import GatewayRequestHandler, connection_middleware, on_response_prepare
 from shared.errors import StartupError
+from shared.logs import get_logger
 from shared.rpc.client import RpcClient, RpcTransport
 from shared.runtime import stop_event
 from shared.settings import Settings
 
-log = logging.getLogger("mplogin.gateway")
+log = get_logger("mplogin.gateway")
 
 
 async def rpc_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -108,7 +108,7 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
             "gateway?): stop that process or set MPLOGIN_GATEWAY_PORT; to run several gateways "
             "on one port on purpose, set MPLOGIN_GATEWAY_REUSE_PORT=true on each of them"
         ) from None
-    log.info("gateway.started host=%s port=%d", settings.gateway_host, settings.gateway_port)
+    log.info("gateway.started", host=settings.gateway_host, port=settings.gateway_port)
     try:
         await stop.wait()
     finally:

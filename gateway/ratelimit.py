@@ -13,7 +13,6 @@ malformed entry on the walked part falls back to the peer.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import Counter
@@ -23,9 +22,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from aiohttp import hdrs, web
 
 from shared.buckets import MAX_BUCKETS, TokenBuckets
+from shared.logs import get_logger
 from shared.settings import Settings
 
-log = logging.getLogger("mplogin.gateway")
+log = get_logger("mplogin.gateway")
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -142,8 +142,7 @@ class ClientRateLimiter:
             return None
         self.rejections[route] += 1
         # DEBUG, not WARNING: a flood would otherwise turn into a flood of log lines.
-        log.debug("ratelimit.client_rejected route=%s client=%s retry_after=%.2f",
-                  route, key, wait)
+        log.debug("ratelimit.client_rejected", route=route, client=key, retry_after=round(wait, 2))
         return _retry_after(wait)
 
 
@@ -172,6 +171,6 @@ class UserRateLimiter:
         if wait <= 0:
             return None
         self.rejections[route] += 1
-        log.debug("ratelimit.user_rejected route=%s user_id=%s retry_after=%.2f",
-                  route, user_id, wait)
+        log.debug("ratelimit.user_rejected", route=route, user_id=user_id,
+                  retry_after=round(wait, 2))
         return _retry_after(wait)

@@ -25,15 +25,15 @@ send a matching ``Host`` and no ``Origin`` without doing anything special.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from shared.logs import get_logger
 from shared.settings import parse_host
 
-log = logging.getLogger("mplogin.devguard")
+log = get_logger("mplogin.devguard")
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _CHANGING = frozenset({"POST", "PUT", "PATCH"})
@@ -105,9 +105,9 @@ def _local_address(request: web.Request) -> tuple[str, int] | None:
 
 def _refuse(request: web.Request, status: int, code: str, message: str) -> web.Response:
     # The refused values are the client's: logged as repr, never echoed in the answer.
-    log.warning("devguard.refused code=%s method=%s path=%s host=%r origin=%r content_type=%r",
-                code, request.method, request.path, request.headers.get("Host"),
-                request.headers.get("Origin"), request.headers.get("Content-Type"))
+    log.warning("devguard.refused", refusal=code, method=request.method, path=request.path,
+                host=request.headers.get("Host"), origin=request.headers.get("Origin"),
+                content_type=request.headers.get("Content-Type"))
     body = json.dumps({"error": {"code": code, "message": message}})
     return web.Response(status=status, text=body, content_type="application/json")
 

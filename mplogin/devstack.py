@@ -13,9 +13,10 @@ looser is tightened at start, and the children run with umask 077.
 
 A dev stack keeps to itself: its queue prefix is derived from its data dir unless
 ``MPLOGIN_QUEUE_PREFIX`` is set, so two stacks on one broker never take each other's requests;
-its ports are checked before anything starts; and a child counts as started only once its own
-log says so and its readiness endpoint answers, so another program on a port is never taken for
-ours and a child that dies at startup is reported with the end of its log.
+its ports are checked before anything starts; and a child counts as started only once it holds
+its own port (the kernel's socket table names the process) and its readiness endpoint answers
+(``mplogin.supervisor``), so another program on a port is never taken for ours and a child that
+dies at startup is reported with the end of its log.
 """
 
 from __future__ import annotations
@@ -26,13 +27,8 @@ import errno
 import hashlib
 import logging
 import os
-import re
 import secrets
-import signal
 import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +38,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from auth_worker.secretbox import load_secretbox
+from mplogin import supervisor
+from mplogin.devfiles import DevFiles
 from mplogin.standin import free_port, start_standin
+from mplogin.supervisor import Child, ChildError
 from mplogin.tryit import apps_from_file, start_tryit
 from shared.errors import BrokerUnreachableError, OperatorError
 from shared.keyring import ensure_dev_keys
 from shared.logs import mask_url
 from shared.private_files import (
     CHILD_UMASK,
-    open_private_append,
     private_dir,
     tighten,
     tighten_tree,
@@ -139,68 +137,8 @@ def _bind_host(host: str) -> str:
 # -- children -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """A process of the stack, its log file, and where its log stood when it started."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    offset: int = 0
-
-    def written(self) -> str:
-        """What the process wrote to its log since it started (earlier runs append too)."""
-        try:
-            with self.log.open("rb") as handle:
-                handle.seek(self.offset)
-                return handle.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def exited(self) -> DevStackError | None:
-        """An error naming the exit and the end of the log, if the process has exited."""
-        code = self.proc.poll()
-        if code is None:
-            return None
-        tail = "\n".join(self.written().strip().splitlines()[-8:]) or "(nothing)"
-        return DevStackError(
-            f"the {self.name} exited (status {code}); the end of {self.log}:\n{tail}")
-
-
 def _spawn(name: str, args: list[str], env: dict[str, str], log: Path) -> Child:
-    offset = log.stat().st_size if log.exists() else 0
-    with open_private_append(log) as handle:
-        proc = subprocess.Popen(  # noqa: S603 - our own CLI with fixed arguments
-            [sys.executable, "-m", "mplogin", *args], env=env, stdout=handle, stderr=handle,
-            umask=CHILD_UMASK,
-        )
-    return Child(name, proc, log, offset)
-
-
-async def _wait_started(
-    http: aiohttp.ClientSession, child: Child, marker: re.Pattern[str],
-    ready_url: str | None = None, timeout: float = STARTUP_TIMEOUT,  # noqa: ASYNC109
-) -> re.Match[str]:
-    """Wait until ``child``'s own log shows ``marker`` and ``ready_url`` (if any) answers 200.
-
-    Raises DevStackError as soon as the child exits, with the end of its log.
-    """
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        died = child.exited()
-        if died is not None:
-            raise died
-        found = marker.search(child.written())
-        if found is not None:
-            if ready_url is None:
-                return found
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with http.get(ready_url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        return found
-        await asyncio.sleep(0.1)
-    raise DevStackError(f"the {child.name} did not become ready within {timeout:.0f} s; "
-                        f"see {child.log}")
+    return supervisor.spawn(name, args, env=env, log=log, umask=CHILD_UMASK, private_log=True)
 
 
 async def _start_standin(
@@ -209,15 +147,13 @@ async def _start_standin(
     """The MongoDB stand-in on 27017 when free (else any free port), data kept in ``data``."""
     candidates = [free_port()] if _port_in_use(27017) else [27017, free_port()]
     for attempt, port in enumerate(candidates):
-        log = logs / f"nx-27017-{port}.log"
-        offset = log.stat().st_size if log.exists() else 0
-        child = Child("MongoDB stand-in", start_standin(port, data, logs), log, offset)
-        # Its own log line, with its pid, says that it (not another server) took the port.
-        marker = re.compile(rf"\[{child.proc.pid}\] - Listening on [^\s:]+:{port}\b")
+        child = start_standin(port, data, logs)
+        # It, not another server, must hold the port: the kernel's socket table names it.
         try:
-            await _wait_started(http, child, marker, timeout=30.0)
-        except DevStackError:
-            _stop([child])
+            await supervisor.wait_until([child], supervisor.holds_port(child, port),
+                                        f"the {child.name}", timeout=30.0)
+        except ChildError:
+            supervisor.stop([child])
             if attempt + 1 < len(candidates):
                 continue  # 27017 was taken between the check and the start
             raise
@@ -225,16 +161,34 @@ async def _start_standin(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _stop(children: list[Child]) -> None:
-    for child in reversed(children):
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    for child in reversed(children):
-        try:
-            child.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait()
+async def _wait_worker(http: aiohttp.ClientSession, worker: Child, settings: Settings,
+                       consumers: int) -> str | None:
+    """Wait until ``worker`` is ready; its metrics URL (None when its metrics are off).
+
+    With metrics on, ready is its own ``/readyz`` on the port it listens on (in development a
+    taken port moves, so the port is read from the kernel, not from the setting); with metrics
+    off, the request queue has ``consumers`` consumers.
+    """
+    url: str | None = None
+
+    async def ready() -> bool:
+        nonlocal url
+        ports = await asyncio.to_thread(supervisor.listening_ports, worker.pid)
+        for port in sorted(ports):
+            candidate = f"http://{_bind_host(settings.worker_metrics_host)}:{port}"
+            if await supervisor.answers(http, f"{candidate}/readyz"):
+                url = candidate
+                return True
+        return False
+
+    async def consuming() -> bool:
+        return await supervisor.queue_consumers(
+            settings.broker_url.get_secret_value(), settings.request_queue) >= consumers
+
+    metrics_on = settings.worker_metrics_port != 0
+    await supervisor.wait_until([worker], ready if metrics_on else consuming,
+                                f"the {worker.name}", timeout=STARTUP_TIMEOUT)
+    return f"{url}/metrics" if url is not None else None
 
 
 # -- the apps -----------------------------------------------------------------------------------
@@ -257,7 +211,8 @@ async def _register_dev_apps(
     http: aiohttp.ClientSession, sandbox_base: str, data: Path
 ) -> Path:
     """Write the dev apps file (secrets beside it) and register every app with the sandbox."""
-    creds = private_dir(data / "dev-secrets")
+    files = DevFiles(data)
+    creds = private_dir(files.secrets)
     tighten_tree(creds)
     lines = ["# Written by `mplogin dev` at every start: one app per platform, served by the",
              "# local sandbox. The secrets and keys it names are in dev-secrets/ (never commit",
@@ -276,14 +231,15 @@ async def _register_dev_apps(
                 resp.raise_for_status()
                 platform_key = str((await resp.json())["public_key_pem"])
             write_private(creds / "alipay-platform-public-key.pem", platform_key)
-            entry["private_key_file"] = "dev-secrets/alipay-app-private-key.pem"
-            entry["alipay_public_key_file"] = "dev-secrets/alipay-platform-public-key.pem"
+            entry["private_key_file"] = files.secret_ref("alipay-app-private-key.pem")
+            entry["alipay_public_key_file"] = files.secret_ref(
+                "alipay-platform-public-key.pem")
         else:
             secret_file = creds / f"{app.platform}-secret"
             if not secret_file.exists():
                 write_private(secret_file, secrets.token_hex(16))
             register["secret"] = secret_file.read_text(encoding="utf-8").strip()
-            entry["secret_file"] = f"dev-secrets/{app.platform}-secret"
+            entry["secret_file"] = files.secret_ref(f"{app.platform}-secret")
         if app.app_key is not None:
             entry["app_key"] = register["app_key"] = app.app_key
         async with http.post(f"{sandbox_base}/sandbox/apps", json=register) as resp:
@@ -293,7 +249,7 @@ async def _register_dev_apps(
         lines.append("[[apps]]")
         lines += [f'{name} = "{value}"' for name, value in entry.items()]
         lines += ["expose_openid = true", ""]
-    apps_file = data / "apps.toml"
+    apps_file = files.apps_file
     write_private(apps_file, "\n".join(lines))
     return apps_file
 
@@ -347,7 +303,7 @@ def _dev_settings() -> tuple[Settings, dict[str, str]]:
     base = Settings(mode="development")
     defaults: dict[str, str | Path] = {
         "queue_prefix": dev_queue_prefix(base.data_dir),
-        "keys_dir": base.data_dir / "keys",
+        "keys_dir": DevFiles(base.data_dir).keys,
         "gateway_host": LOOPBACK,
         "worker_metrics_host": LOOPBACK,
     }
@@ -365,7 +321,8 @@ async def run_dev(workers: int = 2) -> None:
     stop = stop_event()
     settings, env = _dev_settings()
     data = private_dir(settings.data_dir)
-    logs = private_dir(data / "logs")
+    files = DevFiles(data)
+    logs = private_dir(files.logs)
     tighten_tree(logs)
     broker = settings.broker_url.get_secret_value()
     if not await _check_rabbit(broker):
@@ -375,14 +332,14 @@ async def run_dev(workers: int = 2) -> None:
     # moment would each make their own.
     ensure_dev_keys(settings.keys_dir)
     load_secretbox(settings)
-    tighten(data / "secretbox.key")  # created 0600; one from an older run may be looser
+    tighten(files.secretbox_key)  # created 0600; one from an older run may be looser
 
     children: list[Child] = []
     tryit = None
     try:
         async with aiohttp.ClientSession() as http:
             if settings.mongo_url is None:
-                standin, mongo_port = await _start_standin(http, data / "mongo", logs)
+                standin, mongo_port = await _start_standin(http, files.mongo, logs)
                 children.append(standin)
                 env["MPLOGIN_MONGO_URL"] = f"mongodb://{LOOPBACK}:{mongo_port}"
                 print(f"MongoDB stand-in (nx-27017) on {LOOPBACK}:{mongo_port}, "
@@ -391,9 +348,10 @@ async def run_dev(workers: int = 2) -> None:
             sandbox_base = f"http://{_bind_host(settings.sandbox_host)}:{ports.sandbox}"
             sandbox = _spawn("sandbox", ["sandbox"], env, logs / "sandbox.log")
             children.append(sandbox)
-            await _wait_started(http, sandbox,
-                                re.compile(rf"sandbox listening host=\S+ port={ports.sandbox}\b"),
-                                f"{sandbox_base}/sandbox/stats")
+            await supervisor.wait_until(
+                [sandbox], supervisor.serves(http, sandbox, ports.sandbox,
+                                             f"{sandbox_base}/sandbox/stats"),
+                "the sandbox", timeout=STARTUP_TIMEOUT)
             own_apps = settings.apps_file is None
             if own_apps:
                 apps_file = await _register_dev_apps(http, sandbox_base, data)
@@ -407,20 +365,21 @@ async def run_dev(workers: int = 2) -> None:
                 worker = _spawn(f"worker {i + 1}", ["worker"], worker_env,
                                 logs / f"worker-{i + 1}.log")
                 children.append(worker)
-            for worker in children[-len(ports.workers):]:
-                await _wait_started(http, worker, re.compile(r"worker\.started\b"))
-                serving = re.search(r"metrics\.serving host=(\S+) port=(\d+)", worker.written())
-                if serving is not None:  # in development a taken port moves: read the real one
-                    url = f"http://{_bind_host(serving.group(1))}:{serving.group(2)}"
-                    await _wait_started(http, worker, re.compile(r"worker\.started\b"),
-                                        f"{url}/readyz")
-                    metrics.append(f"{url}/metrics")
+            workers_started = children[-len(ports.workers):]
+            for number, worker in enumerate(workers_started, 1):
+                worker_settings = settings.model_copy(
+                    update={"worker_metrics_port": ports.workers[number - 1]})
+                url = await _wait_worker(http, worker, worker_settings, number)
+                if url is not None:
+                    metrics.append(url)
 
             gateway = f"http://{_bind_host(settings.gateway_host)}:{ports.gateway}"
             gateway_child = _spawn("gateway", ["gateway"], env, logs / "gateway.log")
             children.append(gateway_child)
-            started = re.compile(rf"gateway\.started host=\S+ port={ports.gateway}\b")
-            await _wait_started(http, gateway_child, started, f"{gateway}/readyz")
+            await supervisor.wait_until(
+                [gateway_child], supervisor.serves(http, gateway_child, ports.gateway,
+                                                   f"{gateway}/readyz"),
+                "the gateway", timeout=STARTUP_TIMEOUT)
 
             try:
                 tryit = await start_tryit(LOOPBACK, ports.tryit, gateway, sandbox_base,
@@ -438,7 +397,7 @@ async def run_dev(workers: int = 2) -> None:
         print("\nstopping…", flush=True)
         if tryit is not None:
             await tryit.cleanup()
-        _stop(children)
+        supervisor.stop(children)
         print("stopped.", flush=True)
 
 

@@ -37,6 +37,7 @@ from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyM
 from auth_worker.apps import DEFAULT_API_BASE, AppEntry, AppsFileError, parse_entries
 from auth_worker.secretbox import SecretBox, SecretBoxError
 from mplogin.apps_check import check_apps_file
+from mplogin.devfiles import STANDIN_PID_GLOB, DevFiles
 from shared.keyring import KeyRing, KeyRingError, public_dir, public_disk_fingerprint
 from shared.logs import mask_url
 from shared.rpc.wire import open_connection
@@ -53,9 +54,6 @@ FIX_MONGO = "check MPLOGIN_MONGO_URL / start MongoDB"
 FIX_KEYS = "mplogin keys rotate"
 FIX_PUBLIC_KEYS = "mplogin keys export-public (a starting worker writes them too)"
 FIX_DEV = "start the local stack: mplogin dev"
-DEV_APPS_FILE = "apps.toml"
-DEV_SECRETBOX_FILE = "secretbox.key"
-STANDIN_PID = "nx-27017-*.pid"
 AUTH_FAILED = {13, 18}  # Unauthorized, AuthenticationFailed
 
 
@@ -109,7 +107,7 @@ def check_settings(settings: Settings) -> Check:
 
 def standin_port(data_dir: Path) -> int | None:
     """The port of the MongoDB stand-in ``mplogin dev`` runs, from its live pid file, if any."""
-    for pid_file in sorted((data_dir / "logs").glob(STANDIN_PID)):
+    for pid_file in sorted(DevFiles(data_dir).logs.glob(STANDIN_PID_GLOB)):
         try:
             pid = int(pid_file.read_text(encoding="ascii").strip())
             port = int(pid_file.stem.rsplit("-", 1)[1])
@@ -130,8 +128,8 @@ def dev_stack(settings: Settings, env: Mapping[str, str]) -> tuple[Settings, dic
     data = settings.data_dir
     env = dict(env)
     update: dict[str, Any] = {}
-    if settings.apps_file is None and (data / DEV_APPS_FILE).is_file():
-        update["apps_file"] = data / DEV_APPS_FILE
+    if settings.apps_file is None and DevFiles(data).apps_file.is_file():
+        update["apps_file"] = DevFiles(data).apps_file
     if settings.mongo_url is None:
         port = standin_port(data)
         if port is not None:
@@ -145,7 +143,7 @@ def check_encryption_key(settings: Settings) -> Check:
     value = settings.session_key_encryption_key
     if value is None:
         if settings.mode == "development":
-            return _check_dev_key_file(settings.data_dir / DEV_SECRETBOX_FILE)
+            return _check_dev_key_file(DevFiles(settings.data_dir).secretbox_key)
         return Check("configuration", name, Status.FAIL,
                      "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is not set (required in production)",
                      "generate one with `mplogin keys secretbox` and set "
@@ -190,7 +188,7 @@ def check_apps(settings: Settings, env: Mapping[str, str] | None = None) -> Chec
         if settings.mode == "development":
             return Check("configuration", "apps file", Status.FAIL,
                          "MPLOGIN_APPS_FILE is not set and `mplogin dev` has not written "
-                         f"{settings.data_dir / DEV_APPS_FILE}: workers would serve no app",
+                         f"{DevFiles(settings.data_dir).apps_file}: workers would serve no app",
                          f"{FIX_DEV}, or set MPLOGIN_APPS_FILE")
         return Check("configuration", "apps file", Status.FAIL,
                      "MPLOGIN_APPS_FILE is not set: workers would serve no app",
@@ -286,9 +284,10 @@ async def check_database(settings: Settings, timeout_ms: int = MONGO_TIMEOUT_MS)
     """Ping MongoDB with a short server-selection timeout."""
     if settings.mongo_url is None:
         if settings.mode == "development":
+            standin_pids = DevFiles(settings.data_dir).logs / STANDIN_PID_GLOB
             return Check("database", "MongoDB", Status.FAIL,
                          "MPLOGIN_MONGO_URL is not set and the MongoDB stand-in of `mplogin dev` "
-                         f"is not running (no live {settings.data_dir / 'logs' / STANDIN_PID})",
+                         f"is not running (no live {standin_pids})",
                          f"{FIX_DEV}, or set MPLOGIN_MONGO_URL")
         return Check("database", "MongoDB", Status.FAIL,
                      "MPLOGIN_MONGO_URL is not set (required in production)",
@@ -437,7 +436,7 @@ def known_secrets(settings: Settings, env_values: Iterable[str] = ()) -> set[str
     if settings.session_key_encryption_key is not None:
         values.append(settings.session_key_encryption_key.get_secret_value())
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        values.append((settings.data_dir / DEV_SECRETBOX_FILE).read_text(encoding="utf-8").strip())
+        values.append((DevFiles(settings.data_dir).secretbox_key).read_text(encoding="utf-8").strip())
     for value in values:
         found.add(value)
         found.update(part.split(":", 1)[-1] for part in value.split(","))
@@ -503,7 +502,8 @@ def main(dev: bool = False) -> int:
     secrets = known_secrets(settings, app_secret_values(settings, env))
     report = format_report(checks, secrets)
     ok = all(c.ok for c in checks)
-    if not ok and settings.mode == "production" and (settings.data_dir / DEV_APPS_FILE).is_file():
+    dev_stack_here = DevFiles(settings.data_dir).apps_file.is_file()
+    if not ok and settings.mode == "production" and dev_stack_here:
         report += (f"\nnote: {settings.data_dir} holds a local stack of `mplogin dev`; to check "
                    "it rather than a production deployment, run `mplogin doctor --dev`")
     print(report)

@@ -7,11 +7,11 @@ import os
 import random
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from mplogin.supervisor import Child, spawn_program
 from shared.errors import StartupError
 from shared.private_files import CHILD_UMASK, private_dir, tighten_tree
 
@@ -55,12 +55,12 @@ def _executable() -> str:
     return found
 
 
-def start_standin(port: int, data_dir: Path | None, log_dir: Path) -> subprocess.Popen[bytes]:
+def start_standin(port: int, data_dir: Path | None, log_dir: Path) -> Child:
     """Start nx-27017 on ``port``; ``data_dir`` None keeps the data in memory.
 
     Its data, log and pid files are private (``shared.private_files``): the folders 0700 and
     the files 0600, tightened when an earlier run left them looser, and the stand-in runs with
-    umask 077 so that what it creates is too.
+    umask 077 so that what it creates is too. It writes its own log (the child's ``log``).
     """
     tighten_tree(private_dir(log_dir))
     log_file, pid_file = log_dir / f"nx-27017-{port}.log", log_dir / f"nx-27017-{port}.pid"
@@ -71,8 +71,10 @@ def start_standin(port: int, data_dir: Path | None, log_dir: Path) -> subprocess
     else:
         tighten_tree(private_dir(data_dir))
         args += ["--data-dir", str(data_dir)]
-    return subprocess.Popen(  # noqa: S603 - a fixed executable and arguments
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, umask=CHILD_UMASK)
+    offset = log_file.stat().st_size if log_file.exists() else 0
+    child = spawn_program("MongoDB stand-in", args, umask=CHILD_UMASK)
+    child.log, child.offset = log_file, offset
+    return child
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

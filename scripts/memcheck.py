@@ -54,6 +54,7 @@ from mplogin.bench.load import CodeMinter, http_login_sender, warm_up
 from mplogin.bench.measure import Supply, open_loop
 from mplogin.bench.proc import cpu_seconds, machine_info, peak_rss_mb
 from mplogin.bench.stack import Stack, start_stack, stop_stack
+from mplogin.supervisor import Child
 
 GATEWAY = "gateway"
 WORKER = "worker-1"
@@ -94,12 +95,13 @@ class MemStack(Stack):
 
     overrides: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+              module: str = "mplogin") -> Child:
         """Start the child with the bench's environment plus ``overrides``."""
         extra = dict(self.overrides)
         if name == GATEWAY or name.startswith("worker-"):
             extra["MPLOGIN_LOG_LEVEL"] = "INFO"
-        super().spawn(name, args, {**(env or self.env), **extra})
+        return super().spawn(name, args, {**(env or self.env), **extra}, module)
 
 
 LOG_EVENTS = {
@@ -118,7 +120,9 @@ def log_counts(stack: Stack) -> dict[str, dict[str, int]]:
             lines = (stack.tmp / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
         except OSError:
             continue
-        out[name] = {event: sum(event in line for line in lines) for event in events}
+        # An event and the fields it must carry, e.g. "rpc.dropped reason=expired", on one line.
+        out[name] = {event: sum(all(part in line for part in event.split()) for line in lines)
+                     for event in events}
     return out
 
 

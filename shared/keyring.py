@@ -35,12 +35,12 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -57,7 +57,10 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from shared.errors import OperatorError
+from shared.logs import get_logger
 from shared.settings import Settings
+
+log = get_logger("mplogin.keys")
 
 KID_PATTERN = re.compile(r"^k([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})$")
 _TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -590,3 +593,54 @@ def load_public_keys(settings: Settings) -> PublicKeys:
                 f"{public_dir(settings.keys_dir)} (docker compose mounts the keys-public volume "
                 "there alone, see the README's Key rotation)")
     return PublicKeys.load(settings.keys_dir)
+
+
+K = TypeVar("K")
+
+
+class KeyReloader(Generic[K]):
+    """The one key-reload strategy: reload when the folder's listing changed, keep the loaded
+    keys when the new ones cannot be used.
+
+    ``listing()`` names the files that matter (cheap: no file is parsed); when it differs from
+    the listing the keys in use came from, ``load()`` reads them and ``loaded(keys)`` puts them
+    in use. A failure leaves the keys in use and is logged once per listing, not once per look.
+    The gateway looks on demand (at most once a second), a worker on a timer; both through this.
+    """
+
+    def __init__(
+        self, listing: Callable[[], str], load: Callable[[], K],
+        loaded: Callable[[K], None],
+    ) -> None:
+        self._listing = listing
+        self._load = load
+        self._loaded = loaded
+        self._current = listing()
+        self._failed: str | None = None
+
+    def check(self) -> bool:
+        """Reload if the listing changed; True when new keys were put in use."""
+        try:
+            on_disk = self._listing()
+        except OSError as exc:
+            self._report_failure("?", f"cannot list the keys folder ({exc.strerror})")
+            return False
+        if on_disk == self._current:
+            self._failed = None
+            return False
+        if on_disk == self._failed:  # parsed again only once its listing changes
+            return False
+        try:
+            keys = self._load()
+            self._loaded(keys)
+            self._current = self._listing()  # loading may publish: the listing it leaves
+        except (KeyRingError, OSError) as exc:  # names the file, never key material
+            self._report_failure(on_disk, str(exc))
+            return False
+        self._failed = None
+        return True
+
+    def _report_failure(self, listing: str, error: str) -> None:
+        if self._failed != listing:
+            log.error("keys.reload_failed", error=error)
+        self._failed = listing

@@ -16,7 +16,6 @@ instead of being counted twice.
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter as Tally
 from collections.abc import Iterable
 from typing import Protocol
@@ -34,9 +33,10 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.errors import ErrorCode
+from shared.logs import get_logger
 from shared.rpc.contract import RpcReply
 
-log = logging.getLogger("mplogin.metrics")
+log = get_logger("mplogin.metrics")
 
 OTHER = "other"
 NOT_APPLICABLE = ""  # an empty label value: PromQL treats it as an absent label

@@ -130,6 +130,11 @@ class TokenIssuer:
         self._schedule = schedule
         self._signer = self._signer_in(schedule, time.time())
 
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """The kids of the keys it signs with, each in its own time (oldest first)."""
+        return tuple(signer.kid for signer in self._schedule)
+
     @staticmethod
     def _signer_in(schedule: tuple[_Signer, ...], when: float) -> _Signer:
         for signer in schedule:

@@ -32,12 +32,31 @@ from gateway.app import create_app
 from gateway.appkeys import RPC
 from mplogin.sandbox import create_sandbox_app
 from mplogin.standin import free_port, start_standin, wait_for_port
+from shared.logs import build_formatter
 from shared.rpc.local import LocalTransport
 from shared.rpc.server import RpcServer
 from shared.runtime import HANDLER_NAME, configure_logging
 from shared.settings import Settings
 
 RABBIT_URL = os.environ.get("MPLOGIN_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+# Fixtures whose tests start processes of their own (servers, the dev stack, a second stand-in,
+# a browser): such a test is marked ``processes``. A test that reaches RabbitMQ (through
+# ``rabbit_url``, which every broker fixture uses) is marked ``broker``.
+PROCESS_FIXTURES = frozenset({"proc_stack", "gateways", "dev", "own_database", "chromium_proc"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what it needs (pyproject.toml lists the markers; the README says
+    how to leave them out)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "rabbit_url" in fixtures:
+            item.add_marker(pytest.mark.broker)
+        if fixtures & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.processes)
+        if "browser" in item.path.parts:
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +79,7 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     port = free_port()
-    proc = start_standin(port, None, tmp_path_factory.mktemp("nx"))
+    proc = start_standin(port, None, tmp_path_factory.mktemp("nx")).proc
     try:
         wait_for_port(port)
         yield f"mongodb://127.0.0.1:{port}"
@@ -278,6 +297,15 @@ def process_log() -> Iterator[io.StringIO]:
 def secret() -> str:
     """A fresh random app secret for one test."""
     return uuid.uuid4().hex
+
+
+_CONSOLE = build_formatter("console")
+
+
+def logline(record: logging.LogRecord) -> str:
+    """What a record's console log line says: the event, then its fields as ``key=value``,
+    redacted as every line is (shared.logs)."""
+    return _CONSOLE.format(logging.makeLogRecord(record.__dict__))
 
 
 async def gather_all(*coros: Any) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Baidu session key (platforms.md §4, legacy): ``POST /oauth/jscode2sessionkey``, form body.
+"""Baidu session key (docs/platforms.md §4, legacy): ``POST /oauth/jscode2sessionkey``, form body.
 
 Baidu authenticates with the AppKey (``client_id``, ``app.app_key``) and the AppSecret
 (``sk``), not the app_id. Errors are OAuth2-style ``{error, error_description}`` strings.

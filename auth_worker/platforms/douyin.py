@@ -1,4 +1,4 @@
-"""Douyin code2Session v2 (platforms.md §3): ``POST /api/apps/v2/jscode2session``, JSON body.
+"""Douyin code2Session v2 (docs/platforms.md §3): ``POST /api/apps/v2/jscode2session``, JSON body.
 
 A user logged in to the host app sends ``code``; otherwise only ``anonymous_code``. An
 anonymous login yields the device's ``anonymous_openid`` as the identity; when both codes are

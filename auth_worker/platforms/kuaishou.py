@@ -1,4 +1,4 @@
-"""Kuaishou code2session (platforms.md §5): ``POST /oauth2/mp/code2session``, form body.
+"""Kuaishou code2session (docs/platforms.md §5): ``POST /oauth2/mp/code2session``, form body.
 
 ``result == 1`` means success. The error codes are the Kuaishou open-platform OAuth codes;
 that they apply to code2session is UNCONFIRMED, so unknown results are PLATFORM_UNAVAILABLE.

@@ -1,4 +1,4 @@
-"""WeChat code2Session (platforms.md §1.1): ``GET /sns/jscode2session``, secret in the query.
+"""WeChat code2Session (docs/platforms.md §1.1): ``GET /sns/jscode2session``, secret in the query.
 
 The request URL carries the AppSecret, so it is never logged nor put into an error.
 A missing ``errcode`` means success; -1 (busy) is not retried, since resending a code that

@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
+from mplogin import supervisor
 from mplogin.bench.common import APP_ID, LIMITS_OFF, SECRET_ENV, Json
-from mplogin.standin import async_wait_for_port, free_port, start_standin
+from mplogin.standin import free_port, start_standin
+from mplogin.supervisor import Child
 
-
-@dataclass
-class Child:
-    """A process the bench started."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+STARTUP_TIMEOUT = 40.0
 
 
 @dataclass
@@ -57,74 +49,23 @@ class Stack:
         """The request queue of this run's workers."""
         return f"{self.prefix}.requests"
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        """Start ``python -m <args>`` with its output in the run's log folder."""
-        handle = (self.tmp / "logs" / f"{name}.log").open("ab")
-        proc = subprocess.Popen(  # noqa: S603 - our own modules with fixed arguments
-            [sys.executable, "-m", *args], env=env or self.env, stdout=handle, stderr=handle,
-            cwd=str(Path(__file__).resolve().parent.parent),
-        )
-        handle.close()
-        self.children.append(Child(name, proc))
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+              module: str = "mplogin") -> Child:
+        """Start ``python -m <module> <args>`` with its output in the run's log folder."""
+        child = supervisor.spawn(name, args, env=env or self.env, module=module,
+                                 log=self.tmp / "logs" / f"{name}.log", cwd=REPO_ROOT)
+        self.children.append(child)
+        return child
 
     def pids(self) -> dict[str, int]:
         """The pid of every process to account for, this one included."""
-        found = {c.name: c.proc.pid for c in self.children if c.proc.poll() is None}
+        found = {c.name: c.pid for c in self.children if c.proc.poll() is None}
         found["bench (load generator)"] = os.getpid()
         return found
 
     def check_alive(self) -> None:
         """Fail if a child died."""
-        for child in self.children:
-            if child.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{child.name} exited with {child.proc.returncode}; see {self.tmp / 'logs'}"
-                )
-
-
-async def wait_http(url: str, timeout: float = 40.0) -> None:  # noqa: ASYNC109
-    """Wait until GET ``url`` answers 200."""
-    end = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < end:
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{url} did not become ready in {timeout:.0f}s")
-
-
-def listening_pids(port: int) -> set[int]:
-    """Pids of the processes holding a TCP socket that listens on ``port`` (from /proc)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as rows:
-            for row in itertools.islice(rows, 1, None):
-                fields = row.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    inodes.add(f"socket:[{fields[9]}]")
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
-                found.add(int(entry.name))
-    return found
-
-
-async def wait_listening(stack: Stack, port: int, names: Sequence[str],
-                         timeout: float = 40.0) -> None:  # noqa: ASYNC109
-    """Wait until every process in ``names`` listens on ``port`` (gateways sharing a port)."""
-    end = time.monotonic() + timeout
-    wanted = {c.proc.pid for c in stack.children if c.name in names}
-    while time.monotonic() < end:
-        stack.check_alive()
-        if wanted <= listening_pids(port):
-            return
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"the gateways did not all listen on port {port} in {timeout:.0f}s")
+        supervisor.check_alive(self.children)
 
 
 async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
@@ -144,7 +85,9 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
         stack.mongo_url, stack.external_mongo = external, True
     else:
         standin_port = free_port()
-        stack.children.append(Child("stand-in (nx-27017)", start_standin(standin_port, None, logs)))
+        standin = start_standin(standin_port, None, logs)
+        standin.name = "stand-in (nx-27017)"
+        stack.children.append(standin)
         stack.mongo_url = f"mongodb://127.0.0.1:{standin_port}"
     sandbox_port, gateway_port, inline_port = free_port(), free_port(), free_port()
     stack.sandbox = f"http://127.0.0.1:{sandbox_port}"
@@ -182,11 +125,15 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
     # The bench measures capacity, not the limits: they stay on (their code runs) but high.
     env.update(LIMITS_OFF)
     stack.env = env
-    stack.spawn("sandbox", ["mplogin.cli", "sandbox", "--host", "127.0.0.1",
-                            "--port", str(sandbox_port)])
-    if standin_port:
-        await async_wait_for_port(standin_port, timeout=30)
-    await wait_http(f"{stack.sandbox}/sandbox/stats")
+    sandbox = stack.spawn("sandbox",
+                          ["sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port)])
+    async with aiohttp.ClientSession() as http:
+        if standin_port:
+            await supervisor.wait_until(stack.children, supervisor.holds_port(
+                stack.children[0], standin_port), "the stand-in", timeout=30)
+        await supervisor.wait_until(stack.children, supervisor.serves(
+            http, sandbox, sandbox_port, f"{stack.sandbox}/sandbox/stats"), "the sandbox",
+            timeout=STARTUP_TIMEOUT)
     async with aiohttp.ClientSession() as http, http.post(
         f"{stack.sandbox}/sandbox/apps",
         json={"platform": "wechat", "app_id": APP_ID, "secret": secret},
@@ -195,63 +142,38 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
     for i in range(workers):
         metrics_port = free_port()  # each worker its own, so the bench can read every one
         stack.worker_metrics.append(f"http://127.0.0.1:{metrics_port}/metrics")
-        stack.spawn(f"worker-{i + 1}", ["mplogin.cli", "worker"], env={
+        stack.spawn(f"worker-{i + 1}", ["worker"], env={
             **env, "MPLOGIN_WORKER_METRICS_HOST": "127.0.0.1",
             "MPLOGIN_WORKER_METRICS_PORT": str(metrics_port)})
     gateway_names = ["gateway"] if gateways == 1 else [f"gateway-{i + 1}" for i in range(gateways)]
     # Several gateways on one port must each say so (SO_REUSEPORT is off by default).
     gateway_env = {**env, "MPLOGIN_GATEWAY_REUSE_PORT": "true"} if gateways > 1 else None
-    for name in gateway_names:
-        stack.spawn(name, ["mplogin.cli", "gateway"], env=gateway_env)
-    stack.spawn("inline", ["mplogin.bench", "inline", "--port", str(inline_port)])
-    try:
-        await wait_http(f"{stack.gateway}/readyz")
-        await wait_listening(stack, gateway_port, gateway_names)
-        await wait_http(f"{stack.inline}/healthz")
-        await wait_consumers(stack, workers)
-    except TimeoutError:
-        stack.check_alive()
-        raise
+    gateway_children = [stack.spawn(name, ["gateway"], env=gateway_env) for name in gateway_names]
+    inline = stack.spawn("inline", ["inline", "--port", str(inline_port)], module="mplogin.bench")
 
+    async def gateways_listen() -> bool:
+        # Several gateways on one port: every one of them must hold it.
+        held = await asyncio.to_thread(supervisor.listening_pids, gateway_port)
+        return {child.pid for child in gateway_children} <= held
 
-async def wait_consumers(stack: Stack, workers: int, timeout: float = 40.0) -> None:  # noqa: ASYNC109
-    """Wait until ``workers`` consumers listen on the request queue."""
-    import aio_pika
+    async def consuming() -> bool:
+        return await supervisor.queue_consumers(stack.broker_url, stack.request_queue) >= workers
 
-    end = time.monotonic() + timeout
-    connection = await aio_pika.connect(stack.broker_url)
-    async with connection:
-        while time.monotonic() < end:
-            stack.check_alive()
-            channel = await connection.channel()
-            try:
-                queue = await channel.declare_queue(stack.request_queue, passive=True)
-                result = queue.declaration_result
-                if result is not None and (result.consumer_count or 0) >= workers:
-                    return
-            except aio_pika.exceptions.ChannelClosed:
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"{workers} workers did not start consuming in {timeout:.0f}s")
+    async with aiohttp.ClientSession() as http:
+        for ready, what in (
+            (supervisor.serves(http, gateway_children[0], gateway_port,
+                               f"{stack.gateway}/readyz"), "the gateway"),
+            (gateways_listen, "every gateway"),
+            (supervisor.serves(http, inline, inline_port, f"{stack.inline}/healthz"),
+             "the inline server"),
+            (consuming, f"{workers} workers"),
+        ):
+            await supervisor.wait_until(stack.children, ready, what, timeout=STARTUP_TIMEOUT)
 
 
 async def stop_stack(stack: Stack) -> Json:
     """Stop every child (TERM, then KILL), delete this run's queues and external database."""
-    order = ["gateway", "inline"]
-    children = sorted(stack.children, key=lambda c: (c.name not in order, c.name.startswith("s")))
-    for child in children:
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    end = time.monotonic() + 15
-    for child in children:
-        try:
-            await asyncio.to_thread(child.proc.wait, max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait()
+    await supervisor.stop_async(stack.children)  # newest first: inline, gateways, workers...
     deleted = await delete_queues(stack)
     if stack.external_mongo and stack.mongo_url:
         from pymongo import AsyncMongoClient

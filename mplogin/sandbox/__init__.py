@@ -3,7 +3,7 @@
 Each platform lives under a path prefix, so an app's ``api_base`` is ``http://HOST:PORT/<platform>``
 (``/wechat``, ``/qq``, ``/alipay``, ``/douyin``, ``/baidu``, ``/kuaishou``); the control API for
 tests is under ``/sandbox/``. Each platform module's docstring lists the choices made where
-platforms.md is silent or UNCONFIRMED.
+docs/platforms.md is silent or UNCONFIRMED.
 
 It runs on developers' machines, so every request must name it in ``Host`` (a loopback name or
 the address it was reached at, with its port, or one of ``allowed_hosts``) and must not come
@@ -14,7 +14,6 @@ platform paths take what the platforms take (forms included).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -23,10 +22,11 @@ from mplogin.devguard import HostGuard
 from mplogin.sandbox import alipay, baidu, control, douyin, kuaishou, qq, wechat
 from mplogin.sandbox.common import SANDBOX_STATE
 from mplogin.sandbox.state import SandboxState, generate_rsa_key, load_private_key
+from shared.logs import get_logger
 
 __all__ = ["SANDBOX_STATE", "SandboxState", "create_sandbox_app", "run_sandbox"]
 
-log = logging.getLogger("mplogin.sandbox")
+log = get_logger("mplogin.sandbox")
 
 
 async def _ensure_keys(app: web.Application) -> None:
@@ -61,8 +61,8 @@ async def run_sandbox(host: str, port: int, allowed_hosts: Sequence[str] = ()) -
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        log.info("sandbox listening host=%s port=%s allowed_hosts=%s", host, port,
-                 ",".join(allowed_hosts) or "-")
+        log.info("sandbox.listening", host=host, port=port,
+                 allowed_hosts=",".join(allowed_hosts) or "-")
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

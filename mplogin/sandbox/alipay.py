@@ -1,10 +1,12 @@
-"""Alipay emulation: ``/alipay/gateway.do``, ``method=alipay.system.oauth.token`` (platforms.md §2).
+"""Alipay emulation: ``/alipay/gateway.do``, ``method=alipay.system.oauth.token`` (§2).
+
+The contract is docs/platforms.md §2.
 
 Requests are RSA2-signed by the app (verified with the app's registered public key); every
 answer, success or error, is signed by the sandbox's own Alipay key over the exact raw JSON
 text of the ``…_response``/``error_response`` node, which appears verbatim in the body.
 
-Choices where platforms.md is silent or UNCONFIRMED:
+Choices where docs/platforms.md is silent or UNCONFIRMED:
 - Common parameters may come in the query, the form body, or both (merged; the body wins).
 - Answers are labelled ``Content-Type: text/html;charset=utf-8`` as Alipay's gateway does;
   clients must parse the text whatever the content type says.

@@ -1,8 +1,10 @@
 """Baidu emulation: legacy ``oauth/jscode2sessionkey`` and rest v2 ``getsessionkey`` (§4).
 
-Choices where platforms.md is silent or UNCONFIRMED:
+The contract is docs/platforms.md §4.
+
+Choices where docs/platforms.md is silent or UNCONFIRMED:
 - Parameters come from the form body only (the documented form); the answer is HTTP 200 for
-  success and errors alike (platforms.md §9).
+  success and errors alike (docs/platforms.md §9).
 - Error strings follow Baidu OAuth2: ``invalid_request`` (missing parameter),
   ``invalid_client`` (unknown client_id or wrong sk), ``invalid_grant`` (unknown, expired,
   used or another app's code); the ``busy`` fault answers ``server_error`` (RFC 6749 name;

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
-from mplogin.sandbox.state import TRANSPORT_FAULTS, Fault, Platform, SandboxState
+from mplogin.sandbox.state import TRANSPORT_FAULTS, Fault, SandboxState
+from shared.logs import get_logger
+from shared.platforms import Platform
 
-log = logging.getLogger("mplogin.sandbox")
+log = get_logger("mplogin.sandbox")
 
 SANDBOX_STATE = web.AppKey("sandbox_state", SandboxState)
 
@@ -61,7 +62,7 @@ async def enter_exchange(
     fault = state.take_fault(platform, app_id)
     if fault is None:
         return None, None
-    log.info("sandbox fault injected platform=%s app_id=%s fault=%s", platform, app_id, fault.kind)
+    log.info("sandbox.fault_injected", platform=platform, app_id=app_id, fault=fault.kind)
     if fault.delay_ms > 0:
         await asyncio.sleep(fault.delay_ms / 1000)
     if fault.consume_code and fault.kind not in ("slow", "bad_signature"):

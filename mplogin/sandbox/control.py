@@ -33,12 +33,12 @@ from mplogin.sandbox.state import (
     Fault,
     FaultKind,
     IdentityField,
-    Platform,
     SandboxApp,
     SandboxState,
     generate_rsa_key,
     load_public_key,
 )
+from shared.platforms import Platform
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -1,6 +1,8 @@
-"""Douyin emulation: ``POST /douyin/api/apps/v2/jscode2session`` with a JSON body (platforms.md §3).
+"""Douyin emulation: ``POST /douyin/api/apps/v2/jscode2session`` with a JSON body (§3).
 
-Choices where platforms.md is silent or UNCONFIRMED:
+The contract is docs/platforms.md §3.
+
+Choices where docs/platforms.md is silent or UNCONFIRMED:
 - A body that is not a JSON object (e.g. a form) is read as empty: 40014 parameter missing.
 - Check order: 40014 (appid, secret, or both codes missing), 40015 bad appid, 40017 bad
   secret, then the codes. When both ``code`` and ``anonymous_code`` are sent, both are checked

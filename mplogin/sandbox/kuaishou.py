@@ -1,9 +1,9 @@
-"""Kuaishou emulation: ``POST /kuaishou/oauth2/mp/code2session`` (platforms.md §5).
+"""Kuaishou emulation: ``POST /kuaishou/oauth2/mp/code2session`` (docs/platforms.md §5).
 
-Choices where platforms.md is silent or UNCONFIRMED:
+Choices where docs/platforms.md is silent or UNCONFIRMED:
 - Parameters are read from the form body and the query string (merged; the body wins), since
   SDKs send either and the official form is UNCONFIRMED.
-- Code lifetime 300 s (UNCONFIRMED in platforms.md).
+- Code lifetime 300 s (UNCONFIRMED in docs/platforms.md).
 - Result codes are the Kuaishou open-platform OAuth ones (UNCONFIRMED for code2session):
   100200100 missing parameter, 100200101 bad app_id or app_secret, 100200105 bad code
   (unknown, expired, used or another app's), 100200500 internal error (the ``busy`` fault).

@@ -3,7 +3,7 @@
 Builds what ``wx.getUserProfile`` (and its QQ, Douyin, Kuaishou and Baidu counterparts) and
 Alipay's ``my.getPhoneNumber`` give the client, so tests can send it to our service.
 
-Choices where platforms.md is silent or UNCONFIRMED:
+Choices where docs/platforms.md is silent or UNCONFIRMED:
 - ``rawData`` is the compact JSON of the given ``user_info``; ``signature`` is
   ``sha1(rawData + session_key)`` hex on every platform, Baidu included (Baidu's signature
   rule is UNCONFIRMED).

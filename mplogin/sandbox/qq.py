@@ -1,6 +1,6 @@
-"""QQ emulation: ``GET /qq/sns/jscode2session`` (platforms.md §6), WeChat-shaped.
+"""QQ emulation: ``GET /qq/sns/jscode2session`` (docs/platforms.md §6), WeChat-shaped.
 
-Choices where platforms.md is silent or UNCONFIRMED:
+Choices where docs/platforms.md is silent or UNCONFIRMED:
 - Code lifetime 300 s (UNCONFIRMED; assumed like WeChat).
 - QQ documents no "code used" error: a reused code answers 40029 like any invalid code.
 - QQ documents no credential errors: WeChat's 40013 (invalid appid) and 40125 (invalid

@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-Platform = Literal["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]
-PLATFORMS: tuple[Platform, ...] = ("wechat", "alipay", "douyin", "kuaishou", "baidu", "qq")
+from shared.platforms import Platform
+
 IdentityField = Literal["open_id", "user_id"]
 CodeIdentity = Literal["open_id", "user_id", "both"]
 
-# Seconds a freshly minted login code stays valid (platforms.md §0; Kuaishou is UNCONFIRMED there,
-# 300 s is assumed like its neighbours; Alipay uses its documented minimum of 3 minutes).
+# Seconds a freshly minted login code stays valid (docs/platforms.md §0; Kuaishou is unconfirmed
+# there, 300 s is assumed like its neighbours; Alipay uses its documented minimum of 3 minutes).
 CODE_LIFETIME: dict[Platform, int] = {
     "wechat": 300,
     "qq": 300,
@@ -38,12 +38,12 @@ CODE_LIFETIME: dict[Platform, int] = {
 }
 PHONE_CODE_LIFETIME = 300
 
-# WeChat access_token rules (platforms.md §1.4).
+# WeChat access_token rules (docs/platforms.md §1.4).
 ACCESS_TOKEN_LIFETIME = 7200
 TOKEN_GRACE = 300  # a replaced token stays valid this long; stable tokens rotate this early
 FORCE_REFRESH_MIN_INTERVAL = 30
 FORCE_REFRESH_DAILY_LIMIT = 20
-BAIDU_TOKEN_LIFETIME = 2_592_000  # 30 days; UNCONFIRMED in platforms.md
+BAIDU_TOKEN_LIFETIME = 2_592_000  # 30 days; UNCONFIRMED in docs/platforms.md
 
 FaultKind = Literal[
     "busy",
@@ -69,8 +69,8 @@ SUPPORTED_FAULTS: dict[Platform, frozenset[str]] = {
     "kuaishou": _COMMON_FAULTS,
 }
 UNSUPPORTED_FAULT_REASON: dict[str, str] = {
-    "rate_limited": "platforms.md documents no rate-limit error for this platform",
-    "blocked": "platforms.md documents no risk-control (blocked) error for this platform",
+    "rate_limited": "docs/platforms.md documents no rate-limit error for this platform",
+    "blocked": "docs/platforms.md documents no risk-control (blocked) error for this platform",
     "bad_signature": "only Alipay signs its responses",
 }
 

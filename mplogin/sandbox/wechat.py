@@ -1,6 +1,6 @@
-"""WeChat emulation: ``GET /wechat/sns/jscode2session`` (platforms.md §1.1), shared with QQ.
+"""WeChat emulation: ``GET /wechat/sns/jscode2session`` (docs/platforms.md §1.1), shared with QQ.
 
-Choices where platforms.md is silent:
+Choices where docs/platforms.md is silent:
 - Bodies are JSON labelled ``Content-Type: text/plain``, as WeChat's API is observed to send
   (third-party client reports). Clients must parse the text whatever the content type says.
 - Missing parameters answer WeChat's global codes: 41002 appid missing, 41004 appsecret
@@ -38,11 +38,11 @@ from mplogin.sandbox.common import enter_exchange, json_response, state_of
 from mplogin.sandbox.state import (
     ACCESS_TOKEN_LIFETIME,
     CodeStatus,
-    Platform,
     SandboxState,
     StableTokenOutcome,
     TokenStatus,
 )
+from shared.platforms import Platform
 
 API_JSON = "application/json"
 
@@ -167,7 +167,10 @@ def _credentials_error(
 
 
 async def stable_token(request: web.Request) -> web.Response:
-    """``POST cgi-bin/stable_token``: the same token until 300 s before expiry (§1.4)."""
+    """``POST cgi-bin/stable_token``: the same token until 300 s before expiry.
+
+    docs/platforms.md §1.4.
+    """
     state = state_of(request)
     body = await _json_object(request)
     if body is None:
@@ -220,7 +223,10 @@ def token_error(state: SandboxState, value: str) -> tuple[web.Response | None, s
 
 
 async def get_user_phone_number(request: web.Request) -> web.Response:
-    """``POST wxa/business/getuserphonenumber``: turn a phone code into the number (§1.3)."""
+    """``POST wxa/business/getuserphonenumber``: turn a phone code into the number.
+
+    docs/platforms.md §1.3.
+    """
     state = state_of(request)
     refused, app_id = token_error(state, request.query.get("access_token", ""))
     if refused is not None:

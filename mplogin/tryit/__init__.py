@@ -16,7 +16,6 @@ with a cross-site POST nor read its answers through DNS rebinding.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ from aiohttp import web
 from yarl import URL
 
 from mplogin.devguard import HostGuard
+from shared.logs import get_logger
 
-log = logging.getLogger("mplogin.tryit")
+log = get_logger("mplogin.tryit")
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_OPENID = "o_demo_user"
@@ -142,7 +142,7 @@ async def _proxy(request: web.Request, upstream: str, path: str) -> web.Response
             out = {h: resp.headers[h] for h in _RESPONSE_HEADERS if h in resp.headers}
             return web.Response(status=resp.status, body=payload, headers=out)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("tryit.upstream_failed upstream=%s error=%s", upstream, type(exc).__name__)
+        log.warning("tryit.upstream_failed", upstream=upstream, error=type(exc).__name__)
         return _error(
             502, "upstream_unavailable",
             f"The try-it page could not reach the {upstream} at {base} ({type(exc).__name__}).",
@@ -170,7 +170,7 @@ async def start_tryit(
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("tryit listening host=%s port=%s", host, port)
+    log.info("tryit.listening", host=host, port=port)
     return runner
 
 

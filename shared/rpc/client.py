@@ -11,7 +11,6 @@ non-exclusive with ``x-expires``, so a fast reconnect never meets RESOURCE_LOCKE
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from typing import Any, Protocol
@@ -33,10 +32,11 @@ from aio_pika.exceptions import (
 from pydantic import ValidationError
 
 from shared.errors import ErrorCode, MPLoginError
+from shared.logs import get_logger
 from shared.rpc.contract import PROTOCOL_VERSION, Method, P, RpcReply, RpcRequest, dumps
 from shared.rpc.wire import DEADLINE_HEADER, REQUEST_ID_HEADER, connect
 
-log = logging.getLogger("mplogin.rpc")
+log = get_logger("mplogin.rpc")
 
 REPLY_QUEUE_EXPIRES_MS = 60_000
 
@@ -117,7 +117,7 @@ class RpcClient:
             if not future.done():
                 future.set_exception(MPLoginError(ErrorCode.SERVICE_UNAVAILABLE))
         if self._pending:
-            log.warning("rpc.pending_failed count=%d reason=%s", len(self._pending), why)
+            log.warning("rpc.pending_failed", count=len(self._pending), reason=why)
 
     def _on_connection_close(self, *_: Any) -> None:
         self._up = False
@@ -129,7 +129,7 @@ class RpcClient:
 
     def _on_reconnect(self, *_: Any) -> None:
         self.reconnects += 1
-        log.info("rpc.reconnected name=%s", self._name)
+        log.info("rpc.reconnected", connection=self._name)
 
     def _on_channel_reopen(self, *_: Any) -> None:
         self._up = True
@@ -146,8 +146,7 @@ class RpcClient:
             if version is not None and version != PROTOCOL_VERSION:
                 # A worker of another release (a rolling upgrade): the service is not ready
                 # for this request, which is no fault of the client's or of this code's.
-                log.error("rpc.reply_version_mismatch version=%s expected=%d", version,
-                          PROTOCOL_VERSION)
+                log.error("rpc.reply_version_mismatch", version=version, expected=PROTOCOL_VERSION)
                 future.set_exception(MPLoginError(ErrorCode.SERVICE_UNAVAILABLE))
                 return
             log.error("rpc.malformed_reply")
@@ -184,7 +183,7 @@ class RpcClient:
                         message, routing_key=self._request_queue, mandatory=True
                     )
                 except PublishError:
-                    log.warning("rpc.unroutable queue=%s", self._request_queue)
+                    log.warning("rpc.unroutable", queue=self._request_queue)
                     raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None
                 except (DeliveryError, AMQPError, ChannelInvalidStateError, ConnectionError):
                     raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -40,7 +39,7 @@ from aiormq import spec
 from pydantic import ValidationError
 
 from shared.errors import ErrorCode, OperatorError
-from shared.logs import safe_request_id
+from shared.logs import get_logger, safe_request_id
 from shared.rpc.contract import RpcReply, RpcRequest
 from shared.rpc.wire import (
     DEADLINE_HEADER,
@@ -50,7 +49,7 @@ from shared.rpc.wire import (
     request_queue_arguments,
 )
 
-log = logging.getLogger("mplogin.rpc")
+log = get_logger("mplogin.rpc")
 
 DEFAULT_MAX_BUDGET = 30.0  # seconds a request may take at most, unless the server is told
 DEAD_LETTER_RECORD_VERSION = 1
@@ -236,7 +235,7 @@ class RpcServer:
 
     def _on_reconnect(self, *_: Any) -> None:
         self.reconnects += 1
-        log.info("rpc.reconnected name=%s", self._name)
+        log.info("rpc.reconnected", connection=self._name)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -260,8 +259,7 @@ class RpcServer:
         The record is published with a publisher confirm before the ack, so a request is never
         acked without its record; it is not counted or logged as handled.
         """
-        log.warning("rpc.dead_lettered reason=%s method=%s request_id=%s", why, method or "-",
-                    request_id)
+        log.warning("rpc.dead_lettered", reason=why, method=method or "-", request_id=request_id)
         record = dead_letter_record(message, why, request_id, method)
         if self._channel is None:
             return  # not started: nothing to publish on, and nothing to ack with
@@ -278,8 +276,8 @@ class RpcServer:
             # The log line above holds everything the record would have; the request itself
             # must not be kept (its body may hold secrets). If the channel is gone the broker
             # redelivers it and the next worker tries again.
-            log.error("rpc.dead_letter_failed reason=%s request_id=%s error=%s", why, request_id,
-                      type(exc).__name__)
+            log.error("rpc.dead_letter_failed", reason=why, request_id=request_id,
+                      error=type(exc).__name__)
             with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError):
                 await message.reject(requeue=False)
             return
@@ -300,7 +298,7 @@ class RpcServer:
             # The caller has given up: doing the work now would only surprise the user later,
             # and the request is garbage (like one that expires in the queue, it is dropped with
             # its body). This also bounds a message that keeps killing its workers.
-            log.info("rpc.dropped reason=expired request_id=%s", request_id)
+            log.info("rpc.dropped", reason="expired", request_id=request_id)
             self.expired += 1
             await message.ack()
             return
@@ -333,7 +331,7 @@ class RpcServer:
             await self._dead_letter(message, "not_done", request_id, method)
             return
         except Exception:
-            log.exception("rpc.handler_failed request_id=%s", request_id)
+            log.exception("rpc.handler_failed", request_id=request_id)
             failure = RpcReply.failure(ErrorCode.INTERNAL_ERROR, "Unexpected error.")
             self._observe(request, failure, started)
             await self._reply(message, failure)
@@ -343,9 +341,10 @@ class RpcServer:
         self._observe(request, reply, started)
         await self._reply(message, reply)
         await message.ack()
-        log.info("rpc.handled method=%s outcome=%s redelivered=%s seconds=%.4f", request.method,
-                 "ok" if reply.ok or reply.error is None else reply.error.code.value,
-                 "true" if message.redelivered else "false", time.monotonic() - started)
+        log.info("rpc.handled", method=request.method,
+                 outcome="ok" if reply.ok or reply.error is None else reply.error.code.value,
+                 redelivered=bool(message.redelivered),
+                 ms=round((time.monotonic() - started) * 1000, 2))
 
     def _observe(self, request: RpcRequest, reply: RpcReply, started: float) -> None:
         if self._observer is None:

@@ -32,7 +32,7 @@ from auth_worker.opendata_crypto import (
 APP_ID = "wx0123456789abcdef"
 NOW = 1_700_000_000.0
 
-# platforms.md §1.2: WeChat's documented rawData / session_key / signature.
+# docs/platforms.md §1.2: WeChat's documented rawData / session_key / signature.
 OFFICIAL_RAW_DATA = (
     '{"nickName":"Band","gender":1,"language":"zh_CN","city":"Guangzhou",'
     '"province":"Guangdong","country":"CN","avatarUrl":"http://wx.qlogo.cn/mmopen/vi_32/'

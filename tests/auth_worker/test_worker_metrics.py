@@ -228,7 +228,7 @@ def test_readiness_needs_the_consumer_and_a_recent_ping() -> None:
 async def own_database(tmp_path: Path) -> AsyncIterator[tuple[int, Callable[[], None]]]:
     """A stand-in of its own on a free port, and a function that kills it."""
     port = free_port()
-    proc = start_standin(port, None, tmp_path / "nx")
+    proc = start_standin(port, None, tmp_path / "nx").proc
     await async_wait_for_port(port)
 
     def kill() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mplogin.standin import free_port
+from mplogin.supervisor import listening_pids
 from tests.conftest import delete_queues
 
 BANNER_END = "Press Ctrl-C to stop everything."
@@ -66,22 +67,7 @@ def listening_addresses(port: int) -> set[str]:
 
 def listening_pid(port: int) -> int | None:
     """The process whose socket listens on ``port`` (by the socket's inode in /proc)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as handle:
-            for line in handle.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "0A":
-                    inodes.add(f"socket:[{fields[9]}]")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in inodes:
-                        return int(entry.name)
-    return None
+    return next(iter(listening_pids(port)), None)
 
 
 def descendants(pid: int) -> set[int]:

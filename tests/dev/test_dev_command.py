@@ -35,6 +35,8 @@ from tests.dev.launcher import (
     start_dev,
 )
 
+pytestmark = pytest.mark.processes  # starts mplogin (or node) processes
+
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:

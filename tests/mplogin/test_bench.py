@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from mplogin.bench.stack import listening_pids
 from mplogin.bench.stages import stage_breakdown, stage_totals
+from mplogin.supervisor import listening_pids
+
+pytestmark = pytest.mark.processes  # starts mplogin (or node) processes
 
 RUNS = ("a_echo", "b_pipeline_0ms", "b_pipeline_50ms", "c_inline_0ms", "c_inline_50ms")
 STEP_KEYS = {"sent", "ok", "elapsed_s", "throughput", "p50_ms", "p95_ms", "p99_ms", "statuses",

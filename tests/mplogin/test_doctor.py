@@ -257,6 +257,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("down,scheme,problem,fix", [
     ("broker_url", "amqp", "cannot connect to RabbitMQ",
      "fix: start it: rabbitmq-server -detached"),
@@ -289,6 +290,7 @@ async def test_the_command_exits_1_naming_what_is_down_and_prints_no_secret(
         assert secret not in out
 
 
+@pytest.mark.processes
 async def test_the_command_exits_0_when_all_pass(
     healthy: Callable[..., Settings], request_queue: aio_pika.abc.AbstractQueue,
 ) -> None:
@@ -329,6 +331,7 @@ def doctor_in(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Complete
                           env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.processes
 def test_doctor_dev_checks_the_stack_mplogin_dev_runs(
     tmp_path: Path, rabbit_url: str, dev_stack_env: dict[str, str],
 ) -> None:

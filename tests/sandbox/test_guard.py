@@ -123,6 +123,7 @@ def test_a_bad_allowed_host_setting_is_refused() -> None:
         Settings(sandbox_allowed_hosts="http://sandbox:8090/")
 
 
+@pytest.mark.processes
 async def test_mplogin_sandbox_answers_the_hosts_its_setting_names() -> None:
     # As compose runs it: MPLOGIN_SANDBOX_ALLOWED_HOSTS=sandbox:<port>.
     port = free_port()

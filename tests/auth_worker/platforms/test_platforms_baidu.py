@@ -9,6 +9,7 @@ import pytest
 from auth_worker.platforms import baidu
 from auth_worker.platforms.base import PlatformIdentity
 from shared.errors import AppConfigError, ErrorCode, PlatformError
+from tests.conftest import logline
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="
@@ -105,4 +106,4 @@ async def test_an_odd_error_string_never_reaches_the_message_or_a_raw_log_line(
     assert info.value.code is ErrorCode.PLATFORM_UNAVAILABLE
     assert info.value.platform_code == "unknown"
     assert "oops" not in str(info.value)
-    assert all("\n" not in record.getMessage() for record in caplog.records)
+    assert all("\n" not in logline(record) for record in caplog.records)

@@ -9,6 +9,7 @@ import pytest
 from auth_worker.platforms import qq, wechat
 from auth_worker.platforms.base import PlatformIdentity
 from shared.errors import AppConfigError, ErrorCode, PlatformError
+from tests.conftest import logline
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="
@@ -131,7 +132,7 @@ async def test_rate_limit_and_raw_errmsg_are_logged(
         await wechat.WeChatAdapter(http, 5).exchange_code(make_app("wechat"), CODE)
     assert info.value.code is ErrorCode.RATE_LIMITED
     [record] = [r for r in caplog.records if r.name == "mplogin.platforms.wechat"]
-    message = record.getMessage()
+    message = logline(record)
     assert "platform_code=45011" in message
     assert "minute-quota" in message
     assert "app_id=app-under-test" in message
