@@ -343,10 +343,10 @@ async def run_dev(workers: int = 2) -> None:
                 children.append(standin)
                 env["MPLOGIN_MONGO_URL"] = f"mongodb://{LOOPBACK}:{mongo_port}"
                 print(f"MongoDB stand-in (nx-27017) on {LOOPBACK}:{mongo_port}, "
-                      f"data in {data / 'mongo'}", flush=True)
+                      f"data in {files.mongo}", flush=True)
 
             sandbox_base = f"http://{_bind_host(settings.sandbox_host)}:{ports.sandbox}"
-            sandbox = _spawn("sandbox", ["sandbox"], env, logs / "sandbox.log")
+            sandbox = _spawn("sandbox", ["sandbox"], env, files.log("sandbox"))
             children.append(sandbox)
             await supervisor.wait_until(
                 [sandbox], supervisor.serves(http, sandbox, ports.sandbox,
@@ -363,7 +363,7 @@ async def run_dev(workers: int = 2) -> None:
             for i, port in enumerate(ports.workers):
                 worker_env = {**env, "MPLOGIN_WORKER_METRICS_PORT": str(port)}
                 worker = _spawn(f"worker {i + 1}", ["worker"], worker_env,
-                                logs / f"worker-{i + 1}.log")
+                                files.log(f"worker-{i + 1}"))
                 children.append(worker)
             workers_started = children[-len(ports.workers):]
             for number, worker in enumerate(workers_started, 1):
@@ -374,7 +374,7 @@ async def run_dev(workers: int = 2) -> None:
                     metrics.append(url)
 
             gateway = f"http://{_bind_host(settings.gateway_host)}:{ports.gateway}"
-            gateway_child = _spawn("gateway", ["gateway"], env, logs / "gateway.log")
+            gateway_child = _spawn("gateway", ["gateway"], env, files.log("gateway"))
             children.append(gateway_child)
             await supervisor.wait_until(
                 [gateway_child], supervisor.serves(http, gateway_child, ports.gateway,

@@ -54,6 +54,7 @@ from mplogin.bench.load import CodeMinter, http_login_sender, warm_up
 from mplogin.bench.measure import Supply, open_loop
 from mplogin.bench.proc import cpu_seconds, machine_info, peak_rss_mb
 from mplogin.bench.stack import Stack, start_stack, stop_stack
+from mplogin.devfiles import DevFiles
 from mplogin.supervisor import Child
 
 GATEWAY = "gateway"
@@ -117,7 +118,7 @@ def log_counts(stack: Stack) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for name, events in LOG_EVENTS.items():
         try:
-            lines = (stack.tmp / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
+            lines = DevFiles(stack.tmp).log(name).read_text(errors="replace").splitlines()
         except OSError:
             continue
         # An event and the fields it must carry, e.g. "rpc.dropped reason=expired", on one line.
@@ -612,7 +613,7 @@ async def run(opts: Options, broker: Broker) -> Json:
         await asyncio.to_thread(broker.restore)
         out["cleanup"] = await stop_stack(stack)
         if opts.keep_logs is not None:
-            shutil.copytree(tmp / "logs", opts.keep_logs, dirs_exist_ok=True)
+            shutil.copytree(DevFiles(tmp).logs, opts.keep_logs, dirs_exist_ok=True)
         if failed:
             progress(f"\nthe run failed; logs kept in {tmp / 'logs'}\n")
         else:

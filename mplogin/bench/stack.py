@@ -15,6 +15,7 @@ import aiohttp
 
 from mplogin import supervisor
 from mplogin.bench.common import APP_ID, LIMITS_OFF, SECRET_ENV, Json
+from mplogin.devfiles import DevFiles
 from mplogin.standin import free_port, start_standin
 from mplogin.supervisor import Child
 
@@ -53,7 +54,7 @@ class Stack:
               module: str = "mplogin") -> Child:
         """Start ``python -m <module> <args>`` with its output in the run's log folder."""
         child = supervisor.spawn(name, args, env=env or self.env, module=module,
-                                 log=self.tmp / "logs" / f"{name}.log", cwd=REPO_ROOT)
+                                 log=DevFiles(self.tmp).log(name), cwd=REPO_ROOT)
         self.children.append(child)
         return child
 
@@ -77,7 +78,8 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
     from auth_worker.secretbox import generate_config_value
     from shared.keyring import ensure_dev_keys
 
-    logs = stack.tmp / "logs"
+    files = DevFiles(stack.tmp)
+    logs = files.logs
     logs.mkdir(parents=True, exist_ok=True)
     external = os.environ.get("MPLOGIN_MONGO_URL")
     standin_port = 0
@@ -94,7 +96,7 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
     stack.gateway = f"http://127.0.0.1:{gateway_port}"
     stack.inline = f"http://127.0.0.1:{inline_port}"
     secret = secrets.token_hex(16)
-    apps_file = stack.tmp / "apps.toml"
+    apps_file = files.apps_file
     apps_file.write_text(
         "[[apps]]\n"
         'platform = "wechat"\n'
@@ -103,7 +105,7 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
         f'api_base = "{stack.sandbox}/wechat"\n'
     )
     # Created here, once: concurrent first starts would each generate their own.
-    ensure_dev_keys(stack.tmp / "keys")
+    ensure_dev_keys(files.keys)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
     env.update({
         "MPLOGIN_MODE": "development",
@@ -112,7 +114,7 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
         "MPLOGIN_MONGO_URL": stack.mongo_url,
         "MPLOGIN_MONGO_DB": stack.db_name,
         "MPLOGIN_APPS_FILE": str(apps_file),
-        "MPLOGIN_KEYS_DIR": str(stack.tmp / "keys"),
+        "MPLOGIN_KEYS_DIR": str(files.keys),
         "MPLOGIN_DATA_DIR": str(stack.tmp / "data"),
         "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY": generate_config_value(),
         "MPLOGIN_LOG_LEVEL": "WARNING",
