@@ -4,6 +4,7 @@ and its GET /readyz (consumer attached, database answering)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -64,17 +65,18 @@ async def worker(make_stack: StackFactory, sandbox: Sandbox, secret: str,
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(stack.settings, stop))
     try:
-        for _ in range(200):  # until the worker consumes (its in-flight gauge is registered)
-            await asyncio.sleep(0.05)
+        # Until the worker is ready: its consumer is attached and the database answered.
+        deadline = time.monotonic() + 10
+        while True:
             if task.done():
                 task.result()
-            try:
-                _, samples = await scrape(port)
-            except aiohttp.ClientError:
-                continue
-            if "mplogin_worker_in_flight" in samples:
-                break
-        await asyncio.sleep(0.2)
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as http, http.get(
+                        f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            assert time.monotonic() < deadline, "the worker did not become ready"
+            await asyncio.sleep(0.05)
         yield stack, port
     finally:
         stop.set()
