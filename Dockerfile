@@ -33,6 +33,7 @@ COPY README.md ./
 COPY shared ./shared
 COPY gateway ./gateway
 COPY auth_worker ./auth_worker
+COPY mplogin ./mplogin
 # A regular (non-editable) install without the dev extras; its dependencies are already there.
 RUN /opt/mplogin/bin/pip install --no-deps --no-build-isolation . \
     && /opt/mplogin/bin/mplogin --help > /dev/null

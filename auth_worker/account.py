@@ -14,16 +14,16 @@ counting as a reuse, since its first answer may never have reached the client.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from typing import Any
 
-from auth_worker.opendata import mask_phone
+from auth_worker.apps import AppRegistry
+from auth_worker.opendata_crypto import mask_phone
 from auth_worker.profile import readable_profile
 from auth_worker.quota import REFRESH, AppQuota
 from auth_worker.store import Store, now_ts
-from shared.apps import AppRegistry
 from shared.errors import ErrorCode, MPLoginError
+from shared.logs import get_logger
 from shared.messages import (
     IdentityOut,
     LogoutOut,
@@ -34,11 +34,11 @@ from shared.messages import (
     SessionParams,
     UserOut,
 )
-from shared.rpc import CallContext
+from shared.rpc.server import CallContext
 from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token
 
-log = logging.getLogger("mplogin.worker")
+log = get_logger("mplogin.worker")
 
 
 class AccountService:
@@ -86,8 +86,8 @@ class AccountService:
                 request_id=ctx.request_id,
             )
             if session is not None:
-                log.warning("refresh.redelivery_rotated_again app=%s/%s session_id=%s",
-                            session.get("platform"), session.get("app_id"), session["_id"])
+                log.warning("refresh.redelivery_rotated_again", platform=session.get("platform"),
+                            app_id=session.get("app_id"), session_id=session["_id"])
         if session is None:
             if await self._end_reused_family(spent):
                 raise MPLoginError(
@@ -117,10 +117,10 @@ class AccountService:
             return False
         session_id = str(reused["session_id"])
         ended = await self.store.revoke_family(session_id, reason="reuse")
-        log.warning("refresh.reuse_detected app=%s/%s session_id=%s user_id=%s "
-                    "session_family_revoked=%s sessions_ended=%d", reused.get("platform", "-"),
-                    reused.get("app_id", "-"), session_id, reused.get("user_id"), ended > 0,
-                    ended)
+        log.warning("refresh.reuse_detected", platform=reused.get("platform", "-"),
+                    app_id=reused.get("app_id", "-"), session_id=session_id,
+                    user_id=reused.get("user_id"), session_family_revoked=ended > 0,
+                    sessions_ended=ended)
         return True
 
     async def logout(self, params: LogoutParams) -> LogoutOut:

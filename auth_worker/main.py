@@ -7,7 +7,6 @@ database answered a ping lately), which the compose healthcheck asks.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -18,27 +17,31 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from auth_worker.apps import load_apps
+from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
+from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
+from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
-from auth_worker.userdata import WeChatPhoneSource
-from shared.apps import load_apps
-from shared.keys import (
+from shared.errors import StartupError
+from shared.keyring import (
+    KeyReloader,
     KeyRing,
-    KeyRingError,
     disk_fingerprint,
+    load_keyring,
     public_disk_fingerprint,
     publish,
 )
-from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
-from shared.rpc import RpcServer
-from shared.runtime import load_keyring, load_secretbox, stop_event
+from shared.logs import get_logger
+from shared.rpc.server import RpcServer
+from shared.runtime import stop_event
 from shared.settings import Settings
 from shared.tokens import TokenIssuer
 
-log = logging.getLogger("mplogin.worker")
+log = get_logger("mplogin.worker")
 
 
 def mongo_client(
@@ -49,7 +52,7 @@ def mongo_client(
     With ``metrics``, every command is timed by name (a listener on this client only).
     """
     if settings.mongo_url is None:
-        raise ValueError("MPLOGIN_MONGO_URL is not set")
+        raise StartupError("MPLOGIN_MONGO_URL is not set")
     return AsyncMongoClient(
         settings.mongo_url.get_secret_value(),
         tz_aware=True,
@@ -110,25 +113,31 @@ async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer
     written (or removed) before the keys are used, so the gateways can verify every token this
     worker signs. A ring whose halves cannot be published is not used: the old one goes on.
     """
-    current = keyring.fingerprint()
+    keys_dir = settings.keys_dir
+    in_use = keyring.fingerprint()
+
+    def listing() -> str:
+        return f"{disk_fingerprint(keys_dir)}|{public_disk_fingerprint(keys_dir)}"
+
+    def load() -> KeyRing:
+        fresh = KeyRing.load(keys_dir)
+        published = publish(keys_dir, fresh)
+        if published.written or published.removed:
+            log.info("keys.published", written=",".join(published.written),
+                     removed=",".join(published.removed))
+        return fresh
+
+    def use(fresh: KeyRing) -> None:
+        nonlocal in_use
+        if fresh.fingerprint() != in_use:
+            issuer.update_keyring(fresh)
+            in_use = fresh.fingerprint()
+            log.info("keys.reloaded", active_kid=fresh.active_kid)
+
+    reloader = KeyReloader(listing, load, use)
     while True:
         await asyncio.sleep(settings.key_reload_interval)
-        try:
-            if current == disk_fingerprint(settings.keys_dir) == public_disk_fingerprint(
-                    settings.keys_dir):
-                continue
-            fresh = KeyRing.load(settings.keys_dir)
-            published = publish(settings.keys_dir, fresh)
-        except (KeyRingError, OSError) as exc:
-            log.error("keys.reload_failed error=%s", exc)
-            continue
-        if published.written or published.removed:
-            log.info("keys.published written=%s removed=%s", ",".join(published.written),
-                     ",".join(published.removed))
-        if fresh.fingerprint() != current:
-            issuer.update_keyring(fresh)
-            current = fresh.fingerprint()
-            log.info("keys.reloaded active_kid=%s", fresh.active_kid)
+        reloader.check()
 
 
 async def _ping_database(db: AsyncDatabase[dict[str, object]], readiness: WorkerReadiness) -> None:
@@ -139,7 +148,7 @@ async def _ping_database(db: AsyncDatabase[dict[str, object]], readiness: Worker
             await asyncio.wait_for(db.command("ping"), timeout=readiness.ping_interval)
         except (PyMongoError, TimeoutError) as exc:
             if answering is not False:  # one line per change, not one per ping
-                log.warning("db.ping_failed error=%s", type(exc).__name__)
+                log.warning("db.ping_failed", error=type(exc).__name__)
             answering = False
         else:
             readiness.ping_answered()
@@ -186,14 +195,14 @@ async def run_worker(
         readiness.watch_consumer(lambda: server.consuming)
         try:
             await server.start()
-            log.info("worker.started queue=%s prefetch=%d apps=%d", settings.request_queue,
-                     settings.worker_concurrency, len(service.apps))
+            log.info("worker.started", queue=settings.request_queue,
+                     prefetch=settings.worker_concurrency, apps=len(service.apps))
             try:
                 await stop.wait()
             finally:
-                log.info("worker.stopping in_flight_grace=10s")
+                log.info("worker.stopping", in_flight_grace_s=10)
                 await server.stop()
-                log.info("worker.stopped handled=%d", server.handled)
+                log.info("worker.stopped", handled=server.handled)
         finally:
             pinger.cancel()
             with suppress(asyncio.CancelledError):

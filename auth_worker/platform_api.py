@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import HttpAdapter, PlatformObserver, PlatformReply, call_timeout
 from auth_worker.quota import PlatformRateLimiter
-from shared.apps import AppConfig
 
 
 class PlatformApi(HttpAdapter):

@@ -19,7 +19,6 @@ limiting. A second one, with its own rate, stands in front of every other call t
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections import Counter
@@ -32,10 +31,12 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from shared.buckets import TokenBuckets
 from shared.errors import ErrorCode, MPLoginError
+from shared.logs import get_logger
 from shared.settings import Settings
 
-log = logging.getLogger("mplogin.worker")
+log = get_logger("mplogin.worker")
 
 LOGIN = "login"
 REFRESH = "refresh"
@@ -115,7 +116,7 @@ class AppQuota:
             if self._spend(key, window):
                 return
         self.rejections[key] += 1
-        log.debug("quota.rejected kind=%s app=%s/%s", kind, platform, app_id)
+        log.debug("quota.rejected", kind=kind, platform=platform, app_id=app_id)
         raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=self.retry_after())
 
     def retry_after(self) -> int:
@@ -155,7 +156,7 @@ class AppQuota:
         total = int(doc["n"]) if doc is not None else self.chunk
         granted = max(0, min(self.chunk, self.limit - (total - self.chunk)))
         if granted == 0:
-            log.info("quota.window_spent key=%s limit=%d", key, self.limit)
+            log.info("quota.window_spent", key=key, limit=self.limit)
         return granted
 
 
@@ -178,7 +179,7 @@ class PlatformRateLimiter:
         self.clock = clock
         self.sleep = sleep
         # Keyed by (platform, app_id) of a registered app, so bounded by the apps file.
-        self._tokens: dict[str, tuple[float, float]] = {}
+        self._buckets = TokenBuckets(rate_per_second, self.burst, clock=clock)
         self.rejections: Counter[str] = Counter()
         self.waits = 0
 
@@ -205,27 +206,18 @@ class PlatformRateLimiter:
         if not self.enabled:
             return 0.0
         key = f"{platform}|{app_id}"
-        now = self.clock()
-        tokens, updated = self._tokens.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - updated) * self.rate)
-        wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
-        if wait > min(self.max_wait, budget):
-            self._tokens[key] = (tokens, now)
+        reserved, wait = self._buckets.reserve(key, min(self.max_wait, budget))
+        if not reserved:
             self.rejections[key] += 1
-            log.debug("outbound.rejected app=%s/%s wait=%.3f", platform, app_id, wait)
+            log.debug("outbound.rejected", platform=platform, app_id=app_id, wait=round(wait, 3))
             raise MPLoginError(ErrorCode.RATE_LIMITED, retry_after=max(1, math.ceil(wait)))
-        # Going below zero is the reservation: the next caller waits behind this one.
-        self._tokens[key] = (tokens - 1.0, now)
         return wait
 
     def release(self, platform: str, app_id: str) -> None:
         """Give back a reserved call that was not made (the code was already claimed)."""
         if not self.enabled:
             return
-        key = f"{platform}|{app_id}"
-        if key in self._tokens:
-            tokens, updated = self._tokens[key]
-            self._tokens[key] = (min(self.burst, tokens + 1.0), updated)
+        self._buckets.refund(f"{platform}|{app_id}")
 
     async def acquire(self, platform: str, app_id: str, *, budget: float) -> None:
         """Reserve one call and wait for its slot, or raise ``rate_limited``."""

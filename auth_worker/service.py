@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -21,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
+from auth_worker.apps import AppConfig, AppRegistry
+from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
+from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
     IdentityKey,
     ResolvedUser,
@@ -35,27 +37,16 @@ from auth_worker.store import (
     new_user_id,
     now_ts,
 )
-from auth_worker.userdata import OpenDataService, WeChatPhoneSource
-from shared.apps import AppConfig, AppRegistry
 from shared.errors import ErrorCode, MPLoginError, PlatformError
-from shared.messages import (
-    LoginParams,
-    LogoutParams,
-    PhoneParams,
-    ProfileParams,
-    RefreshParams,
-    RpcReply,
-    RpcRequest,
-    SessionOut,
-    SessionParams,
-    UserOut,
-)
-from shared.rpc import CallContext, RejectAfterReply
-from shared.secretbox import SecretBox
+from shared.logs import get_logger
+from shared.messages import EchoOut, EchoParams, LoginParams, SessionOut, UserOut
+from shared.rpc import contract
+from shared.rpc.contract import HandlerTable, RpcReply, RpcRequest
+from shared.rpc.server import CallContext, RejectAfterReply
 from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, new_session_id
 
-log = logging.getLogger("mplogin.worker")
+log = get_logger("mplogin.worker")
 
 CLAIM_POLL_INTERVAL = 0.05  # every wait for another request's exchange sleeps this long
 DATABASE_MARGIN = 1.0  # pymongo overshoots its timeout by up to ~0.5 s when a server stalls
@@ -137,27 +128,25 @@ class LoginService:
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
         """Dispatch one request; errors with a stable code become error replies."""
         try:
-            if request.method == "echo":
-                return RpcReply.success({"echo": request.params})
             # The database gets the request's budget less a margin, so that when it stalls the
             # client hears service_unavailable from us rather than a timeout from the gateway.
             with pymongo.timeout(max(ctx.remaining() - DATABASE_MARGIN, 0.05)):
-                return RpcReply.success(await self._dispatch(request, ctx))
+                return RpcReply.success(await self.handlers.dispatch(request, ctx))
         except ValidationError:
             return RpcReply.failure(ErrorCode.INVALID_REQUEST, "Malformed request parameters.")
         except MPLoginError as exc:
             if exc.code is ErrorCode.APP_MISCONFIGURED:
-                log.error("login.app_misconfigured request_id=%s detail=%s", ctx.request_id,
-                          exc.message)
+                log.error("login.app_misconfigured", request_id=ctx.request_id, detail=exc.message)
                 return RpcReply.failure(exc.code, "This app is misconfigured on the server.")
             return RpcReply.failure(exc.code, exc.message, exc.retry_after)
         except PyMongoError as exc:
-            log.error("login.database_unavailable request_id=%s error=%s", ctx.request_id,
-                      type(exc).__name__)
+            log.error("login.database_unavailable", request_id=ctx.request_id,
+                      error=type(exc).__name__)
             raise RejectAfterReply(RpcReply.failure(
                 ErrorCode.SERVICE_UNAVAILABLE, "The database is unavailable; retry shortly."
             )) from None
@@ -174,27 +163,27 @@ class LoginService:
         except PyMongoError:
             return True  # the database is down: the handler will answer service_unavailable
         if count > self.settings.max_redeliveries:
-            log.error("rpc.poison_message message_id=%s redeliveries=%d", message_id, count)
+            log.error("rpc.poison_message", message_id=message_id, redeliveries=count)
             return False
         return True
 
-    async def _dispatch(self, request: RpcRequest, ctx: CallContext) -> BaseModel | dict[str, Any]:
-        params = request.params
-        account = self.account
-        match request.method:
-            case "login":
-                return await self.login(LoginParams.model_validate(params), ctx)
-            case "refresh":
-                return await account.refresh(RefreshParams.model_validate(params), ctx)
-            case "logout":
-                return await account.logout(LogoutParams.model_validate(params))
-            case "me":
-                return await account.me(SessionParams.model_validate(params))
-            case "profile":
-                return await self.opendata.profile(ProfileParams.model_validate(params))
-            case "phone":
-                return await self.opendata.phone(PhoneParams.model_validate(params), ctx)
-        raise MPLoginError(ErrorCode.INVALID_REQUEST, "Unknown method.")
+    def _register(self) -> HandlerTable[CallContext]:
+        """The handler of every method of the contract (``shared.rpc.contract``)."""
+        account, opendata = self.account, self.opendata
+        table: HandlerTable[CallContext] = HandlerTable()
+        table.register(contract.ECHO, self.echo)
+        table.register(contract.LOGIN, self.login)
+        table.register(contract.REFRESH, account.refresh)
+        table.register(contract.LOGOUT, lambda params, ctx: account.logout(params))
+        table.register(contract.ME, lambda params, ctx: account.me(params))
+        table.register(contract.PROFILE, lambda params, ctx: opendata.profile(params))
+        table.register(contract.PHONE, opendata.phone)
+        return table
+
+    @staticmethod
+    async def echo(params: EchoParams, ctx: CallContext) -> EchoOut:
+        """The parameters back, untouched: a round trip through the broker and no more."""
+        return EchoOut(echo=params.model_dump())
 
     async def login(self, params: LoginParams, ctx: CallContext) -> SessionOut:
         """Exchange a login code (once), resolve the user and mint a session."""
@@ -252,18 +241,18 @@ class LoginService:
         except MPLoginError as exc:
             await self.store.fail_claim(session_id, error=claim_error(exc))
             if isinstance(exc, PlatformError):
-                log.warning("login.platform_error request_id=%s app=%s/%s code=%s platform_code=%s",
-                            ctx.request_id, app.platform, app.app_id, exc.code.value,
-                            exc.platform_code)
+                log.warning("login.platform_error", request_id=ctx.request_id,
+                            platform=app.platform, app_id=app.app_id, code=exc.code.value,
+                            platform_code=exc.platform_code)
             raise
         except Exception as exc:
             # Whatever happened, the code may have reached the platform: never exchange it
             # again, and answer as for any failed exchange. Only the exception's type and where
             # it was raised are logged: its message may hold the URL, hence the AppSecret.
             frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("login.exchange_failed request_id=%s app=%s/%s error=%s at=%s:%s",
-                      ctx.request_id, app.platform, app.app_id, type(exc).__name__,
-                      Path(frame.filename).name, frame.lineno)
+            log.error("login.exchange_failed", request_id=ctx.request_id, platform=app.platform,
+                      app_id=app.app_id, error=type(exc).__name__,
+                      at=f"{Path(frame.filename).name}:{frame.lineno}")
             failure = MPLoginError(ErrorCode.PLATFORM_UNAVAILABLE,
                                    "The platform exchange failed; retry with a new code.")
             await self.store.fail_claim(session_id, error=claim_error(failure))
@@ -370,8 +359,9 @@ class LoginService:
             # is the person across the apps of the platform account.
             holder = await self.store.claim_unionid(app.platform, identity.unionid, candidate)
             if guest is not None and holder != guest:  # claimed meanwhile by another login
-                log.warning("login.anonymous_link_skipped app=%s/%s reason=unionid_held "
-                            "guest_user_id=%s user_id=%s", app.platform, app.app_id, guest, holder)
+                log.warning("login.anonymous_link_skipped", platform=app.platform,
+                            app_id=app.app_id, reason="unionid_held", guest_user_id=guest,
+                            user_id=holder)
             candidate = holder
         extra = {"anonymous": True} if identity.anonymous else None
         user = await self.store.create_identity(
@@ -396,8 +386,8 @@ class LoginService:
         if identity.unionid is not None:
             holder = await self.store.unionid_holder(app.platform, identity.unionid)
             if holder is not None:  # that user is the person; the guest stays a guest
-                log.warning("login.anonymous_link_skipped app=%s/%s reason=unionid_held "
-                            "user_id=%s", app.platform, app.app_id, holder)
+                log.warning("login.anonymous_link_skipped", platform=app.platform,
+                            app_id=app.app_id, reason="unionid_held", user_id=holder)
                 return None
         moved = await self.store.promote_anonymous(anonymous, identity.openid)
         if moved is None:
@@ -405,8 +395,8 @@ class LoginService:
         guest = str(moved["user_id"])
         ended = await self.store.revoke_user_sessions(guest, reason="guest_promoted",
                                                       openid=anonymous.openid)
-        log.info("login.guest_promoted app=%s/%s user_id=%s guest_sessions_ended=%d",
-                 app.platform, app.app_id, guest, ended)
+        log.info("login.guest_promoted", platform=app.platform, app_id=app.app_id, user_id=guest,
+                 guest_sessions_ended=ended)
         return guest
 
     async def _retire_linked_guest(
@@ -421,8 +411,8 @@ class LoginService:
         await self.store.retire_anonymous(key, openid, previously_linked=True)
         ended = await self.store.revoke_user_sessions(user_id, reason="guest_promoted",
                                                       openid=key.openid)
-        log.warning("login.linked_guest_retired app=%s/%s user_id=%s guest_sessions_ended=%d",
-                    app.platform, app.app_id, user_id, ended)
+        log.warning("login.linked_guest_retired", platform=app.platform, app_id=app.app_id,
+                    user_id=user_id, guest_sessions_ended=ended)
 
     async def _confirm(
         self, app: AppConfig, session_id: str, family: str, resolved: Resolved
@@ -441,8 +431,8 @@ class LoginService:
         current = await self.store.find_identity(resolved.identity)
         if current is None or str(current.get("user_id")) != resolved.user.user_id:
             await self.store.revoke_family(session_id, reason="guest_promoted")
-            log.warning("login.guest_promoted_meanwhile app=%s/%s user_id=%s", app.platform,
-                        app.app_id, resolved.user.user_id)
+            log.warning("login.guest_promoted_meanwhile", platform=app.platform, app_id=app.app_id,
+                        user_id=resolved.user.user_id)
             raise MPLoginError(ErrorCode.INVALID_CODE)
 
     def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
@@ -455,10 +445,8 @@ class LoginService:
     async def _link_unionid(self, app: AppConfig, unionid: str, user_id: str) -> None:
         holder = await self.store.claim_unionid(app.platform, unionid, user_id)
         if holder != user_id:
-            log.error(
-                "login.unionid_conflict app=%s/%s holder_user_id=%s other_user_id=%s "
-                "action=kept_separate", app.platform, app.app_id, holder, user_id,
-            )
+            log.error("login.unionid_conflict", platform=app.platform, app_id=app.app_id,
+                      holder_user_id=holder, other_user_id=user_id, action="kept_separate")
             await self.store.record_union_conflict(app.platform, app.app_id, unionid, holder,
                                                    user_id)
 
@@ -487,8 +475,8 @@ class LoginService:
                 # A redelivery of this very message answered the claim with an error meanwhile
                 # (this worker looked dead to the broker): every request for this code gets
                 # that answer, never a session next to it.
-                log.warning("login.claim_already_answered app=%s/%s state=%s", app.platform,
-                            app.app_id, current.get("state"))
+                log.warning("login.claim_already_answered", platform=app.platform,
+                            app_id=app.app_id, state=current.get("state"))
                 raise recorded_error(current)
         await self._confirm(app, session_id, family, resolved)
         access, expires_in = self.issuer.mint_access(

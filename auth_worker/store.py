@@ -13,7 +13,6 @@ the head first, so a replay that finds its head still active was stored before t
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,9 @@ from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-log = logging.getLogger("mplogin.store")
+from shared.logs import get_logger
+
+log = get_logger("mplogin.store")
 
 Doc = dict[str, Any]
 T = TypeVar("T")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import os
 import socket
 import uuid
@@ -28,15 +27,16 @@ from typing import Any
 import aiohttp
 from pymongo.errors import DuplicateKeyError
 
+from auth_worker.apps import AppConfig
 from auth_worker.platform_api import PlatformApi
 from auth_worker.platforms.base import PlatformObserver, platform_code_of, text_field
 from auth_worker.quota import PlatformRateLimiter
+from auth_worker.secretbox import SecretBox, SecretBoxError
 from auth_worker.store import Store, now_ts, utcnow
-from shared.apps import AppConfig
 from shared.errors import ErrorCode, MPLoginError, PlatformError
-from shared.secretbox import SecretBox, SecretBoxError
+from shared.logs import get_logger
 
-log = logging.getLogger("mplogin.platforms.wechat")
+log = get_logger("mplogin.platforms.wechat")
 
 EARLY_REFRESH = 300.0
 LEASE = 15.0
@@ -174,8 +174,8 @@ class WeChatTokenStore:
         result = await self._tokens.update_one(
             {"_id": doc["_id"], "token_enc": doc["token_enc"]}, {"$set": {"expires_ts": 0.0}}
         )
-        log.warning("access_token.undecryptable app=%s/%s discarded=%s", app.platform,
-                    app.app_id, result.modified_count == 1)
+        log.warning("access_token.undecryptable", platform=app.platform, app_id=app.app_id,
+                    discarded=result.modified_count == 1)
 
     @staticmethod
     def _id_bytes(doc: Mapping[str, Any]) -> bytes:
@@ -238,8 +238,8 @@ class WeChatTokenStore:
                 "fetched_at": utcnow(),
                 "lease_until_ts": 0.0,
             }})
-            log.info("access_token.refreshed app=%s/%s expires_in=%d", app.platform, app.app_id,
-                     expires_in)
+            log.info("access_token.refreshed", platform=app.platform, app_id=app.app_id,
+                     expires_in=expires_in)
             return token
         except BaseException:
             await self._tokens.update_one({"_id": key, "lease_owner": self._owner},
@@ -273,7 +273,7 @@ class WeChatPhoneSource:
                 return await self.api.phone_number(app, token, code, openid)
             except TokenRejectedError as rejected:
                 replaced = await self.tokens.expire_if_current(app, token)
-                log.warning("access_token.rejected app=%s/%s errcode=%s expired_here=%s "
-                            "attempt=%d", app.platform, app.app_id, rejected, replaced, attempt)
+                log.warning("access_token.rejected", platform=app.platform, app_id=app.app_id,
+                            errcode=rejected, expired_here=replaced, attempt=attempt)
         raise PlatformError(ErrorCode.PLATFORM_UNAVAILABLE,
                             "WeChat keeps rejecting the access token.", platform="wechat")

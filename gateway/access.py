@@ -1,6 +1,6 @@
 """Who may call each route and how often: a token and two rate limits unless a route is exempt.
 
-Every route is registered from a table of :class:`Route` entries (``gateway.app.ROUTES``), each
+Every route is registered from a table of :class:`Route` entries (``gateway.routes.ROUTES``), each
 with an :class:`Access`:
 
 - ``USER`` (the default): an access token is required, and both the per-client-IP limit and the
@@ -17,18 +17,21 @@ worker. docs/ratelimits.md describes the limits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from enum import Enum
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import AbstractResource
+from pydantic import BaseModel
 
+from gateway.appkeys import CLIENT_LIMITER, TOKENS, USER_LIMITER
 from gateway.errors import error_response
-from gateway.keys import CLIENT_LIMITER, TOKENS, USER_LIMITER
 from gateway.middlewares import route_template
 from shared.errors import ErrorCode, MPLoginError
+from shared.rpc.contract import Method
 from shared.tokens import AccessClaims
 
 
@@ -42,21 +45,56 @@ class Access(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One route of the gateway: method, path, handler and who may call it."""
+    """One route: method, path, handler, who may call it, and how the OpenAPI document shows it.
 
-    method: str
+    ``rpc``: the contract method the handler forwards to; its result model is the route's
+    response unless ``response`` says otherwise. ``body``: the model the handler validates the
+    request body with (None: no body). ``errors``: the error codes the route can answer with.
+    """
+
+    method: Literal["GET", "POST"]
     path: str
     handler: Handler
     access: Access = Access.USER
+    _: KW_ONLY
+    operation_id: str
+    tag: str
+    summary: str
+    rpc: Method[Any, Any] | None = None
+    response: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    errors: tuple[ErrorCode, ...] = ()
+    description: str = ""
+    media_type: str = "application/json"
+    documented: bool = True
+
+    @property
+    def limited(self) -> bool:
+        """Whether the per-client and per-user limits apply (every route but an exempt one)."""
+        return self.access is not Access.EXEMPT
+
+    @property
+    def response_model(self) -> type[BaseModel] | None:
+        """The model of a successful answer: ``response``, else the RPC method's result."""
+        if self.response is not None:
+            return self.response
+        return self.rpc.result if self.rpc is not None else None
 
 
 ROUTE_ACCESS = web.AppKey[dict[AbstractResource, Access]]("route_access")
+ROUTE_TABLE = web.AppKey[tuple[Route, ...]]("route_table")
+"""The routes an application was built from: what its OpenAPI document describes."""
 CLAIMS = web.RequestKey("claims", AccessClaims)
 """The verified access token of a request, set once its per-user limit was checked."""
 
 
-def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
-    """Register ``routes`` on ``app`` and remember each one's access (by its resource)."""
+def add_routes(app: web.Application, routes: Sequence[Route]) -> None:
+    """Register ``routes`` on ``app`` and remember each one's access (by its resource).
+
+    Any application serves a table this way: the public gateway ``gateway.routes.ROUTES``, and
+    a second listener (an admin one) its own table on its own application.
+    """
     table: dict[AbstractResource, Access] = {}
     for entry in routes:
         if entry.method == "GET":
@@ -68,6 +106,7 @@ def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
         if known is not entry.access:
             raise ValueError(f"{entry.path}: one path, one access ({known} and {entry.access})")
     app[ROUTE_ACCESS] = table
+    app[ROUTE_TABLE] = tuple(routes)
 
 
 def access_of(request: web.Request) -> Access | None:

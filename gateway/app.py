@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import openapi, views
-from gateway.access import Access, Route, access_middleware, add_routes
-from gateway.auth import AccessTokens
-from gateway.keys import (
+from gateway.access import Route, access_middleware, add_routes
+from gateway.appkeys import (
     CLIENT_LIMITER,
     METRICS,
     RPC,
@@ -23,16 +20,19 @@ from gateway.keys import (
     TRUSTED_PROXIES,
     USER_LIMITER,
 )
+from gateway.auth import AccessTokens
+from gateway.metrics import GatewayMetrics, limited_kinds
 from gateway.middlewares import errors_middleware, metrics_middleware
 from gateway.ratelimit import ClientRateLimiter, UserRateLimiter
+from gateway.routes import ROUTES
 from gateway.server import GatewayRequestHandler, connection_middleware, on_response_prepare
 from shared.errors import StartupError
-from shared.metrics import GatewayMetrics
-from shared.rpc import RpcClient
+from shared.logs import get_logger
+from shared.rpc.client import RpcClient, RpcTransport
 from shared.runtime import stop_event
 from shared.settings import Settings
 
-log = logging.getLogger("mplogin.gateway")
+log = get_logger("mplogin.gateway")
 
 
 async def rpc_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -56,30 +56,14 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-ROUTES: tuple[Route, ...] = (
-    # Every route needs an access token and is limited per client IP and per user unless it
-    # says otherwise here (gateway/access.py); a route registered another way is too.
-    Route("POST", "/v1/login", views.login, Access.CLIENT),
-    Route("POST", "/v1/token/refresh", views.refresh, Access.CLIENT),
-    Route("POST", "/v1/logout", views.logout),
-    Route("GET", "/v1/me", views.me),
-    Route("POST", "/v1/profile", views.profile),
-    Route("POST", "/v1/phone", views.phone),
-    # Exempt: answered by this process alone, from memory or its own files.
-    Route("GET", "/.well-known/jwks.json", views.jwks, Access.EXEMPT),
-    Route("GET", "/healthz", views.healthz, Access.EXEMPT),
-    Route("GET", "/readyz", views.readyz, Access.EXEMPT),
-    Route("GET", "/metrics", views.metrics, Access.EXEMPT),
-    Route("GET", "/openapi.json", openapi.openapi_json, Access.EXEMPT),
-    Route("GET", "/docs", openapi.docs, Access.EXEMPT),
-    Route("GET", openapi.DOCS_ASSETS_PREFIX + "/{name:.+}", openapi.docs_asset, Access.EXEMPT),
-)
+def create_app(
+    settings: Settings, metrics: GatewayMetrics | None = None,
+    routes: tuple[Route, ...] = ROUTES, rpc: RpcTransport | None = None,
+) -> web.Application:
+    """Build the gateway application serving ``routes``; connections open when it starts.
 
-
-def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> web.Application:
-    """Build the gateway application; connections open when it starts.
-
-    ``metrics`` holds the process's registry; by default the application gets its own.
+    ``metrics`` holds the process's registry; by default the application gets its own. ``rpc``
+    replaces the broker connection (``shared.rpc.local.LocalTransport`` in tests).
     """
     limiter = ClientRateLimiter.from_settings(settings)
     user_limiter = UserRateLimiter.from_settings(settings)
@@ -97,11 +81,14 @@ def create_app(settings: Settings, metrics: GatewayMetrics | None = None) -> web
     app[TRUSTED_PROXIES] = limiter.trusted_proxies
     app[METRICS] = metrics
     metrics.watch_rpc(lambda: app.get(RPC))
-    metrics.watch_client_limiter(limiter, user_limiter)
+    metrics.watch_client_limiter(limiter, user_limiter, limited_kinds(routes))
     app.on_response_prepare.append(on_response_prepare)
     app.cleanup_ctx.append(tokens_ctx)
-    app.cleanup_ctx.append(rpc_client_ctx)
-    add_routes(app, ROUTES)
+    if rpc is None:
+        app.cleanup_ctx.append(rpc_client_ctx)
+    else:
+        app[RPC] = rpc
+    add_routes(app, routes)
     return app
 
 
@@ -121,7 +108,7 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
             "gateway?): stop that process or set MPLOGIN_GATEWAY_PORT; to run several gateways "
             "on one port on purpose, set MPLOGIN_GATEWAY_REUSE_PORT=true on each of them"
         ) from None
-    log.info("gateway.started host=%s port=%d", settings.gateway_host, settings.gateway_port)
+    log.info("gateway.started", host=settings.gateway_host, port=settings.gateway_port)
     try:
         await stop.wait()
     finally:

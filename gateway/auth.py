@@ -1,9 +1,9 @@
 """Local verification of our access tokens, and the JWKS document other services verify with.
 
 The gateway holds only what it needs to verify: the public halves of the signing keys
-(``<keys dir>/public``, see ``shared.keys``), every one on disk, including a rotated key that
+(``<keys dir>/public``, see ``shared.keyring``), every one on disk, including a rotated key that
 is published but does not sign yet. It never loads a private key, and outside development mode
-refuses to start where it could read one (``shared.runtime.load_public_keys``).
+refuses to start where it could read one (``shared.keyring.load_public_keys``).
 
 The public folder is listed at most once a second, on the first token or JWKS request after the
 second has passed, so a retired key stops verifying within a second whatever the traffic, and an
@@ -15,19 +15,18 @@ before any of this (``shared.tokens``).
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 from aiohttp import web
 
 from shared.errors import ErrorCode, MPLoginError
-from shared.keys import KeyRingError, PublicKeys, public_disk_fingerprint
-from shared.runtime import load_public_keys
+from shared.keyring import KeyReloader, PublicKeys, load_public_keys, public_disk_fingerprint
+from shared.logs import get_logger
 from shared.settings import Settings
 from shared.tokens import AccessClaims, InvalidToken, TokenVerifier
 
-log = logging.getLogger("mplogin.gateway")
+log = get_logger("mplogin.gateway")
 
 RELOAD_EVERY = 1.0
 """Seconds between two listings of the public keys folder (a retired key verifies this long)."""
@@ -39,15 +38,20 @@ class AccessTokens:
     """Verifies access tokens and serves the JWKS document; follows key rotations on disk."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
         keys = load_public_keys(settings)
         self._jwks = keys.jwks()
-        self._fingerprint = keys.fingerprint()
-        self._failed: str | None = None
         self._verifier = TokenVerifier(
             keys.public_keys(), settings.token_issuer, settings.token_audience
         )
+        keys_dir = settings.keys_dir
+        self._reloader = KeyReloader(lambda: public_disk_fingerprint(keys_dir),
+                                     lambda: PublicKeys.load(keys_dir), self._use)
         self._checked = time.monotonic()
+
+    def _use(self, keys: PublicKeys) -> None:
+        self._verifier.update_keys(keys.public_keys())
+        self._jwks = keys.jwks()
+        log.info("keys.reloaded", kids=",".join(keys.kids))
 
     def _maybe_reload(self, min_gap: float = RELOAD_EVERY) -> bool:
         """Reload the public keys if ``min_gap`` passed since the last look and they changed."""
@@ -55,34 +59,7 @@ class AccessTokens:
         if now - self._checked < min_gap:
             return False
         self._checked = now
-        keys_dir = self._settings.keys_dir
-        try:
-            on_disk = public_disk_fingerprint(keys_dir)
-        except OSError as exc:
-            self._report_failure("?", f"cannot list the public keys folder ({exc.strerror})")
-            return False
-        if on_disk == self._fingerprint:
-            self._failed = None
-            return False
-        if on_disk == self._failed:  # parsed again only once its listing changes
-            return False
-        try:
-            keys = PublicKeys.load(keys_dir)
-        except (KeyRingError, OSError) as exc:  # names the file, never key material
-            self._report_failure(on_disk, str(exc))
-            return False
-        self._failed = None
-        self._verifier.update_keys(keys.public_keys())
-        self._jwks = keys.jwks()
-        self._fingerprint = keys.fingerprint()
-        log.info("keys.reloaded kids=%s", ",".join(keys.kids))
-        return True
-
-    def _report_failure(self, listing: str, error: str) -> None:
-        """Log a failed reload once, not once a second; the loaded keys stay in use."""
-        if self._failed != listing:
-            log.error("keys.reload_failed error=%s", error)
-        self._failed = listing
+        return self._reloader.check()
 
     def jwks(self) -> dict[str, Any]:
         """The current JWKS document (public keys only)."""

@@ -1,7 +1,7 @@
 """The one JSON error shape of every gateway response: ``{"error": {code, message, ...}}``.
 
 The ``code`` is stable; the ``message`` follows the client's ``Accept-Language`` (English, or
-Simplified Chinese, see ``shared.i18n``).
+Simplified Chinese, see ``gateway.i18n``).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import hdrs, web
 
+from gateway.i18n import content_language, localized_message, negotiate
 from shared.errors import DEFAULT_MESSAGE, HTTP_STATUS, ErrorCode, MPLoginError
-from shared.i18n import content_language, localized_message, negotiate
 
 REQUEST_ID = web.RequestKey("request_id", str)
 ERROR_CODE = web.RequestKey("error_code", ErrorCode)

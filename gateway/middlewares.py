@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 
@@ -11,14 +10,14 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from gateway.appkeys import METRICS, TRUSTED_PROXIES
 from gateway.errors import ERROR_CODE, REQUEST_ID, error_response, from_exception
-from gateway.keys import METRICS, TRUSTED_PROXIES
 from gateway.ratelimit import is_trusted_peer
 from shared.errors import ErrorCode, MPLoginError
-from shared.logs import safe_request_id
+from shared.logs import get_logger, safe_request_id
 from shared.metrics import status_class
 
-log = logging.getLogger("mplogin.gateway")
+log = get_logger("mplogin.gateway")
 
 HTTP_ERRORS: dict[int, ErrorCode] = {
     400: ErrorCode.INVALID_REQUEST,
@@ -91,8 +90,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         response = await _answer(request, handler)
         response.headers["X-Request-Id"] = request_id
-        log.info("http.answered method=%s route=%s status=%d", request.method,
-                 route_template(request), response.status)
+        log.info("http.answered", method=request.method, route=route_template(request),
+                 status=response.status)
         return response
 
 
@@ -111,5 +110,5 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
         return response
     except Exception:
-        log.exception("gateway.unhandled path=%s", request.rel_url.path)
+        log.exception("gateway.unhandled", path=request.rel_url.path)
         return error_response(request, ErrorCode.INTERNAL_ERROR)

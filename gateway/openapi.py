@@ -1,8 +1,9 @@
-"""The gateway's OpenAPI 3.1 document, built from the pydantic models it validates with, and /docs.
+"""The gateway's OpenAPI 3.1 document, built from its route table, and /docs.
 
-``OPERATIONS`` lists every route with its request model, its response model, whether it needs
-an access token and the error codes it can answer with. A test walks the application's router
-and fails when a route is missing here, so the document follows the code.
+The document describes the routes an application was built from (``add_routes`` keeps them on
+the application): each route's body model, its response model (the RPC method's result, from
+the contract), whether it needs an access token and the error codes it can answer with. The
+router and the document come from the same table, so neither can list a route the other lacks.
 """
 
 from __future__ import annotations
@@ -10,30 +11,20 @@ from __future__ import annotations
 import functools
 import mimetypes
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from gateway.schemas import (
-    ErrorEnvelope,
-    Health,
-    Jwks,
-    LogoutOut,
-    MeOut,
-    PhoneOut,
-    ProfileOut,
-    Ready,
-)
-from gateway.views import LogoutBody, PhoneBody, ProfileBody
-from shared.apps import PLATFORMS
+from gateway.access import ROUTE_TABLE, Access, Route
+from gateway.schemas import ErrorEnvelope
 from shared.errors import DEFAULT_MESSAGE, HTTP_STATUS, ErrorCode, MPLoginError
-from shared.messages import LoginParams, RefreshParams, SessionOut
+from shared.messages import LoginParams
+from shared.platforms import PLATFORMS
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -49,109 +40,11 @@ DOCS_CSP = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
-E = ErrorCode
-ALWAYS = (E.INTERNAL_ERROR,)
-BODY = (E.INVALID_REQUEST, E.UNSUPPORTED_MEDIA_TYPE, E.REQUEST_TIMEOUT)
-RPC = (E.SERVICE_UNAVAILABLE, E.TIMEOUT)
-# Every route that needs a token is also limited per client IP and per user (gateway/access.py).
-AUTH = (E.INVALID_TOKEN, E.RATE_LIMITED)
-# Codes no single operation answers with: any request to an unknown path or with the wrong
-# method. They are in the error catalogue (``x-error-codes``) and the ErrorCode enum.
-ANY_REQUEST = (E.NOT_FOUND, E.METHOD_NOT_ALLOWED)
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One route of the gateway as the OpenAPI document describes it."""
-
-    method: Literal["GET", "POST"]
-    path: str
-    operation_id: str
-    tag: str
-    summary: str
-    response: type[BaseModel] | None
-    errors: tuple[ErrorCode, ...]
-    request: type[BaseModel] | None = None
-    body_required: bool = True
-    auth: bool = False
-    description: str = ""
-    media_type: str = "application/json"
-
-
-OPERATIONS: tuple[Operation, ...] = (
-    Operation(
-        "POST", "/v1/login", "login", "login",
-        "Exchange a mini-program login code for a session",
-        SessionOut, (*BODY, E.UNSUPPORTED_PLATFORM, E.UNKNOWN_APP, E.INVALID_CODE,
-                     E.USER_BLOCKED, E.RATE_LIMITED, E.PLATFORM_UNAVAILABLE,
-                     E.APP_MISCONFIGURED, *RPC),
-        request=LoginParams,
-        description="`app_id` may be left out when the platform has exactly one registered "
-        "app. Douyin also takes `anonymous_code` instead of (or with) `code`. The same code "
-        "posted again gets the same user and its own session, without a second call to the "
-        "platform.",
-    ),
-    Operation(
-        "POST", "/v1/token/refresh", "refresh", "session",
-        "Spend a refresh token for a new access token and refresh token",
-        SessionOut, (*BODY, E.INVALID_REFRESH_TOKEN, E.RATE_LIMITED, *RPC),
-        request=RefreshParams,
-        description="Presenting a spent refresh token again ends the whole session.",
-    ),
-    Operation(
-        "POST", "/v1/logout", "logout", "session",
-        "End this session (with any other minted from its login code), or every session of "
-        "the user with {\"all\": true}",
-        LogoutOut, (*AUTH, *BODY, *RPC), request=LogoutBody, body_required=False, auth=True,
-    ),
-    Operation(
-        "GET", "/v1/me", "me", "account",
-        "The user's id, identities, verified profile and masked phone",
-        MeOut, (*AUTH, *RPC), auth=True,
-    ),
-    Operation(
-        "POST", "/v1/profile", "profile", "account",
-        "Verify and store the client's profile data (rawData/signature, encryptedData/iv)",
-        ProfileOut, (*AUTH, *BODY, E.UNKNOWN_APP, E.NOT_SUPPORTED, E.INVALID_SIGNATURE,
-                     E.INVALID_PAYLOAD, E.SESSION_KEY_EXPIRED, E.APP_MISCONFIGURED, *RPC),
-        request=ProfileBody, auth=True,
-        description="Field names are the platform client's own. Send both `encryptedData` and "
-        "`rawData`: with only `rawData` a tampered payload and a stale key look alike.",
-    ),
-    Operation(
-        "POST", "/v1/phone", "phone", "account",
-        "Bind the phone number the platform vouches for (WeChat code, Alipay response)",
-        PhoneOut, (*AUTH, *BODY, E.UNKNOWN_APP, E.NOT_SUPPORTED, E.INVALID_CODE,
-                   E.INVALID_SIGNATURE, E.INVALID_PAYLOAD, E.RATE_LIMITED,
-                   E.PLATFORM_UNAVAILABLE, E.APP_MISCONFIGURED, E.PHONE_IN_USE, *RPC),
-        request=PhoneBody, auth=True,
-        description="WeChat: `{\"code\"}` from `<button open-type=\"getPhoneNumber\">`. Alipay: "
-        "`{\"response\"}` from `my.getPhoneNumber` as is.",
-    ),
-    Operation(
-        "GET", "/.well-known/jwks.json", "jwks", "keys",
-        "The public keys that verify our access tokens (EdDSA, Ed25519)",
-        Jwks, (),
-    ),
-    Operation("GET", "/healthz", "healthz", "operations", "The process lives", Health, ()),
-    Operation(
-        "GET", "/readyz", "readyz", "operations", "The broker connection is up",
-        Ready, (E.SERVICE_UNAVAILABLE,),
-    ),
-    Operation(
-        "GET", "/metrics", "metrics", "operations",
-        "This gateway process's Prometheus metrics (text exposition format)",
-        None, (), media_type="text/plain",
-        description="For the Prometheus scraper: keep it off the public route at the proxy.",
-    ),
-    Operation(
-        "GET", "/openapi.json", "openapi", "docs", "This OpenAPI document", None, (),
-    ),
-    Operation(
-        "GET", "/docs", "docs", "docs", "A page that renders this document (Swagger UI)",
-        None, (), media_type="text/html",
-    ),
-)
+ALWAYS = (ErrorCode.INTERNAL_ERROR,)
+"""Codes any operation may answer with."""
+ANY_REQUEST = (ErrorCode.NOT_FOUND, ErrorCode.METHOD_NOT_ALLOWED)
+"""Codes no single operation answers with: any request to an unknown path or with the wrong
+method. They are in the error catalogue (``x-error-codes``) and the ErrorCode enum."""
 
 
 def package_version() -> str:
@@ -165,14 +58,15 @@ def package_version() -> str:
 Refs = dict[tuple[object, JsonSchemaMode], dict[str, Any]]
 
 
-def _component_schemas(operations: Sequence[Operation]) -> tuple[Refs, dict[str, Any]]:
+def _component_schemas(routes: Sequence[Route]) -> tuple[Refs, dict[str, Any]]:
     """Schemas of every model, requests in validation mode and responses in serialisation mode."""
     keys: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
-    for op in operations:
-        if op.request is not None:
-            keys[(op.request, "validation")] = None
-        if op.response is not None:
-            keys[(op.response, "serialization")] = None
+    for route in routes:
+        if route.body is not None:
+            keys[(route.body, "validation")] = None
+        response = route.response_model
+        if response is not None:
+            keys[(response, "serialization")] = None
     keys[(ErrorEnvelope, "serialization")] = None
     refs, top = models_json_schema(list(keys), ref_template=REF_TEMPLATE)
     schemas = dict(top.get("$defs", {}))
@@ -210,10 +104,11 @@ def _error_responses(codes: Sequence[ErrorCode], envelope_ref: dict[str, Any]) -
     return out
 
 
-def _success(op: Operation, refs: Refs) -> dict[str, Any]:
+def _success(op: Route, refs: Refs) -> dict[str, Any]:
     schema: dict[str, Any]
-    if op.response is not None:
-        schema = refs[(op.response, "serialization")]
+    response = op.response_model
+    if response is not None:
+        schema = refs[(response, "serialization")]
     elif op.media_type.startswith("text/"):
         schema = {"type": "string"}
     else:
@@ -225,8 +120,9 @@ def _success(op: Operation, refs: Refs) -> dict[str, Any]:
     }}
 
 
-def build_document(version: str, operations: Sequence[Operation] = OPERATIONS) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``operations``."""
+def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``routes`` (those marked ``documented``)."""
+    operations = [route for route in routes if route.documented]
     refs, schemas = _component_schemas(operations)
     envelope_ref = refs[(ErrorEnvelope, "serialization")]
     paths: dict[str, dict[str, Any]] = {}
@@ -239,12 +135,12 @@ def build_document(version: str, operations: Sequence[Operation] = OPERATIONS) -
         }
         if op.description:
             item["description"] = op.description
-        if op.request is not None:
+        if op.body is not None:
             item["requestBody"] = {
                 "required": op.body_required,
-                "content": {"application/json": {"schema": refs[(op.request, "validation")]}},
+                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
             }
-        if op.auth:
+        if op.access is Access.USER:
             item["security"] = [{BEARER: []}]
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
@@ -284,10 +180,10 @@ def build_document(version: str, operations: Sequence[Operation] = OPERATIONS) -
     }
 
 
-@functools.cache
-def document_bytes() -> bytes:
-    """The document as JSON, built on first use; it depends on the code alone."""
-    return orjson.dumps(build_document(package_version()))
+@functools.lru_cache(maxsize=4)
+def document_bytes(routes: tuple[Route, ...]) -> bytes:
+    """The document of ``routes`` as JSON, built on first use; it depends on the code alone."""
+    return orjson.dumps(build_document(package_version(), routes))
 
 
 @functools.cache
@@ -297,7 +193,8 @@ def _docs_page() -> bytes:
 
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: this service's OpenAPI 3.1 document."""
-    return web.Response(body=document_bytes(), content_type="application/json",
+    return web.Response(body=document_bytes(request.app[ROUTE_TABLE]),
+                        content_type="application/json",
                         headers={"Cache-Control": "public, max-age=300"})
 
 

@@ -13,80 +13,26 @@ malformed entry on the walked part falls back to the peer.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from aiohttp import hdrs, web
 
+from shared.buckets import MAX_BUCKETS, TokenBuckets
+from shared.logs import get_logger
 from shared.settings import Settings
 
-log = logging.getLogger("mplogin.gateway")
+log = get_logger("mplogin.gateway")
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
-MAX_BUCKETS = 100_000
 # An IPv6 subscriber usually holds a whole /64; keying by single address would let one client
 # rotate through 2**64 buckets.
 IPV6_PREFIX = 64
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class TokenBuckets:
-    """Token buckets by key, at most ``max_keys`` of them (the least recently used go first).
-
-    Forgetting a bucket hands its key a full bucket on its next request, which is what an idle
-    key would have anyway; only under a flood of distinct keys does eviction forgive anyone.
-    """
-
-    def __init__(
-        self, rate_per_second: float, burst: int, *, max_keys: int = MAX_BUCKETS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.rate = rate_per_second
-        self.burst = burst
-        self.max_keys = max_keys
-        self.clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        """False when the limit is switched off (rate or burst 0)."""
-        return self.rate > 0 and self.burst > 0
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def take(self, key: str) -> float:
-        """Spend one token of ``key``: 0.0 if granted, else the seconds until one is available."""
-        if not self.enabled:
-            return 0.0
-        now = self.clock()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = _Bucket(tokens=float(self.burst), updated=now)
-            self._buckets[key] = bucket
-            if len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-            elapsed = max(0.0, now - bucket.updated)
-            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
-            bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) / self.rate
 
 
 def parse_networks(value: str) -> tuple[IPNetwork, ...]:
@@ -196,8 +142,7 @@ class ClientRateLimiter:
             return None
         self.rejections[route] += 1
         # DEBUG, not WARNING: a flood would otherwise turn into a flood of log lines.
-        log.debug("ratelimit.client_rejected route=%s client=%s retry_after=%.2f",
-                  route, key, wait)
+        log.debug("ratelimit.client_rejected", route=route, client=key, retry_after=round(wait, 2))
         return _retry_after(wait)
 
 
@@ -226,6 +171,6 @@ class UserRateLimiter:
         if wait <= 0:
             return None
         self.rejections[route] += 1
-        log.debug("ratelimit.user_rejected route=%s user_id=%s retry_after=%.2f",
-                  route, user_id, wait)
+        log.debug("ratelimit.user_rejected", route=route, user_id=user_id,
+                  retry_after=round(wait, 2))
         return _retry_after(wait)

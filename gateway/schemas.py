@@ -4,7 +4,7 @@ The request bodies are validated by the models in ``gateway.views`` and ``shared
 these describe what comes back. What a worker answers is modelled in ``shared.messages`` (the
 worker builds those very models). Of the gateway's own answers, ``/healthz`` and ``/readyz`` are
 built from ``Health`` and ``Ready``. The error envelope (``gateway.errors``) and the JWKS
-document (``shared.keys``) are built as plain dicts on the hot path; ``ErrorEnvelope`` and
+document (``shared.keyring``) are built as plain dicts on the hot path; ``ErrorEnvelope`` and
 ``Jwks`` describe them, and the tests check real answers against these models.
 """
 

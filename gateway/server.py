@@ -20,14 +20,15 @@ data must not be kept by a cache on the way).
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
-log = logging.getLogger("mplogin.gateway")
+from shared.logs import get_logger
+
+log = get_logger("mplogin.gateway")
 
 SERVER_NAME = "mplogin"
 """The ``Server`` header of every answer: the product, never its version nor aiohttp's."""
@@ -111,7 +112,7 @@ class GatewayRequestHandler(RequestHandler):
         if self._in_request:
             return
         # DEBUG: a slowloris flood must not become a flood of log lines.
-        log.debug("http.header_timeout timeout=%s", self._head_timeout)
+        log.debug("http.header_timeout", timeout=self._head_timeout)
         self.force_close()
 
 

@@ -11,15 +11,26 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from gateway.access import authenticated
+from gateway.appkeys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.errors import CLOSE_CONNECTION, REQUEST_ID, error_response
-from gateway.keys import METRICS, RPC, SETTINGS, TOKENS
 from gateway.middlewares import LOGIN_PLATFORM
 from gateway.schemas import Health, Ready
-from shared.apps import PLATFORMS
 from shared.errors import ErrorCode, MPLoginError
-from shared.keys import JWKS_MAX_AGE
-from shared.messages import B64, Code, LoginParams, RefreshParams
+from shared.keyring import JWKS_MAX_AGE
+from shared.messages import (
+    B64,
+    Code,
+    LoginParams,
+    LogoutParams,
+    PhoneParams,
+    ProfileParams,
+    RefreshParams,
+    SessionParams,
+)
 from shared.metrics import exposition
+from shared.platforms import PLATFORMS
+from shared.rpc import contract
+from shared.rpc.contract import Method, P
 
 M = TypeVar("M", bound=BaseModel)
 HEALTHY = Health(status="ok").model_dump()
@@ -129,7 +140,7 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
         raise MPLoginError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
 
 
-async def forward(request: web.Request, method: str, params: dict[str, Any]) -> web.Response:
+async def forward(request: web.Request, method: Method[P, Any], params: P) -> web.Response:
     """Send one RPC to the workers and map its reply to HTTP."""
     settings = request.app[SETTINGS]
     reply = await request.app[RPC].call(
@@ -145,7 +156,7 @@ async def forward(request: web.Request, method: str, params: dict[str, Any]) -> 
     return error_response(request, reply.error.code, reply.error.message, retry_after=retry_after)
 
 
-def caller(request: web.Request) -> dict[str, Any]:
+def caller(request: web.Request) -> dict[str, str]:
     """The verified session of the request's access token, as RPC parameters."""
     claims = authenticated(request)
     return {"user_id": claims.sub, "session_id": claims.sid}
@@ -159,13 +170,13 @@ async def login(request: web.Request) -> web.Response:
     request[LOGIN_PLATFORM] = params.platform
     if params.code is None and params.anonymous_code is None:
         raise MPLoginError(ErrorCode.INVALID_REQUEST, "code is required.")
-    return await forward(request, "login", params.model_dump(exclude_none=True))
+    return await forward(request, contract.LOGIN, params)
 
 
 async def refresh(request: web.Request) -> web.Response:
     """POST /v1/token/refresh: spend a refresh token for a new token pair."""
     params = parse(RefreshParams, await read_json_object(request))
-    return await forward(request, "refresh", params.model_dump())
+    return await forward(request, contract.REFRESH, params)
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -173,29 +184,30 @@ async def logout(request: web.Request) -> web.Response:
     who = caller(request)
     body = await read_json_object(request) if request.can_read_body else {}
     params = parse(LogoutBody, body)
-    return await forward(request, "logout", {**who, "all": params.all})
+    return await forward(request, contract.LOGOUT, LogoutParams(**who, all=params.all))
 
 
 async def me(request: web.Request) -> web.Response:
     """GET /v1/me: the caller's user, identities, profile and masked phone."""
-    return await forward(request, "me", caller(request))
+    return await forward(request, contract.ME, SessionParams(**caller(request)))
 
 
 async def profile(request: web.Request) -> web.Response:
     """POST /v1/profile: verified profile data from the client's platform."""
     who = caller(request)
     body = parse(ProfileBody, await read_json_object(request))
-    return await forward(request, "profile", {
-        **who, "raw_data": body.rawData, "signature": body.signature,
-        "encrypted_data": body.encryptedData, "iv": body.iv,
-    })
+    return await forward(request, contract.PROFILE, ProfileParams(
+        **who, raw_data=body.rawData, signature=body.signature,
+        encrypted_data=body.encryptedData, iv=body.iv,
+    ))
 
 
 async def phone(request: web.Request) -> web.Response:
     """POST /v1/phone: bind the phone number the platform vouches for."""
     who = caller(request)
     body = parse(PhoneBody, await read_json_object(request))
-    return await forward(request, "phone", {**who, **body.model_dump(exclude_none=True)})
+    return await forward(request, contract.PHONE,
+                         PhoneParams(**who, code=body.code, response=body.response, sign=body.sign))
 
 
 async def jwks(request: web.Request) -> web.Response:

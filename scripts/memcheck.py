@@ -1,6 +1,6 @@
 """Memory check: the RSS of the gateway and a worker stays flat over a long run with faults.
 
-Starts its own stack with the bench's helpers (``shared/bench.py``: MongoDB stand-in, sandbox,
+Starts its own stack with the bench's helpers (``mplogin/bench/``: MongoDB stand-in, sandbox,
 one gateway, one worker, each a process with a unique queue prefix and database, on the shared
 RabbitMQ), then drives an open-loop load of logins at a fixed rate (fresh codes, a fixed pool
 of returning users) for ``--minutes`` while it injects, on a schedule:
@@ -49,27 +49,19 @@ from typing import Any
 
 import aiohttp
 
-from shared.bench import (
-    APP_ID,
-    CodeMinter,
-    Json,
-    Stack,
-    Supply,
-    cpu_seconds,
-    http_login_sender,
-    machine_info,
-    open_loop,
-    peak_rss_mb,
-    start_stack,
-    stop_stack,
-    warm_up,
-)
+from mplogin.bench.common import APP_ID, Json
+from mplogin.bench.load import CodeMinter, http_login_sender, warm_up
+from mplogin.bench.measure import Supply, open_loop
+from mplogin.bench.proc import cpu_seconds, machine_info, peak_rss_mb
+from mplogin.bench.stack import Stack, start_stack, stop_stack
+from mplogin.devfiles import DevFiles
+from mplogin.supervisor import Child
 
 GATEWAY = "gateway"
 WORKER = "worker-1"
 
 
-# -- /proc (what shared.bench does not read) --------------------------------------------------
+# -- /proc (what mplogin.bench does not read) --------------------------------------------------
 
 
 def rss_mb(pid: int) -> float | None:
@@ -104,12 +96,13 @@ class MemStack(Stack):
 
     overrides: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+              module: str = "mplogin") -> Child:
         """Start the child with the bench's environment plus ``overrides``."""
         extra = dict(self.overrides)
         if name == GATEWAY or name.startswith("worker-"):
             extra["MPLOGIN_LOG_LEVEL"] = "INFO"
-        super().spawn(name, args, {**(env or self.env), **extra})
+        return super().spawn(name, args, {**(env or self.env), **extra}, module)
 
 
 LOG_EVENTS = {
@@ -125,10 +118,12 @@ def log_counts(stack: Stack) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for name, events in LOG_EVENTS.items():
         try:
-            lines = (stack.tmp / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
+            lines = DevFiles(stack.tmp).log(name).read_text(errors="replace").splitlines()
         except OSError:
             continue
-        out[name] = {event: sum(event in line for line in lines) for event in events}
+        # An event and the fields it must carry, e.g. "rpc.dropped reason=expired", on one line.
+        out[name] = {event: sum(all(part in line for part in event.split()) for line in lines)
+                     for event in events}
     return out
 
 
@@ -618,7 +613,7 @@ async def run(opts: Options, broker: Broker) -> Json:
         await asyncio.to_thread(broker.restore)
         out["cleanup"] = await stop_stack(stack)
         if opts.keep_logs is not None:
-            shutil.copytree(tmp / "logs", opts.keep_logs, dirs_exist_ok=True)
+            shutil.copytree(DevFiles(tmp).logs, opts.keep_logs, dirs_exist_ok=True)
         if failed:
             progress(f"\nthe run failed; logs kept in {tmp / 'logs'}\n")
         else:

@@ -4,9 +4,19 @@ Exception tree::
 
     MPLoginError                 an error with a stable ``ErrorCode`` that reaches the client
     ├── PlatformError            the platform refused the exchange or failed to answer
-    └── ConfigurationError       an app's configuration is unusable (names the app, never a secret)
+    └── AppConfigError           an app's configuration is unusable (names the app, never a secret)
 
-    StartupError                 a process cannot start; the message says why and the fix
+    OperatorError                a failure the operator fixes: what is wrong, and the ``fix``
+    ├── StartupError             a process cannot start (a setting, a port, a missing tool)
+    ├── BrokerUnreachableError   RabbitMQ does not answer (also a ConnectionError)
+    ├── KeyRingError             the keys folder or a key file is unusable (shared.keyring)
+    ├── QueueMismatchError       the request queue exists with other arguments (shared.rpc.server)
+    ├── AppsFileError            the apps file is unusable (auth_worker.apps)
+    ├── SecretBoxError           the session_key encryption key is unusable (auth_worker.secretbox)
+    └── DevStackError            ``mplogin dev`` cannot start or a child died (mplogin.devstack)
+
+An ``OperatorError``'s message and fix never hold a secret: the CLI prints
+``for_operator()`` as the one line a process leaves when it cannot start.
 """
 
 from __future__ import annotations
@@ -128,12 +138,42 @@ class PlatformError(MPLoginError):
         self.platform_code = platform_code
 
 
-class ConfigurationError(MPLoginError):
+class AppConfigError(MPLoginError):
     """An app's configuration is unusable; the message names the app and field, never a secret."""
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.APP_MISCONFIGURED, message)
 
 
-class StartupError(Exception):
+class OperatorError(Exception):
+    """A failure the operator must fix: ``str()`` says what is wrong, ``fix`` what to do.
+
+    Subclasses set a ``fix`` that fits all their instances; one raised with ``fix=`` overrides
+    it. Neither ever holds a secret.
+    """
+
+    fix: str = ""
+
+    def __init__(self, problem: str, *, fix: str | None = None) -> None:
+        super().__init__(problem)
+        if fix is not None:
+            self.fix = fix
+
+    def for_operator(self) -> str:
+        """The one line an operator reads: the problem, then the fix."""
+        return f"{self}; {self.fix}" if self.fix else str(self)
+
+
+class StartupError(OperatorError):
     """A process cannot start: one line that says why and what to do, never a secret."""
+
+
+class BrokerUnreachableError(OperatorError, ConnectionError):
+    """RabbitMQ does not answer (at start-up; a running process reconnects by itself)."""
+
+    fix = ("start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) and "
+           "check MPLOGIN_BROKER_URL")
+
+    def for_operator(self) -> str:
+        """The problem, then where to start the broker."""
+        return f"{self}: {self.fix}"

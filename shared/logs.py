@@ -1,15 +1,21 @@
 """Structured logs: structlog over std logging, JSON or console lines, a request id, no secrets.
 
-Every log line of the project, whether written with ``logging.getLogger(...)`` (the key=value
-messages most modules use) or with a structlog logger, goes through one chain of processors:
+Every module logs an event name and its fields, never fields formatted into the message::
+
+    log = get_logger("mplogin.rpc")
+    log.info("rpc.handled", method="login", outcome="ok", ms=3.2)
+
+The fields travel as the std-logging record's extras, so any record (ours, a library's, or a
+structlog logger's) goes through one chain of processors:
 
 - ``merge_contextvars`` adds what ``structlog.contextvars`` holds for the current task, above all
   the ``request_id`` the gateway's middleware and the worker's ``RpcServer`` bind per request;
-- logger name, level and an ISO timestamp (UTC);
+- logger name, level and an ISO timestamp (UTC); the record's extras become fields;
 - exceptions are rendered to text *before* redaction, so a traceback is redacted too;
 - :func:`redact` replaces the values of secret-looking keys and masks secret-looking text
-  (design.md §3.7: secrets never appear in a log line, whatever a caller logs);
-- a renderer: one JSON object per line (production) or a readable console line (development).
+  (docs/design.md §3.7: secrets never appear in a log line, whatever a caller logs);
+- a renderer: one JSON object per line (production), the fields as its keys, or a readable
+  console line (development), the fields as ``key=value``.
 
 A request aiohttp's HTTP parser refuses is the client's fault, not the server's: aiohttp logs it
 at ERROR with a traceback, :class:`ParserRefusalFilter` turns that into one WARNING line.
@@ -21,6 +27,7 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
@@ -81,6 +88,8 @@ _SECRET_TEXT = (
      r"\1=" + REDACTED),
 )
 _MAX_DEPTH = 8
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+"""Names a field cannot take: the log record's own attributes (``extra`` may not overwrite them)."""
 
 
 def _normalised(name: str) -> str:
@@ -176,6 +185,58 @@ class _MaskedRenderer:
         return mask_text(rendered if isinstance(rendered, str) else str(rendered))
 
 
+class EventLogger:
+    """A std-logging logger that takes an event name and its fields as keyword arguments.
+
+    ``log.info("rpc.handled", method="login", ms=3.2)`` writes the record ``rpc.handled`` with
+    ``method`` and ``ms`` as extras; the formatter renders them as fields and redacts them by
+    name like any other. A field named like a record attribute (``name``, ``module``...) is
+    written with a trailing underscore rather than refused.
+    """
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    @property
+    def name(self) -> str:
+        """The logger's name."""
+        return self._logger.name
+
+    def _log(self, level: int, event: str, exc_info: Any, fields: dict[str, Any]) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        extra = {(f"{key}_" if key in _RECORD_ATTRIBUTES else key): value
+                 for key, value in fields.items()}
+        self._logger.log(level, event, exc_info=exc_info, extra=extra, stacklevel=3)
+
+    def debug(self, event: str, *, exc_info: Any = None, **fields: Any) -> None:
+        """Log ``event`` with ``fields`` at DEBUG."""
+        self._log(logging.DEBUG, event, exc_info, fields)
+
+    def info(self, event: str, *, exc_info: Any = None, **fields: Any) -> None:
+        """Log ``event`` with ``fields`` at INFO."""
+        self._log(logging.INFO, event, exc_info, fields)
+
+    def warning(self, event: str, *, exc_info: Any = None, **fields: Any) -> None:
+        """Log ``event`` with ``fields`` at WARNING."""
+        self._log(logging.WARNING, event, exc_info, fields)
+
+    def error(self, event: str, *, exc_info: Any = None, **fields: Any) -> None:
+        """Log ``event`` with ``fields`` at ERROR."""
+        self._log(logging.ERROR, event, exc_info, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """Log ``event`` with ``fields`` and the exception being handled, at ERROR."""
+        self._log(logging.ERROR, event, True, fields)
+
+
+def get_logger(name: str) -> EventLogger:
+    """The event logger called ``name`` (``mplogin.<part>``)."""
+    return EventLogger(name)
+
+
 PARSER_LOGGER = "aiohttp.server"
 """Where aiohttp logs a request it could not hand to the application."""
 _REASON_CLIP = 120
@@ -200,8 +261,10 @@ class ParserRefusalFilter(logging.Filter):
             return True
         peer = record.args[0] if isinstance(record.args, tuple) and record.args else "-"
         reason = (exc.message or "").split("\n", 1)[0][:_REASON_CLIP]
-        record.msg = "http.refused_by_parser peer=%s error=%s status=%s reason=%r"
-        record.args = (peer, type(exc).__name__, exc.code, reason)
+        record.msg = "http.refused_by_parser"
+        record.args = ()
+        record.__dict__.update(peer=peer, error=type(exc).__name__, status=exc.code,
+                               reason=reason)
         record.levelno = min(record.levelno, logging.WARNING)
         record.levelname = logging.getLevelName(record.levelno)
         record.exc_info = None
@@ -227,6 +290,14 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
+def _drop_message_copy(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """A processor: drop the formatted ``message`` a std-logging record carries beside ``event``
+    (the same text twice)."""
+    if event_dict.get("message") == event_dict.get("event"):
+        event_dict.pop("message", None)
+    return event_dict
+
+
 def build_formatter(fmt: LogFormat, *, colors: bool = False) -> logging.Formatter:
     """The formatter that renders every record (std logging and structlog) through our chain."""
     renderer: Processor
@@ -235,7 +306,8 @@ def build_formatter(fmt: LogFormat, *, colors: bool = False) -> logging.Formatte
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False)
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder(),
+                           _drop_message_copy],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -267,3 +339,25 @@ def safe_request_id(value: object) -> str | None:
     if isinstance(value, str) and REQUEST_ID_PATTERN.fullmatch(value):
         return value
     return None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` and its query string dropped.
+
+    A comma-separated list of URLs (the nodes of a RabbitMQ cluster) is masked URL by URL; a
+    comma inside one URL (a MongoDB URL's hosts) stays in it.
+    """
+    nodes = [node.strip() for node in url.split(",")]
+    if len(nodes) > 1 and all("://" in node for node in nodes):
+        return ",".join(mask_url(node) for node in nodes)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hosts = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"

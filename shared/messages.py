@@ -1,21 +1,13 @@
-"""The JSON messages between gateway and worker, validated by pydantic on both ends.
+"""The parameters and results of the RPC methods, validated by pydantic on both ends.
 
-Every request and reply carries ``v`` (the protocol version). A worker refuses versions it does
-not know with ``invalid_request`` rather than guessing.
+``shared.rpc.contract`` pairs them per method and wraps them in the versioned envelope.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-
-from shared.errors import ErrorCode
-
-PROTOCOL_VERSION: Literal[1] = 1
-
-Method = Literal["login", "refresh", "logout", "me", "profile", "phone", "echo"]
 
 Code = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 AppId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -71,15 +63,6 @@ class PhoneParams(SessionParams):
     code: Code | None = None
     response: B64 | None = None
     sign: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
-
-
-class RpcRequest(_Strict):
-    """One request from a gateway to the workers."""
-
-    v: Literal[1] = PROTOCOL_VERSION
-    method: Method
-    request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    params: dict[str, Any] = Field(default_factory=dict)
 
 
 def _absent_if_none(value: object) -> bool:
@@ -183,34 +166,13 @@ class PhoneOut(_Strict):
     phone: str = Field(examples=["+86138****0007"])
 
 
-class ErrorBody(_Strict):
-    """An error reply: a stable code and a message safe to show."""
+class EchoParams(BaseModel):
+    """The ``echo`` method's parameters: anything, sent back as it came (the bench's bare RPC)."""
 
-    code: ErrorCode
-    message: str
-    retry_after: int | None = None
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
-class RpcReply(_Strict):
-    """One reply from a worker to a gateway."""
+class EchoOut(_Strict):
+    """The ``echo`` method's result: the parameters it was sent."""
 
-    v: Literal[1] = PROTOCOL_VERSION
-    ok: bool
-    result: dict[str, Any] | None = None
-    error: ErrorBody | None = None
-
-    @classmethod
-    def success(cls, result: BaseModel | dict[str, Any]) -> RpcReply:
-        """A successful reply carrying ``result``."""
-        data = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
-        return cls(ok=True, result=data)
-
-    @classmethod
-    def failure(cls, code: ErrorCode, message: str, retry_after: int | None = None) -> RpcReply:
-        """An error reply."""
-        return cls(ok=False, error=ErrorBody(code=code, message=message, retry_after=retry_after))
-
-
-def dumps(model: BaseModel) -> bytes:
-    """Serialise a message model to JSON bytes."""
-    return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
+    echo: dict[str, Any]

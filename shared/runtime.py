@@ -1,28 +1,15 @@
-"""Process plumbing shared by every command: logging, secrets for development mode, stop signals."""
+"""Process plumbing shared by every command: the event loop, logging, stop signals."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from shared.keys import (
-    KeyRing,
-    KeyRingError,
-    PublicKeys,
-    ensure_dev_keys,
-    public_dir,
-    publish,
-    readable_private_keys,
-)
 from shared.logs import LogFormat, build_formatter, configure_structlog, filter_parser_refusals
-from shared.secretbox import SecretBox, generate_config_value
-from shared.settings import Settings
 
 T = TypeVar("T")
 HANDLER_NAME = "mplogin"
@@ -70,60 +57,6 @@ def configure_logging(
     # Their DEBUG lines dump whole frames and commands; ours carry what an operator needs.
     logging.getLogger("pymongo").setLevel(max(logging.INFO, root.level))
     return handler
-
-
-def load_keyring(settings: Settings) -> KeyRing:
-    """The token signing keys, their public halves published; development mode creates a key
-    if the folder is empty.
-
-    Publishing here is what lets a keys folder from before the public folder existed keep
-    working: the first worker to start writes the halves the gateways load.
-    """
-    if settings.mode == "development":
-        return ensure_dev_keys(settings.keys_dir)
-    ring = KeyRing.load(settings.keys_dir)
-    publish(settings.keys_dir, ring)
-    return ring
-
-
-def load_public_keys(settings: Settings) -> PublicKeys:
-    """The public halves of the signing keys, for a gateway (``<keys dir>/public``).
-
-    Outside development mode a gateway that can read a private key refuses to start: it only
-    verifies, and the internet-facing process must not hold what signs tokens. Loading public
-    files alone would leave the private ones exposed to anyone who takes the process over, so
-    the deployment has to change, not the gateway's choice of files. Development mode runs
-    every process on one machine from one folder, and ignores them.
-    """
-    if settings.mode == "development":
-        ensure_dev_keys(settings.keys_dir)
-    else:
-        private = readable_private_keys(settings.keys_dir)
-        if private:
-            raise KeyRingError(
-                f"the gateway can read the private signing key {private[0]}; give it only "
-                f"{public_dir(settings.keys_dir)} (docker compose mounts the keys-public volume "
-                "there alone, see the README's Key rotation)")
-    return PublicKeys.load(settings.keys_dir)
-
-
-def load_secretbox(settings: Settings) -> SecretBox:
-    """The session_key encryption box; development mode keeps a generated key in the data dir."""
-    if settings.session_key_encryption_key is not None:
-        return SecretBox.from_config(settings.session_key_encryption_key.get_secret_value())
-    if settings.mode != "development":
-        raise ValueError("MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required outside development mode")
-    path = settings.data_dir / "secretbox.key"
-    if not path.exists():
-        _write_private(path, generate_config_value())
-    return SecretBox.from_config(path.read_text(encoding="utf-8").strip())
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
 
 
 def stop_event() -> asyncio.Event:

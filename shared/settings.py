@@ -5,11 +5,42 @@ from __future__ import annotations
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.errors import StartupError
+
 PLACEHOLDERS = {"", "changeme", "change-me", "secret", "placeholder", "xxx", "todo"}
+
+
+def parse_host(value: str) -> tuple[str, int | None] | None:
+    """``Host``-style ``name[:port]`` as (lower-case name without brackets, port), or None."""
+    if not value or any(c.isspace() or c in "/\\?#@" for c in value):
+        return None
+    try:
+        parts = urlsplit("//" + value)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname.lower(), port
+
+
+def parse_allowed_hosts(text: str) -> tuple[str, ...]:
+    """The comma-separated ``host`` / ``host:port`` list of a setting; ValueError naming a bad
+    entry."""
+    hosts = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if parse_host(item) is None:
+            raise ValueError(f"{item!r} is not a host or host:port")
+        hosts.append(item)
+    return tuple(hosts)
 
 
 def is_placeholder(value: str) -> bool:
@@ -24,7 +55,7 @@ class Settings(BaseSettings):
 
     mode: Literal["production", "development"] = "production"
 
-    # One URL, or the nodes of one cluster separated by commas (shared/amqpwire.py).
+    # One URL, or the nodes of one cluster separated by commas (shared/rpc/wire.py).
     broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     # classic: lowest latency, one node. quorum: replicated over a cluster's nodes, survives the
     # loss of a minority of them. Changing it needs the migration in docs/reliability.md.
@@ -87,7 +118,7 @@ class Settings(BaseSettings):
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8090
     # Host names (host or host:port, comma-separated) the sandbox answers besides its own
-    # local names, e.g. "sandbox:8090" on a compose network (shared/devguard.py).
+    # local names, e.g. "sandbox:8090" on a compose network (mplogin/devguard.py).
     sandbox_allowed_hosts: str = ""
 
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
@@ -115,7 +146,7 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: SecretStr) -> SecretStr:
-        from shared.amqpwire import broker_nodes
+        from shared.rpc.wire import broker_nodes
 
         broker_nodes(value.get_secret_value())  # ValueError says what is wrong, not the value
         return value
@@ -131,8 +162,6 @@ class Settings(BaseSettings):
     @field_validator("sandbox_allowed_hosts")
     @classmethod
     def _check_sandbox_allowed_hosts(cls, value: str) -> str:
-        from shared.devguard import parse_allowed_hosts
-
         parse_allowed_hosts(value)  # ValueError names the bad entry
         return value
 
@@ -157,12 +186,12 @@ class Settings(BaseSettings):
         if self.mode == "development":
             return
         if self.session_key_encryption_key is None:
-            raise ValueError(
+            raise StartupError(
                 "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required outside development mode "
                 "(generate one with: mplogin keys secretbox)"
             )
         if self.mongo_url is None:
-            raise ValueError("MPLOGIN_MONGO_URL is required outside development mode")
+            raise StartupError("MPLOGIN_MONGO_URL is required outside development mode")
 
     def safe_summary(self) -> dict[str, str]:
         """The settings as printable strings, secrets masked."""

@@ -1,7 +1,7 @@
 """Access tokens (EdDSA-signed JWTs) and opaque refresh tokens: minting, verifying, hashing.
 
 Access tokens are short-lived JWTs signed with the key ring's active Ed25519 key (the newest
-whose activation has come, see ``shared.keys``); the header names that key (``kid``) and the
+whose activation has come, see ``shared.keyring``); the header names that key (``kid``) and the
 token type (``typ: at+jwt``, RFC 9068), so other services can verify them from our JWKS
 document without calling us. Verification accepts exactly one algorithm (EdDSA) and checks
 ``typ``, ``kid``, ``iss``, ``aud``, ``exp`` and the required claims.
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from shared.keys import KeyRing, activation_of, is_valid_kid
+from shared.keyring import KeyRing, activation_of, is_valid_kid
 
 ALGORITHM: Final = "EdDSA"
 ACCESS_TOKEN_TYPE: Final = "at+jwt"  # noqa: S105 - a media type, not a secret
@@ -130,6 +130,11 @@ class TokenIssuer:
         self._schedule = schedule
         self._signer = self._signer_in(schedule, time.time())
 
+    @property
+    def kids(self) -> tuple[str, ...]:
+        """The kids of the keys it signs with, each in its own time (oldest first)."""
+        return tuple(signer.kid for signer in self._schedule)
+
     @staticmethod
     def _signer_in(schedule: tuple[_Signer, ...], when: float) -> _Signer:
         for signer in schedule:
@@ -184,7 +189,7 @@ class TokenIssuer:
 class TokenVerifier:
     """Verifies access tokens against a set of public keys, one algorithm only (EdDSA).
 
-    On ``UnknownKeyId`` (``exc.unknown_kid``: a kid of the right shape, ``shared.keys``, that
+    On ``UnknownKeyId`` (``exc.unknown_kid``: a kid of the right shape, ``shared.keyring``, that
     is not loaded) a caller may reload the keys from disk, pass them to ``update_keys`` and
     verify once more: the token may be signed by a key rotated in after this process loaded its
     keys.

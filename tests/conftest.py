@@ -27,15 +27,36 @@ from aiohttp.test_utils import TestClient, TestServer
 from pymongo import AsyncMongoClient
 
 from auth_worker.main import login_service
+from auth_worker.service import LoginService
 from gateway.app import create_app
-from gateway.keys import RPC
-from shared.rpc import RpcServer
+from gateway.appkeys import RPC
+from mplogin.sandbox import create_sandbox_app
+from mplogin.standin import free_port, start_standin, wait_for_port
+from shared.logs import build_formatter
+from shared.rpc.local import LocalTransport
+from shared.rpc.server import RpcServer
 from shared.runtime import HANDLER_NAME, configure_logging
-from shared.sandbox import create_sandbox_app
 from shared.settings import Settings
-from shared.standin import free_port, start_standin, wait_for_port
 
 RABBIT_URL = os.environ.get("MPLOGIN_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+# Fixtures whose tests start processes of their own (servers, the dev stack, a second stand-in,
+# a browser): such a test is marked ``processes``. A test that reaches RabbitMQ (through
+# ``rabbit_url``, which every broker fixture uses) is marked ``broker``.
+PROCESS_FIXTURES = frozenset({"proc_stack", "gateways", "dev", "own_database", "chromium_proc"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with what it needs (pyproject.toml lists the markers; the README says
+    how to leave them out)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "rabbit_url" in fixtures:
+            item.add_marker(pytest.mark.broker)
+        if fixtures & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.processes)
+        if "browser" in item.path.parts:
+            item.add_marker(pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +79,7 @@ def mongo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     port = free_port()
-    proc = start_standin(port, None, tmp_path_factory.mktemp("nx"))
+    proc = start_standin(port, None, tmp_path_factory.mktemp("nx")).proc
     try:
         wait_for_port(port)
         yield f"mongodb://127.0.0.1:{port}"
@@ -150,6 +171,40 @@ def write_apps(path: Path, entries: list[dict[str, Any]]) -> Path:
 StackFactory = Callable[..., Any]
 
 
+def stack_settings(tmp_path: Path, apps: list[dict[str, Any]], **overrides: Any) -> Settings:
+    """Development settings of one test stack: its own queue prefix and database."""
+    prefix = f"mpltest-{uuid.uuid4().hex[:10]}"
+    apps_file = write_apps(tmp_path / f"{prefix}-apps.toml", apps)
+    values: dict[str, Any] = {
+        "mode": "development",
+        "mongo_db": prefix.replace("-", "_"),
+        "queue_prefix": prefix,
+        "apps_file": apps_file,
+        "keys_dir": tmp_path / "keys",
+        "data_dir": tmp_path / "data",
+        "login_deadline": 5.0,
+        "platform_timeout": 2.0,
+        "worker_concurrency": 32,
+        # Every test request comes from 127.0.0.1: one client IP as far as the per-IP
+        # limit can tell. The tests of that limit switch it back on.
+        "rate_limit_ip_per_minute": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def _client_and_mongo(
+    stack: AsyncExitStack, settings: Settings, mongo_url: str,
+    rpc: LocalTransport | None = None,
+) -> tuple[TestClient[Any, Any], AsyncMongoClient[dict[str, Any]]]:
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings, rpc=rpc)))
+    await client.start_server()
+    stack.push_async_callback(client.close)
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    stack.push_async_callback(mongo.close)
+    return client, mongo
+
+
 @pytest.fixture
 async def make_stack(
     rabbit_url: str, mongo_url: str, sandbox: Sandbox, tmp_path: Path,
@@ -162,26 +217,8 @@ async def make_stack(
             apps: list[dict[str, Any]], *, workers: int = 1, start_workers: bool = True,
             **overrides: Any,
         ) -> Stack:
-            prefix = f"mpltest-{uuid.uuid4().hex[:10]}"
-            apps_file = write_apps(tmp_path / f"{prefix}-apps.toml", apps)
-            values: dict[str, Any] = {
-                "mode": "development",
-                "broker_url": rabbit_url,
-                "mongo_url": mongo_url,
-                "mongo_db": prefix.replace("-", "_"),
-                "queue_prefix": prefix,
-                "apps_file": apps_file,
-                "keys_dir": tmp_path / "keys",
-                "data_dir": tmp_path / "data",
-                "login_deadline": 5.0,
-                "platform_timeout": 2.0,
-                "worker_concurrency": 32,
-                # Every test request comes from 127.0.0.1: one client IP as far as the per-IP
-                # limit can tell. The tests of that limit switch it back on.
-                "rate_limit_ip_per_minute": 0,
-            }
-            values.update(overrides)
-            settings = Settings(**values)
+            settings = stack_settings(
+                tmp_path, apps, **{"broker_url": rabbit_url, "mongo_url": mongo_url, **overrides})
             stack.push_async_callback(delete_queues, rabbit_url, settings.queue_prefix)
             servers: list[RpcServer] = []
             if start_workers:
@@ -196,12 +233,37 @@ async def make_stack(
                     await server.start()
                     stack.push_async_callback(server.stop, 2.0)
                     servers.append(server)
-            client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
-            await client.start_server()
-            stack.push_async_callback(client.close)
-            mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
-            stack.push_async_callback(mongo.close)
+            client, mongo = await _client_and_mongo(stack, settings, mongo_url)
             return Stack(settings, client, servers, mongo)
+
+        yield factory
+
+
+@dataclass
+class LocalStack(Stack):
+    """A stack whose gateway reaches its worker in process (no broker): ``transport.deliver``
+    hands the worker a message as the broker would, redeliveries included."""
+
+    transport: LocalTransport | None = None
+    service: LoginService | None = None
+
+
+@pytest.fixture
+async def make_local_stack(
+    mongo_url: str, sandbox: Sandbox, tmp_path: Path,
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build stacks without RabbitMQ: ``await make_local_stack(apps=[...], **settings)``."""
+    async with AsyncExitStack() as stack:
+
+        async def factory(apps: list[dict[str, Any]], **overrides: Any) -> LocalStack:
+            # The broker URL is never used: nothing connects to it.
+            settings = stack_settings(
+                tmp_path, apps, **{"broker_url": RABBIT_URL, "mongo_url": mongo_url, **overrides})
+            service = await stack.enter_async_context(login_service(settings))
+            transport = LocalTransport(service.handle, redelivery_guard=service.allow_redelivery,
+                                       max_budget=settings.login_deadline)
+            client, mongo = await _client_and_mongo(stack, settings, mongo_url, transport)
+            return LocalStack(settings, client, [], mongo, transport=transport, service=service)
 
         yield factory
 
@@ -235,6 +297,15 @@ def process_log() -> Iterator[io.StringIO]:
 def secret() -> str:
     """A fresh random app secret for one test."""
     return uuid.uuid4().hex
+
+
+_CONSOLE = build_formatter("console")
+
+
+def logline(record: logging.LogRecord) -> str:
+    """What a record's console log line says: the event, then its fields as ``key=value``,
+    redacted as every line is (shared.logs)."""
+    return _CONSOLE.format(logging.makeLogRecord(record.__dict__))
 
 
 async def gather_all(*coros: Any) -> list[Any]:

@@ -19,14 +19,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from auth_worker.apps import parse_entries
+from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
+from auth_worker.secretbox import generate_config_value
 from gateway.app import create_app
-from shared.apps import PLATFORMS, parse_entries
-from shared.cli import build_parser
-from shared.keys import PUBLIC_DIR_NAME
-from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
-from shared.secretbox import generate_config_value
+from mplogin.cli import build_parser
+from mplogin.standin import free_port
+from shared.keyring import PUBLIC_DIR_NAME
+from shared.platforms import PLATFORMS
 from shared.settings import Settings
-from shared.standin import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

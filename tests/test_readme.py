@@ -12,13 +12,14 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from auth_worker.metrics import WorkerMetrics
 from auth_worker.platforms import alipay, baidu, douyin, kuaishou, qq, wechat
 from gateway.app import create_app
-from shared.apps import PLATFORMS
-from shared.cli import build_parser
+from gateway.metrics import GatewayMetrics
+from mplogin.cli import build_parser
 from shared.errors import HTTP_STATUS, ErrorCode
-from shared.messages import RpcReply
-from shared.metrics import GatewayMetrics, WorkerMetrics
+from shared.platforms import PLATFORMS
+from shared.rpc.contract import RpcReply
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,6 @@
-"""Alipay ``alipay.system.oauth.token`` (platforms.md §2): RSA2-signed form POST to ``/gateway.do``.
+"""Alipay ``alipay.system.oauth.token`` (§2): RSA2-signed form POST to ``/gateway.do``.
+
+The contract is docs/platforms.md §2.
 
 The request is signed with the app's private key; the reply's ``…_response`` or
 ``error_response`` node is verified, over its exact raw text, with the Alipay public key
@@ -26,6 +28,7 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth_worker.apps import AppConfig, configuration_error
 from auth_worker.platforms.alipay_sign import (
     KeyFormatError,
     SignedNode,
@@ -37,7 +40,6 @@ from auth_worker.platforms.alipay_sign import (
     verify,
 )
 from auth_worker.platforms.base import HttpAdapter, PlatformIdentity, clip, text_field
-from shared.apps import AppConfig, configuration_error
 from shared.errors import ErrorCode
 
 PATH = "/gateway.do"
@@ -139,24 +141,21 @@ class AlipayAdapter(HttpAdapter):
 
     def _unsigned(self, app: AppConfig, node: SignedNode, code: str) -> Exception:
         value = node.value if isinstance(node.value, dict) else {}
-        self.log.error(
-            "reply signature %s, reply rejected as broken platform=%s app_id=%s node=%s "
-            "unverified_code=%s unverified_sub_code=%s",
-            "missing" if node.sign is None else "malformed", self.platform, app.app_id, node.name,
-            clip(value.get("code", ""), code), clip(value.get("sub_code", ""), code),
-        )
+        self.log.error("alipay.reply_signature_unusable",
+                       signature="missing" if node.sign is None else "malformed",
+                       platform=self.platform, app_id=app.app_id, node=node.name,
+                       unverified_code=clip(value.get("code", ""), code),
+                       unverified_sub_code=clip(value.get("sub_code", ""), code))
         return self.unavailable("Alipay sent a reply without a valid signature.")
 
     def _unverified(self, app: AppConfig, node: SignedNode, code: str) -> Exception:
         value = node.value if isinstance(node.value, dict) else {}
-        self.log.error(
-            "reply signature does not verify with the configured alipay_public_key "
-            "platform=%s app_id=%s node=%s unverified_code=%s unverified_sub_code=%s hint=%s",
-            self.platform, app.app_id, node.name,
-            clip(value.get("code", ""), code), clip(value.get("sub_code", ""), code),
-            clip("configure Alipay's public key for this app (console: 接口加签方式), "
-                 "not the app's own public key"),
-        )
+        self.log.error("alipay.reply_signature_mismatch", platform=self.platform,
+                       app_id=app.app_id, node=node.name,
+                       unverified_code=clip(value.get("code", ""), code),
+                       unverified_sub_code=clip(value.get("sub_code", ""), code),
+                       hint=clip("configure Alipay's public key for this app (console: "
+                                 "接口加签方式), not the app's own public key"))
         self.count_error(ErrorCode.APP_MISCONFIGURED)
         return configuration_error(
             app, "Alipay's reply does not verify with the configured alipay_public_key"
@@ -182,12 +181,10 @@ class AlipayAdapter(HttpAdapter):
         if openid is None:
             if text_field(value, other) is None:
                 raise self.malformed(app, PATH, "neither open_id nor user_id in the reply")
-            self.log.error(
-                "identity field empty in the reply platform=%s app_id=%s identity_field=%s "
-                "present=%s hint=%s",
-                self.platform, app.app_id, configured, other,
-                clip(f"set identity_field = \"{other}\" if the app has moved to {other}"),
-            )
+            self.log.error("alipay.identity_field_empty", platform=self.platform, app_id=app.app_id,
+                           identity_field=configured, present=other,
+                           hint=clip(f"set identity_field = \"{other}\" if the app has moved "
+                                     f"to {other}"))
             self.count_error(ErrorCode.APP_MISCONFIGURED)
             raise configuration_error(
                 app, f"identity_field is {configured}, but Alipay's reply has only {other}"

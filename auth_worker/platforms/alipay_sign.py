@@ -1,4 +1,4 @@
-"""Alipay OpenAPI v1 RSA2 signatures (platforms.md §2.2): signing requests, verifying replies.
+"""Alipay OpenAPI v1 RSA2 signatures (docs/platforms.md §2.2): signing requests, verifying replies.
 
 - Requests: every parameter except ``sign``, empty values dropped, keys in ASCII order, raw
   (not URL-encoded) values joined as ``k=v&k=v``, signed SHA256withRSA with the app's private

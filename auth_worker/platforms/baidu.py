@@ -1,4 +1,4 @@
-"""Baidu session key (platforms.md §4, legacy): ``POST /oauth/jscode2sessionkey``, form body.
+"""Baidu session key (docs/platforms.md §4, legacy): ``POST /oauth/jscode2sessionkey``, form body.
 
 Baidu authenticates with the AppKey (``client_id``, ``app.app_key``) and the AppSecret
 (``sk``), not the app_id. Errors are OAuth2-style ``{error, error_description}`` strings.
@@ -6,8 +6,8 @@ Baidu authenticates with the AppKey (``client_id``, ``app.app_key``) and the App
 
 from __future__ import annotations
 
+from auth_worker.apps import AppConfig, configuration_error
 from auth_worker.platforms.base import HttpAdapter, PlatformIdentity, clip, text_field
-from shared.apps import AppConfig, configuration_error
 from shared.errors import ErrorCode
 
 PATH = "/oauth/jscode2sessionkey"

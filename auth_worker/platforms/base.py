@@ -19,7 +19,6 @@ backends shipped:
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -30,8 +29,9 @@ from typing import Any, ClassVar, Protocol
 
 import aiohttp
 
-from shared.apps import AppConfig, configuration_error
+from auth_worker.apps import AppConfig, configuration_error
 from shared.errors import ErrorCode, PlatformError
+from shared.logs import get_logger
 
 MAX_BODY_BYTES = 256 * 1024
 """A login reply is a few hundred bytes; anything far larger is not a platform reply."""
@@ -147,7 +147,7 @@ class HttpAdapter:
             raise ValueError("timeout must be positive")
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self.log = logging.getLogger(f"mplogin.platforms.{self.platform}")
+        self.log = get_logger(f"mplogin.platforms.{self.platform}")
         self.observer: PlatformObserver | None = None
 
     def __repr__(self) -> str:
@@ -222,32 +222,24 @@ class HttpAdapter:
                             too_large = True
                             break
         except TimeoutError:
-            self.log.warning(
-                "platform call timed out platform=%s app_id=%s path=%s timeout=%s",
-                self.platform, app.app_id, path, round(timeout, 3),
-            )
+            self.log.warning("platform.call_timed_out", platform=self.platform, app_id=app.app_id,
+                             path=path, timeout=round(timeout, 3))
             raise self.unavailable(f"{self.display_name} did not answer in time.") from None
         except aiohttp.ClientError as exc:
             # str(exc) may hold the URL, and the URL may hold the secret: log only the type.
-            self.log.warning(
-                "platform call failed platform=%s app_id=%s path=%s error=%s",
-                self.platform, app.app_id, path, type(exc).__name__,
-            )
+            self.log.warning("platform.call_failed", platform=self.platform, app_id=app.app_id,
+                             path=path, error=type(exc).__name__)
             raise self.unavailable(f"{self.display_name} could not be reached.") from None
         finally:
             if self.observer is not None:
                 self.observer.observe_platform_call(self.platform, time.perf_counter() - started)
         if status != 200:
-            self.log.warning(
-                "platform answered an unexpected status platform=%s app_id=%s path=%s status=%s",
-                self.platform, app.app_id, path, status,
-            )
+            self.log.warning("platform.unexpected_status", platform=self.platform,
+                             app_id=app.app_id, path=path, status=status)
             raise self.unavailable(f"{self.display_name} answered HTTP {status}.")
         if too_large:
-            self.log.warning(
-                "platform reply too large platform=%s app_id=%s path=%s limit=%s",
-                self.platform, app.app_id, path, MAX_BODY_BYTES,
-            )
+            self.log.warning("platform.reply_too_large", platform=self.platform, app_id=app.app_id,
+                             path=path, limit=MAX_BODY_BYTES)
             raise self.malformed(app, path, "reply too large")
         try:
             text = bytes(body).decode("utf-8")
@@ -279,10 +271,8 @@ class HttpAdapter:
 
     def malformed(self, app: AppConfig, path: str, problem: str) -> PlatformError:
         """Log and build the error for a reply that is not what the platform documents."""
-        self.log.warning(
-            "platform reply malformed platform=%s app_id=%s path=%s problem=%s",
-            self.platform, app.app_id, path, clip(problem),
-        )
+        self.log.warning("platform.reply_malformed", platform=self.platform, app_id=app.app_id,
+                         path=path, problem=clip(problem))
         return self.unavailable(f"{self.display_name} sent an unexpected reply.")
 
     def refused(
@@ -296,16 +286,12 @@ class HttpAdapter:
     ) -> Exception:
         """Log a refusal (raw code and message) and map it through the platform's error table."""
         code = table.get(platform_code, ErrorCode.PLATFORM_UNAVAILABLE)
+        raw_code = None
         if safe_code(platform_code) != platform_code:
-            detail = f"raw_code={clip(platform_code)} {detail}"
-            platform_code = "unknown"
-        level = logging.ERROR if code is ErrorCode.APP_MISCONFIGURED else logging.WARNING
-        self.log.log(
-            level,
-            "platform refused the code exchange platform=%s app_id=%s platform_code=%s "
-            "detail=%s mapped=%s",
-            self.platform, app.app_id, platform_code, detail, code.value,
-        )
+            raw_code, platform_code = clip(platform_code), "unknown"
+        write = self.log.error if code is ErrorCode.APP_MISCONFIGURED else self.log.warning
+        write("platform.refused", platform=self.platform, app_id=app.app_id,
+              platform_code=platform_code, raw_code=raw_code, detail=detail, mapped=code.value)
         if code is not ErrorCode.PLATFORM_UNAVAILABLE:
             self.count_error(code)  # unavailable() counts its own
         if code is ErrorCode.APP_MISCONFIGURED:

@@ -1,4 +1,4 @@
-"""Douyin code2Session v2 (platforms.md §3): ``POST /api/apps/v2/jscode2session``, JSON body.
+"""Douyin code2Session v2 (docs/platforms.md §3): ``POST /api/apps/v2/jscode2session``, JSON body.
 
 A user logged in to the host app sends ``code``; otherwise only ``anonymous_code``. An
 anonymous login yields the device's ``anonymous_openid`` as the identity; when both codes are
@@ -7,6 +7,7 @@ sent the real identity comes back with ``anonymous_openid`` filled too, so the t
 
 from __future__ import annotations
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
     HttpAdapter,
     PlatformIdentity,
@@ -14,7 +15,6 @@ from auth_worker.platforms.base import (
     platform_code_of,
     text_field,
 )
-from shared.apps import AppConfig
 from shared.errors import ErrorCode, PlatformError
 
 PATH = "/api/apps/v2/jscode2session"

@@ -1,4 +1,4 @@
-"""Kuaishou code2session (platforms.md §5): ``POST /oauth2/mp/code2session``, form body.
+"""Kuaishou code2session (docs/platforms.md §5): ``POST /oauth2/mp/code2session``, form body.
 
 ``result == 1`` means success. The error codes are the Kuaishou open-platform OAuth codes;
 that they apply to code2session is UNCONFIRMED, so unknown results are PLATFORM_UNAVAILABLE.
@@ -6,6 +6,7 @@ that they apply to code2session is UNCONFIRMED, so unknown results are PLATFORM_
 
 from __future__ import annotations
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
     HttpAdapter,
     PlatformIdentity,
@@ -13,7 +14,6 @@ from auth_worker.platforms.base import (
     platform_code_of,
     text_field,
 )
-from shared.apps import AppConfig
 from shared.errors import ErrorCode
 
 PATH = "/oauth2/mp/code2session"

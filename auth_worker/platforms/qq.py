@@ -1,4 +1,6 @@
-"""QQ code2Session (platforms.md §6): WeChat's protocol on ``api.q.qq.com``, secret in the query.
+"""QQ code2Session (§6): WeChat's protocol on ``api.q.qq.com``, secret in the query.
+
+The contract is docs/platforms.md §6.
 
 QQ documents only -1, 40029 and 45011. The other entries are WeChat's codes, assumed to mean
 the same on QQ's clone of the API (UNCONFIRMED); unknown codes are PLATFORM_UNAVAILABLE.

@@ -1,4 +1,4 @@
-"""WeChat code2Session (platforms.md §1.1): ``GET /sns/jscode2session``, secret in the query.
+"""WeChat code2Session (docs/platforms.md §1.1): ``GET /sns/jscode2session``, secret in the query.
 
 The request URL carries the AppSecret, so it is never logged nor put into an error.
 A missing ``errcode`` means success; -1 (busy) is not retried, since resending a code that
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
     HttpAdapter,
     PlatformIdentity,
@@ -16,7 +17,6 @@ from auth_worker.platforms.base import (
     platform_code_of,
     text_field,
 )
-from shared.apps import AppConfig
 from shared.errors import ErrorCode
 
 PATH = "/sns/jscode2session"

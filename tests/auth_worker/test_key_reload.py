@@ -12,7 +12,7 @@ import jwt
 import pytest
 
 from auth_worker.main import _reload_keys
-from shared.keys import (
+from shared.keyring import (
     KeyRing,
     PublicKeys,
     generate_key,

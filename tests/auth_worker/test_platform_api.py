@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from auth_worker.apps import AppConfig
 from auth_worker.platform_api import PlatformApi
 from auth_worker.quota import PlatformRateLimiter
+from auth_worker.secretbox import SecretBox
 from auth_worker.store import Store
 from auth_worker.wechat_api import WeChatPhoneSource
-from shared.apps import AppConfig
 from shared.errors import ErrorCode, MPLoginError
-from shared.secretbox import SecretBox
 from tests.auth_worker.test_wechat_tokens import (  # noqa: F401 - fixtures, used by name
     deadline,
     fetches,

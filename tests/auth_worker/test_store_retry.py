@@ -1,6 +1,6 @@
 """A concurrent upsert on real MongoDB can raise DuplicateKeyError: the store retries it once.
 
-The stand-in never raises it (design.md §4), so these tests make the first call raise, as a
+The stand-in never raises it (docs/design.md §4), so these tests make the first call raise, as a
 concurrent first login on MongoDB does, and check the retry finds what the other one inserted.
 """
 

@@ -15,11 +15,11 @@ import pytest
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 
+from auth_worker.apps import AppConfig
+from auth_worker.secretbox import SecretBox
 from auth_worker.store import Store
 from auth_worker.wechat_api import WeChatApi, WeChatPhoneSource, WeChatTokenStore
-from shared.apps import AppConfig
-from shared.sandbox import create_sandbox_app
-from shared.secretbox import SecretBox
+from mplogin.sandbox import create_sandbox_app
 from tests.conftest import Sandbox
 
 APP = AppConfig(platform="wechat", app_id="wxtokens00000001", api_base="http://127.0.0.1:9")

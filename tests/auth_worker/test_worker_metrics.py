@@ -4,6 +4,7 @@ and its GET /readyz (consumer attached, database answering)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,8 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth_worker.main import run_worker
-from shared.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
-from shared.standin import async_wait_for_port, free_port, start_standin
+from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
+from mplogin.standin import async_wait_for_port, free_port, start_standin
+from shared.errors import StartupError
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxworkermetric1"
@@ -63,17 +65,18 @@ async def worker(make_stack: StackFactory, sandbox: Sandbox, secret: str,
     stop = asyncio.Event()
     task = asyncio.create_task(run_worker(stack.settings, stop))
     try:
-        for _ in range(200):  # until the worker consumes (its in-flight gauge is registered)
-            await asyncio.sleep(0.05)
+        # Until the worker is ready: its consumer is attached and the database answered.
+        deadline = time.monotonic() + 10
+        while True:
             if task.done():
                 task.result()
-            try:
-                _, samples = await scrape(port)
-            except aiohttp.ClientError:
-                continue
-            if "mplogin_worker_in_flight" in samples:
-                break
-        await asyncio.sleep(0.2)
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as http, http.get(
+                        f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        break
+            assert time.monotonic() < deadline, "the worker did not become ready"
+            await asyncio.sleep(0.05)
         yield stack, port
     finally:
         stop.set()
@@ -162,7 +165,7 @@ async def test_a_taken_metrics_port_fails_in_production_and_moves_in_development
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConnectionError, match="MPLOGIN_WORKER_METRICS_PORT"):
+        with pytest.raises(StartupError, match="MPLOGIN_WORKER_METRICS_PORT"):
             async with serve_metrics(metrics.registry, "127.0.0.1", port):
                 pass
         async with serve_metrics(metrics.registry, "127.0.0.1", port,
@@ -227,7 +230,7 @@ def test_readiness_needs_the_consumer_and_a_recent_ping() -> None:
 async def own_database(tmp_path: Path) -> AsyncIterator[tuple[int, Callable[[], None]]]:
     """A stand-in of its own on a free port, and a function that kills it."""
     port = free_port()
-    proc = start_standin(port, None, tmp_path / "nx")
+    proc = start_standin(port, None, tmp_path / "nx").proc
     await async_wait_for_port(port)
 
     def kill() -> None:

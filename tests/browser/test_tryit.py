@@ -23,9 +23,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.devstack import DEV_APPS, dev_queue_prefix
-from shared.standin import free_port
-from shared.tryit import STATIC_DIR, create_tryit_app
+from mplogin.devstack import DEV_APPS, dev_queue_prefix
+from mplogin.standin import free_port
+from mplogin.tryit import STATIC_DIR, create_tryit_app
 from tests.browser.cdp import Browser, Page
 from tests.dev.launcher import DevProcess, dev_env, drop_queue, start_dev
 
@@ -116,13 +116,14 @@ async def assert_followed_in_the_logs(dev: DevProcess, entry: dict[str, Any]) ->
     request_id = entry["request_id"]
     assert request_id and re.fullmatch(r"[0-9a-f]{32}", request_id), entry
     assert f"grep {request_id} {dev.logs}/*.log" in entry["shown"]
-    found = await lines_with(dev.logs, r"rpc\.handled method=login outcome=ok", request_id)
+    # A console line: the event, then its fields as key=value.
+    handled = r"rpc\.handled .*method=login outcome=ok"
+    found = await lines_with(dev.logs, handled, request_id)
     gateway = found.get("gateway.log", [])
-    assert any("http.answered method=POST route=/v1/login status=200" in line
+    assert any(re.search(r"http\.answered .*method=POST route=/v1/login status=200", line)
                for line in gateway), found
     workers = {name: lines for name, lines in found.items() if name.startswith("worker-")}
-    assert any("rpc.handled method=login outcome=ok" in line
-               for lines in workers.values() for line in lines), found
+    assert any(re.search(handled, line) for lines in workers.values() for line in lines), found
     assert set(found) <= {"gateway.log"} | set(workers), found
 
 

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import write_apps
 from tests.faults.conftest import APP, ProcStack
 
+pytestmark = pytest.mark.processes  # starts mplogin (or node) processes
+
 CLIENTS = Path(__file__).resolve().parents[2] / "clients"
 NODE_TIMEOUT = 300.0
 # An app on each platform besides the stack's WeChat app.

@@ -1,4 +1,4 @@
-"""Runs ``mplogin dev`` as a newcomer does (``python -m shared.cli dev``), in a subprocess with
+"""Runs ``mplogin dev`` as a newcomer does (``python -m mplogin dev``), in a subprocess with
 its own data dir and ports, and reads what its banner says to open.
 
 The process gets a session of its own, so a test can always clean up every process it started
@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.standin import free_port
+from mplogin.standin import free_port
+from mplogin.supervisor import listening_pids
 from tests.conftest import delete_queues
 
 BANNER_END = "Press Ctrl-C to stop everything."
@@ -66,22 +67,7 @@ def listening_addresses(port: int) -> set[str]:
 
 def listening_pid(port: int) -> int | None:
     """The process whose socket listens on ``port`` (by the socket's inode in /proc)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as handle:
-            for line in handle.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "0A":
-                    inodes.add(f"socket:[{fields[9]}]")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in inodes:
-                        return int(entry.name)
-    return None
+    return next(iter(listening_pids(port)), None)
 
 
 def descendants(pid: int) -> set[int]:
@@ -219,11 +205,11 @@ def dev_env(tmp: Path, rabbit_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_dev(tmp: Path, env: dict[str, str], *args: str) -> DevProcess:
-    """Start ``python -m shared.cli dev`` in a session of its own, output into a file."""
+    """Start ``python -m mplogin dev`` in a session of its own, output into a file."""
     output = tmp / "mplogin-dev.out"
     with output.open("wb") as handle:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "dev", *args], env=env, cwd=tmp,
+            [sys.executable, "-m", "mplogin", "dev", *args], env=env, cwd=tmp,
             stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
     return DevProcess(proc, output, Path(env["MPLOGIN_DATA_DIR"]), env)

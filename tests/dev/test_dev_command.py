@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from shared.apps import PLATFORMS
-from shared.devstack import DEV_APPS, _dev_settings, dev_queue_prefix
-from shared.secretbox import generate_config_value
+from auth_worker.secretbox import generate_config_value
+from mplogin.devstack import DEV_APPS, _dev_settings, dev_queue_prefix
+from shared.platforms import PLATFORMS
 from shared.settings import Settings
 from tests.dev.launcher import (
     DevProcess,
@@ -34,6 +34,8 @@ from tests.dev.launcher import (
     port_free,
     start_dev,
 )
+
+pytestmark = pytest.mark.processes  # starts mplogin (or node) processes
 
 
 @pytest.fixture

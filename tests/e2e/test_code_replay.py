@@ -16,11 +16,12 @@ import aio_pika
 import pytest
 
 from auth_worker.main import login_service, run_worker
+from auth_worker.metrics import WorkerMetrics
 from auth_worker.store import SessionFields
 from shared.errors import ErrorCode, MPLoginError
-from shared.messages import LoginParams, RpcReply, RpcRequest, dumps
-from shared.metrics import WorkerMetrics
-from shared.rpc import CallContext
+from shared.messages import LoginParams
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
+from shared.rpc.server import CallContext
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxreplay0000001"
@@ -151,7 +152,12 @@ async def test_a_code_replayed_after_the_window_is_invalid_code_without_reaching
     assert status == 200, retried
     assert retried["user"] == answers[0][1]["user"]
 
-    await asyncio.sleep(1.3)  # past MPLOGIN_CODE_REPLAY_WINDOW=1
+    # Past MPLOGIN_CODE_REPLAY_WINDOW=1, counted from the claim's own creation time.
+    claim = await deployed.stack.db.sessions.find_one({"code_key": {"$exists": True}})
+    deadline = time.monotonic() + 5
+    while time.time() <= claim["created_ts"] + 1.0:
+        assert time.monotonic() < deadline, "the replay window never passed"
+        await asyncio.sleep(0.05)
     status, late = await deployed.login(code)
     assert (status, late["error"]["code"]) == (401, "invalid_code"), late
     assert (await deployed.sandbox.stats())["by_code"][code] == 1

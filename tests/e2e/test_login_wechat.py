@@ -12,12 +12,12 @@ from typing import Any
 import aio_pika
 import pytest
 
-from shared.keys import KeyRing
-from shared.messages import RpcReply, RpcRequest, dumps
-from shared.rpc import request_queue_arguments
-from shared.runtime import load_secretbox
+from auth_worker.secretbox import load_secretbox
+from shared.keyring import KeyRing
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
+from shared.rpc.wire import request_queue_arguments
 from shared.tokens import TokenVerifier
-from tests.conftest import Sandbox, Stack, StackFactory
+from tests.conftest import Sandbox, Stack, StackFactory, logline
 
 APP = "wxe2e0000000001"
 APP_EXPOSED = "wxe2e0000000002"
@@ -374,7 +374,7 @@ async def test_an_unexpected_failure_in_the_exchange_is_platform_unavailable(
         monkeypatch.setattr(service.adapters["wechat"], "exchange_code", broken)
     await _expect(stack, 502, "platform_unavailable", platform="wechat", code=minted["code"])
     await _expect(stack, 502, "platform_unavailable", platform="wechat", code=minted["code"])
-    [line] = [r.getMessage() for r in caplog.records if "login.exchange_failed" in r.getMessage()]
+    [line] = [logline(r) for r in caplog.records if r.getMessage() == "login.exchange_failed"]
     assert "error=RuntimeError" in line and minted["code"] not in line
     assert await stack.db.identities.count_documents({"openid": "o_e2e_bug"}) == 0
 
@@ -419,7 +419,7 @@ async def test_no_secret_reaches_a_response_or_a_log_line(
     refresh_tokens = [json.loads(s)["refresh_token"] for s in seen
                       if s.startswith('{"access_token"')]
     assert refresh_tokens, "at least one login succeeded"
-    logs = "\n".join([*(r.getMessage() for r in caplog.records),
+    logs = "\n".join([*(logline(r) for r in caplog.records),
                       *(str(r.args) for r in caplog.records),
                       *(r.exc_text or "" for r in caplog.records)])
     responses = "\n".join(seen)

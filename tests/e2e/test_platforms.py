@@ -20,15 +20,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from auth_worker.apps import load_apps
 from auth_worker.main import login_service
 from auth_worker.platforms import build_adapters
+from auth_worker.secretbox import load_secretbox
 from auth_worker.store import SessionFields
-from shared.apps import load_apps
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import LoginParams
-from shared.rpc import CallContext
-from shared.runtime import load_secretbox
-from tests.conftest import Sandbox, Stack, StackFactory
+from shared.rpc.server import CallContext
+from tests.conftest import Sandbox, Stack, StackFactory, logline
 
 PLATFORMS = ["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]
 WITH_UNIONID = {"wechat", "qq", "douyin", "alipay"}  # Baidu and Kuaishou return none
@@ -287,8 +287,8 @@ async def test_a_reply_signed_with_another_key_is_app_misconfigured(
     answer = await _expect_error(dep, "alipay", 503, "app_misconfigured", code=minted["code"])
     assert (await dep.sandbox.stats())["by_code"][minted["code"]] == 1
     await _assert_nothing_stored(dep, minted["openid"])
-    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
-              and "alipay_public_key" in r.getMessage() and "signature" in r.getMessage()]
+    [line] = [logline(r) for r in caplog.records if r.levelno >= logging.ERROR
+              and r.getMessage() == "alipay.reply_signature_mismatch"]
     assert f"app_id={dep.app_ids['alipay']}" in line
     for pem in (dep.keys.private_pem, dep.keys.public_pem, dep.alipay_public_pem):
         body = _pem_body(pem)
@@ -577,9 +577,10 @@ async def test_a_unionid_holder_wins_over_the_devices_guest(
         {"openid": f"anonymous:{anon['anonymous_openid']}"})
     assert anon_identity["user_id"] == guest["user"]["id"], "the guest keeps its own user"
     assert await dep.db.users.count_documents({}) == 2
-    [skipped] = [r.getMessage() for r in caplog.records
-                 if "login.anonymous_link_skipped" in r.getMessage()]
-    assert f"app=douyin/{dep.app_ids['douyin']}" in skipped and "reason=unionid_held" in skipped
+    [skipped] = [logline(r) for r in caplog.records
+                 if r.getMessage() == "login.anonymous_link_skipped"]
+    assert f"app_id={dep.app_ids['douyin']}" in skipped and "platform=douyin" in skipped
+    assert "reason=unionid_held" in skipped
 
 
 async def test_an_invalid_or_used_anonymous_code_is_invalid_code(
@@ -646,5 +647,6 @@ async def test_a_unionid_held_by_two_users_is_recorded_never_merged(
     errors = [r for r in caplog.records
               if r.levelno == logging.ERROR and "login.unionid_conflict" in r.getMessage()]
     assert len(errors) == 1
-    assert user_a in errors[0].getMessage() and user_b in errors[0].getMessage()
-    assert f"app=wechat/{dep.app_ids['wechat_b']}" in errors[0].getMessage()
+    line = logline(errors[0])
+    assert user_a in line and user_b in line
+    assert f"app_id={dep.app_ids['wechat_b']}" in line and "platform=wechat" in line

@@ -52,14 +52,18 @@ async def refresh(stack: Stack, token: str) -> tuple[int, dict[str, Any], Any]:
     return resp.status, await resp.json(), resp.headers
 
 
-async def until_not_limited(call: Any, attempts: int = 20) -> tuple[int, dict[str, Any], Any]:
-    """Call again after the Retry-After while the answer is 429 (the window or bucket refills)."""
-    for _ in range(attempts):
+async def until_not_limited(call: Any, slack: float = 5.0) -> tuple[int, dict[str, Any], Any]:
+    """Call again while the answer is 429, until the first Retry-After (plus ``slack``) is over:
+    the window or bucket refills within the time it announced."""
+    deadline: float | None = None
+    while True:
         status, body, headers = await call()
         if status != 429:
             return status, body, headers
-        await asyncio.sleep(float(headers["Retry-After"]))
-    raise AssertionError("still rate limited")
+        if deadline is None:
+            deadline = time.monotonic() + float(headers["Retry-After"]) + slack
+        assert time.monotonic() < deadline, "still rate limited past its Retry-After"
+        await asyncio.sleep(0.2)
 
 
 def assert_rate_limited(status: int, body: dict[str, Any], headers: Any) -> None:

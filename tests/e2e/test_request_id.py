@@ -64,7 +64,7 @@ async def test_one_request_id_on_the_response_and_on_gateway_and_worker_lines(
 def platform_side(line: dict[str, Any]) -> bool:
     # The sandbox stands in for the platform (it runs in this process): the platform never
     # knows our request id, so its lines are not ours to check.
-    return str(line.get("logger", "")).startswith("shared.sandbox")
+    return str(line.get("logger", "")).startswith("mplogin.sandbox")
 
 
 @pytest.mark.parametrize("fault", [None, "invalid_code", "busy", "malformed", "http_500"])

@@ -20,11 +20,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_worker.main import login_service
-from shared.keys import JWKS_MAX_AGE, KeyRing, activation_of
-from shared.messages import RpcRequest
-from shared.rpc import CallContext, RpcServer
+from shared.keyring import JWKS_MAX_AGE, KeyRing, activation_of
+from shared.rpc.contract import RpcRequest
+from shared.rpc.server import CallContext, RpcServer
 from shared.tokens import hash_refresh_token
-from tests.conftest import Sandbox, Stack, StackFactory
+from tests.conftest import Sandbox, Stack, StackFactory, logline
 
 APP = "wxsess00000001"
 
@@ -129,12 +129,12 @@ async def test_reuse_is_logged_with_its_app_and_session_never_the_token(
     assert (await refresh(stack, first["refresh_token"]))[0] == 200
     with caplog.at_level(logging.WARNING, logger="mplogin.worker"):
         assert (await refresh(stack, first["refresh_token"]))[0] == 401
-    lines = [r.getMessage() for r in caplog.records if "refresh.reuse_detected" in r.getMessage()]
+    lines = [logline(r) for r in caplog.records if r.getMessage() == "refresh.reuse_detected"]
     assert len(lines) == 1, caplog.records
     sid = jwt.decode(first["access_token"], options={"verify_signature": False})["sid"]
-    assert f"app=wechat/{APP}" in lines[0] and f"session_id={sid}" in lines[0]
+    assert f"app_id={APP}" in lines[0] and f"session_id={sid}" in lines[0]
     assert "session_family_revoked=True" in lines[0]
-    text = caplog.text
+    text = "\n".join(logline(r) for r in caplog.records)
     assert first["refresh_token"] not in text
     assert hash_refresh_token(first["refresh_token"]) not in text
 
@@ -336,7 +336,7 @@ async def keys_cli(stack: Stack, *argv: str) -> tuple[str, str]:
     """Run ``mplogin keys ...`` as an operator would, on the stack's keys folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "keys", *argv, "--dir", str(stack.settings.keys_dir),
+        sys.executable, "-m", "mplogin", "keys", *argv, "--dir", str(stack.settings.keys_dir),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
@@ -353,6 +353,21 @@ def kid_of(token: str) -> str:
     return str(jwt.get_unverified_header(token)["kid"])
 
 
+def _workers_hold(stack: Stack, kid: str) -> bool:
+    """Every worker of the stack signs with ``kid`` in its time (it loaded the key)."""
+    return all(kid in worker._handler.__self__.issuer.kids  # type: ignore[attr-defined]
+               for worker in stack.workers)
+
+
+async def _until(condition: Any, what: str, timeout: float = 5.0) -> None:
+    """Poll ``condition()`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.processes
 async def test_key_rotation_publishes_first_signs_later_and_old_tokens_keep_verifying(
     stack: Stack, sandbox: Sandbox
 ) -> None:
@@ -370,7 +385,8 @@ async def test_key_rotation_publishes_first_signs_later_and_old_tokens_keep_veri
     while new_kid not in await jwks_kids(stack):
         assert time.monotonic() < end, "the JWKS follows the keys folder within a second"
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.6)  # workers re-read the keys folder every key_reload_interval
+    # Workers re-read the keys folder every key_reload_interval: wait until they hold the key.
+    await _until(lambda: _workers_hold(stack, new_kid), "the workers loaded the rotated key")
     during = await login(stack, sandbox, "o_rotate")
     assert time.time() < activation, "the test took too long to see the key published first"
     assert kid_of(during["access_token"]) == old_kid
@@ -378,7 +394,7 @@ async def test_key_rotation_publishes_first_signs_later_and_old_tokens_keep_veri
     assert f"{new_kid}  published" in out and f"{old_kid}  active" in out
 
     # From its activation on, new tokens carry the new kid; no process had to reload then.
-    await asyncio.sleep(activation - time.time() + 0.1)
+    await _until(lambda: time.time() > activation, "the activation came", timeout=10)
     after = await login(stack, sandbox, "o_rotate")
     assert kid_of(after["access_token"]) == new_kid
 
@@ -387,7 +403,7 @@ async def test_key_rotation_publishes_first_signs_later_and_old_tokens_keep_veri
     assert "from now on" in out and "may reject tokens" in err
     newest = KeyRing.load(stack.settings.keys_dir).active_kid
     assert newest not in (old_kid, new_kid)
-    await asyncio.sleep(0.6)
+    await _until(lambda: _workers_hold(stack, newest), "the workers loaded the immediate key")
     last = await login(stack, sandbox, "o_rotate")
     assert kid_of(last["access_token"]) == newest
 

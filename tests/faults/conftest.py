@@ -19,9 +19,7 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -35,9 +33,10 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from pymongo import AsyncMongoClient
 
-from shared.keys import KeyRing, ensure_dev_keys
-from shared.secretbox import generate_config_value
-from shared.standin import free_port
+from auth_worker.secretbox import generate_config_value
+from mplogin import supervisor
+from mplogin.standin import free_port
+from shared.keyring import KeyRing, ensure_dev_keys
 from shared.tokens import TokenVerifier
 from tests.conftest import Sandbox, delete_queues, write_apps
 
@@ -79,8 +78,6 @@ def signing_key_secrets(keys_dir: Path) -> set[str]:
     return found
 
 
-HANDLED = re.compile(r"rpc\.handled method=(\w+) outcome=(\w+) redelivered=(\w+) .*"
-                     r"request_id=([0-9a-f]{32})")
 
 
 @dataclass
@@ -98,6 +95,7 @@ class ProcStack:
     logs: list[Path] = field(default_factory=list)
     log_of: dict[int, Path] = field(default_factory=dict)
     metrics_port_of: dict[int, int] = field(default_factory=dict)
+    children: list[supervisor.Child] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set)
     refresh_tokens: set[str] = field(default_factory=set)
     responses: list[str] = field(default_factory=list)
@@ -115,26 +113,51 @@ class ProcStack:
                ) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{command}-{len(self.logs)}.log"
         self.logs.append(log)
-        handle = log.open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", command],
-            env={**self.env, **(extra_env or {})}, stdout=handle, stderr=handle,
-        )
-        self.log_of[proc.pid] = log
-        return proc
+        child = supervisor.spawn(command, [command], env={**self.env, **(extra_env or {})},
+                                 log=log)
+        self.children.append(child)
+        self.log_of[child.pid] = log
+        return child.proc
+
+    def _child(self, proc: subprocess.Popen[bytes]) -> supervisor.Child:
+        return next(child for child in self.children if child.proc is proc)
 
     async def start_worker(self) -> subprocess.Popen[bytes]:
         port = free_port()
         worker = self._spawn("worker", {"MPLOGIN_WORKER_METRICS_PORT": str(port)})
         self.metrics_port_of[worker.pid] = port
         self.workers.append(worker)
-        await self.wait_for_log(worker, "worker.started")
+        child = self._child(worker)
+        await supervisor.wait_until(
+            [child], supervisor.serves(self.http, child, port,
+                                       f"http://127.0.0.1:{port}/readyz"),
+            "the worker", timeout=20.0)
         return worker
 
+    async def wait_detached(self, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+        """Wait until the worker's consumer is detached (its /readyz says so): it is stopping."""
+        url = f"http://127.0.0.1:{self.metrics_port_of[proc.pid]}/readyz"
+
+        async def detached() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.http.get(url) as resp:
+                    return bool((await resp.json()).get("consumer") == "detached")
+            return False
+
+        await supervisor.wait_until([self._child(proc)], detached, "the worker's stop",
+                                    timeout=timeout)
+
     def handled(self, proc: subprocess.Popen[bytes]) -> list[tuple[str, str, bool, str]]:
-        """The requests ``proc`` answered: (method, outcome, redelivered, request id)."""
-        text = self.log_of[proc.pid].read_text(errors="replace")
-        return [(m, o, r == "true", rid) for m, o, r, rid in HANDLED.findall(text)]
+        """The requests ``proc`` answered: (method, outcome, redelivered, request id), read from
+        its JSON log lines (``rpc.handled``)."""
+        handled = []
+        for line in self.log_of[proc.pid].read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == "rpc.handled":
+                    handled.append((event["method"], event["outcome"],
+                                    bool(event["redelivered"]), str(event["request_id"])))
+        return handled
 
     async def metrics_of(self, proc: subprocess.Popen[bytes]) -> str:
         """The worker's /metrics text."""
@@ -155,28 +178,11 @@ class ProcStack:
         await self.wait_ready()
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                async with self.http.get(f"{self.base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise TimeoutError("the gateway did not become ready")
-
-    async def wait_for_log(self, proc: subprocess.Popen[bytes], text: str,
-                           timeout: float = 20.0) -> None:
-        log = self.log_of[proc.pid]
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if text in log.read_text(errors="replace"):
-                return
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited: {log.read_text(errors='replace')[-2000:]}")
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"{text!r} did not appear in {log}")
+        assert self.gateway is not None
+        child = self._child(self.gateway)
+        await supervisor.wait_until(
+            [child], supervisor.serves(self.http, child, self.port, f"{self.base}/readyz"),
+            "the gateway", timeout=timeout)
 
     async def mint(self, openid: str, **kw: Any) -> str:
         minted = await self.sandbox.mint("wechat", APP, openid=openid, **kw)
@@ -258,16 +264,7 @@ class ProcStack:
         return bodies
 
     def stop_all(self) -> None:
-        procs = [*self.workers, *([self.gateway] if self.gateway else [])]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        supervisor.stop(self.children)
 
     def leaked_secrets(self) -> list[str]:
         texts = {log.name: log.read_text(errors="replace") for log in self.logs}
@@ -356,6 +353,7 @@ async def proc_stack(
         "MPLOGIN_RATE_LIMIT_APP_PER_SECOND": "0",
         "MPLOGIN_PLATFORM_RATE_PER_SECOND": "0",
         "MPLOGIN_LOG_LEVEL": "DEBUG",
+        "MPLOGIN_LOG_FORMAT": "json",  # handled() reads the rpc.handled lines as data
         "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY": box_key,
         "FAULT_WX_SECRET": secret,
     }

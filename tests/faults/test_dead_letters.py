@@ -21,8 +21,8 @@ import aio_pika
 import pytest
 
 from shared.errors import ErrorCode
-from shared.messages import RpcReply, RpcRequest, dumps
-from shared.rpc import CallContext, QueueMismatchError, RejectAfterReply, RpcServer
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
+from shared.rpc.server import CallContext, QueueMismatchError, RejectAfterReply, RpcServer
 
 SECRET_CODE = "0a1B2c3D4e5F-live-login-code"
 SECRET_REFRESH = "mplrt_live-refresh-token-0123456789abcdef"
@@ -131,7 +131,11 @@ async def test_expired_requests_are_dropped_with_their_bodies(
                                 params={"platform": "wechat", "code": SECRET_CODE}))
         # Expires in the queue (nobody consumes it) ...
         await publish(channel, requests, body, request_id="r-expired-q", expiration=0.2)
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while (await channel.declare_queue(requests, passive=True)).declaration_result \
+                .message_count:
+            assert time.monotonic() < deadline, "the request never expired in the queue"
+            await asyncio.sleep(0.05)
         # ... and reaches a worker after its deadline.
         await publish(channel, requests, body, request_id="r-expired-w", deadline_s=-1.0)
         server = RpcServer(rabbit_url, requests, dead, echo, prefetch=4, name="expiry-test-2")

@@ -16,7 +16,8 @@ import time
 import aio_pika
 import pytest
 
-from shared.standin import async_wait_for_port, free_port, start_standin
+from mplogin import supervisor
+from mplogin.standin import async_wait_for_port, free_port, start_standin
 from tests.faults.conftest import APP, Outcome, ProcStack, tally
 
 ANSWERS = {200, 503, 504}
@@ -171,7 +172,7 @@ async def test_a_stalled_database_gets_service_unavailable_and_loses_nothing(
 ) -> None:
     stack = proc_stack
     port = free_port()
-    standin = start_standin(port, stack.tmp / "db", stack.tmp)
+    standin = start_standin(port, stack.tmp / "db", stack.tmp).proc
     openid_of: dict[str, str] = {}
 
     async def login(openid: str) -> Outcome:
@@ -289,7 +290,7 @@ async def test_sigterm_lets_a_worker_finish_and_ack_what_it_holds(
             await asyncio.sleep(0.01)
         held = await stack.in_flight(stopping)
         stopping.send_signal(signal.SIGTERM)
-        await stack.wait_for_log(stopping, "worker.stopping", timeout=5)
+        await stack.wait_detached(stopping)
         return held, list(await asyncio.gather(*(stack.login(c) for c in later_codes)))
 
     results, (held, later) = await asyncio.gather(
@@ -323,9 +324,19 @@ async def test_sigterm_lets_the_gateway_finish_in_flight_requests(
     assert gateway is not None
 
     async def terminate_soon() -> Outcome:
-        await asyncio.sleep(0.3)
+        # SIGTERM once every login is at the platform (800 ms there), then a new login once the
+        # gateway has closed its listening socket.
+        deadline = time.monotonic() + 10
+        while True:
+            by_code = (await stack.sandbox.stats())["by_code"]
+            if all(by_code.get(c) for c in codes):
+                break
+            assert time.monotonic() < deadline, "the logins never reached the platform"
+            await asyncio.sleep(0.01)
         gateway.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        while gateway.pid in await asyncio.to_thread(supervisor.listening_pids, stack.port):
+            assert time.monotonic() < deadline, "the gateway kept listening after SIGTERM"
+            await asyncio.sleep(0.01)
         return await stack.login(await stack.mint("o_term_late"))
 
     results, late = await asyncio.gather(

@@ -16,8 +16,8 @@ from pathlib import Path
 import aio_pika
 
 from auth_worker.main import login_service
-from shared.messages import RpcReply, RpcRequest, dumps
-from shared.rpc import CallContext, RpcServer
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
+from shared.rpc.server import CallContext, RpcServer
 from shared.settings import Settings
 from tests.conftest import delete_queues, write_apps
 

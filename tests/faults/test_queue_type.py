@@ -11,8 +11,9 @@ import aio_pika
 import pytest
 
 from shared.errors import ErrorCode
-from shared.messages import RpcReply, RpcRequest
-from shared.rpc import CallContext, QueueMismatchError, RpcServer, request_queue_arguments
+from shared.rpc.contract import RpcReply, RpcRequest
+from shared.rpc.server import CallContext, QueueMismatchError, RpcServer
+from shared.rpc.wire import request_queue_arguments
 
 
 async def answer(request: RpcRequest, ctx: CallContext) -> RpcReply:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from gateway import openapi
 from gateway.app import create_app
+from gateway.appkeys import RPC, TOKENS
 from gateway.auth import AccessTokens
-from gateway.keys import RPC, TOKENS
-from shared.keys import KeyRing
+from shared.keyring import KeyRing
 from shared.messages import (
     IdentityOut,
     LogoutOut,
@@ -25,10 +26,10 @@ from shared.messages import (
     PhoneOut,
     Profile,
     ProfileOut,
-    RpcReply,
     SessionOut,
     UserOut,
 )
+from shared.rpc.contract import Method, RpcReply
 from shared.settings import Settings
 from shared.tokens import TokenIssuer
 
@@ -62,9 +63,9 @@ class SchemaRpc:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def call(self, method: str, params: dict[str, Any], **kw: Any) -> RpcReply:
+    async def call(self, method: Method[Any, Any], params: BaseModel, **kw: Any) -> RpcReply:
         self.calls += 1
-        return REPLIES[method]
+        return REPLIES[method.name]
 
     async def close(self) -> None:
         return None

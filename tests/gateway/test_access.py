@@ -13,11 +13,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import openapi
 from gateway.access import Access, access_of
-from gateway.app import ROUTES, create_app
+from gateway.app import create_app
+from gateway.appkeys import RPC, TOKENS, USER_LIMITER
 from gateway.auth import AccessTokens
-from gateway.keys import RPC, TOKENS, USER_LIMITER
-from shared.keys import KeyRing
-from shared.messages import RpcReply
+from gateway.routes import ROUTES
+from shared.keyring import KeyRing
+from shared.rpc.contract import RpcReply
 from shared.settings import Settings
 from shared.tokens import TokenIssuer
 from tests.gateway.test_gateway_unit import FakeRpc
@@ -141,7 +142,7 @@ def test_only_the_table_exempts_a_route_and_the_document_says_which_are_limited(
                                                                        "/v1/token/refresh"}
     assert {p for p, a in by_path.items() if a is Access.USER} == set(AUTHENTICATED)
     assert len(ROUTES) == len(by_path), "one table entry per path"
-    document = openapi.build_document("0")
+    document = openapi.build_document("0", ROUTES)
     for path, access in by_path.items():
         for operation in document["paths"].get(path, {}).values():
             codes = {code for answer in operation["responses"].values()

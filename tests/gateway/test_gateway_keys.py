@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.auth import RELOAD_EVERY, AccessTokens
-from shared.keys import (
+from shared.keyring import (
     KeyRing,
     KeyRingError,
     generate_key,

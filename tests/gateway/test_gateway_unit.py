@@ -7,13 +7,14 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pydantic import BaseModel
 
 from gateway.app import create_app
+from gateway.appkeys import RPC, SETTINGS, TOKENS
 from gateway.auth import AccessTokens
-from gateway.keys import RPC, SETTINGS, TOKENS
 from gateway.schemas import ErrorEnvelope, Health, Jwks, Ready
 from shared.errors import ErrorCode
-from shared.messages import RpcReply
+from shared.rpc.contract import Method, RpcReply
 from shared.settings import Settings
 
 
@@ -26,8 +27,10 @@ class FakeRpc:
         self.pending = 0
         self.calls: list[dict[str, Any]] = []
 
-    async def call(self, method: str, params: dict[str, Any], **kw: Any) -> RpcReply:
-        self.calls.append({"method": method, "params": params, **kw})
+    async def call(self, method: Method[Any, Any], params: BaseModel, **kw: Any) -> RpcReply:
+        # What would go on the wire: the method's name and its parameters as JSON.
+        self.calls.append({"method": method.name,
+                           "params": params.model_dump(mode="json", exclude_none=True), **kw})
         return self.reply
 
     async def close(self) -> None:

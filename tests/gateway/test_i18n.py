@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from gateway.i18n import CHINESE_MESSAGE, negotiate
 from shared.errors import DEFAULT_MESSAGE, ErrorCode
-from shared.i18n import CHINESE_MESSAGE, negotiate
 from tests.conftest import Sandbox, StackFactory
 
 HAN = re.compile(r"[\u4e00-\u9fff]")

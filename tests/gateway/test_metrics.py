@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
-from shared.metrics import GatewayMetrics
-from shared.rpc import request_queue_arguments
+from gateway.metrics import GatewayMetrics
+from shared.rpc.wire import request_queue_arguments
 from shared.settings import Settings
 from tests.conftest import Sandbox, Stack, StackFactory
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from gateway.keys import CLIENT_LIMITER, RPC
+from gateway.appkeys import CLIENT_LIMITER, RPC
 from gateway.ratelimit import (
     ClientRateLimiter,
     TokenBuckets,
@@ -18,7 +18,7 @@ from gateway.ratelimit import (
     client_address,
     parse_networks,
 )
-from shared.messages import RpcReply
+from shared.rpc.contract import RpcReply
 from shared.settings import Settings
 from tests.gateway.test_gateway_unit import FakeRpc
 

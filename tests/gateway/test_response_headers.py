@@ -8,9 +8,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.keys import RPC
+from gateway.appkeys import RPC
 from gateway.server import SERVER_NAME
-from shared.messages import RpcReply, SessionOut, UserOut
+from shared.messages import SessionOut, UserOut
+from shared.rpc.contract import RpcReply
 from tests.gateway.test_access import bearer, gateway
 from tests.gateway.test_gateway_unit import FakeRpc
 

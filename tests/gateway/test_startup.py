@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 from pymongo.errors import InvalidURI, ServerSelectionTimeoutError
 
-from shared.apps import AppsFileError
-from shared.cli import _run
-from shared.keys import KeyRingError
-from shared.secretbox import SecretBoxError
+from auth_worker.apps import AppsFileError
+from auth_worker.secretbox import SecretBoxError
+from mplogin import supervisor
+from mplogin.cli import _run
+from mplogin.standin import free_port
+from shared.errors import BrokerUnreachableError, StartupError
+from shared.keyring import KeyRingError
 from shared.settings import Settings
-from shared.standin import free_port
 
 MONGO_PASSWORD = "mongo-pw-4f1c"
 
@@ -38,10 +40,11 @@ async def _raise(exc: BaseException) -> None:
     (ServerSelectionTimeoutError(f"mongodb://u:{MONGO_PASSWORD}@db:27017 refused"),
      "MongoDB at mongodb://u:***@db:27017/ did not answer"),
     (InvalidURI(f"bad uri mongo://u:{MONGO_PASSWORD}@x"), "not a valid MongoDB URL"),
-    (ConnectionError("RabbitMQ is unreachable (AMQPConnectionError)"), "rabbitmq-server -detached"),
+    (BrokerUnreachableError("RabbitMQ is unreachable (AMQPConnectionError)"),
+     "rabbitmq-server -detached"),
     (OSError(errno.EADDRINUSE, "address already in use"), "MPLOGIN_GATEWAY_PORT"),
     (PermissionError(errno.EACCES, "Permission denied", "/etc/keys"), "/etc/keys"),
-    (ValueError("MPLOGIN_MONGO_URL is required outside development mode"), "MPLOGIN_MONGO_URL"),
+    (StartupError("MPLOGIN_MONGO_URL is required outside development mode"), "MPLOGIN_MONGO_URL"),
     (RuntimeError(f"a library quoting {MONGO_PASSWORD}"), "MPLOGIN_LOG_LEVEL=DEBUG"),
 ])
 def test_every_startup_failure_is_one_line_with_the_fix_and_exit_1(
@@ -68,7 +71,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def _mplogin(
     *args: str, env: dict[str, str], timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "mplogin", *args], env=env, text=True,
                           capture_output=True, timeout=timeout, check=False)
 
 
@@ -80,11 +83,13 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.processes
 def test_a_gateway_without_signing_keys_says_so_in_one_line(tmp_path: Path) -> None:
     line = _one_line(_mplogin("gateway", env=_env(tmp_path, MPLOGIN_MODE="production")))
     assert "does not exist" in line and "mplogin keys rotate" in line
 
 
+@pytest.mark.processes
 def test_a_production_gateway_that_can_read_a_private_key_says_so_in_one_line(
     tmp_path: Path,
 ) -> None:
@@ -100,6 +105,7 @@ def test_a_production_gateway_that_can_read_a_private_key_says_so_in_one_line(
     assert str(tmp_path / "keys" / "public") in line
 
 
+@pytest.mark.processes
 def test_a_worker_with_a_bad_encryption_key_says_so_in_one_line(tmp_path: Path) -> None:
     assert _mplogin("keys", "rotate", env=_env(tmp_path)).returncode == 0
     env = _env(tmp_path, MPLOGIN_MODE="production", MPLOGIN_MONGO_URL="mongodb://127.0.0.1:1",
@@ -109,6 +115,7 @@ def test_a_worker_with_a_bad_encryption_key_says_so_in_one_line(tmp_path: Path) 
     assert "c2hvcnQ=" not in line
 
 
+@pytest.mark.processes
 def test_a_production_worker_refuses_a_placeholder_app_secret_in_one_line(
     tmp_path: Path,
 ) -> None:
@@ -123,34 +130,36 @@ def test_a_production_worker_refuses_a_placeholder_app_secret_in_one_line(
 
 
 class Gateways:
-    """Gateway processes started on one port (their stderr in files), stopped at the end."""
+    """Gateway processes started on one port (their output in files), stopped at the end."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.port = free_port()
         self.tmp_path = tmp_path
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.children: list[supervisor.Child] = []
+
+    @property
+    def procs(self) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        return [(child.proc, child.log or Path()) for child in self.children]
 
     def start(self, **extra: str) -> int:
         env = _env(self.tmp_path, MPLOGIN_MODE="development", MPLOGIN_GATEWAY_HOST="127.0.0.1",
                    MPLOGIN_GATEWAY_PORT=str(self.port), MPLOGIN_LOG_LEVEL="INFO", **extra)
-        log = self.tmp_path / f"gateway-{len(self.procs)}.log"
-        with log.open("wb") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "gateway"], env=env,
-                                    stderr=handle, stdout=subprocess.DEVNULL)
-        self.procs.append((proc, log))
-        return len(self.procs) - 1
+        log = self.tmp_path / f"gateway-{len(self.children)}.log"
+        self.children.append(supervisor.spawn("gateway", ["gateway"], env=env, log=log))
+        return len(self.children) - 1
 
     def running(self, index: int) -> bool:
-        return self.procs[index][0].poll() is None
+        return self.children[index].proc.poll() is None
 
     def stderr(self, index: int) -> str:
-        return self.procs[index][1].read_text(encoding="utf-8", errors="replace")
+        return self.children[index].written()
 
     def outcome(self, index: int) -> str:
-        """Wait until gateway ``index`` listens ("started") or exits ("exited")."""
+        """Wait until gateway ``index`` listens on the port ("started") or exits ("exited")."""
+        child = self.children[index]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if "gateway.started" in self.stderr(index):
+            if child.pid in supervisor.listening_pids(self.port):
                 return "started"
             if not self.running(index):
                 return "exited"
@@ -158,15 +167,7 @@ class Gateways:
         raise AssertionError(f"gateway {index} neither started nor exited: {self.stderr(index)}")
 
     def stop(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        supervisor.stop(self.children)
 
 
 @pytest.fixture

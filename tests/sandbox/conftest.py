@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from shared.sandbox import create_sandbox_app
+from mplogin.sandbox import create_sandbox_app
 
 WECHAT_APP = ("wx_app_a", "wx-secret-a")
 QQ_APP = ("1109999999", "qq-secret-a")

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from shared.sandbox.alipay import signing_string
+from mplogin.sandbox.alipay import signing_string
 
 SUCCESS = "alipay_system_oauth_token_response"
 

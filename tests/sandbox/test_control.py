@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shared.sandbox import create_sandbox_app, run_sandbox
+from mplogin.sandbox import create_sandbox_app, run_sandbox
 
 
 @pytest.mark.parametrize(

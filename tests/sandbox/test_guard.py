@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
-from shared.sandbox import SANDBOX_STATE, create_sandbox_app
+from mplogin.sandbox import SANDBOX_STATE, create_sandbox_app
+from mplogin.standin import async_wait_for_port, free_port
 from shared.settings import Settings
-from shared.standin import async_wait_for_port, free_port
 from tests.sandbox.conftest import WECHAT_APP, SandboxDriver
 
 MINT = {"platform": "wechat", "app_id": WECHAT_APP[0], "openid": "o_guard"}
@@ -123,13 +123,14 @@ def test_a_bad_allowed_host_setting_is_refused() -> None:
         Settings(sandbox_allowed_hosts="http://sandbox:8090/")
 
 
+@pytest.mark.processes
 async def test_mplogin_sandbox_answers_the_hosts_its_setting_names() -> None:
     # As compose runs it: MPLOGIN_SANDBOX_ALLOWED_HOSTS=sandbox:<port>.
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MPLOGIN_")},
            "MPLOGIN_SANDBOX_ALLOWED_HOSTS": f"sandbox:{port}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "sandbox", "--host", "127.0.0.1",
+        [sys.executable, "-m", "mplogin", "sandbox", "--host", "127.0.0.1",
          "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         await async_wait_for_port(port, timeout=30)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from shared.sandbox.opendata import raw_data_signature
+from mplogin.sandbox.opendata import raw_data_signature
 
 USER_INFO = {"nickName": "Band", "gender": 1, "city": "广州", "avatarUrl": "http://x/y.png"}
 

@@ -1,5 +1,5 @@
 """Several broker nodes in one setting: each connection attempt goes to a node that answers, and a
-process whose node is lost moves to another one (shared/amqpwire.py)."""
+process whose node is lost moves to another one (shared/rpc/wire.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import aio_pika
 import pytest
 from pydantic import ValidationError
 
-from shared import amqpwire
-from shared.amqpwire import TCP_USER_TIMEOUT_MS, NodeTransportFactory, broker_nodes
-from shared.rpc import connect
+from mplogin.standin import free_port
+from shared.rpc import wire
+from shared.rpc.wire import TCP_USER_TIMEOUT_MS, NodeTransportFactory, broker_nodes, connect
 from shared.settings import Settings
-from shared.standin import free_port
 
 
 def test_one_url_is_one_node() -> None:
@@ -143,14 +142,14 @@ async def test_every_broker_socket_has_a_tcp_user_timeout(
     if not hasattr(socket, "TCP_USER_TIMEOUT"):
         pytest.fail("this test runs on Linux, which has TCP_USER_TIMEOUT")
     sockets: list[socket.socket] = []
-    original = amqpwire.TCPTransportFactory.create
+    original = wire.TCPTransportFactory.create
 
     async def recording_create(self: Any, url: Any, **kwargs: Any) -> Any:
         reader, writer = await original(self, url, **kwargs)
         sockets.append(writer.get_extra_info("socket"))
         return reader, writer
 
-    monkeypatch.setattr(amqpwire.TCPTransportFactory, "create", recording_create)
+    monkeypatch.setattr(wire.TCPTransportFactory, "create", recording_create)
     connection = await connect(rabbit_url, "nodes-timeout")
     try:
         assert len(sockets) == 1

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from shared.cli import main
-from shared.keys import (
+from mplogin.cli import main
+from shared.keyring import (
     DEFAULT_ACTIVATION_DELAY,
     JWKS_MAX_AGE,
     SAFETY_MARGIN,
@@ -35,13 +35,13 @@ from shared.keys import (
     generate_key,
     is_valid_kid,
     key_states,
+    load_keyring,
     public_disk_fingerprint,
     public_key_path,
     readable_private_keys,
     retire,
     rotate,
 )
-from shared.runtime import load_keyring
 from shared.settings import Settings
 
 

@@ -19,6 +19,7 @@ from shared.logs import (
     REDACTED,
     build_formatter,
     configure_structlog,
+    get_logger,
     is_secret_key,
     mask_text,
     redact,
@@ -289,3 +290,23 @@ def test_our_error_codes_and_platform_codes_stay_readable(process_log: io.String
 ])
 def test_key_names_are_compared_without_case_or_separators(name: str, secret: bool) -> None:
     assert is_secret_key(name) is secret
+
+
+def test_event_logger_fields_are_redacted_by_name_and_by_content(
+    process_log: io.StringIO,
+) -> None:
+    # What every module writes: an event name and its fields, never formatted into the message.
+    log = get_logger("mplogin.test.fields")
+    refresh = new_refresh_token()
+    log.warning("login.test", platform="wechat", app_id="wx1", code="40029", method="login",
+                session_key=SESSION_KEY, appSecret=SECRET,
+                detail=f"upstream said jsCode={LOGIN_CODE}", refresh=refresh,
+                name="a field named like a record attribute")
+    [line] = [json.loads(text) for text in process_log.getvalue().splitlines()]
+    assert line["event"] == "login.test" and line["logger"] == "mplogin.test.fields"
+    assert (line["platform"], line["app_id"], line["code"], line["method"]) == (
+        "wechat", "wx1", "40029", "login")
+    assert line["session_key"] == REDACTED and line["appSecret"] == REDACTED
+    assert line["name_"] == "a field named like a record attribute"
+    for secret in (LOGIN_CODE, SECRET, SESSION_KEY, refresh):
+        assert secret and secret not in process_log.getvalue()

@@ -6,15 +6,16 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from pymongo import MongoClient
 
+from mplogin.standin import free_port, start_standin, wait_for_port
 from shared.private_files import (
     open_private_append,
     private_dir,
     tighten_tree,
     write_private,
 )
-from shared.standin import free_port, start_standin, wait_for_port
 
 
 def mode(path: Path) -> int:
@@ -78,6 +79,7 @@ def test_tighten_tree_removes_group_and_other_access_and_leaves_links_alone(
     assert mode(outside) == 0o644, "a link is not followed out of the tree"
 
 
+@pytest.mark.processes
 def test_the_stand_in_keeps_its_data_and_logs_private_and_tightens_an_older_run(
     tmp_path: Path,
 ) -> None:
@@ -85,7 +87,7 @@ def test_the_stand_in_keeps_its_data_and_logs_private_and_tightens_an_older_run(
 
     def run_once() -> int:
         port = free_port()
-        proc = start_standin(port, data, logs)
+        proc = start_standin(port, data, logs).proc
         try:
             wait_for_port(port)
             client: MongoClient[dict[str, object]] = MongoClient(f"mongodb://127.0.0.1:{port}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.errors import ErrorCode
-from shared.messages import LoginParams, RpcReply, RpcRequest, dumps
+from shared.errors import ErrorCode, StartupError
+from shared.messages import LoginParams
+from shared.rpc.contract import RpcReply, RpcRequest, dumps
 from shared.settings import Settings
 
 
@@ -25,7 +26,7 @@ def test_settings_read_the_prefixed_environment_and_mask_secrets(
 def test_production_refuses_to_start_without_real_secrets() -> None:
     with pytest.raises(ValidationError, match="placeholder"):
         Settings(mode="production", session_key_encryption_key="changeme")
-    with pytest.raises(ValueError, match="MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required"):
+    with pytest.raises(StartupError, match="MPLOGIN_SESSION_KEY_ENCRYPTION_KEY is required"):
         Settings(mode="production").require_production_secrets()
     Settings(mode="development").require_production_secrets()
 

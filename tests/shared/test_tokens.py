@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from shared.keys import KeyRing, activation_of, ensure_dev_keys, retire, rotate
+from shared.keyring import KeyRing, activation_of, ensure_dev_keys, retire, rotate
 from shared.tokens import (
     AccessClaims,
     InvalidToken,

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from multidict import MultiDict
 from pydantic import SecretStr
 
-from shared.apps import AppConfig
+from auth_worker.apps import AppConfig
+from tests.conftest import logline
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="
@@ -211,7 +212,7 @@ def no_leak(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., None]]:
     caplog.set_level(logging.DEBUG, logger="mplogin")
 
     def check(exc: BaseException | None, *values: str) -> None:
-        texts = [record.getMessage() for record in caplog.records]
+        texts = [logline(record) for record in caplog.records]
         texts += [str(record.args) for record in caplog.records]
         if exc is not None:
             texts += [str(exc), repr(exc), repr(exc.args), str(vars(exc))]

@@ -13,7 +13,8 @@ from pydantic import SecretStr
 
 from auth_worker.platforms import alipay, alipay_sign
 from auth_worker.platforms.base import PlatformIdentity
-from shared.errors import ConfigurationError, ErrorCode, MPLoginError, PlatformError
+from shared.errors import AppConfigError, ErrorCode, MPLoginError, PlatformError
+from tests.conftest import logline
 
 CODE = "4b203fe6c11548bcabd8da5bb087a83b&x=1+2/中文"
 ACCESS_TOKEN = "authusrB-access-token-must-stay-secret"
@@ -147,7 +148,7 @@ async def test_an_empty_identity_field_is_a_configuration_error_never_the_other_
     caplog.set_level(logging.INFO, logger="mplogin")
     fake.reply(signed_body(NODE, node_json(**fields), alipay_keys.private))
 
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(AppConfigError) as info:
         await adapter.exchange_code(alipay_app(identity_field=identity_field), CODE)
 
     assert info.value.code is ErrorCode.APP_MISCONFIGURED
@@ -155,11 +156,12 @@ async def test_an_empty_identity_field_is_a_configuration_error_never_the_other_
     assert f"identity_field is {identity_field}" in str(info.value)
     [record] = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert record.levelno == logging.ERROR
-    assert "app_id=2021000000000001" in record.getMessage()
-    assert f"identity_field={identity_field}" in record.getMessage()
+    line = logline(record)
+    assert "app_id=2021000000000001" in line
+    assert f"identity_field={identity_field}" in line
     for value in fields.values():
         if value:
-            assert value not in record.getMessage() and value not in str(info.value)
+            assert value not in line and value not in str(info.value)
 
 
 async def test_no_identity_at_all_is_platform_unavailable(
@@ -212,7 +214,7 @@ async def test_signed_error_responses_map_as_documented(
     raw = json.dumps(fields, ensure_ascii=False)
     fake.reply(signed_body(ERROR, raw, alipay_keys.private))
 
-    with pytest.raises((PlatformError, ConfigurationError)) as info:
+    with pytest.raises((PlatformError, AppConfigError)) as info:
         await adapter.exchange_code(alipay_app(), CODE)
 
     assert info.value.code is expected
@@ -307,7 +309,7 @@ async def test_a_reply_that_does_not_verify_with_the_configured_key_is_app_misco
     # A wrong alipay_public_key fails every login of the app: it must not read as an outage.
     fake.reply(make_body(alipay_keys, app_keys))
 
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(AppConfigError) as info:
         await adapter.exchange_code(alipay_app(), CODE)
 
     assert info.value.code is ErrorCode.APP_MISCONFIGURED
@@ -315,10 +317,10 @@ async def test_a_reply_that_does_not_verify_with_the_configured_key_is_app_misco
     assert "alipay_public_key" in str(info.value)
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.name == "mplogin.platforms.alipay"
-    assert "signature" in record.getMessage() and "alipay_public_key" in record.getMessage()
-    assert "app_id=2021000000000001" in record.getMessage()
+    assert record.getMessage() == "alipay.reply_signature_mismatch"
+    assert "app_id=2021000000000001" in logline(record)
     public_body = "".join(alipay_keys.public_pem.strip().splitlines()[1:-1])
-    for text in (str(info.value), record.getMessage()):
+    for text in (str(info.value), logline(record)):
         assert public_body[:40] not in text and public_body[-40:] not in text
     no_leak(info.value, CODE, ACCESS_TOKEN, REFRESH_TOKEN)
 
@@ -337,7 +339,7 @@ async def test_unsigned_replies_are_platform_unavailable_and_logged(
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.name == "mplogin.platforms.alipay"
     assert "signature" in record.getMessage()
-    assert "app_id=2021000000000001" in record.getMessage()
+    assert "app_id=2021000000000001" in logline(record)
     no_leak(info.value, CODE, ACCESS_TOKEN, REFRESH_TOKEN)
 
 
@@ -355,7 +357,7 @@ async def test_unsigned_replies_are_platform_unavailable_and_logged(
 async def test_unusable_keys_are_configuration_errors(
     fake: Any, adapter: Any, alipay_app: Any, overrides: dict[str, Any], field: str
 ) -> None:
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(AppConfigError) as info:
         await adapter.exchange_code(alipay_app(**overrides), CODE)
     assert "alipay/2021000000000001" in str(info.value)
     assert field in str(info.value)

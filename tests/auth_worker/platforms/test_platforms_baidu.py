@@ -8,7 +8,8 @@ import pytest
 
 from auth_worker.platforms import baidu
 from auth_worker.platforms.base import PlatformIdentity
-from shared.errors import ConfigurationError, ErrorCode, PlatformError
+from shared.errors import AppConfigError, ErrorCode, PlatformError
+from tests.conftest import logline
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="
@@ -55,7 +56,7 @@ async def test_oauth_errors_map_as_documented(
 ) -> None:
     fake.reply({"error": error, "error_description": f"code {CODE} is bad"})
 
-    with pytest.raises((PlatformError, ConfigurationError)) as info:
+    with pytest.raises((PlatformError, AppConfigError)) as info:
         await adapter.exchange_code(make_app("baidu", app_key=APP_KEY), CODE)
 
     assert info.value.code is expected
@@ -70,7 +71,7 @@ async def test_oauth_errors_map_as_documented(
 async def test_missing_app_key_is_a_configuration_error(
     fake: Any, adapter: Any, make_app: Any
 ) -> None:
-    with pytest.raises(ConfigurationError, match=r"baidu/app-under-test.*app_key"):
+    with pytest.raises(AppConfigError, match=r"baidu/app-under-test.*app_key"):
         await adapter.exchange_code(make_app("baidu"), CODE)
     assert fake.seen == []
 
@@ -105,4 +106,4 @@ async def test_an_odd_error_string_never_reaches_the_message_or_a_raw_log_line(
     assert info.value.code is ErrorCode.PLATFORM_UNAVAILABLE
     assert info.value.platform_code == "unknown"
     assert "oops" not in str(info.value)
-    assert all("\n" not in record.getMessage() for record in caplog.records)
+    assert all("\n" not in logline(record) for record in caplog.records)

@@ -8,7 +8,7 @@ import pytest
 
 from auth_worker.platforms import douyin
 from auth_worker.platforms.base import PlatformIdentity
-from shared.errors import ConfigurationError, ErrorCode, PlatformError
+from shared.errors import AppConfigError, ErrorCode, PlatformError
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="
@@ -98,7 +98,7 @@ async def test_err_no_maps_as_documented(
 ) -> None:
     fake.reply({"err_no": err_no, "err_tips": f"bad {CODE}", "data": EMPTY_DATA})
 
-    with pytest.raises((PlatformError, ConfigurationError)) as info:
+    with pytest.raises((PlatformError, AppConfigError)) as info:
         await adapter.exchange_code(make_app("douyin"), CODE)
 
     assert info.value.code is expected

@@ -8,7 +8,7 @@ import pytest
 
 from auth_worker.platforms import kuaishou
 from auth_worker.platforms.base import PlatformIdentity
-from shared.errors import ConfigurationError, ErrorCode, PlatformError
+from shared.errors import AppConfigError, ErrorCode, PlatformError
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="
@@ -60,7 +60,7 @@ async def test_results_map_as_documented(
 ) -> None:
     fake.reply({"result": result, "error": "invalid_code", "error_msg": f"code {CODE} bad"})
 
-    with pytest.raises((PlatformError, ConfigurationError)) as info:
+    with pytest.raises((PlatformError, AppConfigError)) as info:
         await adapter.exchange_code(make_app("kuaishou"), CODE)
 
     assert info.value.code is expected

@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms import PlatformAdapter, build_adapters
-from shared.apps import AppConfig
-from shared.errors import ConfigurationError, ErrorCode, PlatformError
-from shared.sandbox import create_sandbox_app
+from mplogin.sandbox import create_sandbox_app
+from shared.errors import AppConfigError, ErrorCode, PlatformError
 
 PLATFORMS = ["wechat", "alipay", "douyin", "kuaishou", "baidu", "qq"]
 SECRETS = {p: f"{p}-sandbox-secret-9f8e7d6c" for p in PLATFORMS}
@@ -140,7 +140,7 @@ async def test_wrong_credentials_are_a_configuration_error(
     minted = await sandbox.mint(platform)
     app = wrong_credentials(sandbox.apps[platform], alipay_keys.pkcs8_pem)
 
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(AppConfigError) as info:
         await adapters[platform].exchange_code(app, minted["code"])
 
     assert f"{platform}/{APP_IDS[platform]}" in str(info.value)
@@ -182,7 +182,7 @@ async def test_injected_faults_map_and_are_never_retried(
     minted = await sandbox.mint(platform)
     await sandbox.fault(platform, fault)
 
-    with pytest.raises((PlatformError, ConfigurationError)) as info:
+    with pytest.raises((PlatformError, AppConfigError)) as info:
         await adapters[platform].exchange_code(sandbox.apps[platform], minted["code"])
 
     assert info.value.code is expected
@@ -262,7 +262,7 @@ async def test_alipay_reply_without_the_configured_field_is_app_misconfigured(
     app = sandbox.apps["alipay"].model_copy(update={"identity_field": configured})
     minted = await sandbox.mint("alipay", identity_field=mode)
 
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(AppConfigError) as info:
         await adapters["alipay"].exchange_code(app, minted["code"])
 
     assert info.value.code is ErrorCode.APP_MISCONFIGURED

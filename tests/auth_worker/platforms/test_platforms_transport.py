@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from auth_worker.apps import AppConfig
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import MAX_BODY_BYTES, platform_deadline
-from shared.apps import AppConfig
 from shared.errors import ErrorCode, PlatformError
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"

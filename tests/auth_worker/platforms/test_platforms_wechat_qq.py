@@ -8,7 +8,8 @@ import pytest
 
 from auth_worker.platforms import qq, wechat
 from auth_worker.platforms.base import PlatformIdentity
-from shared.errors import ConfigurationError, ErrorCode, PlatformError
+from shared.errors import AppConfigError, ErrorCode, PlatformError
+from tests.conftest import logline
 
 SECRET = "s3cr3t-APP-secret-0123456789abcdef"
 SESSION_KEY = "SeSsIoNkEy+/0123456789=="
@@ -106,13 +107,13 @@ async def test_errcodes_map_as_documented(
     app = make_app(platform)
     adapter = ADAPTERS[platform](http, 5)
 
-    with pytest.raises((PlatformError, ConfigurationError)) as info:
+    with pytest.raises((PlatformError, AppConfigError)) as info:
         await adapter.exchange_code(app, CODE)
 
     exc = info.value
     assert exc.code is expected
     if expected is ErrorCode.APP_MISCONFIGURED:
-        assert isinstance(exc, ConfigurationError)
+        assert isinstance(exc, AppConfigError)
         assert f"{platform}/app-under-test" in str(exc)
     else:
         assert isinstance(exc, PlatformError)
@@ -131,7 +132,7 @@ async def test_rate_limit_and_raw_errmsg_are_logged(
         await wechat.WeChatAdapter(http, 5).exchange_code(make_app("wechat"), CODE)
     assert info.value.code is ErrorCode.RATE_LIMITED
     [record] = [r for r in caplog.records if r.name == "mplogin.platforms.wechat"]
-    message = record.getMessage()
+    message = logline(record)
     assert "platform_code=45011" in message
     assert "minute-quota" in message
     assert "app_id=app-under-test" in message
@@ -184,7 +185,7 @@ async def test_bad_arguments_never_reach_the_platform(
 async def test_app_without_secret_is_a_configuration_error(
     fake: Any, http: Any, make_app: Any, platform: str, adapter_cls: Any, table: Any
 ) -> None:
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(AppConfigError) as info:
         await adapter_cls(http, 5).exchange_code(make_app(platform, secret=None), CODE)
     assert f"{platform}/app-under-test" in str(info.value)
     assert fake.seen == []
