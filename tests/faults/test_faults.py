@@ -57,7 +57,10 @@ async def test_a_worker_killed_mid_flight_loses_nothing_and_hangs_nothing(
     await stack.sandbox.control("DELETE", "faults")
     statuses = [r.status for r in results]
     assert held >= 1, "the victim held logins when it was killed"
-    assert set(statuses) <= ANSWERS, statuses
+    # 502 is a fail-fast answer too: on a loaded machine a login that waited behind the
+    # victim's prefetch has too little of its budget left for the platform's 600 ms, and the
+    # worker answers platform_unavailable before the deadline instead of letting it pass.
+    assert set(statuses) <= ANSWERS | {502}, statuses
     # No request waits out its deadline: what the victim held is redelivered and answered at
     # once (503: its code may have reached the platform) or handled (200).
     assert statuses.count(504) == 0, statuses
@@ -85,7 +88,7 @@ async def test_a_worker_killed_mid_flight_loses_nothing_and_hangs_nothing(
     after = await asyncio.gather(*(stack.login(c) for c in fresh))
     assert [r.status for r in after] == [200] * 10
     figure("worker_kill", sent=len(results), ok=statuses.count(200),
-           failed_fast=statuses.count(503), timed_out=statuses.count(504),
+           failed_fast=statuses.count(503) + statuses.count(502), timed_out=statuses.count(504),
            held_by_victim=held, redelivered=len(redelivered), **cost,
            longest_s=round(max(r.seconds for r in results), 2))
 
