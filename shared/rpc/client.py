@@ -6,7 +6,11 @@ request carries a per-message ``expiration`` (the remaining HTTP budget) and an 
 deadline header that workers check, because expiry never reaches messages already prefetched;
 pending calls live in a dict that is cleaned in ``finally``; late or unknown replies are ignored;
 every pending call fails at once when the channel closes; the reply queue is named and
-non-exclusive with ``x-expires``, so a fast reconnect never meets RESOURCE_LOCKED.
+non-exclusive with ``x-expires``, so a fast reconnect never meets RESOURCE_LOCKED. Every time the
+channel reopens the client declares a reply queue under a fresh name instead of restoring the old
+one: in a cluster the old one lives on the node the client was connected to, and when that node
+is cut off the network, re-declaring it on another node fails until the cluster declares the
+node down (docs/scaling.md, "RabbitMQ cluster"). The old queue expires by itself.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from shared.rpc.wire import DEADLINE_HEADER, REQUEST_ID_HEADER, connect
 log = get_logger("mplogin.rpc")
 
 REPLY_QUEUE_EXPIRES_MS = 60_000
+REPLY_QUEUE_DECLARE_TIMEOUT = 5.0
 
 
 class RpcTransport(Protocol):
@@ -66,13 +71,16 @@ class RpcClient:
     def __init__(self, url: str, request_queue: str, *, reply_prefix: str, name: str) -> None:
         self._url = url
         self._request_queue = request_queue
-        self._reply_queue_name = f"{reply_prefix}.reply.{uuid.uuid4().hex}"
+        self._reply_prefix = reply_prefix
+        self._reply_queue_name = ""
         self._name = name
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._reply_queue: AbstractQueue | None = None
         self._pending: dict[str, asyncio.Future[RpcReply]] = {}
         self._up = False
+        self._closing = False
+        self._reopening: asyncio.Task[None] | None = None
         self.reconnects = 0
 
     @property
@@ -95,19 +103,48 @@ class RpcClient:
         self._channel = channel
         channel.close_callbacks.add(self._on_channel_close)
         channel.reopen_callbacks.add(self._on_channel_reopen)
-        self._reply_queue = await channel.declare_queue(
-            self._reply_queue_name,
+        await self._open_reply_queue()
+        self._up = True
+
+    async def _open_reply_queue(self) -> None:
+        """Declare a reply queue under a fresh name and consume from it (not restored by
+        aio-pika: each reopen of the channel comes back here)."""
+        assert self._channel is not None  # noqa: S101 - called once the channel exists
+        name = f"{self._reply_prefix}.reply.{uuid.uuid4().hex}"
+        queue = await self._channel.declare_queue(
+            name,
             durable=False,
             exclusive=False,
             auto_delete=False,
             arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
+            robust=False,
         )
-        await self._reply_queue.consume(self._on_reply, no_ack=True)
-        self._up = True
+        await queue.consume(self._on_reply, no_ack=True)
+        self._reply_queue, self._reply_queue_name = queue, name
+
+    async def _reopen_reply_queue(self) -> None:
+        """After the channel reopened: a new reply queue, then ready again. A declare the broker
+        refuses or leaves unanswered is tried again each second while the channel stays open
+        (a refusal closes the channel, whose next reopen starts over)."""
+        while not self._closing:
+            try:
+                async with asyncio.timeout(REPLY_QUEUE_DECLARE_TIMEOUT):
+                    await self._open_reply_queue()
+            except (TimeoutError, AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+                log.warning("rpc.reply_queue_failed", error=type(exc).__name__)
+                if self._channel is None or self._channel.is_closed:
+                    return
+                await asyncio.sleep(1.0)
+                continue
+            self._up = True
+            return
 
     async def close(self) -> None:
         """Fail every pending call and close the connection."""
         self._up = False
+        self._closing = True
+        if self._reopening is not None:
+            self._reopening.cancel()
         self._fail_pending("the gateway is shutting down")
         if self._connection is not None:
             await self._connection.close()
@@ -132,7 +169,11 @@ class RpcClient:
         log.info("rpc.reconnected", connection=self._name)
 
     def _on_channel_reopen(self, *_: Any) -> None:
-        self._up = True
+        if self._closing:
+            return
+        if self._reopening is not None:
+            self._reopening.cancel()
+        self._reopening = asyncio.get_running_loop().create_task(self._reopen_reply_queue())
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.get(message.correlation_id or "")

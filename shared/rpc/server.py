@@ -65,11 +65,13 @@ def _mismatch(queue: str, dead_letter_queue: str, queue_type: str, why: str) -> 
     """The one-line error for a request queue the broker holds with other arguments."""
     if "x-queue-type" in why:
         other = "classic" if queue_type == "quorum" else "quorum"
+        found = dead_letter_queue if f"'{dead_letter_queue}'" in why else queue
         return QueueMismatchError(
-            f"queue {queue} exists as a {other} queue but MPLOGIN_REQUEST_QUEUE_TYPE="
+            f"queue {found} exists as a {other} queue but MPLOGIN_REQUEST_QUEUE_TYPE="
             f"{queue_type}: set MPLOGIN_REQUEST_QUEUE_TYPE={other} to keep it, or change its "
-            f"type: stop every worker, `rabbitmqctl delete_queue {queue}`, start the workers "
-            "(docs/reliability.md, changing the request queue's type)")
+            f"type: stop every worker, `rabbitmqctl delete_queue {queue}` and "
+            f"`rabbitmqctl delete_queue {dead_letter_queue}` (it takes the same type), start the "
+            "workers (docs/reliability.md, changing the request queue's type)")
     return QueueMismatchError(
         f"queue {queue} exists with other arguments: an older version declared it to "
         "dead-letter expired requests with their bodies. Stop every worker, then "
@@ -204,9 +206,13 @@ class RpcServer:
         assert isinstance(channel, aio_pika.RobustChannel)  # noqa: S101 - robust connection
         self._channel = channel
         await channel.set_qos(prefetch_count=self._prefetch)
-        await channel.declare_queue(
-            self._dead_letter_queue, durable=True, arguments=dead_letter_queue_arguments()
-        )
+        try:
+            await channel.declare_queue(self._dead_letter_queue, durable=True,
+                                        arguments=dead_letter_queue_arguments(self._queue_type))
+        except ChannelPreconditionFailed as exc:
+            await self._connection.close()
+            raise _mismatch(self._request_queue, self._dead_letter_queue, self._queue_type,
+                            str(exc)) from None
         try:
             self._queue = await channel.declare_queue(
                 self._request_queue, durable=True, arguments=self._queue_arguments

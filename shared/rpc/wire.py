@@ -63,9 +63,20 @@ def request_queue_arguments(queue_type: str = "classic") -> dict[str, Any]:
     return arguments
 
 
-def dead_letter_queue_arguments() -> dict[str, Any]:
-    """Arguments of the dead-letter queue: records are kept a day, at most 100 000 of them."""
-    return {"x-message-ttl": DEAD_LETTER_TTL_MS, "x-max-length": DEAD_LETTER_MAX_LENGTH}
+def dead_letter_queue_arguments(queue_type: str = "classic") -> dict[str, Any]:
+    """Arguments of the dead-letter queue: records are kept a day, at most 100 000 of them.
+
+    It takes the request queue's type: in a cluster a classic queue lives on one node, and a
+    worker whose re-declaration of it meets that node cut off would stay unavailable until the
+    cluster declares the node down (docs/scaling.md, "RabbitMQ cluster").
+    """
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"unknown request queue type {queue_type!r} (classic or quorum)")
+    arguments: dict[str, Any] = {"x-message-ttl": DEAD_LETTER_TTL_MS,
+                                 "x-max-length": DEAD_LETTER_MAX_LENGTH}
+    if queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    return arguments
 
 
 

@@ -13,7 +13,7 @@ import pytest
 from shared.errors import ErrorCode
 from shared.rpc.contract import RpcReply, RpcRequest
 from shared.rpc.server import CallContext, QueueMismatchError, RpcServer
-from shared.rpc.wire import request_queue_arguments
+from shared.rpc.wire import dead_letter_queue_arguments, request_queue_arguments
 
 
 async def answer(request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -33,14 +33,14 @@ async def queues(rabbit_url: str) -> AsyncIterator[tuple[str, str]]:
                 await channel.queue_delete(name)
 
 
-async def queue_type_on_broker(rabbit_url: str, name: str) -> str:
+async def queue_type_on_broker(rabbit_url: str, name: str, *, dead: bool = False) -> str:
     """The type the broker gives a queue: a quorum queue refuses a classic redeclaration."""
+    arguments = dead_letter_queue_arguments if dead else request_queue_arguments
     connection = await aio_pika.connect(rabbit_url)
     async with connection:
         channel = await connection.channel()
         try:
-            await channel.declare_queue(name, durable=True,
-                                        arguments=request_queue_arguments("classic"))
+            await channel.declare_queue(name, durable=True, arguments=arguments("classic"))
         except aio_pika.exceptions.ChannelPreconditionFailed:
             return "quorum"
     return "classic"
@@ -56,6 +56,8 @@ async def test_the_worker_declares_the_request_queue_with_the_configured_type(
     await server.start()
     await server.stop()
     assert await queue_type_on_broker(rabbit_url, requests) == queue_type
+    # The dead-letter queue takes the same type (in a cluster it must survive a node's loss too).
+    assert await queue_type_on_broker(rabbit_url, dead, dead=True) == queue_type
 
 
 @pytest.mark.parametrize(("existing", "configured"), [("classic", "quorum"), ("quorum", "classic")])
@@ -76,6 +78,7 @@ async def test_a_queue_of_the_other_type_is_refused_in_one_line_with_the_fix(
     assert f"exists as a {existing} queue but MPLOGIN_REQUEST_QUEUE_TYPE={configured}" in message
     assert f"MPLOGIN_REQUEST_QUEUE_TYPE={existing} to keep it" in message
     assert f"rabbitmqctl delete_queue {requests}" in message
+    assert f"rabbitmqctl delete_queue {dead}" in message
     assert "changing the request queue's type" in message
     # Refused without touching it: the queue keeps its type and nothing else was declared.
     assert await queue_type_on_broker(rabbit_url, requests) == existing
