@@ -121,10 +121,10 @@ async def test_stopping_the_node_that_leads_the_request_queue(cluster: Deploymen
 async def test_cutting_the_leading_node_off_the_network(cluster: Deployment) -> None:
     """The leader disconnected from the network for 25 s, then reconnected, under the trickle.
 
-    Every login is answered at once (200 or 503), none is lost or exchanged twice, and logins
-    succeed again after the network heals. How long they fail while the node stays cut off is
-    recorded (docs/scaling.md: processes whose queues live on the cut-off node wait for the
-    network or for the cluster to declare the node down).
+    Every login is answered before its deadline (200 or a fast 503), none is lost or exchanged
+    twice, and logins succeed after the network heals. How many succeed while the node stays
+    cut off is recorded (docs/scaling.md: the nodes declare it down within net_ticktime, and
+    nothing a process needs lives on that node alone).
     """
     victim = leader(cluster)
     (container,) = cluster.stack.containers(victim)
