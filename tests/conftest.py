@@ -162,6 +162,8 @@ def write_apps(path: Path, entries: list[dict[str, Any]]) -> Path:
         lines.append("[[apps]]")
         for key, value in entry.items():
             rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
+            if isinstance(value, list):  # a TOML array of strings reads as JSON
+                rendered = "[" + ", ".join(f'"{item}"' for item in value) + "]"
             lines.append(f"{key} = {rendered}")
         lines.append("")
     path.write_text("\n".join(lines))
