@@ -17,12 +17,12 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from auth_worker.admin_service import AdminMetrics, record_security_event
+from auth_worker.admin_service import record_security_event
 from auth_worker.apps import load_apps
 from auth_worker.audit import AuditLog
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
-from auth_worker.outbox import EventMetrics, Relay
+from auth_worker.outbox import Relay
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
@@ -106,9 +106,9 @@ async def login_service(
             await service.blocks.ensure_indexes()
             await service.blocks.reload()  # before the first login
             relay = Relay(service.outbox, settings,
-                          EventMetrics(metrics.registry) if metrics is not None else None)
+                          metrics.events if metrics is not None else None)
             if metrics is not None:
-                service.admin.metrics = AdminMetrics(metrics.registry)
+                service.admin.metrics = metrics.admin
             background = [
                 asyncio.create_task(_reload_keys(settings, keyring, issuer, service.audit)),
                 asyncio.create_task(service.blocks.run(settings.blocked_reload_interval)),
