@@ -59,18 +59,21 @@ class BlockList:
         """Whether the user is blocked, as this worker knows it."""
         return user_id in self._blocked
 
-    async def reload(self) -> None:
-        """Read every blocked user (sparse index on ``blocked_flag``)."""
+    async def reload(self, source: Store | None = None) -> None:
+        """Read every blocked user (sparse index on ``blocked_flag``), through ``source`` (the
+        background tasks' own client) or the store."""
+        store = source or self.store
         found: dict[str, str] = {}
-        async for doc in self.store.users.find({"blocked_flag": True},
-                                               projection={"blocked": 1}):
+        async for doc in store.users.find({"blocked_flag": True},
+                                          projection={"blocked": 1}):
             blocked = doc.get("blocked") or {}
             found[str(doc["_id"])] = str(blocked.get("message") or DEFAULT_BLOCK_MESSAGE)
             if len(found) >= MAX_BLOCKED_IN_MEMORY:
                 log.error("blocked.too_many", limit=MAX_BLOCKED_IN_MEMORY)
                 break
         self._blocked = found
-        self._deleted = {str(doc["_id"]) async for doc in self.tombstones.find({})}
+        self._deleted = {str(doc["_id"])
+                         async for doc in store.db[self.tombstones.name].find({})}
         self.loaded = True
 
     def is_deleted(self, user_id: str) -> bool:
@@ -103,12 +106,12 @@ class BlockList:
         self._blocked.pop(user_id, None)
         return result.matched_count > 0
 
-    async def run(self, interval: float) -> None:
+    async def run(self, interval: float, source: Store | None = None) -> None:
         """Reload every ``interval`` seconds until cancelled."""
         failing = False
         while True:
             try:
-                await self.reload()
+                await self.reload(source)
                 failing = False
             except PyMongoError as exc:
                 if not failing:

@@ -22,7 +22,7 @@ from auth_worker.apps import load_apps
 from auth_worker.audit import AuditLog
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
-from auth_worker.outbox import Relay
+from auth_worker.outbox import Outbox, Relay
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
@@ -48,7 +48,7 @@ log = get_logger("mplogin.worker")
 
 
 def mongo_client(
-    settings: Settings, metrics: WorkerMetrics | None = None
+    settings: Settings, metrics: WorkerMetrics | None = None, appname: str = "mplogin-worker",
 ) -> AsyncMongoClient[dict[str, object]]:
     """The process's one MongoDB client, with short server-selection timeouts.
 
@@ -61,7 +61,7 @@ def mongo_client(
         tz_aware=True,
         serverSelectionTimeoutMS=2000,
         connectTimeoutMS=2000,
-        appname="mplogin-worker",
+        appname=appname,
         event_listeners=[metrics.command_listener()] if metrics is not None else [],
     )
 
@@ -78,6 +78,7 @@ async def login_service(
     if metrics is not None:
         metrics.register_apps(apps)
     mongo = mongo_client(settings, metrics)
+    background_mongo = mongo_client(settings, appname="mplogin-worker-background")
     store = Store(mongo, settings.mongo_db)
     try:
         await store.ensure_indexes()
@@ -105,13 +106,18 @@ async def login_service(
             await service.outbox.ensure_indexes()
             await service.blocks.ensure_indexes()
             await service.blocks.reload()  # before the first login
-            relay = Relay(service.outbox, settings,
+            # The background tasks have a client of their own: their commands never wait for
+            # a connection behind logins (nor logins behind them), and the database histogram
+            # stays the requests' own.
+            quiet = Store(background_mongo, settings.mongo_db)
+            relay = Relay(Outbox(quiet, settings), settings,
                           metrics.events if metrics is not None else None)
             if metrics is not None:
                 service.admin.metrics = metrics.admin
             background = [
                 asyncio.create_task(_reload_keys(settings, keyring, issuer, service.audit)),
-                asyncio.create_task(service.blocks.run(settings.blocked_reload_interval)),
+                asyncio.create_task(service.blocks.run(settings.blocked_reload_interval,
+                                                       source=quiet)),
             ]
             if settings.events_relay:
                 background.append(asyncio.create_task(relay.run()))
@@ -125,6 +131,7 @@ async def login_service(
                         await task
     finally:
         await mongo.close()
+        await background_mongo.close()
 
 
 async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer,

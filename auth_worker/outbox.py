@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -55,6 +55,10 @@ OPT_IN_FIELDS = ("openid", "unionid", "phone")
 """Fields an event carries only for apps that list them in ``event_fields`` (apps file)."""
 LEASE_ID = "lease:relay"
 LEASE_SECONDS = 10.0
+STANDBY_INTERVAL = LEASE_SECONDS / 2
+"""How often a relay without the lease asks for it (one command), whatever the interval."""
+BACKLOG_EVERY = 5.0
+"""How often the lease holder counts the backlog for the gauges."""
 BATCH = 200
 
 
@@ -206,9 +210,15 @@ class Relay:
         self.stats = RelayStats()
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._lease_until = 0.0  # monotonic; 0 while this relay does not hold the lease
+        self._backlog_at = 0.0
 
     async def run(self) -> None:
-        """Relay until cancelled; failures are logged and retried on the next pass."""
+        """Relay until cancelled; failures are logged and retried on the next pass.
+
+        The holder of the lease looks every ``MPLOGIN_EVENTS_RELAY_INTERVAL`` seconds (two
+        reads when nothing is pending); the others ask for the lease every few seconds.
+        """
         try:
             while True:
                 try:
@@ -218,10 +228,13 @@ class Relay:
                     if self.metrics is not None:
                         self.metrics.publish_failures.inc()
                     log.warning("events.relay_failed", error=type(exc).__name__)
-                await asyncio.sleep(self.settings.events_relay_interval)
+                await asyncio.sleep(self.settings.events_relay_interval if self._lease_until
+                                    else max(self.settings.events_relay_interval,
+                                             STANDBY_INTERVAL))
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.outbox.release_lease(self.holder))
+            if self._lease_until:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.outbox.release_lease(self.holder))
             if self._connection is not None:
                 with contextlib.suppress(Exception):
                     await self._connection.close()
@@ -229,12 +242,21 @@ class Relay:
     async def run_once(self) -> int:
         """One pass: publish what is pending if this relay holds the lease; how many."""
         self.stats.passes += 1
-        if self.metrics is not None:
+        now = time.monotonic()
+        if now > self._lease_until - LEASE_SECONDS / 2:  # renewed at half its life
+            self._lease_until = 0.0
+            if not await self.outbox.take_lease(self.holder):
+                if self.metrics is not None:  # the holder reports the backlog
+                    self.metrics.pending.set(0)
+                    self.metrics.oldest_age.set(0)
+                return 0
+            # Kept a little short of the stored expiry: clocks of two hosts differ.
+            self._lease_until = now + LEASE_SECONDS * 0.8
+        if self.metrics is not None and now - self._backlog_at >= BACKLOG_EVERY:
+            self._backlog_at = now
             count, age = await self.outbox.backlog()
             self.metrics.pending.set(count)
             self.metrics.oldest_age.set(age)
-        if not await self.outbox.take_lease(self.holder):
-            return 0
         pending = await self.outbox.pending()
         if not pending:
             return 0
@@ -286,6 +308,3 @@ def session_events(
     return tuple(events)
 
 
-def since_epoch(seconds: float) -> str:
-    """An epoch time as ISO 8601 (UTC)."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat()
