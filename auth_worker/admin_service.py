@@ -10,6 +10,7 @@ unauthenticated caller must not be able to fill it).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,10 @@ from shared.rpc.server import CallContext
 log = get_logger("mplogin.admin")
 
 SESSIONS_SHOWN = 50
+BLOCK_SETTLE_MARGIN = 0.5
+"""Seconds added to the workers' reload interval before a block answers (a reload's own time)."""
+BLOCK_REPLY_MARGIN = 1.5
+"""Seconds of the call's budget kept for the second revocation and the answer."""
 RECENT_LOGIN_DAYS = 30
 FOUND_MAX = 20
 
@@ -53,8 +58,10 @@ class AdminService:
     """The handlers of the ``ADMIN_*`` methods of the contract."""
 
     def __init__(self, store: Store, keys: AdminKeys, audit: AuditLog, blocks: BlockList,
-                 outbox: Outbox, metrics: AdminMetrics | None = None) -> None:
+                 outbox: Outbox, metrics: AdminMetrics | None = None,
+                 *, blocked_reload_interval: float = 2.0) -> None:
         self.store = store
+        self.settle_seconds = blocked_reload_interval + BLOCK_SETTLE_MARGIN
         self.keys = keys
         self.audit = audit
         self.blocks = blocks
@@ -102,6 +109,16 @@ class AdminService:
                     user_id: str | None, detail: dict[str, Any] | None = None) -> None:
         await self._record(key, caller, action, user_id, detail)
         self._count(action, "ok")
+
+    async def _settle(self, ctx: CallContext) -> None:
+        """Wait until every worker has reloaded the blocked and deleted users.
+
+        Each worker reloads them every ``MPLOGIN_BLOCKED_RELOAD_INTERVAL`` seconds; a block,
+        an unblock or a deletion answers only once that time (and a margin) has passed, so when
+        the operator sees the answer, every worker's logins follow it (docs/admin.md).
+        """
+        await asyncio.sleep(min(self.settle_seconds,
+                                max(0.0, ctx.remaining() - BLOCK_REPLY_MARGIN)))
 
     async def _user(self, user_id: str) -> dict[str, Any]:
         user = await self.store.users.find_one({"_id": user_id})
@@ -225,6 +242,9 @@ class AdminService:
                                        message=params.message):
             raise MPLoginError(ErrorCode.USER_NOT_FOUND)
         ended = await self.store.revoke_user_sessions(params.user_id, reason="blocked")
+        # Then ends any session a login on a worker that had not reloaded yet stored meanwhile.
+        await self._settle(ctx)
+        ended += await self.store.revoke_user_sessions(params.user_id, reason="blocked")
         await self.outbox.emit(new_event(
             "user.blocked", params.user_id,
             event_id=request_event_id(ctx.request_id, "user.blocked", params.user_id)))
@@ -237,6 +257,7 @@ class AdminService:
         key = await self._allow(params.caller, "operator", "user.unblocked", params.user_id)
         if not await self.blocks.unblock(params.user_id):
             raise MPLoginError(ErrorCode.USER_NOT_FOUND)
+        await self._settle(ctx)
         await self.outbox.emit(new_event(
             "user.unblocked", params.user_id,
             event_id=request_event_id(ctx.request_id, "user.unblocked", params.user_id)))
@@ -253,6 +274,10 @@ class AdminService:
         await self.blocks.mark_deleted(params.user_id)  # before the identities go
         removed = await erase_user(self.store, params.user_id)
         await self.blocks.unblock(params.user_id)
+        await self._settle(ctx)
+        # A login on a worker that still remembered the identity may have stored a session.
+        for collection, count in (await erase_user(self.store, params.user_id)).items():
+            removed[collection] += count
         await self.outbox.emit(new_event(
             "user.deleted", params.user_id,
             event_id=request_event_id(ctx.request_id, "user.deleted", params.user_id)))

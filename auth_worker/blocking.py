@@ -6,8 +6,8 @@ show). Each worker keeps the blocked users in memory, re-read every
 rate), and the worker that blocks or unblocks updates its own copy at once. A login therefore
 checks the block after resolving its user and before storing its session, with no round trip
 of its own: the login's two round trips stay two (docs/bench.md). A block made on another
-worker reaches this worker's logins within the reload interval; the user's sessions end at
-once either way (docs/admin.md).
+worker reaches this worker's logins within the reload interval, which the block's answer waits
+out (auth_worker/admin_service.py, docs/admin.md).
 
 Deleted users are remembered the same way, by id alone, for a day (``deleted_users``): a worker
 that remembers an identity's user (auth_worker/service.py) reads the identity again instead.

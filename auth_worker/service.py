@@ -149,7 +149,8 @@ class LoginService:
         self.audit = AuditLog(store, settings.audit_retention_days)
         self.blocks = BlockList(store)
         self.outbox = Outbox(store, settings)
-        self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox)
+        self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox,
+                                  blocked_reload_interval=settings.blocked_reload_interval)
         self.account.on_reuse = self._reuse_detected
         self.handlers = self._register()
 

@@ -271,13 +271,17 @@ async def make_local_stack(
 
 
 async def delete_queues(url: str, prefix: str) -> None:
-    """Delete the request and dead-letter queues of a queue prefix (the broker is shared)."""
+    """Delete the request and dead-letter queues and the events exchange of a queue prefix (the
+    broker is shared)."""
     connection = await aio_pika.connect(url)
     async with connection:
         for name in (f"{prefix}.requests", f"{prefix}.dead"):
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(name)
+        channel = await connection.channel()
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
+            await channel.exchange_delete(f"{prefix}.events")  # the domain events' exchange
 
 
 @pytest.fixture

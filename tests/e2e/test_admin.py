@@ -3,6 +3,7 @@ delete, and the audit log of all of it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from auth_worker.adminkeys import AdminKeys
 from auth_worker.store import Store
 from gateway.admin import CONSOLE_CSP, create_admin_app
+from shared.keyring import rotate
 from tests.conftest import Sandbox, Stack, StackFactory
 
 APP = "wxadmin0000001"
@@ -50,7 +52,7 @@ async def admin(make_stack: StackFactory, sandbox: Sandbox, secret: str) -> Asyn
     await sandbox.register("wechat", APP, secret=secret)
     stack: Stack = await make_stack(
         [{"platform": "wechat", "app_id": APP, "secret_env": "ADMIN_WX_SECRET",
-          "api_base": f"{sandbox.base}/wechat"}])
+          "api_base": f"{sandbox.base}/wechat"}], workers=2, key_reload_interval=0.2)
     keys = await admin_keys(stack)
     made = {role: (await keys.create(f"{role}-{uuid.uuid4().hex[:6]}", role))[0]  # type: ignore[arg-type]
             for role in ("viewer", "operator", "admin")}
@@ -240,3 +242,35 @@ async def test_the_admin_listener_is_limited_per_ip_and_sends_console_headers(
         assert (await admin.stack.client.get("/admin/v1/whoami")).status == 404
     finally:
         await client.close()
+
+
+async def test_a_reused_refresh_token_and_a_new_signing_key_are_audited(
+    admin: Admin, sandbox: Sandbox,
+) -> None:
+    openid = f"o_adm_{uuid.uuid4().hex[:8]}"
+    status, session = await login(admin, sandbox, openid, f"un_{openid}")
+    assert status == 200, session
+    user_id = session["user"]["id"]
+    client = admin.stack.client
+    resp = await client.post("/v1/token/refresh", json={"refresh_token": session["refresh_token"]})
+    assert resp.status == 200
+    resp = await client.post("/v1/token/refresh", json={"refresh_token": session["refresh_token"]})
+    assert resp.status == 401  # the spent token again: the session ends
+    kid = rotate(admin.stack.settings.keys_dir, activate_in=0)
+
+    async def audited(action: str, user: str | None) -> dict[str, Any]:
+        query = f"?user_id={user}" if user else ""
+        async with asyncio.timeout(10):  # the key reload runs every 0.2 s here
+            while True:
+                _, body = await admin.call("GET", f"/admin/v1/audit{query}", "viewer")
+                found = [e for e in body["entries"] if e["action"] == action]
+                if found:
+                    return found[0]
+                await asyncio.sleep(0.1)
+
+    reuse = await audited("session.revoked_reuse", user_id)
+    assert reuse["actor"] == "system" and reuse["detail"]["sessions_ended"] == 1
+    rotated = await audited("signing_key.rotated", None)
+    assert rotated["actor"] == "system" and rotated["detail"] == {"kid": kid}
+    records = await admin.stack.db["audit"].count_documents({"action": "signing_key.rotated"})
+    assert records == 1  # once, however many workers saw it
