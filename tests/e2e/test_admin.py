@@ -274,3 +274,36 @@ async def test_a_reused_refresh_token_and_a_new_signing_key_are_audited(
     assert rotated["actor"] == "system" and rotated["detail"] == {"kid": kid}
     records = await admin.stack.db["audit"].count_documents({"action": "signing_key.rotated"})
     assert records == 1  # once, however many workers saw it
+
+
+async def test_bad_admin_input_gets_a_stable_code_never_a_500(admin: Admin) -> None:
+    key = {"Authorization": f"Bearer {admin.keys['admin']}"}
+    client = admin.client
+    cases = [
+        ("GET", "/admin/v1/users/" + "u" * 65, None, None, 400),
+        ("POST", "/admin/v1/users/find", b"not json", "application/json", 400),
+        ("POST", "/admin/v1/users/find", b"{}", "text/plain", 415),
+        ("POST", "/admin/v1/users/find", b'{"by": "email", "value": "x"}', "application/json",
+         400),
+        ("POST", "/admin/v1/users/find", b'{"by": "phone", "value": ""}', "application/json",
+         400),
+        ("POST", "/admin/v1/users/find", b'{"by": "openid", "value": "o"}', "application/json",
+         400),  # an openid lookup needs platform and app_id
+        ("POST", "/admin/v1/users/u_x/block", b'{"message": "' + b"m" * 201 + b'"}',
+         "application/json", 400),
+        ("POST", "/admin/v1/users/u_x/block", b'{"extra": 1}', "application/json", 400),
+        ("GET", "/admin/v1/audit?limit=0", None, None, 400),
+        ("GET", "/admin/v1/audit?since=yesterday", None, None, 400),
+        ("GET", "/admin/v1/audit?user_id=" + "u" * 65, None, None, 400),
+        ("POST", "/admin/v1/users/u_nobody/unblock", None, None, 404),
+        ("POST", "/admin/v1/users/u_nobody/sessions/end", None, None, 404),
+        ("GET", "/console/nothing.js", None, None, 404),
+    ]
+    for method, path, body, kind, status in cases:
+        headers = dict(key)
+        if kind is not None:
+            headers["Content-Type"] = kind
+        resp = await client.request(method, path, data=body, headers=headers)
+        answer = await resp.json()
+        assert resp.status == status, (path, body, answer)
+        assert set(answer["error"]) == {"code", "message", "request_id"}
