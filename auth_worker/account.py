@@ -14,6 +14,7 @@ counting as a reuse, since its first answer may never have reached the client.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,9 @@ class AccountService:
         self.apps = apps
         self.issuer = issuer
         self.quota = quota
+        # Told of every reuse detected (the reused session's record, how many sessions ended):
+        # the audit log and the session.revoked event (auth_worker/service.py).
+        self.on_reuse: Callable[[dict[str, Any], int], Awaitable[None]] | None = None
 
     async def live_session(self, params: SessionParams) -> dict[str, Any]:
         """The caller's session, or ``invalid_token`` when it ended (logout, reuse, expiry)."""
@@ -121,6 +125,8 @@ class AccountService:
                     app_id=reused.get("app_id", "-"), session_id=session_id,
                     user_id=reused.get("user_id"), session_family_revoked=ended > 0,
                     sessions_ended=ended)
+        if self.on_reuse is not None:
+            await self.on_reuse(reused, ended)
         return True
 
     async def logout(self, params: LogoutParams) -> LogoutOut:

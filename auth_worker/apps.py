@@ -9,6 +9,7 @@ An apps file lists any number of apps per platform::
     api_base = "http://127.0.0.1:8090/wechat"   # optional: the sandbox or a staging endpoint
     allow_insecure_api_base = true         # needed in production for an http:// api_base
     expose_openid = false                  # put openid/unionid into login responses
+    event_fields = []                      # opt-in event fields: "openid", "unionid", "phone"
 
 Secrets are never written in the file itself: only the name of an environment variable or the
 path of a file holding them.
@@ -81,6 +82,8 @@ class AppEntry(BaseModel):
     api_base: str | None = None
     allow_insecure_api_base: bool = False
     expose_openid: bool = False
+    # Personal fields this app's domain events may carry (docs/events.md); none by default.
+    event_fields: tuple[Literal["openid", "unionid", "phone"], ...] = ()
     # Alipay
     private_key_env: str | None = None
     private_key_file: Path | None = None
@@ -139,6 +142,7 @@ class AppConfig(BaseModel):
     secret: SecretStr | None = None
     api_base: str
     expose_openid: bool = False
+    event_fields: tuple[str, ...] = ()
     private_key_pem: SecretStr | None = None
     alipay_public_key_pem: str | None = None
     identity_field: Literal["open_id", "user_id"] = "open_id"
@@ -258,6 +262,7 @@ def resolve(
         secret=SecretStr(secret) if secret else None,
         api_base=entry.api_base or DEFAULT_API_BASE[entry.platform],
         expose_openid=entry.expose_openid,
+        event_fields=entry.event_fields,
         private_key_pem=SecretStr(private_key) if private_key else None,
         alipay_public_key_pem=alipay_pub,
         identity_field=entry.identity_field,

@@ -17,9 +17,12 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from auth_worker.admin_service import record_security_event
 from auth_worker.apps import load_apps
+from auth_worker.audit import AuditLog
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
+from auth_worker.outbox import Outbox, Relay
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
@@ -45,7 +48,7 @@ log = get_logger("mplogin.worker")
 
 
 def mongo_client(
-    settings: Settings, metrics: WorkerMetrics | None = None
+    settings: Settings, metrics: WorkerMetrics | None = None, appname: str = "mplogin-worker",
 ) -> AsyncMongoClient[dict[str, object]]:
     """The process's one MongoDB client, with short server-selection timeouts.
 
@@ -58,7 +61,7 @@ def mongo_client(
         tz_aware=True,
         serverSelectionTimeoutMS=2000,
         connectTimeoutMS=2000,
-        appname="mplogin-worker",
+        appname=appname,
         event_listeners=[metrics.command_listener()] if metrics is not None else [],
     )
 
@@ -75,6 +78,7 @@ async def login_service(
     if metrics is not None:
         metrics.register_apps(apps)
     mongo = mongo_client(settings, metrics)
+    background_mongo = mongo_client(settings, appname="mplogin-worker-background")
     store = Store(mongo, settings.mongo_db)
     try:
         await store.ensure_indexes()
@@ -97,16 +101,41 @@ async def login_service(
                                        limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound)
-            reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
+            await service.admin.keys.ensure_indexes()
+            await service.audit.ensure_indexes()
+            await service.outbox.ensure_indexes()
+            await service.blocks.ensure_indexes()
+            await service.blocks.reload()  # before the first login
+            # The background tasks have a client of their own: their commands never wait for
+            # a connection behind logins (nor logins behind them), and the database histogram
+            # stays the requests' own.
+            quiet = Store(background_mongo, settings.mongo_db)
+            relay = Relay(Outbox(quiet, settings), settings,
+                          metrics.events if metrics is not None else None)
+            if metrics is not None:
+                service.admin.metrics = metrics.admin
+            background = [
+                asyncio.create_task(_reload_keys(settings, keyring, issuer, service.audit)),
+                asyncio.create_task(service.blocks.run(settings.blocked_reload_interval,
+                                                       source=quiet)),
+            ]
+            if settings.events_relay:
+                background.append(asyncio.create_task(relay.run()))
             try:
                 yield service
             finally:
-                reloader.cancel()
+                for task in background:
+                    task.cancel()
+                for task in background:
+                    with suppress(asyncio.CancelledError):
+                        await task
     finally:
         await mongo.close()
+        await background_mongo.close()
 
 
-async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer) -> None:
+async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer,
+                       audit: AuditLog | None = None) -> None:
     """Pick up `mplogin keys rotate` without a restart: a new key signs from its activation.
 
     The public folder is checked too: a half that is missing (or left by a retired key) is
@@ -127,9 +156,14 @@ async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer
                      removed=",".join(published.removed))
         return fresh
 
+    rotated: list[str] = []
+    known = set(keyring.kids)
+
     def use(fresh: KeyRing) -> None:
         nonlocal in_use
         if fresh.fingerprint() != in_use:
+            rotated.extend(sorted(set(fresh.kids) - known))  # `mplogin keys rotate` added these
+            known.update(fresh.kids)
             issuer.update_keyring(fresh)
             in_use = fresh.fingerprint()
             log.info("keys.reloaded", active_kid=fresh.active_kid)
@@ -138,6 +172,12 @@ async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer
     while True:
         await asyncio.sleep(settings.key_reload_interval)
         reloader.check()
+        while rotated:
+            # Every worker sees the rotation; the record's id makes it one record.
+            kid = rotated.pop(0)
+            await record_security_event(audit, "signing_key.rotated", user_id=None,
+                                        detail={"kid": kid},
+                                        record_id=f"signing_key.rotated:{kid}")
 
 
 async def _ping_database(db: AsyncDatabase[dict[str, object]], readiness: WorkerReadiness) -> None:

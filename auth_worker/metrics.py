@@ -21,7 +21,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pymongo import monitoring
 
+from auth_worker.admin_service import AdminMetrics
 from auth_worker.apps import AppConfig
+from auth_worker.outbox import EventMetrics
 from shared.errors import ErrorCode, StartupError
 from shared.logs import get_logger
 from shared.metrics import (
@@ -91,6 +93,9 @@ class WorkerMetrics:
         self.db_failures = Counter(
             "mplogin_db_command_failures", "MongoDB commands that failed, by command name.",
             ["command"], registry=self.registry)
+        # The operators' side: admin actions, events published, the outbox's backlog and age.
+        self.admin = AdminMetrics(self.registry)
+        self.events = EventMetrics(self.registry)
 
     # -- label bounds -------------------------------------------------------------------------
 

@@ -24,8 +24,13 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
+from auth_worker.admin_service import AdminService, record_security_event
+from auth_worker.adminkeys import AdminKeys
 from auth_worker.apps import AppConfig, AppRegistry
+from auth_worker.audit import AuditLog
+from auth_worker.blocking import BlockList
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
+from auth_worker.outbox import Outbox, new_event, opted_in, request_event_id, session_events
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
@@ -39,7 +44,19 @@ from auth_worker.store import (
 )
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
-from shared.messages import EchoOut, EchoParams, LoginParams, SessionOut, UserOut
+from shared.messages import (
+    EchoOut,
+    EchoParams,
+    LoginParams,
+    LogoutOut,
+    LogoutParams,
+    PhoneOut,
+    PhoneParams,
+    ProfileOut,
+    ProfileParams,
+    SessionOut,
+    UserOut,
+)
 from shared.rpc import contract
 from shared.rpc.contract import HandlerTable, RpcReply, RpcRequest
 from shared.rpc.server import CallContext, RejectAfterReply
@@ -128,6 +145,13 @@ class LoginService:
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        # The operators' side (docs/admin.md) and the domain events (docs/events.md).
+        self.audit = AuditLog(store, settings.audit_retention_days)
+        self.blocks = BlockList(store)
+        self.outbox = Outbox(store, settings)
+        self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox,
+                                  blocked_reload_interval=settings.blocked_reload_interval)
+        self.account.on_reuse = self._reuse_detected
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -169,16 +193,88 @@ class LoginService:
 
     def _register(self) -> HandlerTable[CallContext]:
         """The handler of every method of the contract (``shared.rpc.contract``)."""
-        account, opendata = self.account, self.opendata
+        account = self.account
         table: HandlerTable[CallContext] = HandlerTable()
         table.register(contract.ECHO, self.echo)
         table.register(contract.LOGIN, self.login)
         table.register(contract.REFRESH, account.refresh)
-        table.register(contract.LOGOUT, lambda params, ctx: account.logout(params))
+        table.register(contract.LOGOUT, self.logout)
         table.register(contract.ME, lambda params, ctx: account.me(params))
-        table.register(contract.PROFILE, lambda params, ctx: opendata.profile(params))
-        table.register(contract.PHONE, opendata.phone)
+        table.register(contract.PROFILE, self.profile)
+        table.register(contract.PHONE, self.phone)
+        self.admin.register(table)
         return table
+
+    # -- the events of the account methods (written after the change; docs/events.md) --------
+
+    async def _session_app(
+        self, session_id: str
+    ) -> tuple[str | None, str | None, AppConfig | None]:
+        doc = await self.store.sessions.find_one({"_id": session_id},
+                                                 projection={"platform": 1, "app_id": 1})
+        platform = str(doc["platform"]) if doc and doc.get("platform") else None
+        app_id = str(doc["app_id"]) if doc and doc.get("app_id") else None
+        app = None
+        if platform is not None and app_id is not None:
+            try:
+                app = self.apps.get(platform, app_id)
+            except MPLoginError:  # the app left the apps file since
+                app = None
+        return platform, app_id, app
+
+    async def logout(self, params: LogoutParams, ctx: CallContext) -> LogoutOut:
+        """POST /v1/logout, then ``session.revoked``."""
+        out = await self.account.logout(params)
+        if out.sessions_ended:
+            platform, app_id, _ = await self._session_app(params.session_id)
+            await self.outbox.emit(new_event(
+                "session.revoked", params.user_id, platform=platform, app_id=app_id,
+                data={"reason": "logout_all" if params.all else "logout",
+                      "session_id": None if params.all else params.session_id,
+                      "sessions_ended": out.sessions_ended},
+                event_id=request_event_id(ctx.request_id, "session.revoked", params.user_id)))
+        return out
+
+    async def profile(self, params: ProfileParams, ctx: CallContext) -> ProfileOut:
+        """POST /v1/profile, then ``user.profile_updated`` (the field names, not the values)."""
+        out = await self.opendata.profile(params)
+        platform, app_id, _ = await self._session_app(params.session_id)
+        fields = sorted(k for k, v in out.profile.model_dump().items()
+                        if v is not None and k != "signed")
+        await self.outbox.emit(new_event(
+            "user.profile_updated", params.user_id, platform=platform, app_id=app_id,
+            data={"fields": fields},
+            event_id=request_event_id(ctx.request_id, "user.profile_updated", params.user_id)))
+        return out
+
+    async def phone(self, params: PhoneParams, ctx: CallContext) -> PhoneOut:
+        """POST /v1/phone, then ``user.phone_bound`` (the number only for apps opted in)."""
+        out = await self.opendata.phone(params, ctx)
+        platform, app_id, app = await self._session_app(params.session_id)
+        data: dict[str, Any] = {}
+        if app is not None and "phone" in opted_in(app, phone="-"):
+            user = await self.store.users.find_one({"_id": params.user_id},
+                                                   projection={"phone": 1})
+            data = opted_in(app, phone=str(user["phone"]) if user and user.get("phone") else None)
+        await self.outbox.emit(new_event(
+            "user.phone_bound", params.user_id, platform=platform, app_id=app_id, data=data,
+            event_id=request_event_id(ctx.request_id, "user.phone_bound", params.user_id)))
+        return out
+
+    async def _reuse_detected(self, reused: dict[str, Any], ended: int) -> None:
+        """A spent refresh token came back: audit it and announce the ended sessions."""
+        user_id = str(reused.get("user_id")) if reused.get("user_id") else None
+        session_id = str(reused.get("session_id"))
+        await record_security_event(self.audit, "session.revoked_reuse", user_id=user_id,
+                                    detail={"session_id": session_id, "sessions_ended": ended})
+        if user_id is not None:
+            platform = reused.get("platform")
+            app_id = reused.get("app_id")
+            await self.outbox.emit(new_event(
+                "session.revoked", user_id,
+                platform=str(platform) if platform else None,
+                app_id=str(app_id) if app_id else None,
+                data={"reason": "reuse", "session_id": session_id, "sessions_ended": ended}))
 
     @staticmethod
     async def echo(params: EchoParams, ctx: CallContext) -> EchoOut:
@@ -333,7 +429,8 @@ class LoginService:
         openid = (ANONYMOUS_PREFIX + identity.openid) if identity.anonymous else identity.openid
         key = IdentityKey(app.platform, app.app_id, openid)
         known = self._known.get(key)
-        if known is not None and identity.unionid in (None, known.unionid):
+        if known is not None and identity.unionid in (None, known.unionid) \
+                and not self.blocks.is_deleted(known.user_id):
             # A real identity's user never changes once created, so a returning user whose
             # identity this worker has seen needs no database read at all.
             self._known.move_to_end(key)
@@ -454,6 +551,15 @@ class LoginService:
         self, app: AppConfig, session_id: str, resolved: Resolved, *, family: str
     ) -> SessionOut:
         """Store the session (the claim itself when this request exchanged the code)."""
+        try:
+            # In memory (auth_worker/blocking.py): the login's round trips stay two.
+            self.blocks.check(resolved.user.user_id)
+        except MPLoginError as exc:
+            if family == session_id:  # this request's claim answers the same to a replay
+                await self.store.fail_claim(session_id, error=claim_error(exc))
+            log.info("login.blocked_user", platform=app.platform, app_id=app.app_id,
+                     user_id=resolved.user.user_id)
+            raise
         refresh = new_refresh_token()
         now = now_ts()
         fields = SessionFields(
@@ -466,6 +572,11 @@ class LoginService:
             absolute_expires_ts=now + self.settings.refresh_token_max_age,
             family=family,
             session_key_enc=resolved.session_key_enc,
+            events=session_events(
+                app, resolved.user.user_id,
+                registered=resolved.user.is_new and family == session_id,
+                session_id=session_id, openid=resolved.identity.openid,
+                unionid=resolved.unionid),
         )
         if family != session_id:
             await self.store.insert_session(session_id, fields)

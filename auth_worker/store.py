@@ -111,10 +111,13 @@ class SessionFields:
     absolute_expires_ts: float
     family: str
     session_key_enc: str | None = field(default=None, repr=False)
+    events: tuple[Doc, ...] = ()
+    """Domain events written with the session (auth_worker/outbox.py), published later."""
 
     def document(self) -> Doc:
         """The session's fields as stored."""
-        return {
+        extra: Doc = {"events": list(self.events), "events_pending": True} if self.events else {}
+        return {**extra,
             "state": "active",
             "family": self.family,
             "user_id": self.user_id,
@@ -389,8 +392,9 @@ class Store:
 
     async def insert_session(self, session_id: str, fields: SessionFields) -> None:
         """Store a new active session (a retried code's own session: it has no claim)."""
+        now = utcnow()
         await self.sessions.insert_one({"_id": session_id, **fields.document(),
-                                        "created_at": utcnow()})
+                                        "created_at": now, "created_ts": now.timestamp()})
 
     async def rotate_refresh(
         self, refresh_hash: str, new_hash: str, *, idle_ttl: int, request_id: str

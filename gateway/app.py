@@ -59,11 +59,14 @@ async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     settings: Settings, metrics: GatewayMetrics | None = None,
     routes: tuple[Route, ...] = ROUTES, rpc: RpcTransport | None = None,
+    *, verify_tokens: bool = True,
 ) -> web.Application:
     """Build the gateway application serving ``routes``; connections open when it starts.
 
     ``metrics`` holds the process's registry; by default the application gets its own. ``rpc``
     replaces the broker connection (``shared.rpc.local.LocalTransport`` in tests).
+    ``verify_tokens=False``: no access token verification (the admin listener, whose routes
+    take admin keys, needs no signing keys at all).
     """
     limiter = ClientRateLimiter.from_settings(settings)
     user_limiter = UserRateLimiter.from_settings(settings)
@@ -83,7 +86,8 @@ def create_app(
     metrics.watch_rpc(lambda: app.get(RPC))
     metrics.watch_client_limiter(limiter, user_limiter, limited_kinds(routes))
     app.on_response_prepare.append(on_response_prepare)
-    app.cleanup_ctx.append(tokens_ctx)
+    if verify_tokens:
+        app.cleanup_ctx.append(tokens_ctx)
     if rpc is None:
         app.cleanup_ctx.append(rpc_client_ctx)
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from shared.errors import ErrorCode
+from shared.errors import ACCOUNT_BLOCKED_MESSAGE, DEFAULT_MESSAGE, ErrorCode
 
 Language = Literal["en", "zh"]
 
@@ -39,6 +39,9 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "该手机号已绑定其他用户。",
     ErrorCode.NOT_SUPPORTED: "该平台或应用不支持此操作。",
     ErrorCode.REQUEST_TIMEOUT: "请求体未能及时送达。",
+    ErrorCode.INVALID_ADMIN_KEY: "管理密钥缺失、格式错误、不存在或已吊销。",
+    ErrorCode.FORBIDDEN: "该管理密钥的角色无权执行此操作。",
+    ErrorCode.USER_NOT_FOUND: "用户不存在。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")
@@ -88,6 +91,10 @@ def negotiate(accept_language: str | None) -> Language:
 
 def localized_message(code: ErrorCode, message: str, language: Language) -> str:
     """The message of an error in ``language``: Chinese replaces any English detail."""
+    if code is ErrorCode.USER_BLOCKED and message == ACCOUNT_BLOCKED_MESSAGE:
+        return "该账号已被停用，请联系客服。" if language == "zh" else message
+    if code is ErrorCode.USER_BLOCKED and message != DEFAULT_MESSAGE[code]:
+        return message  # an operator's own message to the user (docs/admin.md), as written
     if language == "zh":
         return CHINESE_MESSAGE[code]
     return message

@@ -1,4 +1,4 @@
-"""The ``mplogin`` command: gateway, worker, sandbox, dev, keys and apps."""
+"""The ``mplogin`` command: gateway, worker, admin, sandbox, dev, keys and apps."""
 
 from __future__ import annotations
 
@@ -233,6 +233,60 @@ def _seconds(text: str) -> float:
     return value
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    """Run the admin listener, or manage admin API keys (``mplogin admin keys ...``)."""
+    settings = _settings()
+    if getattr(args, "admin_command", None) != "keys":
+        from gateway.admin import run_admin
+
+        configure_logging(settings.log_level, settings.log_renderer)
+        return _run(run_admin(settings), settings.event_loop, settings)
+    return _run(_admin_keys(args, settings), settings=settings)
+
+
+async def _admin_keys(args: argparse.Namespace, settings: Settings) -> None:
+    """``mplogin admin keys create|list|revoke``: straight to MongoDB (an operator's machine
+    with the database credentials, never the admin listener)."""
+    import getpass
+
+    from auth_worker.adminkeys import AdminKeys
+    from auth_worker.audit import AuditLog
+    from auth_worker.main import mongo_client
+    from auth_worker.store import Store
+
+    mongo = mongo_client(settings)
+    try:
+        store = Store(mongo, settings.mongo_db)
+        keys = AdminKeys(store)
+        await keys.ensure_indexes()
+        audit = AuditLog(store, settings.audit_retention_days)
+        who = f"cli:{getpass.getuser()}"
+        if args.keys_command == "create":
+            try:
+                full, key = await keys.create(args.name, args.role)
+            except ValueError as exc:
+                raise SystemExit(f"mplogin: {exc}") from None
+            await audit.record(actor=who, action="admin_key.created",
+                               detail={"name": key.name, "role": key.role, "key_id": key.key_id})
+            print(full)
+            print(f"# admin key {key.name!r} ({key.role}), id {key.key_id}: shown this once, "
+                  "stored hashed", file=sys.stderr)
+        elif args.keys_command == "list":
+            for key in await keys.list():
+                state = f"revoked {key.revoked_at}" if key.revoked_at else "live"
+                print(f"{key.key_id}  {key.role:<8}  {key.name}  created {key.created_at}  "
+                      f"{state}")
+        else:
+            revoked = await keys.revoke(args.key)
+            if revoked is None:
+                raise SystemExit(f"mplogin: no live admin key named {args.key!r}")
+            await audit.record(actor=who, action="admin_key.revoked",
+                               detail={"name": revoked.name, "key_id": revoked.key_id})
+            print(f"revoked {revoked.name} ({revoked.key_id})")
+    finally:
+        await mongo.close()
+
+
 def cmd_apps(args: argparse.Namespace) -> int:
     """Validate the apps file and print it without secrets."""
     from mplogin.apps_check import check_apps_file
@@ -291,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dir", type=Path)
     keys_sub.add_parser("secretbox", help="print a fresh session_key encryption key")
     keys.set_defaults(func=cmd_keys)
+    admin = sub.add_parser(
+        "admin", help="run the admin listener (API and console; keep it inside the network), "
+                      "or manage admin keys")
+    admin_sub = admin.add_subparsers(dest="admin_command")
+    admin_keys = admin_sub.add_parser("keys", help="manage admin API keys")
+    admin_keys_sub = admin_keys.add_subparsers(dest="keys_command", required=True)
+    create = admin_keys_sub.add_parser("create", help="create a key; it is printed once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    admin_keys_sub.add_parser("list", help="list the keys (never their secrets)")
+    revoke = admin_keys_sub.add_parser("revoke", help="revoke a key by name or id")
+    revoke.add_argument("key")
+    admin.set_defaults(func=cmd_admin)
     apps = sub.add_parser("apps", help="check the apps file")
     apps_sub = apps.add_subparsers(dest="apps_command", required=True)
     check = apps_sub.add_parser("check", help="validate the apps file; print it without secrets")

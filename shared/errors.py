@@ -49,6 +49,9 @@ class ErrorCode(StrEnum):
     PHONE_IN_USE = "phone_in_use"
     NOT_SUPPORTED = "not_supported"
     REQUEST_TIMEOUT = "request_timeout"
+    INVALID_ADMIN_KEY = "invalid_admin_key"
+    FORBIDDEN = "forbidden"
+    USER_NOT_FOUND = "user_not_found"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -74,6 +77,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PHONE_IN_USE: 409,
     ErrorCode.NOT_SUPPORTED: 400,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.INVALID_ADMIN_KEY: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.USER_NOT_FOUND: 404,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -101,7 +107,15 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "This phone number is already bound to another user.",
     ErrorCode.NOT_SUPPORTED: "This operation is not supported for this platform or app.",
     ErrorCode.REQUEST_TIMEOUT: "The request body did not arrive in time.",
+    ErrorCode.INVALID_ADMIN_KEY: "The admin key is missing, malformed, unknown or revoked.",
+    ErrorCode.FORBIDDEN: "This admin key's role may not do this.",
+    ErrorCode.USER_NOT_FOUND: "No such user.",
 }
+
+
+ACCOUNT_BLOCKED_MESSAGE = "This account has been suspended. Please contact customer support."
+"""``user_blocked`` for a user an operator blocked without a message of their own; an operator's
+own message is answered as written, in every language (the app may show it)."""
 
 
 class MPLoginError(Exception):

@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     platform_rate_max_wait: float = Field(default=0.5, ge=0, le=60)
     platform_api_rate_per_second: float = Field(default=50.0, ge=0)
 
+    # The admin listener (`mplogin admin`): its own process and port, never the public one;
+    # loopback by default (README, "Operators").
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8081, ge=1, le=65535)
+    # Audit records are kept this many days, then MongoDB's TTL monitor removes them.
+    audit_retention_days: int = Field(default=365, ge=1, le=3650)
+    # Domain events (docs/events.md): the worker's outbox relay, and how often it looks.
+    events_relay: bool = True
+    events_relay_interval: float = Field(default=0.5, gt=0, le=60)
+    # Sent events stay in the outbox this many hours (for inspection), then expire.
+    events_sent_retention_hours: int = Field(default=24, ge=1, le=24 * 90)
+    # How often a worker re-reads the blocked users (a block on another worker reaches this
+    # one's logins within this many seconds; its sessions end at once).
+    blocked_reload_interval: float = Field(default=2.0, gt=0, le=300)
+
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8090
     # Host names (host or host:port, comma-separated) the sandbox answers besides its own
@@ -137,6 +152,11 @@ class Settings(BaseSettings):
     def request_queue(self) -> str:
         """The queue every gateway publishes to and every worker consumes."""
         return f"{self.queue_prefix}.requests"
+
+    @property
+    def events_exchange(self) -> str:
+        """The topic exchange domain events are published to (docs/events.md)."""
+        return f"{self.queue_prefix}.events"
 
     @property
     def dead_letter_queue(self) -> str:

@@ -162,6 +162,8 @@ def write_apps(path: Path, entries: list[dict[str, Any]]) -> Path:
         lines.append("[[apps]]")
         for key, value in entry.items():
             rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
+            if isinstance(value, list):  # a TOML array of strings reads as JSON
+                rendered = "[" + ", ".join(f'"{item}"' for item in value) + "]"
             lines.append(f"{key} = {rendered}")
         lines.append("")
     path.write_text("\n".join(lines))
@@ -269,13 +271,17 @@ async def make_local_stack(
 
 
 async def delete_queues(url: str, prefix: str) -> None:
-    """Delete the request and dead-letter queues of a queue prefix (the broker is shared)."""
+    """Delete the request and dead-letter queues and the events exchange of a queue prefix (the
+    broker is shared)."""
     connection = await aio_pika.connect(url)
     async with connection:
         for name in (f"{prefix}.requests", f"{prefix}.dead"):
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.AMQPError):
                 await channel.queue_delete(name)
+        channel = await connection.channel()
+        with contextlib.suppress(aio_pika.exceptions.AMQPError):
+            await channel.exchange_delete(f"{prefix}.events")  # the domain events' exchange
 
 
 @pytest.fixture

@@ -137,6 +137,8 @@ def exposed_metrics() -> dict[str, set[str]]:
     worker.count_platform_error("wechat", ErrorCode.PLATFORM_UNAVAILABLE)
     worker.db_seconds.labels("find").observe(0.001)
     worker.db_failures.labels("find").inc()
+    worker.admin.actions.labels("user.blocked", "ok").inc()
+    worker.events.published.labels("user.registered").inc()
 
     exposed: dict[str, set[str]] = {}
     for registry in (gateway.registry, worker.registry):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -42,15 +43,27 @@ async def _serve_inline(settings: Any, port: int) -> None:
     from shared.rpc.server import CallContext
     from shared.runtime import stop_event
 
+    serving_login: contextvars.ContextVar[bool] = contextvars.ContextVar("serving_login",
+                                                                       default=False)
+
     class CommandCounter(monitoring.CommandListener):
-        """Counts the commands the driver sends, by name."""
+        """Counts the commands the driver sends, by name: those a login sends, and apart from
+        them those of the worker's background tasks (outbox relay, blocked users' reload).
+
+        The listener runs in the task that sends the command, so the login's context variable
+        tells the two apart.
+        """
 
         def __init__(self) -> None:
             self.commands: Counter[str] = Counter()
+            self.background: Counter[str] = Counter()
             self.logins = 0
 
         def started(self, event: monitoring.CommandStartedEvent) -> None:
-            self.commands[event.command_name] += 1
+            if serving_login.get():
+                self.commands[event.command_name] += 1
+            else:
+                self.background[event.command_name] += 1
 
         def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
             return None
@@ -75,17 +88,21 @@ async def _serve_inline(settings: Any, port: int) -> None:
             raise MPLoginError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
         ctx = CallContext(request_id=request[REQUEST_ID],
                           deadline=time.time() + settings.login_deadline, redelivered=False)
+        token = serving_login.set(True)
         try:
             with pymongo.timeout(settings.login_deadline):
                 session = await request.app[service_key].login(params, ctx)
         except pymongo.errors.PyMongoError:
             raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None
+        finally:
+            serving_login.reset(token)
         counter.logins += 1
         return json_response(session.model_dump(exclude_none=True))
 
     def counts() -> Json:
         return {"logins": counter.logins, "commands": dict(counter.commands),
-                "commands_total": sum(counter.commands.values())}
+                "commands_total": sum(counter.commands.values()),
+                "background_commands": dict(counter.background)}
 
     async def db_stats(request: web.Request) -> web.Response:
         return json_response(counts())
@@ -93,6 +110,7 @@ async def _serve_inline(settings: Any, port: int) -> None:
     async def db_reset(request: web.Request) -> web.Response:
         before = counts()
         counter.commands.clear()
+        counter.background.clear()
         counter.logins = 0
         return json_response(before)
 

@@ -130,6 +130,12 @@ def final_report(out: Json) -> str:
         lines.append(f"DB round trips per steady-state login: {r.get('db_round_trips_per_login')} "
                      f"({cmds['commands_total']} commands over {cmds['logins']} logins: "
                      f"{by_name})")
+        background = cmds.get("background_commands") or {}
+        if background:
+            lines.append("  besides, the worker's background tasks (outbox relay, blocked users' "
+                         f"reload) sent {sum(background.values())} commands in the same time "
+                         f"({', '.join(f'{k} {v}' for k, v in sorted(background.items()))}), "
+                         "whatever the login rate")
         ceil = db["ceiling"]
         for key in ("login_shaped", "upsert_only"):
             s = ceil[key]

@@ -214,4 +214,6 @@ async def delete_queues(stack: Stack) -> list[str]:
                     deleted.append(name)
                 except aio_pika.exceptions.ChannelClosed:
                     channel = await connection.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await channel.exchange_delete(f"{stack.prefix}.events")  # the run's events
     return deleted

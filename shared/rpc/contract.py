@@ -27,6 +27,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from shared import admin_messages as admin
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
     EchoOut,
@@ -67,9 +68,25 @@ ME = Method("me", SessionParams, MeOut)
 PROFILE = Method("profile", ProfileParams, ProfileOut)
 PHONE = Method("phone", PhoneParams, PhoneOut)
 
-CONTRACT: Mapping[str, Method[Any, Any]] = {
-    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO)
-}
+# The admin listener's methods (shared.admin_messages): each carries the caller's admin key,
+# which the worker authenticates and authorises by role before anything else.
+ADMIN_WHOAMI = Method("admin_whoami", admin.AdminParams, admin.WhoAmIOut)
+ADMIN_FIND = Method("admin_find", admin.FindParams, admin.FindOut)
+ADMIN_USER = Method("admin_user", admin.UserParams, admin.AdminUserOut)
+ADMIN_END_SESSIONS = Method("admin_end_sessions", admin.EndSessionsParams, admin.CountOut)
+ADMIN_BLOCK = Method("admin_block", admin.BlockParams, admin.BlockOut)
+ADMIN_UNBLOCK = Method("admin_unblock", admin.TargetParams, admin.BlockOut)
+ADMIN_DELETE = Method("admin_delete", admin.TargetParams, admin.DeleteOut)
+ADMIN_AUDIT = Method("admin_audit", admin.AuditParams, admin.AuditOut)
+ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
+    ADMIN_WHOAMI, ADMIN_FIND, ADMIN_USER, ADMIN_END_SESSIONS, ADMIN_BLOCK, ADMIN_UNBLOCK,
+    ADMIN_DELETE, ADMIN_AUDIT,
+)
+
+_METHODS: tuple[Method[Any, Any], ...] = (
+    LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, *ADMIN_METHODS)
+
+CONTRACT: Mapping[str, Method[Any, Any]] = {method.name: method for method in _METHODS}
 """Every method a worker serves, by name."""
 
 

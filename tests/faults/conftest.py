@@ -122,9 +122,11 @@ class ProcStack:
     def _child(self, proc: subprocess.Popen[bytes]) -> supervisor.Child:
         return next(child for child in self.children if child.proc is proc)
 
-    async def start_worker(self) -> subprocess.Popen[bytes]:
+    async def start_worker(self, extra_env: dict[str, str] | None = None
+                           ) -> subprocess.Popen[bytes]:
         port = free_port()
-        worker = self._spawn("worker", {"MPLOGIN_WORKER_METRICS_PORT": str(port)})
+        worker = self._spawn("worker", {"MPLOGIN_WORKER_METRICS_PORT": str(port),
+                                        **(extra_env or {})})
         self.metrics_port_of[worker.pid] = port
         self.workers.append(worker)
         child = self._child(worker)
