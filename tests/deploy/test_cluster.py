@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import STANDIN, Deployment, deploy, record, tear_down
-from tests.deploy.harness import Outcome, recovery, run, tally
+from tests.deploy.harness import Outcome, logs, recovery, run, tally
 
 pytestmark = pytest.mark.deploy
 
@@ -80,6 +80,25 @@ def wait_for_three_nodes(deployment: Deployment, timeout: float = 180) -> float:
         time.sleep(2)
 
 
+def process_events(deployment: Deployment) -> list[str]:
+    """The gateway's and workers' log lines about their broker connections and failures."""
+    lines = []
+    for service in ("gateway", "auth_worker"):
+        for container in deployment.stack.containers(service):
+            for line in logs(container).splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict):
+                    continue
+                if entry.get("level") in ("warning", "error") or str(
+                        entry.get("event", "")).startswith(("rpc.reconnected", "worker.")):
+                    lines.append(f"{entry.get('timestamp', '')} {service}/{container[:6]} "
+                                 f"{entry.get('event', '')[:80]}")
+    return sorted(lines)[-60:]
+
+
 def assert_fail_fast_and_nothing_lost(outcomes: list[Outcome], per_code: dict[str, int]) -> None:
     summary = tally(outcomes)
     assert summary["unanswered"] == 0, summary
@@ -134,7 +153,7 @@ async def test_cutting_the_leading_node_off_the_network(cluster: Deployment) -> 
     cut: dict[str, float] = {}
 
     def partition() -> None:
-        cut["at"] = time.monotonic()
+        cut["at"], cut["wall"] = time.monotonic(), time.time()
         run(["docker", "network", "disconnect", network, container])
         time.sleep(PARTITION_S)
         cut["healed"] = time.monotonic()
@@ -151,10 +170,15 @@ async def test_cutting_the_leading_node_off_the_network(cluster: Deployment) -> 
     after = [o for o in outcomes if o.sent >= cut["healed"]]
     summary = tally(outcomes) | {
         "recovery_s": round(recovery(outcomes), 2), "node": victim, "clients_on_it": connections,
+        "cut_at_utc": time.strftime("%H:%M:%S", time.gmtime(cut["wall"])),
         "ok_while_cut_off": sum(o.ok for o in during), "sent_while_cut_off": len(during),
         "back_after_heal_s": round(min((o.sent for o in after if o.ok), default=float("inf"))
                                    - cut["healed"], 2)}
     record("cluster_leader_partitioned", summary)
+    if summary["ok_while_cut_off"] < summary["sent_while_cut_off"]:
+        # What the processes saw while logins failed: their connection events, for the record
+        # (docs/scaling.md compares runs).
+        record("cluster_partition_process_events", process_events(cluster))
     record("cluster_partition_healed_s", round(wait_for_three_nodes(cluster), 1))
     summary_ok = tally(outcomes)
     assert summary_ok["unanswered"] == 0 and summary_ok["timed_out"] == 0, summary
