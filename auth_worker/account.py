@@ -14,6 +14,7 @@ counting as a reuse, since its first answer may never have reached the client.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,11 +26,13 @@ from auth_worker.store import Store, now_ts
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import get_logger
 from shared.messages import (
+    ClientInfo,
+    ConsentRequirement,
     IdentityOut,
     LogoutOut,
     LogoutParams,
     MeOut,
-    RefreshParams,
+    RefreshRequest,
     SessionOut,
     SessionParams,
     UserOut,
@@ -39,6 +42,7 @@ from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token
 
 log = get_logger("mplogin.worker")
+RefreshHook = Callable[[dict[str, Any], ClientInfo | None], Awaitable[None]]
 
 
 class AccountService:
@@ -53,6 +57,10 @@ class AccountService:
         self.apps = apps
         self.issuer = issuer
         self.quota = quota
+        # Set by the service: the login history of a refresh, and the consents an app asks for
+        # (auth_worker/privacy.py).
+        self.on_refresh: RefreshHook | None = None
+        self.consent_required: Callable[..., Awaitable[list[ConsentRequirement]]] | None = None
 
     async def live_session(self, params: SessionParams) -> dict[str, Any]:
         """The caller's session, or ``invalid_token`` when it ended (logout, reuse, expiry)."""
@@ -61,7 +69,7 @@ class AccountService:
             raise MPLoginError(ErrorCode.INVALID_TOKEN, "The session has ended; log in again.")
         return session
 
-    async def refresh(self, params: RefreshParams, ctx: CallContext) -> SessionOut:
+    async def refresh(self, params: RefreshRequest, ctx: CallContext) -> SessionOut:
         """Spend a refresh token for a new access token and a new refresh token."""
         spent = hash_refresh_token(params.refresh_token)
         if self.quota is not None and self.quota.enabled:
@@ -96,8 +104,13 @@ class AccountService:
                     "Log in again.",
                 )
             raise MPLoginError(ErrorCode.INVALID_REFRESH_TOKEN)
+        if self.on_refresh is not None:
+            await self.on_refresh(session, params.client)
+        auth_ts = session.get("auth_ts")
         access, expires_in = self.issuer.mint_access(
-            subject=str(session["user_id"]), session_id=str(session["_id"])
+            subject=str(session["user_id"]), session_id=str(session["_id"]),
+            # The login's time carries over: a refresh is not a new login.
+            extra={"auth_time": int(auth_ts)} if isinstance(auth_ts, int | float) else None,
         )
         now = now_ts()
         remaining = max(0, int(min(session["expires_ts"], session["absolute_expires_ts"]) - now))
@@ -135,7 +148,7 @@ class AccountService:
 
     async def me(self, params: SessionParams) -> MeOut:
         """The user's id, identities, profile and masked phone."""
-        await self.live_session(params)
+        session = await self.live_session(params)
         user, identities = await self.store.user_with_identities(params.user_id)
         if user is None:
             raise MPLoginError(ErrorCode.INVALID_TOKEN, "The user no longer exists.")
@@ -164,6 +177,9 @@ class AccountService:
             identities=shown,
             profile=readable_profile(stored),
             phone=mask_phone(str(phone)) if phone else None,
+            consent_required=await self.consent_required(
+                params.user_id, str(session.get("platform")), str(session.get("app_id")))
+            if self.consent_required is not None else [],
         )
 
 

@@ -23,6 +23,7 @@ from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
+from auth_worker.retention import run_retention
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
@@ -97,11 +98,19 @@ async def login_service(
                                        limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound)
+            await service.erasure.ensure_indexes()
+            await service.privacy.ensure_indexes()
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
+            # Background tasks of docs/privacy.md: the erasure notices (when remembered
+            # identities may be used) and the retention purge.
+            fence = asyncio.create_task(service.fence.run())
+            retention = asyncio.create_task(
+                run_retention(store, service.erasure, settings.retention_interval))
             try:
                 yield service
             finally:
-                reloader.cancel()
+                for task in (reloader, fence, retention):
+                    task.cancel()
     finally:
         await mongo.close()
 

@@ -25,8 +25,10 @@ from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
+from auth_worker.erasure import CacheFence, Erasure
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
+from auth_worker.privacy import PrivacyService
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
@@ -39,7 +41,7 @@ from auth_worker.store import (
 )
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
-from shared.messages import EchoOut, EchoParams, LoginParams, SessionOut, UserOut
+from shared.messages import ClientInfo, EchoOut, EchoParams, LoginRequest, SessionOut, UserOut
 from shared.rpc import contract
 from shared.rpc.contract import HandlerTable, RpcReply, RpcRequest
 from shared.rpc.server import CallContext, RejectAfterReply
@@ -126,7 +128,14 @@ class LoginService:
         self.quota = quota  # None: no per-app limit (a service built by hand, not by main)
         self.outbound = outbound
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
+        # Remembered identities are used only while the erasure notices are fresh
+        # (auth_worker/erasure.py): an erased user's identity must not outlive it here.
+        self.fence = CacheFence(store, self._known.clear)
+        self.erasure = Erasure(settings, store)
+        self.privacy = PrivacyService(settings, store, apps, self.erasure)
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
+        self.account.on_refresh = self.privacy.record_refresh
+        self.account.consent_required = self.privacy.consent_required
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
         self.handlers = self._register()
 
@@ -178,6 +187,9 @@ class LoginService:
         table.register(contract.ME, lambda params, ctx: account.me(params))
         table.register(contract.PROFILE, lambda params, ctx: opendata.profile(params))
         table.register(contract.PHONE, opendata.phone)
+        table.register(contract.DELETE_ACCOUNT, self.privacy.delete_account)
+        table.register(contract.EXPORT_ACCOUNT, self.privacy.export_account)
+        table.register(contract.CONSENT, self.privacy.consent)
         return table
 
     @staticmethod
@@ -185,7 +197,7 @@ class LoginService:
         """The parameters back, untouched: a round trip through the broker and no more."""
         return EchoOut(echo=params.model_dump())
 
-    async def login(self, params: LoginParams, ctx: CallContext) -> SessionOut:
+    async def login(self, params: LoginRequest, ctx: CallContext) -> SessionOut:
         """Exchange a login code (once), resolve the user and mint a session."""
         app = self.apps.get(params.platform, params.app_id)
         if params.anonymous_code is not None and app.platform != "douyin":
@@ -219,14 +231,16 @@ class LoginService:
         )
         if existing is None:
             resolved = await self._exchange(app, session_id, params, ctx)
-            return await self._issue(app, session_id, resolved, family=session_id)
+            return await self._issue(app, session_id, resolved, family=session_id,
+                                     client=params.client)
         if self.outbound is not None:  # this request will not call the platform
             self.outbound.release(app.platform, app.app_id)
         resolved, family = await self._await_claim(app, key, existing, ctx)
-        return await self._issue(app, new_session_id(), resolved, family=family)
+        return await self._issue(app, new_session_id(), resolved, family=family,
+                                 client=params.client)
 
     async def _exchange(
-        self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
+        self, app: AppConfig, session_id: str, params: LoginRequest, ctx: CallContext
     ) -> Resolved:
         adapter = self.adapters[app.platform]
         try:
@@ -257,7 +271,11 @@ class LoginService:
                                    "The platform exchange failed; retry with a new code.")
             await self.store.fail_claim(session_id, error=claim_error(failure))
             raise failure from None
-        resolved = await self._resolve_user(app, identity)
+        try:
+            resolved = await self._resolve_user(app, identity)
+        except MPLoginError as exc:  # e.g. the account is being erased
+            await self.store.fail_claim(session_id, error=claim_error(exc))
+            raise
         if identity.session_key:
             resolved = replace(resolved, session_key_enc=self.box.encrypt(
                 identity.session_key.encode(), aad=resolved.identity.aad()))
@@ -332,7 +350,8 @@ class LoginService:
     async def _resolve_user(self, app: AppConfig, identity: PlatformIdentity) -> Resolved:
         openid = (ANONYMOUS_PREFIX + identity.openid) if identity.anonymous else identity.openid
         key = IdentityKey(app.platform, app.app_id, openid)
-        known = self._known.get(key)
+        generation = self.fence.generation
+        known = self._known.get(key) if self.fence.usable() else None
         if known is not None and identity.unionid in (None, known.unionid):
             # A real identity's user never changes once created, so a returning user whose
             # identity this worker has seen needs no database read at all.
@@ -342,11 +361,16 @@ class LoginService:
         if before is not None and identity.anonymous and before.get("linked_openid"):
             await self._retire_linked_guest(app, key, before)
             before = None
+        # A login within a deletion's grace period cancels it (docs/privacy.md).
+        if (before is not None and before.get("pending_deletion")
+                and not await self.erasure.cancel_pending(str(before["user_id"]))):
+            raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE,
+                                   "This account is being deleted; log in again in a moment.")
         if before is not None:
             user_id = str(before["user_id"])
             if identity.unionid and before.get("unionid") != identity.unionid:
                 await self._link_unionid(app, identity.unionid, user_id)
-            self._remember(key, user_id, identity.unionid or before.get("unionid"))
+            self._remember(key, user_id, identity.unionid or before.get("unionid"), generation)
             return Resolved(ResolvedUser(user_id, is_new=False), key, identity.unionid)
 
         candidate = new_user_id()
@@ -367,7 +391,7 @@ class LoginService:
         user = await self.store.create_identity(
             key, candidate_user_id=candidate, unionid=identity.unionid, extra=extra,
         )
-        self._remember(key, user.user_id, identity.unionid)
+        self._remember(key, user.user_id, identity.unionid, generation)
         return Resolved(user, key, identity.unionid)
 
     async def _promote_guest(self, app: AppConfig, identity: PlatformIdentity) -> str | None:
@@ -435,9 +459,11 @@ class LoginService:
                         user_id=resolved.user.user_id)
             raise MPLoginError(ErrorCode.INVALID_CODE)
 
-    def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
+    def _remember(self, key: IdentityKey, user_id: str, unionid: object, generation: int) -> None:
         if key.openid.startswith(ANONYMOUS_PREFIX):
             return  # a device's anonymous key changes hands when its guest is promoted
+        if generation != self.fence.generation:
+            return  # an erasure notice came since this login read the identity
         self._known[key] = KnownIdentity(user_id, unionid if isinstance(unionid, str) else None)
         if len(self._known) > KNOWN_IDENTITIES:
             self._known.popitem(last=False)
@@ -451,9 +477,15 @@ class LoginService:
                                                    user_id)
 
     async def _issue(
-        self, app: AppConfig, session_id: str, resolved: Resolved, *, family: str
+        self, app: AppConfig, session_id: str, resolved: Resolved, *, family: str,
+        client: ClientInfo | None = None,
     ) -> SessionOut:
-        """Store the session (the claim itself when this request exchanged the code)."""
+        """Store the session (the claim itself when this request exchanged the code).
+
+        The login history comes first: once the claim is activated, everything this login
+        wrote about the user is in the database (what an erasure waits for).
+        """
+        await self.privacy.record_login(resolved.user.user_id, app.platform, app.app_id, client)
         refresh = new_refresh_token()
         now = now_ts()
         fields = SessionFields(
@@ -466,6 +498,7 @@ class LoginService:
             absolute_expires_ts=now + self.settings.refresh_token_max_age,
             family=family,
             session_key_enc=resolved.session_key_enc,
+            auth_ts=now,
         )
         if family != session_id:
             await self.store.insert_session(session_id, fields)
@@ -480,7 +513,8 @@ class LoginService:
                 raise recorded_error(current)
         await self._confirm(app, session_id, family, resolved)
         access, expires_in = self.issuer.mint_access(
-            subject=resolved.user.user_id, session_id=session_id
+            subject=resolved.user.user_id, session_id=session_id,
+            extra={"auth_time": int(now)},
         )
         exposed = app.expose_openid
         return SessionOut(
@@ -497,4 +531,6 @@ class LoginService:
                 openid=resolved.identity.openid if exposed else None,
                 unionid=resolved.unionid if exposed else None,
             ),
+            consent_required=await self.privacy.consent_required(
+                resolved.user.user_id, app.platform, app.app_id, new_user=resolved.user.is_new),
         )

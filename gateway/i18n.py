@@ -39,6 +39,8 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "该手机号已绑定其他用户。",
     ErrorCode.NOT_SUPPORTED: "该平台或应用不支持此操作。",
     ErrorCode.REQUEST_TIMEOUT: "请求体未能及时送达。",
+    ErrorCode.REAUTHENTICATION_REQUIRED: "此操作需要最近登录：请重新登录后，用新的访问令牌重试。",
+    ErrorCode.UNKNOWN_DOCUMENT: "该应用没有要求同意此名称的协议。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")

@@ -49,6 +49,8 @@ class ErrorCode(StrEnum):
     PHONE_IN_USE = "phone_in_use"
     NOT_SUPPORTED = "not_supported"
     REQUEST_TIMEOUT = "request_timeout"
+    REAUTHENTICATION_REQUIRED = "reauthentication_required"
+    UNKNOWN_DOCUMENT = "unknown_document"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -74,6 +76,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PHONE_IN_USE: 409,
     ErrorCode.NOT_SUPPORTED: 400,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.REAUTHENTICATION_REQUIRED: 401,
+    ErrorCode.UNKNOWN_DOCUMENT: 400,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -101,6 +105,9 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "This phone number is already bound to another user.",
     ErrorCode.NOT_SUPPORTED: "This operation is not supported for this platform or app.",
     ErrorCode.REQUEST_TIMEOUT: "The request body did not arrive in time.",
+    ErrorCode.REAUTHENTICATION_REQUIRED: "This needs a recent login: log in again, then retry "
+    "with the new access token.",
+    ErrorCode.UNKNOWN_DOCUMENT: "This app asks for no agreement under that document name.",
 }
 
 

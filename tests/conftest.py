@@ -161,7 +161,10 @@ def write_apps(path: Path, entries: list[dict[str, Any]]) -> Path:
     for entry in entries:
         lines.append("[[apps]]")
         for key, value in entry.items():
-            rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
+            if isinstance(value, dict):  # an inline table of strings
+                rendered = "{ " + ", ".join(f'{k} = "{v}"' for k, v in value.items()) + " }"
+            else:
+                rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
             lines.append(f"{key} = {rendered}")
         lines.append("")
     path.write_text("\n".join(lines))

@@ -29,9 +29,14 @@ from pydantic import (
 
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
+    AccountParams,
+    ConsentOut,
+    ConsentParams,
+    DeleteAccountOut,
     EchoOut,
     EchoParams,
-    LoginParams,
+    ExportOut,
+    LoginRequest,
     LogoutOut,
     LogoutParams,
     MeOut,
@@ -39,7 +44,7 @@ from shared.messages import (
     PhoneParams,
     ProfileOut,
     ProfileParams,
-    RefreshParams,
+    RefreshRequest,
     SessionOut,
     SessionParams,
 )
@@ -60,15 +65,19 @@ class Method(Generic[P, R]):
 
 
 ECHO = Method("echo", EchoParams, EchoOut)
-LOGIN = Method("login", LoginParams, SessionOut)
-REFRESH = Method("refresh", RefreshParams, SessionOut)
+LOGIN = Method("login", LoginRequest, SessionOut)
+REFRESH = Method("refresh", RefreshRequest, SessionOut)
 LOGOUT = Method("logout", LogoutParams, LogoutOut)
 ME = Method("me", SessionParams, MeOut)
 PROFILE = Method("profile", ProfileParams, ProfileOut)
 PHONE = Method("phone", PhoneParams, PhoneOut)
+DELETE_ACCOUNT = Method("delete_account", AccountParams, DeleteAccountOut)
+EXPORT_ACCOUNT = Method("export_account", AccountParams, ExportOut)
+CONSENT = Method("consent", ConsentParams, ConsentOut)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {
-    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO)
+    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO,
+                                       DELETE_ACCOUNT, EXPORT_ACCOUNT, CONSENT)
 }
 """Every method a worker serves, by name."""
 
