@@ -223,17 +223,18 @@ async def test_a_login_racing_a_deletion_never_leaves_a_mix(
         old = first["user"]["id"]
         minted = await sandbox.mint("wechat", WX_A, openid=openid, unionid=unionid)
 
-        async def racing_login() -> tuple[int, dict[str, Any]]:
-            await asyncio.sleep(random.uniform(0, 0.03))
+        async def racing_login(code: str) -> tuple[int, dict[str, Any]]:
+            await asyncio.sleep(random.uniform(0, 0.03))  # varies the interleaving
             resp = await stack.client.post("/v1/login", json={
-                "platform": "wechat", "app_id": WX_A, "code": minted["code"]})
+                "platform": "wechat", "app_id": WX_A, "code": code})
             return resp.status, await resp.json()
 
-        async def deletion() -> tuple[int, Any, Any]:
+        async def deletion(token: str) -> tuple[int, Any, Any]:
             await asyncio.sleep(random.uniform(0, 0.03))
-            return await call(stack, "DELETE", "/v1/account", first["access_token"])
+            return await call(stack, "DELETE", "/v1/account", token)
 
-        (status, raced), (deleted, answer, _) = await asyncio.gather(racing_login(), deletion())
+        (status, raced), (deleted, answer, _) = await asyncio.gather(
+            racing_login(minted["code"]), deletion(first["access_token"]))
         assert deleted == 200 and answer["status"] == "deleted", answer
         documents = await every_document(stack)
         assert mentions(documents, [old]) == [], f"round {round_}: the old user left traces"
@@ -267,7 +268,7 @@ async def test_a_grace_period_ends_sessions_a_login_cancels_and_the_task_complet
     assert pending["due_at"]
     status, again, _ = await call(stack, "DELETE", "/v1/account", first["access_token"])
     assert (status, again) == (200, pending), "a retry answers the same"
-    status, body, _ = await call(stack, "GET", "/v1/me", first["access_token"])
+    status, _, _ = await call(stack, "GET", "/v1/me", first["access_token"])
     assert status == 401, "its sessions ended"
     # Logging in within the grace cancels the deletion: the same user, data kept.
     back = await login(stack, sandbox, WX_A, openid)
