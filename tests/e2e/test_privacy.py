@@ -224,7 +224,9 @@ async def test_a_login_racing_a_deletion_never_leaves_a_mix(
         minted = await sandbox.mint("wechat", WX_A, openid=openid, unionid=unionid)
 
         async def racing_login(code: str) -> tuple[int, dict[str, Any]]:
-            await asyncio.sleep(random.uniform(0, 0.03))  # varies the interleaving
+            # Anywhere from before the deletion starts to after its wait for logins in flight
+            # (auth_worker/erasure.py): every interleaving gets its turn over the rounds.
+            await asyncio.sleep(random.uniform(0, 0.3))
             resp = await stack.client.post("/v1/login", json={
                 "platform": "wechat", "app_id": WX_A, "code": code})
             return resp.status, await resp.json()
@@ -254,6 +256,7 @@ async def test_a_login_racing_a_deletion_never_leaves_a_mix(
             assert await stack.db.unions.find_one({"user_id": user["id"]}) is not None
             outcomes["new user"] += 1
     print("outcomes:", outcomes)
+    assert all(outcomes.values()), f"both orders should occur over 50 rounds: {outcomes}"
 
 
 async def test_a_grace_period_ends_sessions_a_login_cancels_and_the_task_completes(
