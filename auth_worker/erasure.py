@@ -209,7 +209,11 @@ class Erasure:
         await self.store.identities.update_many({"user_id": user_id},
                                                 {"$set": {"pending_deletion": True}})
         await self.store.revoke_user_sessions(user_id, reason="account_deletion_pending")
-        if await self._fence(deadline):
+        # Once more for logins that raced the mark, unless a login cancelled the deletion
+        # meanwhile (its session is the user's own choice to stay).
+        if await self._fence(deadline) and await self.users.find_one(
+                {"_id": user_id, "deletion.state": "pending",
+                 "deletion.requested_ts": deletion.get("requested_ts")}, projection={"_id": 1}):
             await self.store.revoke_user_sessions(user_id, reason="account_deletion_pending")
         log.info("account.deletion_pending", user_id=user_id, grace_s=grace)
         return Outcome("pending_deletion", float(deletion.get("due_ts") or 0))

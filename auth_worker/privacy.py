@@ -97,10 +97,16 @@ class PrivacyService:
         }
 
     async def record_login(self, user_id: str, platform: str, app_id: str,
-                           client: ClientInfo | None) -> None:
-        """Record a login; written before its session is activated (auth_worker/erasure.py)."""
-        await self.history.insert_one(self.history_entry(user_id, "login", platform, app_id,
-                                                         client))
+                           client: ClientInfo | None) -> Any:
+        """Record a login (its record's id); written before its session is activated
+        (auth_worker/erasure.py)."""
+        result = await self.history.insert_one(self.history_entry(user_id, "login", platform,
+                                                                  app_id, client))
+        return result.inserted_id
+
+    async def forget(self, record_id: Any) -> None:
+        """Take back a history record (its login was refused after all)."""
+        await self.history.delete_one({"_id": record_id})
 
     async def record_refresh(self, session: dict[str, Any], client: ClientInfo | None) -> None:
         """Record a refresh; taken back if the session ended meanwhile (an erasure's sweep may

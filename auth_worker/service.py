@@ -485,7 +485,8 @@ class LoginService:
         The login history comes first: once the claim is activated, everything this login
         wrote about the user is in the database (what an erasure waits for).
         """
-        await self.privacy.record_login(resolved.user.user_id, app.platform, app.app_id, client)
+        history = await self.privacy.record_login(resolved.user.user_id, app.platform,
+                                                  app.app_id, client)
         refresh = new_refresh_token()
         now = now_ts()
         fields = SessionFields(
@@ -511,7 +512,15 @@ class LoginService:
                 log.warning("login.claim_already_answered", platform=app.platform,
                             app_id=app.app_id, state=current.get("state"))
                 raise recorded_error(current)
-        await self._confirm(app, session_id, family, resolved)
+        try:
+            await self._confirm(app, session_id, family, resolved)
+        except MPLoginError:
+            if family != session_id:
+                # A replay never answered: nothing of it stays (its family may have ended with
+                # an erasure of the user, whose sweep may be over already).
+                await self.store.sessions.delete_one({"_id": session_id})
+                await self.privacy.forget(history)
+            raise
         access, expires_in = self.issuer.mint_access(
             subject=resolved.user.user_id, session_id=session_id,
             extra={"auth_time": int(now)},
