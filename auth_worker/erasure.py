@@ -202,8 +202,8 @@ class Erasure:
     async def mark_pending(self, user_id: str, *, grace: int, deadline: float) -> Outcome:
         """Start a deletion that completes after ``grace`` seconds unless the user logs in."""
         deletion = await self._begin(user_id, "pending", {"due_ts": time.time() + grace})
-        if deletion is None:
-            return await self.status(user_id)
+        if deletion is None:  # nothing to keep for a grace period: erase what there is
+            return await self.erase_user(user_id, deadline=deadline)
         if deletion.get("state") != "pending":
             return Outcome("pending_deletion", float(deletion.get("resume_ts") or 0))
         await self.store.identities.update_many({"user_id": user_id},
@@ -241,8 +241,11 @@ class Erasure:
         """
         resume = time.time() + self.settle
         deletion = await self._begin(user_id, "erasing", {"resume_ts": resume, "reason": reason})
-        if deletion is None:
-            return await self.status(user_id)
+        if deletion is None:  # no user document: erased already, or only orphans are left
+            done = await self.status(user_id)
+            if done.status == "deleted":
+                return done
+            deletion = {}
         if deletion.get("state") == "pending":  # erased before its grace ended (an operator)
             await self.users.update_one(
                 {"_id": user_id, "deletion.state": "pending"},
