@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from auth_worker.apps import load_apps
+from auth_worker.erasure import Erasure
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.platforms import build_adapters
@@ -77,6 +78,10 @@ async def login_service(
         metrics.register_apps(apps)
     mongo = mongo_client(settings, metrics)
     store = Store(mongo, settings.mongo_db)
+    # Background work (notice polls, the retention purge) goes through a client of its own, so
+    # the database metrics time the requests' commands alone.
+    background = mongo_client(settings)
+    housekeeping = Store(background, settings.mongo_db)
     try:
         await store.ensure_indexes()
         quota = AppQuota.from_settings(settings, store.db["rate_windows"])
@@ -97,21 +102,22 @@ async def login_service(
             phones = WeChatPhoneSource(http, settings.platform_timeout, store, box,
                                        limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
-                                   quota=quota, outbound=outbound)
+                                   quota=quota, outbound=outbound, housekeeping=housekeeping)
             await service.erasure.ensure_indexes()
             await service.privacy.ensure_indexes()
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
             # Background tasks of docs/privacy.md: the erasure notices (when remembered
             # identities may be used) and the retention purge.
             fence = asyncio.create_task(service.fence.run())
-            retention = asyncio.create_task(
-                run_retention(store, service.erasure, settings.retention_interval))
+            retention = asyncio.create_task(run_retention(
+                housekeeping, Erasure(settings, housekeeping), settings.retention_interval))
             try:
                 yield service
             finally:
                 for task in (reloader, fence, retention):
                     task.cancel()
     finally:
+        await background.close()
         await mongo.close()
 
 

@@ -118,6 +118,7 @@ class LoginService:
         *,
         quota: AppQuota | None = None,
         outbound: PlatformRateLimiter | None = None,
+        housekeeping: Store | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -130,7 +131,9 @@ class LoginService:
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         # Remembered identities are used only while the erasure notices are fresh
         # (auth_worker/erasure.py): an erased user's identity must not outlive it here.
-        self.fence = CacheFence(store, self._known.clear)
+        # ``housekeeping``: the same database through a client of its own, whose commands are
+        # not timed with the requests' (the notice polls run five times a second).
+        self.fence = CacheFence(housekeeping or store, self._known.clear)
         self.erasure = Erasure(settings, store)
         self.privacy = PrivacyService(settings, store, apps, self.erasure)
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
