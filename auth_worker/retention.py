@@ -15,6 +15,7 @@ from auth_worker.datamap import DATA_MAP
 from auth_worker.erasure import Erasure
 from auth_worker.store import Store, now_ts, utcnow
 from shared.logs import get_logger
+from shared.settings import Settings
 
 log = get_logger("mplogin.retention")
 
@@ -42,11 +43,25 @@ async def purge_expired(store: Store) -> int:
     return removed
 
 
+async def purge_by_numbers(store: Store, settings: Settings) -> int:
+    """The same lifetimes through the epoch-seconds fields beside the dates.
+
+    A date written by ``$set`` on an existing document (a session's ``purge_at`` at activation,
+    a consent's at withdrawal) is a string on the MongoDB stand-in (docs/design.md §4), which
+    the date comparison above never matches; the numbers behave the same on both.
+    """
+    now = now_ts()
+    sessions = await store.sessions.delete_many({"absolute_expires_ts": {"$lt": now}})
+    consents = await store.db["consents"].delete_many(
+        {"withdrawn_ts": {"$lt": now - settings.consent_withdrawn_days * 86400}})
+    return sessions.deleted_count + consents.deleted_count
+
+
 async def purge_once(store: Store, erasure: Erasure) -> dict[str, int]:
     """One round of every retention rule."""
     return {
         "session_keys": await purge_session_keys(store),
-        "expired": await purge_expired(store),
+        "expired": await purge_expired(store) + await purge_by_numbers(store, erasure.settings),
         "accounts_erased": await erasure.complete_due(),
     }
 

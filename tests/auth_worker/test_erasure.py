@@ -119,6 +119,15 @@ async def test_ended_sessions_lose_their_session_key_at_once_and_in_the_purge(
     await store.db["login_history"].insert_many([
         {"user_id": "u1", "purge_at": past}, {"user_id": "u1", "purge_at": future}])
     await store.db["consents"].insert_one({"user_id": "u1", "purge_at": past})
+    # Epoch seconds too (what the stand-in compares where a $set date became a string).
+    await store.sessions.insert_one({"_id": "over", "state": "revoked", "expires_ts": now - 10,
+                                     "absolute_expires_ts": now - 1})
+    await store.db["consents"].insert_many([
+        {"user_id": "u1", "document": "a", "withdrawn_ts": now - 366 * 86400},
+        {"user_id": "u1", "document": "b", "withdrawn_ts": now - 86400}])
     done = await purge_once(store, erasure)
-    assert done == {"session_keys": 0, "expired": 2, "accounts_erased": 0}
+    assert done == {"session_keys": 0, "expired": 4, "accounts_erased": 0}
     assert await store.db["login_history"].count_documents({}) == 1
+    assert [c["document"] for c in await store.db["consents"].find({}).to_list(None)] == ["b"]
+    assert await store.sessions.find_one({"_id": "over"}) is None
+    assert await store.sessions.find_one({"_id": "live"}) is not None
