@@ -26,11 +26,13 @@ from auth_worker.store import Store, now_ts
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import get_logger
 from shared.messages import (
+    ClientInfo,
+    ConsentRequirement,
     IdentityOut,
     LogoutOut,
     LogoutParams,
     MeOut,
-    RefreshParams,
+    RefreshRequest,
     SessionOut,
     SessionParams,
     UserOut,
@@ -40,6 +42,7 @@ from shared.settings import Settings
 from shared.tokens import TokenIssuer, hash_refresh_token, new_refresh_token
 
 log = get_logger("mplogin.worker")
+RefreshHook = Callable[[dict[str, Any], ClientInfo | None], Awaitable[None]]
 
 
 class AccountService:
@@ -57,6 +60,10 @@ class AccountService:
         # Told of every reuse detected (the reused session's record, how many sessions ended):
         # the audit log and the session.revoked event (auth_worker/service.py).
         self.on_reuse: Callable[[dict[str, Any], int], Awaitable[None]] | None = None
+        # Set by the service: the login history of a refresh, and the consents an app asks for
+        # (auth_worker/privacy.py).
+        self.on_refresh: RefreshHook | None = None
+        self.consent_required: Callable[..., Awaitable[list[ConsentRequirement]]] | None = None
 
     async def live_session(self, params: SessionParams) -> dict[str, Any]:
         """The caller's session, or ``invalid_token`` when it ended (logout, reuse, expiry)."""
@@ -65,7 +72,7 @@ class AccountService:
             raise MPLoginError(ErrorCode.INVALID_TOKEN, "The session has ended; log in again.")
         return session
 
-    async def refresh(self, params: RefreshParams, ctx: CallContext) -> SessionOut:
+    async def refresh(self, params: RefreshRequest, ctx: CallContext) -> SessionOut:
         """Spend a refresh token for a new access token and a new refresh token."""
         spent = hash_refresh_token(params.refresh_token)
         if self.quota is not None and self.quota.enabled:
@@ -100,8 +107,13 @@ class AccountService:
                     "Log in again.",
                 )
             raise MPLoginError(ErrorCode.INVALID_REFRESH_TOKEN)
+        if self.on_refresh is not None:
+            await self.on_refresh(session, params.client)
+        auth_ts = session.get("auth_ts")
         access, expires_in = self.issuer.mint_access(
-            subject=str(session["user_id"]), session_id=str(session["_id"])
+            subject=str(session["user_id"]), session_id=str(session["_id"]),
+            # The login's time carries over: a refresh is not a new login.
+            extra={"auth_time": int(auth_ts)} if isinstance(auth_ts, int | float) else None,
         )
         now = now_ts()
         remaining = max(0, int(min(session["expires_ts"], session["absolute_expires_ts"]) - now))
@@ -141,7 +153,7 @@ class AccountService:
 
     async def me(self, params: SessionParams) -> MeOut:
         """The user's id, identities, profile and masked phone."""
-        await self.live_session(params)
+        session = await self.live_session(params)
         user, identities = await self.store.user_with_identities(params.user_id)
         if user is None:
             raise MPLoginError(ErrorCode.INVALID_TOKEN, "The user no longer exists.")
@@ -170,6 +182,9 @@ class AccountService:
             identities=shown,
             profile=readable_profile(stored),
             phone=mask_phone(str(phone)) if phone else None,
+            consent_required=await self.consent_required(
+                params.user_id, str(session.get("platform")), str(session.get("app_id")))
+            if self.consent_required is not None else [],
         )
 
 

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from shared.errors import AppConfigError, OperatorError
+from shared.messages import DOCUMENT_NAME, DOCUMENT_VERSION
 from shared.platforms import PLATFORMS, Platform
 from shared.settings import is_placeholder
 
@@ -94,6 +95,20 @@ class AppEntry(BaseModel):
     aes_key_file: Path | None = None
     # Baidu: the AppKey (client_id) that the session-key endpoint takes, distinct from app_id.
     app_key: str | None = None
+    # The documents (and versions) a user of this app must have accepted, e.g.
+    # consents = { privacy = "2026-10", terms = "3" } (docs/privacy.md).
+    consents: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("consents")
+    @classmethod
+    def _check_consents(cls, value: dict[str, str]) -> dict[str, str]:
+        for document, version in value.items():
+            if not re.fullmatch(DOCUMENT_NAME, document):
+                raise ValueError("a document name is 1-64 of a-z, 0-9, '_', '.', '-'")
+            if not re.fullmatch(DOCUMENT_VERSION, version):
+                raise ValueError(f"the version of {document} is 1-32 of A-Z, a-z, 0-9, "
+                                 "'.', '_', '-'")
+        return value
 
     @field_validator("api_base")
     @classmethod
@@ -148,6 +163,7 @@ class AppConfig(BaseModel):
     identity_field: Literal["open_id", "user_id"] = "open_id"
     aes_key: SecretStr | None = None
     app_key: str | None = None
+    consents: dict[str, str] = Field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -268,6 +284,7 @@ def resolve(
         identity_field=entry.identity_field,
         aes_key=SecretStr(aes_key) if aes_key else None,
         app_key=entry.app_key,
+        consents=dict(entry.consents),
     )
 
 

@@ -20,12 +20,14 @@ from pymongo.errors import PyMongoError
 from auth_worker.admin_service import record_security_event
 from auth_worker.apps import load_apps
 from auth_worker.audit import AuditLog
+from auth_worker.erasure import Erasure
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.outbox import Outbox, Relay
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
+from auth_worker.retention import run_retention
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
@@ -78,8 +80,13 @@ async def login_service(
     if metrics is not None:
         metrics.register_apps(apps)
     mongo = mongo_client(settings, metrics)
+    # Background work (the outbox relay, the blocked-users reload, the erasure notice polls,
+    # the retention purge) goes through a client of its own: its commands never wait for a
+    # connection behind logins (nor logins behind them), and the database metrics time the
+    # requests' commands alone.
     background_mongo = mongo_client(settings, appname="mplogin-worker-background")
     store = Store(mongo, settings.mongo_db)
+    quiet = Store(background_mongo, settings.mongo_db)
     try:
         await store.ensure_indexes()
         quota = AppQuota.from_settings(settings, store.db["rate_windows"])
@@ -100,16 +107,14 @@ async def login_service(
             phones = WeChatPhoneSource(http, settings.platform_timeout, store, box,
                                        limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
-                                   quota=quota, outbound=outbound)
+                                   quota=quota, outbound=outbound, housekeeping=quiet)
             await service.admin.keys.ensure_indexes()
             await service.audit.ensure_indexes()
             await service.outbox.ensure_indexes()
             await service.blocks.ensure_indexes()
+            await service.erasure.ensure_indexes()
+            await service.privacy.ensure_indexes()
             await service.blocks.reload()  # before the first login
-            # The background tasks have a client of their own: their commands never wait for
-            # a connection behind logins (nor logins behind them), and the database histogram
-            # stays the requests' own.
-            quiet = Store(background_mongo, settings.mongo_db)
             relay = Relay(Outbox(quiet, settings), settings,
                           metrics.events if metrics is not None else None)
             if metrics is not None:
@@ -118,6 +123,11 @@ async def login_service(
                 asyncio.create_task(_reload_keys(settings, keyring, issuer, service.audit)),
                 asyncio.create_task(service.blocks.run(settings.blocked_reload_interval,
                                                        source=quiet)),
+                # docs/privacy.md: the erasure notices (when remembered identities may be
+                # used) and the retention purge.
+                asyncio.create_task(service.fence.run()),
+                asyncio.create_task(run_retention(
+                    quiet, Erasure(settings, quiet), settings.retention_interval)),
             ]
             if settings.events_relay:
                 background.append(asyncio.create_task(relay.run()))

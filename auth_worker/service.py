@@ -29,9 +29,11 @@ from auth_worker.adminkeys import AdminKeys
 from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.audit import AuditLog
 from auth_worker.blocking import BlockList
+from auth_worker.erasure import CacheFence, Erasure
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.outbox import Outbox, new_event, opted_in, request_event_id, session_events
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
+from auth_worker.privacy import PrivacyService
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
@@ -45,9 +47,10 @@ from auth_worker.store import (
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
 from shared.messages import (
+    ClientInfo,
     EchoOut,
     EchoParams,
-    LoginParams,
+    LoginRequest,
     LogoutOut,
     LogoutParams,
     PhoneOut,
@@ -133,6 +136,7 @@ class LoginService:
         *,
         quota: AppQuota | None = None,
         outbound: PlatformRateLimiter | None = None,
+        housekeeping: Store | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -143,7 +147,16 @@ class LoginService:
         self.quota = quota  # None: no per-app limit (a service built by hand, not by main)
         self.outbound = outbound
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
+        # Remembered identities are used only while the erasure notices are fresh
+        # (auth_worker/erasure.py): an erased user's identity must not outlive it here.
+        # ``housekeeping``: the same database through a client of its own, whose commands are
+        # not timed with the requests' (the notice polls run five times a second).
+        self.fence = CacheFence(housekeeping or store, self._known.clear)
+        self.erasure = Erasure(settings, store)
+        self.privacy = PrivacyService(settings, store, apps, self.erasure)
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
+        self.account.on_refresh = self.privacy.record_refresh
+        self.account.consent_required = self.privacy.consent_required
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
         # The operators' side (docs/admin.md) and the domain events (docs/events.md).
         self.audit = AuditLog(store, settings.audit_retention_days)
@@ -202,6 +215,9 @@ class LoginService:
         table.register(contract.ME, lambda params, ctx: account.me(params))
         table.register(contract.PROFILE, self.profile)
         table.register(contract.PHONE, self.phone)
+        table.register(contract.DELETE_ACCOUNT, self.privacy.delete_account)
+        table.register(contract.EXPORT_ACCOUNT, self.privacy.export_account)
+        table.register(contract.CONSENT, self.privacy.consent)
         self.admin.register(table)
         return table
 
@@ -281,7 +297,7 @@ class LoginService:
         """The parameters back, untouched: a round trip through the broker and no more."""
         return EchoOut(echo=params.model_dump())
 
-    async def login(self, params: LoginParams, ctx: CallContext) -> SessionOut:
+    async def login(self, params: LoginRequest, ctx: CallContext) -> SessionOut:
         """Exchange a login code (once), resolve the user and mint a session."""
         app = self.apps.get(params.platform, params.app_id)
         if params.anonymous_code is not None and app.platform != "douyin":
@@ -315,14 +331,16 @@ class LoginService:
         )
         if existing is None:
             resolved = await self._exchange(app, session_id, params, ctx)
-            return await self._issue(app, session_id, resolved, family=session_id)
+            return await self._issue(app, session_id, resolved, family=session_id,
+                                     client=params.client)
         if self.outbound is not None:  # this request will not call the platform
             self.outbound.release(app.platform, app.app_id)
         resolved, family = await self._await_claim(app, key, existing, ctx)
-        return await self._issue(app, new_session_id(), resolved, family=family)
+        return await self._issue(app, new_session_id(), resolved, family=family,
+                                 client=params.client)
 
     async def _exchange(
-        self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
+        self, app: AppConfig, session_id: str, params: LoginRequest, ctx: CallContext
     ) -> Resolved:
         adapter = self.adapters[app.platform]
         try:
@@ -353,7 +371,11 @@ class LoginService:
                                    "The platform exchange failed; retry with a new code.")
             await self.store.fail_claim(session_id, error=claim_error(failure))
             raise failure from None
-        resolved = await self._resolve_user(app, identity)
+        try:
+            resolved = await self._resolve_user(app, identity)
+        except MPLoginError as exc:  # e.g. the account is being erased
+            await self.store.fail_claim(session_id, error=claim_error(exc))
+            raise
         if identity.session_key:
             resolved = replace(resolved, session_key_enc=self.box.encrypt(
                 identity.session_key.encode(), aad=resolved.identity.aad()))
@@ -428,7 +450,8 @@ class LoginService:
     async def _resolve_user(self, app: AppConfig, identity: PlatformIdentity) -> Resolved:
         openid = (ANONYMOUS_PREFIX + identity.openid) if identity.anonymous else identity.openid
         key = IdentityKey(app.platform, app.app_id, openid)
-        known = self._known.get(key)
+        generation = self.fence.generation
+        known = self._known.get(key) if self.fence.usable() else None
         if known is not None and identity.unionid in (None, known.unionid) \
                 and not self.blocks.is_deleted(known.user_id):
             # A real identity's user never changes once created, so a returning user whose
@@ -439,11 +462,16 @@ class LoginService:
         if before is not None and identity.anonymous and before.get("linked_openid"):
             await self._retire_linked_guest(app, key, before)
             before = None
+        # A login within a deletion's grace period cancels it (docs/privacy.md).
+        if (before is not None and before.get("pending_deletion")
+                and not await self.erasure.cancel_pending(str(before["user_id"]))):
+            raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE,
+                                   "This account is being deleted; log in again in a moment.")
         if before is not None:
             user_id = str(before["user_id"])
             if identity.unionid and before.get("unionid") != identity.unionid:
                 await self._link_unionid(app, identity.unionid, user_id)
-            self._remember(key, user_id, identity.unionid or before.get("unionid"))
+            self._remember(key, user_id, identity.unionid or before.get("unionid"), generation)
             return Resolved(ResolvedUser(user_id, is_new=False), key, identity.unionid)
 
         candidate = new_user_id()
@@ -464,7 +492,7 @@ class LoginService:
         user = await self.store.create_identity(
             key, candidate_user_id=candidate, unionid=identity.unionid, extra=extra,
         )
-        self._remember(key, user.user_id, identity.unionid)
+        self._remember(key, user.user_id, identity.unionid, generation)
         return Resolved(user, key, identity.unionid)
 
     async def _promote_guest(self, app: AppConfig, identity: PlatformIdentity) -> str | None:
@@ -532,9 +560,11 @@ class LoginService:
                         user_id=resolved.user.user_id)
             raise MPLoginError(ErrorCode.INVALID_CODE)
 
-    def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
+    def _remember(self, key: IdentityKey, user_id: str, unionid: object, generation: int) -> None:
         if key.openid.startswith(ANONYMOUS_PREFIX):
             return  # a device's anonymous key changes hands when its guest is promoted
+        if generation != self.fence.generation:
+            return  # an erasure notice came since this login read the identity
         self._known[key] = KnownIdentity(user_id, unionid if isinstance(unionid, str) else None)
         if len(self._known) > KNOWN_IDENTITIES:
             self._known.popitem(last=False)
@@ -548,9 +578,14 @@ class LoginService:
                                                    user_id)
 
     async def _issue(
-        self, app: AppConfig, session_id: str, resolved: Resolved, *, family: str
+        self, app: AppConfig, session_id: str, resolved: Resolved, *, family: str,
+        client: ClientInfo | None = None,
     ) -> SessionOut:
-        """Store the session (the claim itself when this request exchanged the code)."""
+        """Store the session (the claim itself when this request exchanged the code).
+
+        The login history comes first: once the claim is activated, everything this login
+        wrote about the user is in the database (what an erasure waits for).
+        """
         try:
             # In memory (auth_worker/blocking.py): the login's round trips stay two.
             self.blocks.check(resolved.user.user_id)
@@ -560,6 +595,8 @@ class LoginService:
             log.info("login.blocked_user", platform=app.platform, app_id=app.app_id,
                      user_id=resolved.user.user_id)
             raise
+        history = await self.privacy.record_login(resolved.user.user_id, app.platform,
+                                                  app.app_id, client)
         refresh = new_refresh_token()
         now = now_ts()
         fields = SessionFields(
@@ -577,6 +614,7 @@ class LoginService:
                 registered=resolved.user.is_new and family == session_id,
                 session_id=session_id, openid=resolved.identity.openid,
                 unionid=resolved.unionid),
+            auth_ts=now,
         )
         if family != session_id:
             await self.store.insert_session(session_id, fields)
@@ -589,9 +627,18 @@ class LoginService:
                 log.warning("login.claim_already_answered", platform=app.platform,
                             app_id=app.app_id, state=current.get("state"))
                 raise recorded_error(current)
-        await self._confirm(app, session_id, family, resolved)
+        try:
+            await self._confirm(app, session_id, family, resolved)
+        except MPLoginError:
+            if family != session_id:
+                # A replay never answered: nothing of it stays (its family may have ended with
+                # an erasure of the user, whose sweep may be over already).
+                await self.store.sessions.delete_one({"_id": session_id})
+                await self.privacy.forget(history)
+            raise
         access, expires_in = self.issuer.mint_access(
-            subject=resolved.user.user_id, session_id=session_id
+            subject=resolved.user.user_id, session_id=session_id,
+            extra={"auth_time": int(now)},
         )
         exposed = app.expose_openid
         return SessionOut(
@@ -608,4 +655,6 @@ class LoginService:
                 openid=resolved.identity.openid if exposed else None,
                 unionid=resolved.unionid if exposed else None,
             ),
+            consent_required=await self.privacy.consent_required(
+                resolved.user.user_id, app.platform, app.app_id, new_user=resolved.user.is_new),
         )

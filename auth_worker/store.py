@@ -29,6 +29,8 @@ from shared.logs import get_logger
 log = get_logger("mplogin.store")
 
 Doc = dict[str, Any]
+UNION_CONFLICT_DAYS = 90
+"""How long a unionid conflict is kept for an operator after it was last seen."""
 T = TypeVar("T")
 
 
@@ -63,6 +65,12 @@ def retired_key(anonymous: IdentityKey, openid: str) -> IdentityKey:
 
 def _revoked(reason: str) -> Doc:
     return {"state": "revoked", "revoked_at": utcnow(), "revoked_reason": reason}
+
+
+def _ended(reason: str) -> Doc:
+    """The update that ends a session: revoked, and its session_key purged at once
+    (docs/privacy.md: an ended session keeps no platform key until it expires)."""
+    return {"$set": _revoked(reason), "$unset": {"session_key_enc": ""}}
 
 
 async def _retry_duplicate(operation: Callable[[], Awaitable[T]]) -> T:
@@ -113,6 +121,7 @@ class SessionFields:
     session_key_enc: str | None = field(default=None, repr=False)
     events: tuple[Doc, ...] = ()
     """Domain events written with the session (auth_worker/outbox.py), published later."""
+    auth_ts: float | None = None
 
     def document(self) -> Doc:
         """The session's fields as stored."""
@@ -131,6 +140,7 @@ class SessionFields:
             "expires_ts": self.expires_ts,
             "absolute_expires_ts": self.absolute_expires_ts,
             "purge_at": datetime.fromtimestamp(self.absolute_expires_ts, UTC),
+            "auth_ts": self.auth_ts,
         }
 
 
@@ -202,7 +212,7 @@ class Store:
         return await self.identities.find_one_and_update(
             key.filter(),
             {"$set": update},
-            projection={"user_id": 1, "unionid": 1, "linked_openid": 1},
+            projection={"user_id": 1, "unionid": 1, "linked_openid": 1, "pending_deletion": 1},
             return_document=ReturnDocument.BEFORE,
         )
 
@@ -281,7 +291,8 @@ class Store:
         await self.union_conflicts.update_one(
             {"_id": f"{platform}|{unionid}|{other}"},
             {"$set": {"platform": platform, "app": f"{platform}/{app_id}", "unionid": unionid,
-                      "holder_user_id": holder, "other_user_id": other, "seen_at": utcnow()}},
+                      "holder_user_id": holder, "other_user_id": other, "seen_at": utcnow(),
+                      "purge_at": utcnow() + timedelta(days=UNION_CONFLICT_DAYS)}},
             upsert=True,
         )
 
@@ -451,7 +462,7 @@ class Store:
     async def revoke_session(self, session_id: str, *, reason: str) -> bool:
         """End one session alone (one login's refresh chain; see ``revoke_family``)."""
         result = await self.sessions.update_one(
-            {"_id": session_id, "state": "active"}, {"$set": _revoked(reason)}
+            {"_id": session_id, "state": "active"}, _ended(reason)
         )
         return result.modified_count == 1
 
@@ -467,7 +478,7 @@ class Store:
         family = str(found.get("family") or session_id) if found is not None else session_id
         ended = int(await self.revoke_session(family, reason=reason))
         rest = await self.sessions.update_many(
-            {"family": family, "state": "active"}, {"$set": _revoked(reason)}
+            {"family": family, "state": "active"}, _ended(reason)
         )
         return ended + rest.modified_count
 
@@ -484,7 +495,7 @@ class Store:
             query["openid"] = openid
         ended = 0
         for _ in range(2):
-            result = await self.sessions.update_many(query, {"$set": _revoked(reason)})
+            result = await self.sessions.update_many(query, _ended(reason))
             ended += result.modified_count
         return ended
 

@@ -59,6 +59,8 @@
  * @property {string} refresh_token
  * @property {number} refresh_expires_at
  * @property {{id: string, is_new: boolean, platform: string, app_id: string}} user
+ * @property {{document: string, version: string}[]} [consent_required]  what the app asks the
+ *           user to accept that they have not (from the login; updated by acceptConsent)
  */
 
 /** Login errors worth another try with a fresh code. */
@@ -157,7 +159,7 @@ export function createClient(options) {
    * @param {number} sentAt
    * @returns {Promise<StoredSession>}
    */
-  async function save(body, sentAt) {
+  async function save(body, sentAt, consentRequired = undefined) {
     /** @type {StoredSession} */
     const session = {
       access_token: body.access_token,
@@ -165,6 +167,8 @@ export function createClient(options) {
       refresh_token: body.refresh_token,
       refresh_expires_at: sentAt + body.refresh_expires_in * 1000,
       user: body.user,
+      // A login says what is required (absent: nothing); a refresh keeps what was known.
+      consent_required: body.consent_required ?? consentRequired ?? [],
     }
     await storage.set(key, JSON.stringify(session))
     return session
@@ -289,7 +293,8 @@ export function createClient(options) {
     if (stale !== undefined && current.access_token !== stale) return current
     const sentAt = now()
     try {
-      return await save(await post('/v1/token/refresh', { refresh_token: current.refresh_token }), sentAt)
+      return await save(await post('/v1/token/refresh', { refresh_token: current.refresh_token }), sentAt,
+        current.consent_required)
     } catch (err) {
       if (err instanceof MploginError && err.code === 'invalid_refresh_token') {
         await clear()
@@ -380,6 +385,32 @@ export function createClient(options) {
     throw errorFromResponse(res)
   }
 
+  /**
+   * A call that needs a recent login (account deletion and export): on
+   * `reauthentication_required` log in once more with a fresh code, then retry.
+   * @param {{url: string, method?: string}} req
+   */
+  async function recentCall(req) {
+    const res = await request(req)
+    if (res.statusCode >= 200 && res.statusCode < 300) return res.data
+    const err = errorFromResponse(res)
+    if (err.code !== 'reauthentication_required') throw err
+    await loginSession()
+    return call(req)
+  }
+
+  /**
+   * Keep the stored session's `consent_required` in step with an answer that carries it.
+   * @param {{consent_required?: {document: string, version: string}[]}} body
+   */
+  async function keepConsents(body) {
+    const current = await load()
+    if (current && Array.isArray(body.consent_required)) {
+      await storage.set(key, JSON.stringify({ ...current, consent_required: body.consent_required }))
+    }
+    return body
+  }
+
   return {
     /**
      * Log in with a fresh platform code (also when a session is stored) and store the session.
@@ -402,6 +433,44 @@ export function createClient(options) {
     /** GET /v1/me: the user's id, identities, profile and masked phone. */
     me() {
       return call({ url: '/v1/me' })
+    },
+
+    /**
+     * DELETE /v1/account: delete the user's account (注销账号). Logs in again first when the
+     * server asks for a recent login. Clears storage: every session of the user has ended.
+     * @returns {Promise<{status: 'deleted'|'pending_deletion', deleted_at?: string, due_at?: string}>}
+     */
+    async deleteAccount() {
+      const body = await recentCall({ url: '/v1/account', method: 'DELETE' })
+      await clear()
+      return body
+    },
+
+    /**
+     * GET /v1/account/export: everything the server stores about the user, as one object
+     * (logs in again first when the server asks for a recent login).
+     * @returns {Promise<Record<string, any>>}
+     */
+    exportData() {
+      return recentCall({ url: '/v1/account/export' })
+    },
+
+    /**
+     * POST /v1/consents: record that the user accepted `version` of `document`.
+     * @param {string} document  e.g. 'privacy'
+     * @param {string} version   e.g. '2026-10'
+     * @returns {Promise<{document: string, version: string, accepted_at: string, consent_required: {document: string, version: string}[]}>}
+     */
+    async acceptConsent(document, version) {
+      return keepConsents(await call({ url: '/v1/consents', method: 'POST', data: { document, version } }))
+    },
+
+    /**
+     * DELETE /v1/consents/{document}: withdraw the user's consent to `document`.
+     * @param {string} document
+     */
+    async withdrawConsent(document) {
+      return keepConsents(await call({ url: `/v1/consents/${encodeURIComponent(document)}`, method: 'DELETE' }))
     },
 
     /**

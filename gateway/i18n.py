@@ -42,6 +42,8 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.INVALID_ADMIN_KEY: "管理密钥缺失、格式错误、不存在或已吊销。",
     ErrorCode.FORBIDDEN: "该管理密钥的角色无权执行此操作。",
     ErrorCode.USER_NOT_FOUND: "用户不存在。",
+    ErrorCode.REAUTHENTICATION_REQUIRED: "此操作需要最近登录：请重新登录后，用新的访问令牌重试。",
+    ErrorCode.UNKNOWN_DOCUMENT: "该应用没有要求同意此名称的协议。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import mimetypes
+import re
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -142,6 +143,10 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
             }
         if op.access is Access.USER:
             item["security"] = [{BEARER: []}]
+        names = re.findall(r"{([A-Za-z_]+)}", op.path)
+        if names:
+            item["parameters"] = [{"name": name, "in": "path", "required": True,
+                                   "schema": {"type": "string"}} for name in names]
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",

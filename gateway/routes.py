@@ -8,10 +8,11 @@ one ``Route`` here (for an RPC, beside its method in ``shared.rpc.contract``); a
 
 from __future__ import annotations
 
-from gateway import openapi, views
+from gateway import openapi, privacy_views, views
 from gateway.access import Access, Route
 from gateway.schemas import Health, Jwks, Ready
 from shared.errors import ErrorCode as E
+from shared.messages import ConsentBody, LoginParams, RefreshParams
 from shared.rpc import contract
 
 BODY = (E.INVALID_REQUEST, E.UNSUPPORTED_MEDIA_TYPE, E.REQUEST_TIMEOUT)
@@ -24,7 +25,7 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v1/login", views.login, Access.CLIENT,
         operation_id="login", tag="login",
         summary="Exchange a mini-program login code for a session",
-        rpc=contract.LOGIN, body=contract.LOGIN.params,
+        rpc=contract.LOGIN, body=LoginParams,
         errors=(*BODY, E.UNSUPPORTED_PLATFORM, E.UNKNOWN_APP, E.INVALID_CODE, E.USER_BLOCKED,
                 E.RATE_LIMITED, E.PLATFORM_UNAVAILABLE, E.APP_MISCONFIGURED, *RPC),
         description="`app_id` may be left out when the platform has exactly one registered "
@@ -36,7 +37,7 @@ ROUTES: tuple[Route, ...] = (
         "POST", "/v1/token/refresh", views.refresh, Access.CLIENT,
         operation_id="refresh", tag="session",
         summary="Spend a refresh token for a new access token and refresh token",
-        rpc=contract.REFRESH, body=contract.REFRESH.params,
+        rpc=contract.REFRESH, body=RefreshParams,
         errors=(*BODY, E.INVALID_REFRESH_TOKEN, E.RATE_LIMITED, *RPC),
         description="Presenting a spent refresh token again ends the whole session.",
     ),
@@ -76,6 +77,44 @@ ROUTES: tuple[Route, ...] = (
                 E.APP_MISCONFIGURED, E.PHONE_IN_USE, *RPC),
         description="WeChat: `{\"code\"}` from `<button open-type=\"getPhoneNumber\">`. "
         "Alipay: `{\"response\"}` from `my.getPhoneNumber` as is.",
+    ),
+    # The user's rights over their data (docs/privacy.md).
+    Route(
+        "DELETE", "/v1/account", privacy_views.delete_account,
+        operation_id="delete_account", tag="privacy",
+        summary="Delete the caller's account (注销账号): every session ends, the data goes",
+        rpc=contract.DELETE_ACCOUNT,
+        errors=(*AUTH, E.REAUTHENTICATION_REQUIRED, *RPC),
+        description="Needs a recent login (the access token's `auth_time` within "
+        "`MPLOGIN_RECENT_LOGIN_WINDOW`, 10 minutes by default), else "
+        "`reauthentication_required`. With `MPLOGIN_ACCOUNT_DELETION_GRACE` at 0 the account "
+        "is erased at once (`status: deleted`); otherwise it is `pending_deletion` until "
+        "`due_at`, and logging in before then cancels it. A retried request answers the same.",
+    ),
+    Route(
+        "GET", "/v1/account/export", privacy_views.export_account,
+        operation_id="export_account", tag="privacy",
+        summary="Everything stored about the caller, as a JSON attachment",
+        rpc=contract.EXPORT_ACCOUNT,
+        errors=(*AUTH, E.REAUTHENTICATION_REQUIRED, *RPC),
+        description="Needs a recent login, as DELETE /v1/account. Never holds session keys, "
+        "token hashes or internal flags.",
+    ),
+    Route(
+        "POST", "/v1/consents", privacy_views.accept_consent,
+        operation_id="accept_consent", tag="privacy",
+        summary="Record that the user accepted a version of a document the app names",
+        rpc=contract.CONSENT, body=ConsentBody,
+        errors=(*AUTH, *BODY, E.UNKNOWN_DOCUMENT, *RPC),
+        description="The documents are those the app's entry in the apps file names "
+        "(`consents`). The answer lists what is still required (`consent_required`).",
+    ),
+    Route(
+        "DELETE", "/v1/consents/{document}", privacy_views.withdraw_consent,
+        operation_id="withdraw_consent", tag="privacy",
+        summary="Withdraw the user's consent to a document",
+        rpc=contract.CONSENT,
+        errors=(*AUTH, E.INVALID_REQUEST, E.UNKNOWN_DOCUMENT, *RPC),
     ),
     # Exempt: answered by this process alone, from memory or its own files.
     Route(

@@ -11,20 +11,25 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from gateway.access import authenticated
-from gateway.appkeys import METRICS, RPC, SETTINGS, TOKENS
+from gateway.appkeys import METRICS, RPC, SETTINGS, TOKENS, TRUSTED_PROXIES
 from gateway.errors import CLOSE_CONNECTION, REQUEST_ID, error_response
 from gateway.middlewares import LOGIN_PLATFORM
+from gateway.ratelimit import client_address
 from gateway.schemas import Health, Ready
 from shared.errors import ErrorCode, MPLoginError
 from shared.keyring import JWKS_MAX_AGE
 from shared.messages import (
     B64,
+    USER_AGENT_MAX,
+    ClientInfo,
     Code,
     LoginParams,
+    LoginRequest,
     LogoutParams,
     PhoneParams,
     ProfileParams,
     RefreshParams,
+    RefreshRequest,
     SessionParams,
 )
 from shared.metrics import exposition
@@ -156,6 +161,16 @@ async def forward(request: web.Request, method: Method[P, Any], params: P) -> we
     return error_response(request, reply.error.code, reply.error.message, retry_after=retry_after)
 
 
+def client_info(request: web.Request) -> ClientInfo:
+    """The client as this gateway saw it: its address (through trusted proxies only) and
+    User-Agent, cut to a bound and without control characters (docs/privacy.md)."""
+    address = client_address(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, ()),
+                             request.app.get(TRUSTED_PROXIES, ()))
+    agent = "".join(c for c in request.headers.get(hdrs.USER_AGENT, "")[:USER_AGENT_MAX]
+                    if c.isprintable()).strip()
+    return ClientInfo(ip=str(address) if address is not None else None, user_agent=agent or None)
+
+
 def caller(request: web.Request) -> dict[str, str]:
     """The verified session of the request's access token, as RPC parameters."""
     claims = authenticated(request)
@@ -164,7 +179,8 @@ def caller(request: web.Request) -> dict[str, str]:
 
 async def login(request: web.Request) -> web.Response:
     """POST /v1/login: exchange a mini-program login code for a session."""
-    params = parse(LoginParams, await read_json_object(request))
+    body = parse(LoginParams, await read_json_object(request))
+    params = LoginRequest(**body.model_dump(), client=client_info(request))
     if params.platform not in PLATFORMS:
         raise MPLoginError(ErrorCode.UNSUPPORTED_PLATFORM)
     request[LOGIN_PLATFORM] = params.platform
@@ -175,8 +191,9 @@ async def login(request: web.Request) -> web.Response:
 
 async def refresh(request: web.Request) -> web.Response:
     """POST /v1/token/refresh: spend a refresh token for a new token pair."""
-    params = parse(RefreshParams, await read_json_object(request))
-    return await forward(request, contract.REFRESH, params)
+    body = parse(RefreshParams, await read_json_object(request))
+    return await forward(request, contract.REFRESH,
+                         RefreshRequest(**body.model_dump(), client=client_info(request)))
 
 
 async def logout(request: web.Request) -> web.Response:

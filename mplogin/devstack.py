@@ -79,10 +79,12 @@ class DevApp:
     app_id: str
     name: str
     app_key: str | None = None  # Baidu's AppKey (client_id), distinct from its app id
+    # Documents its users must accept (docs/privacy.md), shown by the try-it page's account panel.
+    consents: tuple[tuple[str, str], ...] = ()
 
 
 DEV_APPS: tuple[DevApp, ...] = (
-    DevApp("wechat", DEV_APP_ID, "WeChat sandbox"),
+    DevApp("wechat", DEV_APP_ID, "WeChat sandbox", consents=(("privacy", "2026-10"),)),
     DevApp("alipay", "2021009900000001", "Alipay sandbox"),
     DevApp("douyin", "ttdevsandbox0001", "Douyin sandbox"),
     DevApp("kuaishou", "ksdevsandbox0001", "Kuaishou sandbox"),
@@ -248,6 +250,9 @@ async def _register_dev_apps(
                                     f"HTTP {resp.status} {await resp.text()}")
         lines.append("[[apps]]")
         lines += [f'{name} = "{value}"' for name, value in entry.items()]
+        if app.consents:
+            lines.append("consents = { " + ", ".join(
+                f'{document} = "{version}"' for document, version in app.consents) + " }")
         lines += ["expose_openid = true", ""]
     apps_file = files.apps_file
     write_private(apps_file, "\n".join(lines))

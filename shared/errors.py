@@ -52,6 +52,8 @@ class ErrorCode(StrEnum):
     INVALID_ADMIN_KEY = "invalid_admin_key"
     FORBIDDEN = "forbidden"
     USER_NOT_FOUND = "user_not_found"
+    REAUTHENTICATION_REQUIRED = "reauthentication_required"
+    UNKNOWN_DOCUMENT = "unknown_document"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -80,6 +82,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ADMIN_KEY: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.USER_NOT_FOUND: 404,
+    ErrorCode.REAUTHENTICATION_REQUIRED: 401,
+    ErrorCode.UNKNOWN_DOCUMENT: 400,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -110,6 +114,9 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.INVALID_ADMIN_KEY: "The admin key is missing, malformed, unknown or revoked.",
     ErrorCode.FORBIDDEN: "This admin key's role may not do this.",
     ErrorCode.USER_NOT_FOUND: "No such user.",
+    ErrorCode.REAUTHENTICATION_REQUIRED: "This needs a recent login: log in again, then retry "
+    "with the new access token.",
+    ErrorCode.UNKNOWN_DOCUMENT: "This app asks for no agreement under that document name.",
 }
 
 

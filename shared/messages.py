@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+USER_AGENT_MAX = 256
+"""The longest User-Agent kept (the rest is cut)."""
 Code = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 AppId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -17,8 +19,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ClientInfo(_Strict):
+    """Who sent a request, as the gateway saw it (never from the body): for the login history
+    and consent records (docs/privacy.md)."""
+
+    ip: Annotated[str, StringConstraints(max_length=64)] | None = None
+    user_agent: Annotated[str, StringConstraints(max_length=USER_AGENT_MAX)] | None = None
+
+
 class LoginParams(_Strict):
-    """What the client sent to POST /v1/login."""
+    """What the client sends to POST /v1/login."""
 
     platform: Annotated[str, StringConstraints(min_length=1, max_length=32)]
     app_id: AppId | None = None
@@ -26,10 +36,22 @@ class LoginParams(_Strict):
     anonymous_code: Code | None = None
 
 
+class LoginRequest(LoginParams):
+    """The login RPC: the client's body and what the gateway saw of the client."""
+
+    client: ClientInfo | None = None
+
+
 class RefreshParams(_Strict):
     """POST /v1/token/refresh."""
 
     refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class RefreshRequest(RefreshParams):
+    """The refresh RPC: the client's body and what the gateway saw of the client."""
+
+    client: ClientInfo | None = None
 
 
 class SessionParams(_Strict):
@@ -80,6 +102,25 @@ class UserOut(_Strict):
     unionid: str | None = Field(default=None, exclude_if=_absent_if_none)
 
 
+DOCUMENT_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+"""What a consent document's name looks like (``privacy``, ``terms``, ``privacy.cn``)."""
+DOCUMENT_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+"""What a document's version looks like (``2026-10``, ``3``, ``v1.2``)."""
+DocumentName = Annotated[str, StringConstraints(pattern=DOCUMENT_NAME)]
+DocumentVersion = Annotated[str, StringConstraints(pattern=DOCUMENT_VERSION)]
+
+
+def _absent_if_empty(value: object) -> bool:
+    return value == []
+
+
+class ConsentRequirement(_Strict):
+    """A document (and version) the app asks its users to accept."""
+
+    document: str
+    version: str
+
+
 class SessionOut(_Strict):
     """A freshly minted session, as the client receives it."""
 
@@ -89,6 +130,10 @@ class SessionOut(_Strict):
     refresh_token: str
     refresh_expires_in: int
     user: UserOut
+    consent_required: list[ConsentRequirement] = Field(
+        default_factory=list, exclude_if=_absent_if_empty,
+        description="After a login: the documents this app asks the user to accept that they "
+        "have not (absent when none). Show them before anything else.")
 
 
 class LogoutOut(_Strict):
@@ -152,6 +197,10 @@ class MeOut(_Strict):
     identities: list[IdentityOut]
     profile: Profile
     phone: str | None = Field(description="Masked, e.g. +86138****0007; null when unbound.")
+    consent_required: list[ConsentRequirement] = Field(
+        default_factory=list,
+        description="The documents the caller's app asks for that the user has not accepted "
+        "(in the version the app names).")
 
 
 class ProfileOut(_Strict):
@@ -176,3 +225,61 @@ class EchoOut(_Strict):
     """The ``echo`` method's result: the parameters it was sent."""
 
     echo: dict[str, Any]
+
+
+class AccountParams(SessionParams):
+    """DELETE /v1/account and GET /v1/account/export: the caller and when they logged in."""
+
+    auth_time: int = Field(ge=0)
+
+
+class DeleteAccountOut(_Strict):
+    """DELETE /v1/account: erased now, or pending until ``due_at`` (a login before cancels)."""
+
+    status: Literal["deleted", "pending_deletion"]
+    deleted_at: str | None = Field(default=None, exclude_if=_absent_if_none,
+                                   description="ISO 8601: when the account was erased.")
+    due_at: str | None = Field(default=None, exclude_if=_absent_if_none,
+                               description="ISO 8601: when a pending deletion completes.")
+
+
+class ExportOut(BaseModel):
+    """GET /v1/account/export: everything stored about the user (docs/privacy.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: Literal["mplogin-export/1"] = "mplogin-export/1"
+    exported_at: str
+    user_id: str
+    created_at: str | None
+    identities: list[dict[str, Any]]
+    phone: str | None
+    profile: dict[str, Any]
+    consents: list[dict[str, Any]]
+    sessions: list[dict[str, Any]]
+    login_history: list[dict[str, Any]]
+
+
+class ConsentBody(_Strict):
+    """POST /v1/consents."""
+
+    document: DocumentName
+    version: DocumentVersion
+
+
+class ConsentParams(SessionParams):
+    """The consent RPC: accept ``version`` of ``document``, or withdraw it (version None)."""
+
+    document: DocumentName
+    version: DocumentVersion | None = None
+    client: ClientInfo | None = None
+
+
+class ConsentOut(_Strict):
+    """POST/DELETE /v1/consents: the record as it is now, and what is still required."""
+
+    document: str
+    version: str | None
+    accepted_at: str | None
+    withdrawn_at: str | None = Field(default=None, exclude_if=_absent_if_none)
+    consent_required: list[ConsentRequirement]

@@ -84,6 +84,20 @@ class Settings(BaseSettings):
     # lost); the claim itself lives code_result_ttl, so the code is never sent twice.
     code_replay_window: int = Field(default=30, ge=1, le=3600)
 
+    # Privacy (docs/privacy.md). Deleting or exporting an account needs a login at most this
+    # many seconds old (the access token's auth_time).
+    recent_login_window: int = Field(default=600, ge=30, le=86400)
+    # 0: an account is erased when asked; otherwise it is pending deletion this many seconds,
+    # and a login within them cancels it.
+    account_deletion_grace: int = Field(default=0, ge=0, le=90 * 86400)
+    login_history_days: int = Field(default=180, ge=1, le=3650)
+    # How much of a client's address the login history keeps: the leading bits (32 / 128: all).
+    login_history_ipv4_bits: int = Field(default=24, ge=0, le=32)
+    login_history_ipv6_bits: int = Field(default=48, ge=0, le=128)
+    consent_withdrawn_days: int = Field(default=365, ge=1, le=3650)
+    tombstone_days: int = Field(default=3 * 365, ge=1, le=3650)
+    retention_interval: float = Field(default=60.0, gt=0, le=3600)
+
     gateway_host: str = "0.0.0.0"  # noqa: S104 - a service listens on all interfaces by default
     gateway_port: int = 8080
     # Let several gateway processes listen on one port (SO_REUSEPORT; the kernel spreads the

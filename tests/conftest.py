@@ -161,9 +161,12 @@ def write_apps(path: Path, entries: list[dict[str, Any]]) -> Path:
     for entry in entries:
         lines.append("[[apps]]")
         for key, value in entry.items():
-            rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
-            if isinstance(value, list):  # a TOML array of strings reads as JSON
+            if isinstance(value, dict):  # an inline table of strings
+                rendered = "{ " + ", ".join(f'{k} = "{v}"' for k, v in value.items()) + " }"
+            elif isinstance(value, list):  # a TOML array of strings reads as JSON
                 rendered = "[" + ", ".join(f'"{item}"' for item in value) + "]"
+            else:
+                rendered = str(value).lower() if isinstance(value, bool) else f'"{value}"'
             lines.append(f"{key} = {rendered}")
         lines.append("")
     path.write_text("\n".join(lines))

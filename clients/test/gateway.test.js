@@ -171,6 +171,23 @@ for (const { kind, platform } of HOSTS) {
       assert.equal(host.paths('/v1/token/refresh').length, 0, 'no refresh while the token is fresh')
     })
 
+    test('exportData shows the user; deleteAccount ends it and the same person is new after', async () => {
+      const host = device()
+      const user = await host.client.login()
+      const data = await host.client.exportData()
+      assert.equal(data.user_id, user.id)
+      assert.deepEqual(data.identities.map((i) => [i.platform, i.app_id]), [[platform, APPS[platform]]])
+      assert.equal(data.login_history.length, 1)
+      await assert.rejects(host.client.acceptConsent('privacy', '2026-10'),
+        (err) => err.code === 'unknown_document' && err.status === 400)
+      const gone = await host.client.deleteAccount()
+      assert.equal(gone.status, 'deleted')
+      assert.equal(await host.client.session(), null)
+      const again = await host.client.login()
+      assert.equal(again.is_new, true)
+      assert.notEqual(again.id, user.id)
+    })
+
     test('a request without a session logs in first', async () => {
       const host = device()
       const me = await host.client.me()

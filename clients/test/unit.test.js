@@ -281,3 +281,64 @@ describe('adapters', () => {
     assert.throws(() => createClient({ baseUrl: 'x', platform: 'nope', adapter: undefined }), /unknown platform/)
   })
 })
+
+describe('account and consents', () => {
+  function client(answers) {
+    const gw = fakeGateway(answers)
+    const storage = memoryStorage()
+    let n = 0
+    const c = createClient({
+      baseUrl: 'https://gw.test/', platform: 'wechat', appId: 'wx1',
+      adapter: { login: async () => ({ code: `code-${++n}` }), request: gw.request, storage },
+      sleep: async () => {},
+    })
+    return { c, gw, storage, logins: () => n }
+  }
+  const REQUIRED = [{ document: 'privacy', version: '2026-10' }]
+
+  test('the login keeps consent_required; acceptConsent posts and updates it', async () => {
+    const { c, gw } = client([[200, { ...SESSION, consent_required: REQUIRED }],
+      [200, { document: 'privacy', version: '2026-10', accepted_at: 't', consent_required: [] }]])
+    await c.login()
+    assert.deepEqual((await c.session()).consent_required, REQUIRED)
+    const answer = await c.acceptConsent('privacy', '2026-10')
+    assert.equal(answer.accepted_at, 't')
+    const sent = gw.requests[1]
+    assert.equal(sent.method, 'POST')
+    assert.equal(sent.url, 'https://gw.test/v1/consents')
+    assert.deepEqual(sent.data, { document: 'privacy', version: '2026-10' })
+    assert.equal(sent.header.Authorization, 'Bearer at-1')
+    assert.deepEqual((await c.session()).consent_required, [])
+  })
+
+  test('deleteAccount logs in again when a recent login is needed, then clears storage', async () => {
+    const { c, gw, logins } = client([[200, SESSION],
+      error('reauthentication_required', 401),
+      [200, { ...SESSION, access_token: 'at-2' }],
+      [200, { status: 'deleted', deleted_at: '2026-12-03T00:00:00+00:00' }]])
+    await c.login()
+    const answer = await c.deleteAccount()
+    assert.equal(answer.status, 'deleted')
+    assert.equal(logins(), 2, 'a fresh login code for the recent login')
+    assert.deepEqual(gw.requests.map((r) => `${r.method} ${r.url.replace('https://gw.test', '')}`),
+      ['POST /v1/login', 'DELETE /v1/account', 'POST /v1/login', 'DELETE /v1/account'])
+    assert.equal(gw.requests[3].header.Authorization, 'Bearer at-2')
+    assert.equal(await c.session(), null, 'every session ended: nothing stays stored')
+  })
+
+  test('exportData answers the document; other errors are thrown with their code', async () => {
+    const { c } = client([[200, SESSION], [200, { user_id: 'u_1', identities: [] }],
+      error('service_unavailable', 503)])
+    await c.login()
+    assert.deepEqual(await c.exportData(), { user_id: 'u_1', identities: [] })
+    await assert.rejects(c.exportData(), (err) => err instanceof MploginError && err.code === 'service_unavailable')
+  })
+
+  test('withdrawConsent escapes the document name', async () => {
+    const { c, gw } = client([[200, SESSION], [200, { document: 'a/b', consent_required: REQUIRED }]])
+    await c.login()
+    await c.withdrawConsent('a/b')
+    assert.equal(gw.requests[1].url, 'https://gw.test/v1/consents/a%2Fb')
+    assert.equal(gw.requests[1].method, 'DELETE')
+  })
+})

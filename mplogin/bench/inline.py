@@ -39,7 +39,7 @@ async def _serve_inline(settings: Any, port: int) -> None:
     from gateway.middlewares import errors_middleware
     from gateway.views import describe, json_response, read_json_object
     from shared.errors import ErrorCode, MPLoginError
-    from shared.messages import LoginParams
+    from shared.messages import LoginRequest
     from shared.rpc.server import CallContext
     from shared.runtime import stop_event
 
@@ -83,7 +83,7 @@ async def _serve_inline(settings: Any, port: int) -> None:
     async def login(request: web.Request) -> web.Response:
         body = await read_json_object(request)
         try:
-            params = LoginParams.model_validate(body, strict=True)
+            params = LoginRequest.model_validate(body, strict=True)
         except ValidationError as exc:
             raise MPLoginError(ErrorCode.INVALID_REQUEST, describe(exc)) from None
         ctx = CallContext(request_id=request[REQUEST_ID],

@@ -34,7 +34,7 @@ DEFAULT_OPENID = "o_demo_user"
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
 
 _REQUEST_HEADERS = ("Content-Type", "Authorization")
-_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "X-Request-Id")
+_RESPONSE_HEADERS = ("Content-Type", "Retry-After", "X-Request-Id", "Content-Disposition")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "

@@ -30,9 +30,14 @@ from pydantic import (
 from shared import admin_messages as admin
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
+    AccountParams,
+    ConsentOut,
+    ConsentParams,
+    DeleteAccountOut,
     EchoOut,
     EchoParams,
-    LoginParams,
+    ExportOut,
+    LoginRequest,
     LogoutOut,
     LogoutParams,
     MeOut,
@@ -40,7 +45,7 @@ from shared.messages import (
     PhoneParams,
     ProfileOut,
     ProfileParams,
-    RefreshParams,
+    RefreshRequest,
     SessionOut,
     SessionParams,
 )
@@ -61,12 +66,15 @@ class Method(Generic[P, R]):
 
 
 ECHO = Method("echo", EchoParams, EchoOut)
-LOGIN = Method("login", LoginParams, SessionOut)
-REFRESH = Method("refresh", RefreshParams, SessionOut)
+LOGIN = Method("login", LoginRequest, SessionOut)
+REFRESH = Method("refresh", RefreshRequest, SessionOut)
 LOGOUT = Method("logout", LogoutParams, LogoutOut)
 ME = Method("me", SessionParams, MeOut)
 PROFILE = Method("profile", ProfileParams, ProfileOut)
 PHONE = Method("phone", PhoneParams, PhoneOut)
+DELETE_ACCOUNT = Method("delete_account", AccountParams, DeleteAccountOut)
+EXPORT_ACCOUNT = Method("export_account", AccountParams, ExportOut)
+CONSENT = Method("consent", ConsentParams, ConsentOut)
 
 # The admin listener's methods (shared.admin_messages): each carries the caller's admin key,
 # which the worker authenticates and authorises by role before anything else.
@@ -84,7 +92,8 @@ ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
 )
 
 _METHODS: tuple[Method[Any, Any], ...] = (
-    LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, *ADMIN_METHODS)
+    LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, DELETE_ACCOUNT, EXPORT_ACCOUNT, CONSENT,
+    *ADMIN_METHODS)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {method.name: method for method in _METHODS}
 """Every method a worker serves, by name."""

@@ -286,3 +286,55 @@ async def test_proxy_passes_only_what_it_should(tmp_path: Path) -> None:
     # One origin, nothing fetched from elsewhere: no absolute URL in the page's files.
     for file in STATIC_DIR.iterdir():
         assert not re.search(r"https?://|//cdn", file.read_text()), file.name
+
+
+async def test_try_it_account_panel_prompts_consent_exports_and_deletes(
+    dev: DevProcess, browser: Browser, tmp_path: Path
+) -> None:
+    async with browser.new_page() as page:
+        await page.send("Page.navigate", url=dev.urls["tryit"])
+        await page.wait_for("document.body && document.body.dataset.ready === 'true'",
+                            what="the page to load")
+        prompt = "document.getElementById('consent-prompt').innerText"
+        assert "Log in" in await page.evaluate(prompt)
+        await choose_app(page, "wechat")
+        openid = f"o_account_{uuid.uuid4().hex[:8]}"
+        await page.evaluate(f"document.getElementById('openid').value = {openid!r}")
+        assert (await press(page, "get-code"))["status"] == 200
+        login = await press(page, "login")
+        user_id = login["body"]["user"]["id"]
+        assert login["body"]["consent_required"] == [{"document": "privacy",
+                                                      "version": "2026-10"}]
+        # The consent prompt comes before anything else.
+        assert "privacy (version 2026-10)" in await page.evaluate(prompt)
+        accepted = await press(page, "accept-consent")
+        assert accepted["title"].startswith("POST /api/v1/consents → 200"), accepted
+        assert accepted["body"]["consent_required"] == []
+        assert "Nothing to accept" in await page.evaluate(prompt)
+        assert await page.evaluate("document.getElementById('accept-consent').disabled") is True
+
+        exported = await press(page, "export")
+        assert exported["title"].startswith("GET /api/v1/account/export → 200"), exported
+        assert exported["body"]["user_id"] == user_id
+        assert [c["document"] for c in exported["body"]["consents"]] == ["privacy"]
+        assert exported["body"]["identities"][0]["openid"] == openid
+
+        deleted = await press(page, "delete-account")
+        assert deleted["title"].startswith("DELETE /api/v1/account → 200"), deleted
+        assert deleted["body"]["status"] == "deleted"
+        after = await press(page, "me")
+        assert after["status"] == 401 and after["body"]["error"]["code"] == "invalid_token"
+        assert "session ended" in await page.evaluate(
+            "document.getElementById('state-access').innerText")
+
+        # The same sandbox user again: a new user, asked again.
+        assert (await press(page, "get-code"))["status"] == 200
+        again = await press(page, "login")
+        assert again["body"]["user"]["is_new"] is True
+        assert again["body"]["user"]["id"] != user_id
+        assert "privacy (version 2026-10)" in await page.evaluate(prompt)
+        text = await page.evaluate("document.body.innerText")
+        assert not re.search(WHOLE_TOKEN, text), "a whole token is on screen"
+        shot = await page.screenshot(tmp_path / "tryit-account.png")
+        assert shot.startswith(b"\x89PNG\r\n\x1a\n")
+        assert page.problems() == []

@@ -19,7 +19,7 @@ from auth_worker.main import login_service, run_worker
 from auth_worker.metrics import WorkerMetrics
 from auth_worker.store import SessionFields
 from shared.errors import ErrorCode, MPLoginError
-from shared.messages import LoginParams
+from shared.messages import LoginRequest
 from shared.rpc.contract import RpcReply, RpcRequest, dumps
 from shared.rpc.server import CallContext
 from tests.conftest import Sandbox, Stack, StackFactory
@@ -213,7 +213,7 @@ async def test_a_replay_stored_after_its_family_ended_ends_itself(
         context = CallContext(request_id="family-race", deadline=time.time() + 5,
                               redelivered=False)
         with pytest.raises(MPLoginError) as caught:
-            await service.login(LoginParams(platform="wechat", code=code), context)
+            await service.login(LoginRequest(platform="wechat", code=code), context)
     assert caught.value.code is ErrorCode.INVALID_CODE
     assert await deployed.stack.db.sessions.count_documents({"state": "active"}) == 0
     assert await deployed.me(first["access_token"]) == 401

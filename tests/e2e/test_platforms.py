@@ -26,7 +26,7 @@ from auth_worker.platforms import build_adapters
 from auth_worker.secretbox import load_secretbox
 from auth_worker.store import SessionFields
 from shared.errors import ErrorCode, MPLoginError
-from shared.messages import LoginParams
+from shared.messages import LoginRequest
 from shared.rpc.server import CallContext
 from tests.conftest import Sandbox, Stack, StackFactory, logline
 
@@ -516,7 +516,7 @@ async def test_a_guest_login_racing_its_promotion_ends_its_own_session(
         context = CallContext(request_id="guest-race", deadline=time.time() + 5,
                               redelivered=False)
         with pytest.raises(MPLoginError) as caught:
-            await service.login(LoginParams(platform="douyin", app_id=dep.app_ids["douyin"],
+            await service.login(LoginRequest(platform="douyin", app_id=dep.app_ids["douyin"],
                                             anonymous_code=racing["anonymous_code"]), context)
     assert caught.value.code is ErrorCode.INVALID_CODE
     [real] = promoted

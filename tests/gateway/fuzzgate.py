@@ -8,6 +8,7 @@ session are fuzzed too, not only their 401.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from gateway.appkeys import RPC, TOKENS
 from gateway.auth import AccessTokens
 from shared.keyring import KeyRing
 from shared.messages import (
+    ConsentOut,
+    DeleteAccountOut,
+    ExportOut,
     IdentityOut,
     LogoutOut,
     MeOut,
@@ -50,6 +54,13 @@ REPLIES: dict[str, RpcReply] = {
         identities=[IdentityOut(platform="wechat", app_id="wx1", anonymous=False)])),
     "profile": RpcReply.success(ProfileOut(profile=_PROFILE)),
     "phone": RpcReply.success(PhoneOut(phone="+86138****0007")),
+    "delete_account": RpcReply.success(DeleteAccountOut(status="deleted",
+                                                        deleted_at="2026-12-03T00:00:00+00:00")),
+    "export_account": RpcReply.success(ExportOut(
+        exported_at="2026-12-03T00:00:00+00:00", user_id="u1", created_at=None, identities=[],
+        phone=None, profile={}, consents=[], sessions=[], login_history=[])),
+    "consent": RpcReply.success(ConsentOut(document="privacy", version="1", accepted_at=None,
+                                           consent_required=[])),
 }
 
 
@@ -95,7 +106,9 @@ def valid_token(settings: Settings) -> str:
     """An access token the gateway accepts (signed with the development key it loaded)."""
     issuer = TokenIssuer(KeyRing.load(settings.keys_dir), settings.token_issuer,
                          settings.token_audience, settings.access_token_ttl)
-    return issuer.mint_access(subject="u1", session_id="s1")[0]
+    # A recent login, so that the account routes answer past their recent-login check.
+    return issuer.mint_access(subject="u1", session_id="s1",
+                              extra={"auth_time": int(time.time())})[0]
 
 
 def router_requests(app: web.Application) -> list[tuple[str, str]]:
@@ -110,6 +123,7 @@ def router_requests(app: web.Application) -> list[tuple[str, str]]:
             continue
         path = resource.canonical
         if "{" in path:  # a variable route (the docs assets): a real name, a miss, an escape
+            found.append((route.method, path))  # and the template itself, braces and all
             prefix = path[:path.index("{")]
             for name in (next(iter(openapi.docs_assets())), "missing.js", "../../views.py",
                          "swagger-ui", "%2e%2e/app.py"):

@@ -61,7 +61,9 @@ async def test_worker_errors_become_http_errors_with_retry_after(aiohttp_client:
     body = await resp.json()
     assert body["error"]["code"] == "rate_limited"
     assert body["error"]["request_id"] == resp.headers["X-Request-Id"]
-    assert fake.calls[0]["params"] == {"platform": "wechat", "code": "abc"}
+    sent = fake.calls[0]["params"]
+    assert sent == {"platform": "wechat", "code": "abc", "client": sent["client"]}
+    assert sent["client"]["ip"] == "127.0.0.1", "what the gateway saw, for the login history"
 
 
 async def test_a_body_over_the_cap_is_invalid_request_and_never_reaches_the_broker(

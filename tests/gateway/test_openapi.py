@@ -133,7 +133,9 @@ def test_the_bearer_scheme_is_on_exactly_the_routes_that_take_a_token(
     assert scheme == {**scheme, "type": "http", "scheme": "bearer"}
     secured = {key for key, op in operations(document).items() if op.get("security")}
     assert secured == {("POST", "/v1/logout"), ("GET", "/v1/me"), ("POST", "/v1/profile"),
-                       ("POST", "/v1/phone")}
+                       ("POST", "/v1/phone"), ("DELETE", "/v1/account"),
+                       ("GET", "/v1/account/export"), ("POST", "/v1/consents"),
+                       ("DELETE", "/v1/consents/{document}")}
     for key in secured:
         assert "invalid_token" in documented_codes(operations(document)[key])
 

@@ -5,7 +5,8 @@
 (function () {
   const $ = (id) => document.getElementById(id);
 
-  const held = { code: null, codeUsed: false, access: null, refresh: null, user: null, ended: false };
+  const held = { code: null, codeUsed: false, access: null, refresh: null, user: null, ended: false,
+    consents: null };
   let apps = [];
   let logsDir = "";
   let busy = false;
@@ -151,6 +152,45 @@
     $("refresh").disabled = busy || !held.refresh;
     $("me").disabled = busy;
     $("logout").disabled = busy;
+    showConsents();
+  }
+
+  // ---- the account panel -----------------------------------------------------------------
+
+  function showConsents() {
+    const prompt = $("consent-prompt");
+    const missing = held.consents || [];
+    if (held.consents === null) {
+      prompt.textContent = "Log in to see what this app asks you to accept.";
+    } else if (missing.length === 0) {
+      prompt.textContent = "Nothing to accept: every document this app names is accepted.";
+    } else {
+      prompt.textContent = "This app asks you to accept: " +
+        missing.map((c) => c.document + " (version " + c.version + ")").join(", ") + ".";
+    }
+    $("accept-consent").disabled = busy || missing.length === 0 || !held.access;
+    $("export").disabled = busy;
+    $("delete-account").disabled = busy;
+  }
+
+  async function acceptConsent() {
+    const wanted = (held.consents || [])[0];
+    const { status, data } = await call("POST", "/api/v1/consents", {
+      token: held.access, body: { document: wanted.document, version: wanted.version },
+    });
+    if (status === 200 && data) held.consents = data.consent_required || [];
+  }
+
+  async function exportData() {
+    await call("GET", "/api/v1/account/export", { token: held.access });
+  }
+
+  async function deleteAccount() {
+    const { status } = await call("DELETE", "/api/v1/account", { token: held.access });
+    if (status === 200) {
+      held.ended = true;
+      held.consents = null;
+    }
   }
 
   function currentApp() {
@@ -193,7 +233,11 @@
     const body = { platform: app.platform, app_id: app.app_id, code: held.code };
     held.codeUsed = true;
     const { status, data } = await call("POST", "/api/v1/login", { body });
-    if (status === 200 && data && data.access_token) keepSession(data);
+    if (status === 200 && data && data.access_token) {
+      keepSession(data);
+      // A login says what the app asks the user to accept (absent: nothing).
+      held.consents = data.consent_required || [];
+    }
   }
 
   async function refresh() {
@@ -204,7 +248,8 @@
   }
 
   async function me() {
-    await call("GET", "/api/v1/me", { token: held.access });
+    const { status, data } = await call("GET", "/api/v1/me", { token: held.access });
+    if (status === 200 && data) held.consents = data.consent_required || [];
   }
 
   async function logOut() {
@@ -250,6 +295,9 @@
     $("me").addEventListener("click", () => step(me));
     $("logout").addEventListener("click", () => step(logOut));
     $("clear-log").addEventListener("click", clearLog);
+    $("accept-consent").addEventListener("click", () => step(acceptConsent));
+    $("export").addEventListener("click", () => step(exportData));
+    $("delete-account").addEventListener("click", () => step(deleteAccount));
     show();
     document.body.dataset.ready = "true";
   }

@@ -1,0 +1,217 @@
+"""The data map: every MongoDB collection mplogin writes, what it holds, for how long, and what
+deleting an account does to it (docs/privacy.md is this table in prose).
+
+One entry per collection. ``erase_user`` (auth_worker/erasure.py) deletes, in every entry with
+``owner_fields``, each document whose owner field holds the user's id; an entry whose documents
+need more than that (files stored in chunks, say) names an ``eraser`` of its own. A collection
+that holds no personal data is listed too, with ``personal=False`` and why. A test lists the
+database's collections after a full scenario and fails on any collection missing here, so a
+feature that adds a collection adds its entry (tests/e2e/test_privacy.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+Eraser = Callable[[AsyncDatabase[dict[str, Any]], str], Awaitable[int]]
+"""Deletes one user's documents in a collection; returns how many went."""
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One stored field: its name, what it holds and why it is kept."""
+
+    name: str
+    holds: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """One collection and the rules for its data."""
+
+    collection: str
+    purpose: str
+    personal: bool
+    lifetime: str
+    enforced_by: str
+    on_delete: str
+    fields: tuple[Field, ...] = ()
+    owner_fields: tuple[str, ...] = ()
+    eraser: Eraser | None = None
+    erase_last: bool = False
+    expires_on: str | None = None
+    """A BSON date field: MongoDB's TTL index and the periodic purge delete past it."""
+
+    def owner_filter(self, user_id: str) -> dict[str, Any] | None:
+        """The filter selecting the user's documents; None when none are selected by field."""
+        if not self.owner_fields:
+            return None
+        if len(self.owner_fields) == 1:
+            return {self.owner_fields[0]: user_id}
+        return {"$or": [{name: user_id} for name in self.owner_fields]}
+
+
+PLATFORM_APP = (Field("platform", "platform name", "which platform the record is for"),
+                Field("app_id", "mini-program's app id", "which app"))
+
+DATA_MAP: tuple[Holding, ...] = (
+    Holding(
+        "users", "one document per user: the account itself", personal=True,
+        lifetime="until the account is deleted",
+        enforced_by="account deletion (DELETE /v1/account)",
+        on_delete="deleted, last of all (it also records a deletion under way)",
+        fields=(
+            Field("_id", "the user id (random)", "names the account"),
+            Field("created_at", "time", "shown to the user"),
+            Field("profile.*", "nickname, avatar URL, gender, city, province, country, "
+                  "language as the platform vouched for them, and whether signed",
+                  "the app shows them"),
+            Field("profile_updated_at", "time", "when the profile last changed"),
+            Field("phone", "full phone number", "the app's phone binding (unique)"),
+            Field("phone_source", "platform name", "who vouched for the number"),
+            Field("phone_bound_at", "time", "when it was bound"),
+            Field("deletion", "state and due time of a deletion under way", "grace period"),
+        ),
+        owner_fields=("_id",), erase_last=True,
+    ),
+    Holding(
+        "identities", "platform identities of users", personal=True,
+        lifetime="until the account is deleted",
+        enforced_by="account deletion",
+        on_delete="deleted",
+        fields=(*PLATFORM_APP,
+                Field("openid", "platform user id (or anonymous id)", "finds the user at login"),
+                Field("unionid", "platform account-wide user id", "links apps of one person"),
+                Field("user_id", "user id", "owner"),
+                Field("created_at, last_login_at", "times", "shown in the export"),
+                Field("anonymous, promoted_from, linked_openid, linked_at",
+                      "guest bookkeeping (Douyin anonymous logins)", "guest promotion"),
+                Field("pending_deletion", "flag", "a login within the grace cancels")),
+        owner_fields=("user_id",),
+    ),
+    Holding(
+        "unions", "which user holds a unionid on a platform", personal=True,
+        lifetime="until the account is deleted", enforced_by="account deletion",
+        on_delete="deleted",
+        fields=(Field("_id", "platform and unionid", "unique claim"),
+                Field("user_id", "user id", "owner"), Field("created_at", "time", "audit")),
+        owner_fields=("user_id",),
+    ),
+    Holding(
+        "sessions", "login code claims (code results) and the sessions minted from them",
+        personal=True,
+        lifetime="a code result: code_result_ttl (5 min); a session: until its absolute "
+        "expiry (refresh_token_max_age, 90 days); session_key: until the session ends",
+        enforced_by="TTL index on purge_at, plus the periodic purge (session_key removed when "
+        "a session ends or goes idle)",
+        on_delete="every session revoked at once, then deleted",
+        fields=(*PLATFORM_APP,
+                Field("user_id, openid, unionid", "who logged in", "the session check"),
+                Field("session_key_enc", "platform session_key, encrypted (AES-GCM)",
+                      "verifies profile and phone data"),
+                Field("refresh_hash, previous_refresh_hash", "SHA-256 of refresh tokens",
+                      "refresh and reuse detection"),
+                Field("code_key", "SHA-256 of the login code", "a code is exchanged once"),
+                Field("created_at, auth_ts, last_refresh_ts, expires_ts, "
+                      "absolute_expires_ts, purge_at", "times", "expiry"),
+                Field("state, family, is_new, error, request_id, revoked_*", "bookkeeping",
+                      "replays and revocation")),
+        owner_fields=("user_id",),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "spent_refresh_tokens", "hashes of spent refresh tokens (reuse detection)",
+        personal=True,
+        lifetime="until the session's absolute expiry", enforced_by="TTL index on purge_at",
+        on_delete="deleted",
+        fields=(Field("_id", "SHA-256 of a spent refresh token", "reuse detection"),
+                Field("session_id, user_id", "owner", "ends the right session"),
+                *PLATFORM_APP, Field("spent_ts, purge_at", "times", "expiry")),
+        owner_fields=("user_id",),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "union_conflicts", "two users met under one unionid, for an operator",
+        personal=True,
+        lifetime="90 days after last seen", enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="deleted (either side)",
+        fields=(Field("platform, app, unionid", "where", "operator resolves it"),
+                Field("holder_user_id, other_user_id", "both users", "operator resolves it"),
+                Field("seen_at, purge_at", "times", "expiry")),
+        owner_fields=("holder_user_id", "other_user_id"),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "consents", "which version of which document a user accepted, and withdrawals",
+        personal=True,
+        lifetime="while accepted; a withdrawn record consent_withdrawn_days (365) after "
+        "withdrawal", enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="deleted",
+        fields=(Field("user_id", "owner", "whose consent"),
+                Field("document, version", "what was accepted", "proof of consent"),
+                Field("accepted_at, withdrawn_at", "times", "proof of consent"),
+                *PLATFORM_APP,
+                Field("client_ip", "client address as the gateway saw it", "proof of consent"),
+                Field("purge_at", "time", "expiry of a withdrawn record")),
+        owner_fields=("user_id",),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "login_history", "each successful login and refresh", personal=True,
+        lifetime="login_history_days (180)", enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="deleted",
+        fields=(Field("user_id", "owner", "the user's own history (export only)"),
+                Field("event", "login or refresh", "security review by the user"),
+                Field("at", "time", "when"), *PLATFORM_APP,
+                Field("client_ip", "client address, truncated (24 bits of IPv4, 48 of IPv6 "
+                      "by default)", "where from, roughly"),
+                Field("user_agent", "User-Agent, at most 256 characters", "which device"),
+                Field("purge_at", "time", "expiry")),
+        owner_fields=("user_id",),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "account_tombstones", "what stays of a deleted account", personal=False,
+        lifetime="tombstone_days (3 years)", enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="written by the deletion: a one-way hash of the user id, the time, the reason",
+        fields=(Field("_id", "SHA-256 of the user id", "abuse handling, answers a retried "
+                      "deletion"),
+                Field("deleted_at, reason, purge_at", "time and reason", "accounting")),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "erasure_notices", "tells every worker to forget the identities it remembers",
+        personal=False, lifetime="1 hour", enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="written by the deletion (a time only)",
+        fields=(Field("ts, purge_at", "times", "cache invalidation"),),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "platform_tokens", "each WeChat app's access_token (encrypted)", personal=False,
+        lifetime="until WeChat's expiry, replaced in place", enforced_by="replacement",
+        on_delete="nothing: no user's data",
+    ),
+    Holding(
+        "redeliveries", "how often a request message was redelivered", personal=False,
+        lifetime="1 hour", enforced_by="TTL index on purge_at", on_delete="nothing: message ids",
+        expires_on="purge_at",
+    ),
+    Holding(
+        "rate_windows", "per-app request counters", personal=False,
+        lifetime="seconds", enforced_by="TTL index on purge_at", on_delete="nothing: app ids",
+        expires_on="purge_at",
+    ),
+)
+"""Every collection, in the order deletion goes through them (``erase_last`` ones at the end)."""
+
+BY_COLLECTION: Mapping[str, Holding] = {entry.collection: entry for entry in DATA_MAP}
+
+
+def covered(collection: str) -> bool:
+    """Whether the data map says what happens to ``collection`` (system collections aside)."""
+    return collection in BY_COLLECTION or collection.startswith("system.")

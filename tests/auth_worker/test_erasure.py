@@ -1,0 +1,133 @@
+"""``erase_user`` on the database alone: every collection of the data map swept, idempotent,
+resumable when its wait for logins in flight runs out, and nothing of other users touched."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from auth_worker.datamap import DATA_MAP
+from auth_worker.erasure import Erasure, hash_user_id
+from auth_worker.retention import purge_once, purge_session_keys
+from auth_worker.store import Store, utcnow
+from shared.settings import Settings
+
+
+@pytest.fixture
+async def erasure(mongo_url: str) -> AsyncIterator[Erasure]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    name = f"mpltest_erase_{uuid.uuid4().hex[:8]}"
+    settings = Settings(mode="development", mongo_db=name, login_deadline=2.0,
+                        platform_timeout=1.0)
+    store = Store(client, name)
+    await store.ensure_indexes()
+    found = Erasure(settings, store)
+    await found.ensure_indexes()
+    try:
+        yield found
+    finally:
+        await client.drop_database(name)
+        await client.close()
+
+
+async def seed(erasure: Erasure, user_id: str) -> None:
+    """One document holding ``user_id`` in every owner field of every collection of the map."""
+    for holding in DATA_MAP:
+        for owner in holding.owner_fields:
+            doc: dict[str, Any] = {owner: user_id, "note": f"{holding.collection}.{owner}"}
+            if owner != "_id":
+                doc["_id"] = f"{holding.collection}|{owner}|{user_id}"
+            await erasure.db[holding.collection].insert_one(doc)
+
+
+async def holding(erasure: Erasure, user_id: str) -> list[str]:
+    found = []
+    for entry in DATA_MAP:
+        query = entry.owner_filter(user_id)
+        if query is not None and await erasure.db[entry.collection].count_documents(query):
+            found.append(entry.collection)
+    return found
+
+
+async def test_every_owner_field_of_every_collection_is_swept_and_others_kept(
+    erasure: Erasure,
+) -> None:
+    await seed(erasure, "u_gone")
+    await seed(erasure, "u_stays")
+    assert len(await holding(erasure, "u_gone")) == len([h for h in DATA_MAP if h.owner_fields])
+    outcome = await erasure.erase_user("u_gone", deadline=time.time() + 5)
+    assert outcome.status == "deleted"
+    assert await holding(erasure, "u_gone") == []
+    assert len(await holding(erasure, "u_stays")) == len(
+        [h for h in DATA_MAP if h.owner_fields])
+    tomb = await erasure.tombstones.find_one({"_id": hash_user_id("u_gone")})
+    assert tomb is not None and tomb["reason"] == "user_request"
+    assert "u_gone" not in repr(tomb)
+    again = await erasure.erase_user("u_gone", deadline=time.time() + 5)
+    assert again == outcome, "idempotent: the first deletion's time"
+    assert (await erasure.status("u_gone")) == outcome
+
+
+async def test_a_wait_that_runs_out_is_finished_by_the_periodic_task(erasure: Erasure) -> None:
+    await seed(erasure, "u_slow")
+    # A login of someone else still in flight: the erasure waits for it, past its deadline.
+    await erasure.store.sessions.insert_one({
+        "_id": "pending-claim", "state": "pending", "created_ts": time.time(),
+        "lease_until_ts": time.time() + 60})
+    outcome = await erasure.erase_user("u_slow", deadline=time.time() + 0.3)
+    assert outcome.status == "pending_deletion"
+    assert await erasure.store.identities.count_documents({"user_id": "u_slow"}) == 0
+    assert await erasure.store.sessions.count_documents(
+        {"user_id": "u_slow", "state": "active"}) == 0
+    assert "users" in await holding(erasure, "u_slow"), "resumable: the user document stays"
+    assert await erasure.complete_due() == 0, "not before its resume time"
+    await erasure.store.sessions.delete_one({"_id": "pending-claim"})
+    await erasure.users.update_one({"_id": "u_slow"}, {"$set": {"deletion.resume_ts": 0}})
+    assert await erasure.complete_due() == 1
+    assert await holding(erasure, "u_slow") == []
+
+
+async def test_ended_sessions_lose_their_session_key_at_once_and_in_the_purge(
+    erasure: Erasure,
+) -> None:
+    store = erasure.store
+    now = time.time()
+    await store.sessions.insert_many([
+        {"_id": "live", "user_id": "u1", "state": "active", "session_key_enc": "x",
+         "expires_ts": now + 60, "absolute_expires_ts": now + 600},
+        {"_id": "idle", "user_id": "u1", "state": "active", "session_key_enc": "x",
+         "expires_ts": now - 1, "absolute_expires_ts": now + 600},
+        {"_id": "old", "user_id": "u1", "state": "revoked", "session_key_enc": "x",
+         "expires_ts": now + 60, "absolute_expires_ts": now + 600},
+    ])
+    await store.sessions.insert_one({"_id": "ends", "user_id": "u2", "state": "active",
+                                     "session_key_enc": "x", "family": "ends",
+                                     "expires_ts": now + 60, "absolute_expires_ts": now + 600})
+    assert await store.revoke_family("ends", reason="logout") == 1
+    assert "session_key_enc" not in await store.sessions.find_one({"_id": "ends"})
+    assert await purge_session_keys(store) == 2
+    kept = {d["_id"] for d in await store.sessions.find(
+        {"session_key_enc": {"$exists": True}}).to_list(None)}
+    assert kept == {"live"}
+    past, future = utcnow() - timedelta(seconds=1), utcnow() + timedelta(days=1)
+    await store.db["login_history"].insert_many([
+        {"user_id": "u1", "purge_at": past}, {"user_id": "u1", "purge_at": future}])
+    await store.db["consents"].insert_one({"user_id": "u1", "purge_at": past})
+    # Epoch seconds too (what the stand-in compares where a $set date became a string).
+    await store.sessions.insert_one({"_id": "over", "state": "revoked", "expires_ts": now - 10,
+                                     "absolute_expires_ts": now - 1})
+    await store.db["consents"].insert_many([
+        {"user_id": "u1", "document": "a", "withdrawn_ts": now - 366 * 86400},
+        {"user_id": "u1", "document": "b", "withdrawn_ts": now - 86400}])
+    done = await purge_once(store, erasure)
+    assert done == {"session_keys": 0, "expired": 4, "accounts_erased": 0}
+    assert await store.db["login_history"].count_documents({}) == 1
+    assert [c["document"] for c in await store.db["consents"].find({}).to_list(None)] == ["b"]
+    assert await store.sessions.find_one({"_id": "over"}) is None
+    assert await store.sessions.find_one({"_id": "live"}) is not None
