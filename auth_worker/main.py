@@ -97,6 +97,7 @@ async def login_service(
                                        limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound)
+            await service.profiles.profiles.ensure_indexes()
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
             try:
                 yield service

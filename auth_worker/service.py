@@ -25,8 +25,11 @@ from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
+from auth_worker.avatar_store import GridFSAvatarStorage
+from auth_worker.moderation import Moderator
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
+from auth_worker.profile_store import ProfileStore
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
@@ -37,9 +40,18 @@ from auth_worker.store import (
     new_user_id,
     now_ts,
 )
+from auth_worker.user_profile_service import UserProfileService
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
-from shared.messages import EchoOut, EchoParams, LoginParams, SessionOut, UserOut
+from shared.messages import (
+    EchoOut,
+    EchoParams,
+    LoginParams,
+    MeOut,
+    SessionOut,
+    SessionParams,
+    UserOut,
+)
 from shared.rpc import contract
 from shared.rpc.contract import HandlerTable, RpcReply, RpcRequest
 from shared.rpc.server import CallContext, RejectAfterReply
@@ -128,6 +140,9 @@ class LoginService:
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.profiles = UserProfileService(
+            settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
+            Moderator(phone_source.api, phone_source.tokens))
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -175,10 +190,23 @@ class LoginService:
         table.register(contract.LOGIN, self.login)
         table.register(contract.REFRESH, account.refresh)
         table.register(contract.LOGOUT, lambda params, ctx: account.logout(params))
-        table.register(contract.ME, lambda params, ctx: account.me(params))
+        table.register(contract.ME, lambda params, ctx: self.me(params))
         table.register(contract.PROFILE, lambda params, ctx: opendata.profile(params))
         table.register(contract.PHONE, opendata.phone)
+        profiles = self.profiles
+        table.register(contract.AVATAR_UPLOAD, profiles.upload_avatar)
+        table.register(contract.AVATAR_FETCH, lambda params, ctx: profiles.fetch_avatar(params))
+        table.register(contract.NICKNAME, profiles.set_nickname)
+        table.register(contract.PLATFORM_EVENT,
+                       lambda params, ctx: profiles.platform_event(params))
         return table
+
+    async def me(self, params: SessionParams) -> MeOut:
+        """/v1/me: the account's view, with what the user entered and where each field came
+        from."""
+        account = await self.account.me(params)
+        entered = await self.profiles.user_profile(params.user_id)
+        return account.model_copy(update={"user_profile": entered})
 
     @staticmethod
     async def echo(params: EchoParams, ctx: CallContext) -> EchoOut:

@@ -39,6 +39,11 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "该手机号已绑定其他用户。",
     ErrorCode.NOT_SUPPORTED: "该平台或应用不支持此操作。",
     ErrorCode.REQUEST_TIMEOUT: "请求体未能及时送达。",
+    ErrorCode.INVALID_IMAGE: "文件不是本服务接受的 JPEG、PNG 或 WebP 图片。",
+    ErrorCode.CONTENT_REJECTED: "平台的内容安全检测未通过。",
+    ErrorCode.USER_NOT_RECENT: "平台只检测两小时内打开过小程序的用户的内容，"
+    "请重新打开小程序后再试。",
+    ErrorCode.PAYLOAD_TOO_LARGE: "上传的内容超过了本服务允许的大小。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")

@@ -49,6 +49,10 @@ class ErrorCode(StrEnum):
     PHONE_IN_USE = "phone_in_use"
     NOT_SUPPORTED = "not_supported"
     REQUEST_TIMEOUT = "request_timeout"
+    INVALID_IMAGE = "invalid_image"
+    CONTENT_REJECTED = "content_rejected"
+    USER_NOT_RECENT = "user_not_recent"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -74,6 +78,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PHONE_IN_USE: 409,
     ErrorCode.NOT_SUPPORTED: 400,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.INVALID_IMAGE: 422,
+    ErrorCode.CONTENT_REJECTED: 422,
+    ErrorCode.USER_NOT_RECENT: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -101,6 +109,11 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "This phone number is already bound to another user.",
     ErrorCode.NOT_SUPPORTED: "This operation is not supported for this platform or app.",
     ErrorCode.REQUEST_TIMEOUT: "The request body did not arrive in time.",
+    ErrorCode.INVALID_IMAGE: "The file is not a JPEG, PNG or WebP image this service accepts.",
+    ErrorCode.CONTENT_REJECTED: "The platform's content check rejected this content.",
+    ErrorCode.USER_NOT_RECENT: "The platform checks content only for users who opened the "
+    "mini-program within the last two hours: open it again, then retry.",
+    ErrorCode.PAYLOAD_TOO_LARGE: "The upload is larger than this service accepts.",
 }
 
 

@@ -29,19 +29,26 @@ from pydantic import (
 
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
+    AvatarFetchParams,
+    AvatarFileOut,
+    AvatarUploadParams,
     EchoOut,
     EchoParams,
     LoginParams,
     LogoutOut,
     LogoutParams,
     MeOut,
+    NicknameParams,
     PhoneOut,
     PhoneParams,
+    PlatformEventOut,
+    PlatformEventParams,
     ProfileOut,
     ProfileParams,
     RefreshParams,
     SessionOut,
     SessionParams,
+    UserProfileOut,
 )
 
 PROTOCOL_VERSION: Literal[1] = 1
@@ -66,9 +73,14 @@ LOGOUT = Method("logout", LogoutParams, LogoutOut)
 ME = Method("me", SessionParams, MeOut)
 PROFILE = Method("profile", ProfileParams, ProfileOut)
 PHONE = Method("phone", PhoneParams, PhoneOut)
+AVATAR_UPLOAD = Method("avatar_upload", AvatarUploadParams, UserProfileOut)
+AVATAR_FETCH = Method("avatar_fetch", AvatarFetchParams, AvatarFileOut)
+NICKNAME = Method("nickname", NicknameParams, UserProfileOut)
+PLATFORM_EVENT = Method("platform_event", PlatformEventParams, PlatformEventOut)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {
-    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO)
+    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO,
+                                       AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT)
 }
 """Every method a worker serves, by name."""
 
