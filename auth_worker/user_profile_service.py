@@ -111,7 +111,7 @@ class UserProfileService:
         except (binascii.Error, ValueError):
             raise MPLoginError(ErrorCode.INVALID_REQUEST, "data is not base64.") from None
         if len(data) > self.settings.avatar_max_bytes:
-            raise MPLoginError(ErrorCode.PAYLOAD_TOO_LARGE)
+            raise MPLoginError(ErrorCode.INVALID_REQUEST, "The upload is too large.")
         async with self._decoding:
             image = await asyncio.to_thread(
                 clean_avatar, data, params.content_type,

@@ -68,6 +68,9 @@ class Route:
     description: str = ""
     media_type: str = "application/json"
     documented: bool = True
+    upload_types: tuple[str, ...] = ()
+    """Content types of a body that is a file rather than JSON (``multipart/form-data``,
+    ``image/png``...): documented as such, read by the handler itself."""
 
     @property
     def limited(self) -> bool:

@@ -43,7 +43,6 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.CONTENT_REJECTED: "平台的内容安全检测未通过。",
     ErrorCode.USER_NOT_RECENT: "平台只检测两小时内打开过小程序的用户的内容，"
     "请重新打开小程序后再试。",
-    ErrorCode.PAYLOAD_TOO_LARGE: "上传的内容超过了本服务允许的大小。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")

@@ -62,10 +62,26 @@ def sniffed_type(head: bytes) -> str | None:
     return None
 
 
+def _check_kind(data: bytes, declared: str | None) -> str:
+    """The image type of ``data`` by its first bytes, which must match ``declared`` when given;
+    else ``invalid_image`` (the worker decodes it in full; this refuses the obvious early)."""
+    if not data:
+        raise MPLoginError(ErrorCode.INVALID_IMAGE, "The file is empty.")
+    kind = sniffed_type(data[:16])
+    if kind is None:
+        raise MPLoginError(ErrorCode.INVALID_IMAGE, "The file is not a JPEG, PNG or WebP image.")
+    if declared is not None and kind != declared:
+        raise MPLoginError(ErrorCode.INVALID_IMAGE,
+                           "The file's content does not match its declared type.")
+    return kind
+
+
 def _too_large(request: web.Request) -> MPLoginError:
     # The rest of the body is not read: the connection cannot be reused.
     request[CLOSE_CONNECTION] = True
-    return MPLoginError(ErrorCode.PAYLOAD_TOO_LARGE)
+    return MPLoginError(ErrorCode.INVALID_REQUEST,
+                        "The upload is larger than this service accepts "
+                        f"({request.app[SETTINGS].avatar_max_bytes} bytes).")
 
 
 def _broken(request: web.Request) -> MPLoginError:
@@ -130,21 +146,13 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[bytes, str]:
     try:
         if content_type == "multipart/form-data":
             data, declared = await _read_multipart(request, limit)
-            kind = sniffed_type(data[:16])
-            if kind is None:
-                if not data:
-                    raise MPLoginError(ErrorCode.INVALID_IMAGE, "The file is empty.")
-                raise MPLoginError(ErrorCode.INVALID_IMAGE,
-                                   "The file is not a JPEG, PNG or WebP image.")
-            if declared and declared.split(";")[0].strip().lower() in IMAGE_TYPES \
-                    and declared.split(";")[0].strip().lower() != kind:
-                raise MPLoginError(ErrorCode.INVALID_IMAGE,
-                                   "The file's content does not match its declared type.")
+            kind = _check_kind(data, None)
+            if declared and declared.split(";")[0].strip().lower() in IMAGE_TYPES:
+                _check_kind(data, declared.split(";")[0].strip().lower())
             return data, kind
         if content_type in IMAGE_TYPES:
             data = await _read_stream(request, limit)
-            if not data:
-                raise MPLoginError(ErrorCode.INVALID_IMAGE, "The file is empty.")
+            _check_kind(data, content_type)
             return data, content_type
     except (ValueError, AssertionError, HttpProcessingError, web.RequestPayloadError):
         raise _broken(request) from None

@@ -52,7 +52,6 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image"
     CONTENT_REJECTED = "content_rejected"
     USER_NOT_RECENT = "user_not_recent"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -81,7 +80,6 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_IMAGE: 422,
     ErrorCode.CONTENT_REJECTED: 422,
     ErrorCode.USER_NOT_RECENT: 409,
-    ErrorCode.PAYLOAD_TOO_LARGE: 413,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -113,7 +111,6 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.CONTENT_REJECTED: "The platform's content check rejected this content.",
     ErrorCode.USER_NOT_RECENT: "The platform checks content only for users who opened the "
     "mini-program within the last two hours: open it again, then retry.",
-    ErrorCode.PAYLOAD_TOO_LARGE: "The upload is larger than this service accepts.",
 }
 
 

@@ -8,6 +8,7 @@ session are fuzzed too, not only their 401.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,17 @@ from gateway.appkeys import RPC, TOKENS
 from gateway.auth import AccessTokens
 from shared.keyring import KeyRing
 from shared.messages import (
+    AvatarFileOut,
     IdentityOut,
     LogoutOut,
     MeOut,
     PhoneOut,
+    PlatformEventOut,
     Profile,
     ProfileOut,
     SessionOut,
     UserOut,
+    UserProfileOut,
 )
 from shared.rpc.contract import Method, RpcReply
 from shared.settings import Settings
@@ -50,6 +54,11 @@ REPLIES: dict[str, RpcReply] = {
         identities=[IdentityOut(platform="wechat", app_id="wx1", anonymous=False)])),
     "profile": RpcReply.success(ProfileOut(profile=_PROFILE)),
     "phone": RpcReply.success(PhoneOut(phone="+86138****0007")),
+    "avatar_upload": RpcReply.success(UserProfileOut()),
+    "nickname": RpcReply.success(UserProfileOut(nickname="n", nickname_status="approved")),
+    "avatar_fetch": RpcReply.success(AvatarFileOut(content_type="image/jpeg", data="/9j/",
+                                                   etag='"e"', public=True)),
+    "platform_event": RpcReply.success(PlatformEventOut(body="success")),
 }
 
 
@@ -109,7 +118,12 @@ def router_requests(app: web.Application) -> list[tuple[str, str]]:
         if resource is None:
             continue
         path = resource.canonical
-        if "{" in path:  # a variable route (the docs assets): a real name, a miss, an escape
+        if "{" in path and not path.startswith(openapi.DOCS_ASSETS_PREFIX):
+            # The template itself (as the document names it), and values: plausible, short, odd.
+            found.append((route.method, path))
+            for value in ("wechat", "A" * 32, "x", "%2e%2e", "-_-_-_-_-_-_-_-_-_"):
+                found.append((route.method, re.sub(r"\{[^}]+\}", value, path)))
+        elif "{" in path:  # the docs assets: a real name, a miss, an escape
             prefix = path[:path.index("{")]
             for name in (next(iter(openapi.docs_assets())), "missing.js", "../../views.py",
                          "swagger-ui", "%2e%2e/app.py"):
