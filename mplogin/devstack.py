@@ -261,11 +261,11 @@ async def _register_dev_apps(
 
 def _wechat_push_files(files: DevFiles, creds: Path) -> dict[str, str]:
     """The dev WeChat app's message-push token and EncodingAESKey (made once, kept private)."""
-    for name, make in (("wechat-push-token", lambda: secrets.token_urlsafe(16)),
-                       ("wechat-encoding-aes-key",
-                        lambda: base64.b64encode(secrets.token_bytes(32)).decode()[:43])):
-        if not (creds / name).exists():
-            write_private(creds / name, make())
+    if not (creds / "wechat-push-token").exists():
+        write_private(creds / "wechat-push-token", secrets.token_urlsafe(16))
+    if not (creds / "wechat-encoding-aes-key").exists():
+        write_private(creds / "wechat-encoding-aes-key",
+                      base64.b64encode(secrets.token_bytes(32)).decode()[:43])
     return {"push_token_file": files.secret_ref("wechat-push-token"),
             "encoding_aes_key_file": files.secret_ref("wechat-encoding-aes-key")}
 
