@@ -199,9 +199,11 @@ class UserProfileService:
         platform_profile = user.get("profile")
         if isinstance(platform_profile, dict):
             at = _iso(user.get("profile_updated_at"))
+            # Alipay's my.getOpenUserInfo is not signed: stored with source "user".
+            source = "user" if platform_profile.get("source") == "user" else "platform"
             for name in platform_profile:
-                if name != "signed":
-                    sources[name] = FieldSource(source="platform", at=at)
+                if name not in ("signed", "source"):
+                    sources[name] = FieldSource(source=source, at=at)
         nickname: str | None = None
         nickname_status = None
         entered = (user.get("user_profile") or {}).get("nickname")

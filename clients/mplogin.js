@@ -459,12 +459,13 @@ export function createClient(options) {
     },
 
     /**
-     * PATCH /v1/profile with the nickname the user typed (`<input type="nickname">`). Rejects
-     * with `content_rejected` when the platform's check rates it risky (the old one stays).
+     * POST /v1/profile/nickname (PATCH /v1/profile's twin: `wx.request` and its copies have no
+     * PATCH) with the nickname the user typed (`<input type="nickname">`). Rejects with
+     * `content_rejected` when the platform's check rates it risky (the old one stays).
      * @param {string} text
      */
     setNickname(text) {
-      return call({ url: '/v1/profile', method: 'PATCH', data: { nickname: text } })
+      return call({ url: '/v1/profile/nickname', method: 'POST', data: { nickname: text } })
     },
 
     /**

@@ -184,7 +184,7 @@ async def upload_avatar(request: web.Request) -> web.Response:
 
 
 async def patch_profile(request: web.Request) -> web.Response:
-    """PATCH /v1/profile: set the nickname the user typed (moderated)."""
+    """PATCH /v1/profile (or POST /v1/profile/nickname): the nickname the user typed."""
     who = caller(request)
     body = parse(NicknameBody, await read_json_object(request))
     return await forward(request, contract.NICKNAME, NicknameParams(**who, nickname=body.nickname))

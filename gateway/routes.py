@@ -103,6 +103,16 @@ ROUTES: tuple[Route, ...] = (
         "characters, then checked by the platform: `content_rejected` (422) stores nothing.",
     ),
     Route(
+        "POST", "/v1/profile/nickname", profile_views.patch_profile,
+        operation_id="set_nickname_post", tag="account",
+        summary="The same as PATCH /v1/profile, for mini-program request APIs without PATCH",
+        rpc=contract.NICKNAME, body=profile_views.NicknameBody,
+        errors=(*AUTH, *BODY, E.CONTENT_REJECTED, E.USER_NOT_RECENT, E.PLATFORM_UNAVAILABLE,
+                E.APP_MISCONFIGURED, *RPC),
+        description="`wx.request` (and `tt`, `ks`, `swan`, `qq`, uni-app and Taro on them) "
+        "offers OPTIONS, GET, HEAD, POST, PUT, DELETE, TRACE and CONNECT only.",
+    ),
+    Route(
         "GET", "/v1/avatars/{avatar_id}", profile_views.get_avatar, Access.CLIENT,
         operation_id="avatar", tag="account",
         summary="An avatar image (public once approved; with `?key=` while pending)",

@@ -55,6 +55,8 @@ class ProfileParams(SessionParams):
     signature: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     encrypted_data: B64 | None = None
     iv: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    # Alipay: my.getOpenUserInfo's res.response, a JSON string (docs/platforms.md §10.5).
+    response: Annotated[str, StringConstraints(min_length=1, max_length=16384)] | None = None
 
 
 class PhoneParams(SessionParams):

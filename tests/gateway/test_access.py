@@ -143,8 +143,8 @@ def test_only_the_table_exempts_a_route_and_the_document_says_which_are_limited(
         by_path[route.resource.canonical] = access
     assert {p for p, a in by_path.items() if a is Access.EXEMPT} == EXEMPT
     assert {p for p, a in by_path.items() if a is Access.CLIENT} == CLIENT
-    assert {p for p, a in by_path.items() if a is Access.USER} == {*AUTHENTICATED,
-                                                                    "/v1/profile/avatar"}
+    assert {p for p, a in by_path.items() if a is Access.USER} == {
+        *AUTHENTICATED, "/v1/profile/avatar", "/v1/profile/nickname"}
     assert len(ROUTES) == len({(r.method, r.path) for r in ROUTES}), "one entry per method+path"
     assert {r.path.replace("{name:.+}", "{name}") for r in ROUTES} == set(by_path)
     document = openapi.build_document("0", ROUTES)
