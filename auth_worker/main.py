@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from auth_worker.apps import load_apps
+from auth_worker.douyin_security import DouyinApi
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.platforms import build_adapters
@@ -26,6 +27,7 @@ from auth_worker.quota import AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
+from auth_worker.wechat_api import WeChatTokenStore
 from shared.errors import StartupError
 from shared.keyring import (
     KeyReloader,
@@ -95,8 +97,11 @@ async def login_service(
             )
             phones = WeChatPhoneSource(http, settings.platform_timeout, store, box,
                                        limiter=api_outbound, observer=metrics)
+            douyin_api = DouyinApi(http, settings.platform_timeout, limiter=api_outbound,
+                                   observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
-                                   quota=quota, outbound=outbound)
+                                   quota=quota, outbound=outbound,
+                                   douyin=(douyin_api, WeChatTokenStore(store, box, douyin_api)))
             await service.profiles.profiles.ensure_indexes()
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
             try:

@@ -15,8 +15,11 @@ Both calls use the app's shared access token (the lease the phone binding uses,
 ``auth_worker.wechat_api.WeChatTokenStore``), renewed once when WeChat rejects it, and the app's
 outbound API limiter (``PlatformApi.call``).
 
+Douyin (``auth_worker.douyin_security``): its text check and its synchronous image check, with
+its own shared access token; a hit is ``rejected`` at once, else ``approved``.
+
 Any other platform, or an app whose entry says ``moderation = "off"``: the content is stored as
-``unmoderated``. Douyin's checks are not built yet (docs/profile.md says what is missing).
+``unmoderated``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from auth_worker.apps import AppConfig
+from auth_worker.douyin_security import DouyinApi
 from auth_worker.platforms.base import platform_code_of, text_field
 from auth_worker.wechat_api import (
     TOKEN_ERRORS,
@@ -56,7 +60,7 @@ SEC_CHECK_ERROR_TABLE: dict[str, ErrorCode] = {
     "45009": ErrorCode.RATE_LIMITED,
     "45011": ErrorCode.RATE_LIMITED,
 }
-MODERATED_PLATFORMS = frozenset({"wechat"})
+MODERATED_PLATFORMS = frozenset({"wechat", "douyin"})
 
 T = TypeVar("T")
 
@@ -77,15 +81,24 @@ def moderated(app: AppConfig) -> bool:
 class Moderator:
     """The content checks, over the shared WeChat client and token store."""
 
-    def __init__(self, api: WeChatApi, tokens: WeChatTokenStore) -> None:
+    def __init__(self, api: WeChatApi, tokens: WeChatTokenStore,
+                 douyin: tuple[DouyinApi, WeChatTokenStore] | None = None) -> None:
         self.api = api
         self.tokens = tokens
+        self.douyin = douyin  # None: a service built by hand; Douyin content is then unmoderated
+
+    def covers(self, app: AppConfig) -> bool:
+        """Whether this app's user content is checked here."""
+        return moderated(app) and (app.platform != "douyin" or self.douyin is not None)
 
     async def check_text(self, app: AppConfig, openid: str, text: str,
                          deadline: float) -> Verdict:
         """The verdict on ``text`` typed by ``openid`` (``unmoderated`` when not checked)."""
-        if not moderated(app):
+        if not self.covers(app):
             return Verdict("unmoderated")
+        if app.platform == "douyin":
+            return await self._douyin(app, deadline, lambda api, token: api.text_hit(
+                app, token, text))
 
         async def call(token: str) -> Verdict:
             data = await self._post(app, "/wxa/msg_sec_check", token, {
@@ -94,11 +107,15 @@ class Moderator:
 
         return await self._with_token(app, deadline, call)
 
-    async def check_image(self, app: AppConfig, openid: str, media_url: str,
+    async def check_image(self, app: AppConfig, openid: str, media_url: str, image: bytes,
                           deadline: float) -> Verdict:
-        """Submit the image at ``media_url``: ``pending`` with WeChat's trace id."""
-        if not moderated(app):
+        """Submit the image at ``media_url``: ``pending`` with WeChat's trace id; Douyin's
+        synchronous verdict."""
+        if not self.covers(app):
             return Verdict("unmoderated")
+        if app.platform == "douyin":
+            return await self._douyin(app, deadline, lambda api, token: api.image_hit(
+                app, token, image))
 
         async def call(token: str) -> Verdict:
             data = await self._post(app, "/wxa/media_check_async", token, {
@@ -132,18 +149,31 @@ class Moderator:
             raise self.api.malformed(app, path, "no result.suggest")
         return status
 
+    async def _douyin(self, app: AppConfig, deadline: float,
+                      check: Callable[[DouyinApi, str], Awaitable[bool]]) -> Verdict:
+        assert self.douyin is not None  # noqa: S101 - covers() checked it
+        api, tokens = self.douyin
+
+        async def call(token: str) -> Verdict:
+            return Verdict("rejected" if await check(api, token) else "approved")
+
+        return await self._with_token(app, deadline, call, tokens)
+
     async def _with_token(self, app: AppConfig, deadline: float,
-                          call: Callable[[str], Awaitable[T]]) -> T:
+                          call: Callable[[str], Awaitable[T]],
+                          store: WeChatTokenStore | None = None) -> T:
+        tokens = store or self.tokens
         for attempt in (1, 2):
-            token = await self.tokens.token(app, deadline)
+            token = await tokens.token(app, deadline)
             try:
                 return await call(token)
             except TokenRejectedError as rejected:
-                replaced = await self.tokens.expire_if_current(app, token)
+                replaced = await tokens.expire_if_current(app, token)
                 log.warning("access_token.rejected", platform=app.platform, app_id=app.app_id,
                             errcode=str(rejected), expired_here=replaced, attempt=attempt)
         raise PlatformError(ErrorCode.PLATFORM_UNAVAILABLE,
-                            "WeChat keeps rejecting the access token.", platform="wechat")
+                            "The platform keeps rejecting the access token.",
+                            platform=app.platform)
 
 
 def deadline_in(seconds: float) -> float:

@@ -26,6 +26,7 @@ from pymongo.errors import PyMongoError
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.avatar_store import GridFSAvatarStorage
+from auth_worker.douyin_security import DouyinApi
 from auth_worker.moderation import Moderator
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
@@ -41,6 +42,7 @@ from auth_worker.store import (
     now_ts,
 )
 from auth_worker.user_profile_service import UserProfileService
+from auth_worker.wechat_api import WeChatTokenStore
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
 from shared.messages import (
@@ -128,6 +130,7 @@ class LoginService:
         *,
         quota: AppQuota | None = None,
         outbound: PlatformRateLimiter | None = None,
+        douyin: tuple[DouyinApi, WeChatTokenStore] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -142,7 +145,7 @@ class LoginService:
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
         self.profiles = UserProfileService(
             settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
-            Moderator(phone_source.api, phone_source.tokens))
+            Moderator(phone_source.api, phone_source.tokens, douyin))
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:

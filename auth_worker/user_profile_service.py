@@ -33,7 +33,7 @@ from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry, configuration_error
 from auth_worker.avatar_image import clean_avatar
 from auth_worker.avatar_store import AvatarStorage
-from auth_worker.moderation import SUGGEST_STATUS, Moderator, deadline_in, moderated
+from auth_worker.moderation import SUGGEST_STATUS, Moderator, deadline_in
 from auth_worker.platforms.base import clip
 from auth_worker.profile import clean_text
 from auth_worker.profile_store import ProfileStore
@@ -118,20 +118,23 @@ class UserProfileService:
                 max_pixels=self.settings.avatar_max_pixels, side=self.settings.avatar_side)
         del data
         avatar_id, key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        checked = moderated(app)
         await self.storage.put(avatar_id, image.data, image.content_type)
-        trace: str | None = None
         try:
-            if checked:
-                verdict = await self.moderator.check_image(
-                    app, openid, self._url(avatar_id, key), deadline_in(ctx.remaining()))
-                trace = verdict.trace_id
+            # WeChat: pending with a trace id; Douyin: its verdict at once; else unmoderated.
+            verdict = await self.moderator.check_image(
+                app, openid, self._url(avatar_id, key), image.data, deadline_in(ctx.remaining()))
+            if verdict.status == "rejected":
+                log.info("avatar.rejected", platform=app.platform, app_id=app.app_id,
+                         user_id=params.user_id)
+                raise MPLoginError(ErrorCode.CONTENT_REJECTED,
+                                   "The platform's content check rejected this image.")
         except BaseException:
             await self.storage.delete(avatar_id)
             raise
+        trace = verdict.trace_id
         doc: dict[str, Any] = {
             "_id": avatar_id, "user_id": params.user_id, "app": f"{app.platform}|{app.app_id}",
-            "openid": openid, "status": "pending" if checked else "unmoderated",
+            "openid": openid, "status": verdict.status,
             "review_key": key, "content_type": image.content_type, "etag": image.etag,
             "size": len(image.data), "width": image.width, "height": image.height,
             "created_at": utcnow(),

@@ -84,7 +84,7 @@ ROUTES: tuple[Route, ...] = (
         rpc=contract.AVATAR_UPLOAD,
         upload_types=("multipart/form-data", "image/jpeg", "image/png", "image/webp"),
         errors=(*AUTH, E.INVALID_REQUEST, E.UNSUPPORTED_MEDIA_TYPE, E.REQUEST_TIMEOUT,
-                E.INVALID_IMAGE, E.USER_NOT_RECENT, E.PLATFORM_UNAVAILABLE,
+                E.INVALID_IMAGE, E.CONTENT_REJECTED, E.USER_NOT_RECENT, E.PLATFORM_UNAVAILABLE,
                 E.APP_MISCONFIGURED, *RPC),
         description="What `wx.uploadFile` (and `my`/`tt`/`ks`/`swan`/`qq.uploadFile`) sends: "
         "`multipart/form-data` with exactly one file (any field name), or a raw `image/jpeg`, "

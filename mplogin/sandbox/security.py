@@ -16,6 +16,19 @@ phone number API: 41001 missing, 40001 unknown, 42001 expired):
   encrypted with its EncodingAESKey; JSON or XML as configured. The verdict is the app's media
   verdict (``pass`` unless set), or ``risky`` when the media could not be fetched.
 
+Douyin (docs/platforms.md §10.4), JSON answers with HTTP 200 (the status of Douyin's error
+answers is not documented):
+
+- ``POST /douyin/api/apps/v2/token``: ``appid``, ``secret``, ``grant_type=client_credential``
+  → ``{"err_no": 0, "data": {"access_token", "expires_in": 7200}}``; a wrong secret 40017.
+- ``POST /douyin/api/v2/tags/text/antidirt``: header ``X-Token``; ``{"tasks": [{"content"}]}``
+  → ``data[].predicts[].hit``, true for content set ``risky`` through the control API; a bad
+  token answers ``{"code": 401, "message": "[app token sign fail] bad token", ...}``.
+- ``POST /douyin/api/apps/censor/image``: ``app_id``, ``access_token``, and ``image`` (a URL,
+  which is fetched) or ``image_data`` (base64, which must decode) → ``{"error": 0, "predicts":
+  [...]}`` with a hit when the app's media verdict is ``risky``; error 2 for a bad token, 3 when
+  the image cannot be downloaded, 1 for bad parameters.
+
 The push is built here from the documented layout, independently of the service's own code.
 
 Control API (JSON bodies):
@@ -82,6 +95,7 @@ class SecurityState:
     fetches: list[dict[str, Any]] = field(default_factory=list)
     pushes: list[dict[str, Any]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    douyin_tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 SECURITY = web.AppKey("sandbox_security", SecurityState)
@@ -165,6 +179,83 @@ async def media_check_async(request: web.Request) -> web.Response:
         security.tasks.add(task)
         task.add_done_callback(security.tasks.discard)
     return json_response({"errcode": 0, "errmsg": "ok", "trace_id": trace})
+
+
+async def douyin_token(request: web.Request) -> web.Response:
+    """``POST /douyin/api/apps/v2/token``: a client-credential token, 7200 s."""
+    try:
+        body = json.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or body.get("grant_type") != "client_credential":
+        return json_response({"err_no": 40014, "err_tips": "bad params", "data": None})
+    app = state_of(request).app("douyin", str(body.get("appid", "")))
+    if app is None:
+        return json_response({"err_no": 40015, "err_tips": "bad appid", "data": None})
+    if not secrets.compare_digest(str(body.get("secret", "")).encode(),
+                                  (app.secret or "").encode()):
+        return json_response({"err_no": 40017, "err_tips": "bad secret", "data": None})
+    token = "dy." + secrets.token_hex(24)
+    request.app[SECURITY].douyin_tokens[token] = (app.app_id, time.time() + 7200)
+    return json_response({"err_no": 0, "err_tips": "success",
+                          "data": {"access_token": token, "expires_in": 7200}})
+
+
+def _douyin_app_of(security: SecurityState, token: str) -> str | None:
+    found = security.douyin_tokens.get(token)
+    return found[0] if found is not None and found[1] > time.time() else None
+
+
+async def douyin_antidirt(request: web.Request) -> web.Response:
+    """``POST /douyin/api/v2/tags/text/antidirt``."""
+    security = request.app[SECURITY]
+    app_id = _douyin_app_of(security, request.headers.get("X-Token", ""))
+    if app_id is None:
+        message = "[app token sign fail] bad token"
+        return json_response({"error_id": secrets.token_hex(16), "code": 401,
+                              "message": message, "exception": message})
+    try:
+        tasks = json.loads(await request.text()).get("tasks")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        tasks = None
+    if not isinstance(tasks, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) for t in tasks):
+        return json_response({"error_id": secrets.token_hex(16), "code": 400,
+                              "message": "bad params", "exception": "bad params"})
+    data = []
+    for task in tasks:
+        hit = security.text_verdicts.get((app_id, task["content"])) == "risky"
+        data.append({"code": 0, "msg": "", "task_id": secrets.token_hex(8), "data_id": None,
+                     "cached": False, "predicts": [{"prob": 1 if hit else 0, "hit": hit,
+                                                    "target": None,
+                                                    "model_name": "short_content_antidirt"}]})
+    return json_response({"log_id": secrets.token_hex(16), "data": data})
+
+
+async def douyin_censor_image(request: web.Request) -> web.Response:
+    """``POST /douyin/api/apps/censor/image`` (V2): fetches ``image``, answers at once."""
+    security = request.app[SECURITY]
+    try:
+        body = json.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or not (body.get("image") or body.get("image_data")):
+        return json_response({"error": 1, "message": "bad params"})
+    app_id = _douyin_app_of(security, str(body.get("access_token", "")))
+    if app_id is None or app_id != body.get("app_id"):
+        return json_response({"error": 2, "message": "access_token check failed"})
+    if body.get("image"):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            if not await _fetch(security, http, str(body["image"])):
+                return json_response({"error": 3, "message": "image download failed"})
+    else:
+        try:
+            base64.b64decode(str(body["image_data"]), validate=True)
+        except ValueError:
+            return json_response({"error": 1, "message": "bad image_data"})
+    hit = security.media_verdicts.get(app_id) == "risky"
+    return json_response({"error": 0, "message": "image censor success", "predicts": [
+        {"model_name": "porn", "hit": hit}, {"model_name": "bloody", "hit": False}]})
 
 
 async def _fetch(security: SecurityState, http: aiohttp.ClientSession, url: str) -> bool:
@@ -332,6 +423,9 @@ def add_routes(app: web.Application) -> None:
     app.on_cleanup.append(_cancel_tasks)
     app.router.add_post("/wechat/wxa/msg_sec_check", msg_sec_check)
     app.router.add_post("/wechat/wxa/media_check_async", media_check_async)
+    app.router.add_post("/douyin/api/apps/v2/token", douyin_token)
+    app.router.add_post("/douyin/api/v2/tags/text/antidirt", douyin_antidirt)
+    app.router.add_post("/douyin/api/apps/censor/image", douyin_censor_image)
     app.router.add_post("/sandbox/wechat/push", configure_push)
     app.router.add_post("/sandbox/moderation", configure_moderation)
     app.router.add_get("/sandbox/moderation", moderation_record)

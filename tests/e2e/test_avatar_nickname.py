@@ -382,3 +382,38 @@ async def test_an_app_with_moderation_off_stores_unmoderated_and_serves_at_once(
     assert status == 200 and body["avatar"]["id"] != first
     assert (await stack.client.get(f"/v1/avatars/{first}")).status == 404
     assert await stack.db["avatar_files.files"].find_one({"_id": first}) is None
+
+
+async def test_douyin_checks_text_and_image_at_once_and_a_hit_stores_nothing(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app_id = "tt" + uuid.uuid4().hex[:16]
+    monkeypatch.setenv("AV_DY_SECRET", secret)
+    await sandbox.register("douyin", app_id, secret=secret)
+    stack = await make_stack([{"platform": "douyin", "app_id": app_id,
+                               "secret_env": "AV_DY_SECRET",
+                               "api_base": f"{sandbox.base}/douyin"}])
+    # Douyin downloads the image from our public URL while it checks.
+    stack.settings.public_base_url = str(stack.client.make_url("")).rstrip("/")
+    await sandbox.control("POST", "moderation", app_id=app_id, text="Bad Name", suggest="risky")
+    minted = await sandbox.mint("douyin", app_id)
+    _, session, _ = await stack.login(platform="douyin", app_id=app_id, code=minted["code"])
+    access = session["access_token"]
+
+    status, body = await upload(stack, access, jpeg(), filename="a.jpg",
+                                content_type="image/jpeg")
+    assert status == 200 and body["avatar"]["status"] == "approved", body
+    kept = body["avatar"]["id"]
+    assert (await stack.client.get(f"/v1/avatars/{kept}")).status == 200
+    status, body = await patch_nickname(stack, access, "Good Name")
+    assert status == 200 and body["nickname_status"] == "approved", body
+    status, body = await patch_nickname(stack, access, "Bad Name")
+    assert status == 422 and body["error"]["code"] == "content_rejected", body
+
+    await sandbox.control("POST", "moderation", app_id=app_id, media_suggest="risky")
+    status, body = await upload(stack, access, jpeg((64, 64)), filename="b.jpg",
+                                content_type="image/jpeg")
+    assert status == 422 and body["error"]["code"] == "content_rejected", body
+    profile = (await me(stack, access))["user_profile"]
+    assert profile["avatar"]["id"] == kept and profile["nickname"] == "Good Name"
+    assert len(await stack.db["avatar_files.files"].find({}).to_list()) == 1
