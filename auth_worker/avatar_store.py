@@ -9,6 +9,7 @@ and delete bytes by id. docs/profile.md lists the collections and how long each 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from gridfs import AsyncGridFSBucket
@@ -40,12 +41,16 @@ class AvatarStorage(Protocol):
     async def delete(self, avatar_id: str) -> None:
         """Delete the image stored under ``avatar_id`` (nothing when there is none)."""
 
+    async def stored_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Ids of up to ``limit`` images stored before ``cutoff`` (for the orphan sweep)."""
+
 
 class GridFSAvatarStorage:
     """Avatar images in a GridFS bucket of the service's own database (PyMongo's async API)."""
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         self._bucket = AsyncGridFSBucket(db, bucket_name=BUCKET, chunk_size_bytes=CHUNK_SIZE)
+        self._files = db[f"{BUCKET}.files"]
 
     async def put(self, avatar_id: str, data: bytes, content_type: str) -> None:
         """Store the image; its GridFS file id is the avatar id."""
@@ -68,3 +73,8 @@ class GridFSAvatarStorage:
             await self._bucket.delete(avatar_id)
         except NoFile:
             return
+
+    async def stored_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Ids of images uploaded before ``cutoff`` (GridFS's ``uploadDate``)."""
+        cursor = self._files.find({"uploadDate": {"$lt": cutoff}}, {"_id": 1}).limit(limit)
+        return [str(doc["_id"]) async for doc in cursor]

@@ -27,6 +27,7 @@ from auth_worker.quota import AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
+from auth_worker.user_profile_service import SWEEP_INTERVAL, UserProfileService
 from auth_worker.wechat_api import WeChatTokenStore
 from shared.errors import StartupError
 from shared.keyring import (
@@ -104,12 +105,24 @@ async def login_service(
                                    douyin=(douyin_api, WeChatTokenStore(store, box, douyin_api)))
             await service.profiles.profiles.ensure_indexes()
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
+            sweeper = asyncio.create_task(_sweep_avatar_orphans(service.profiles))
             try:
                 yield service
             finally:
                 reloader.cancel()
+                sweeper.cancel()
     finally:
         await mongo.close()
+
+
+async def _sweep_avatar_orphans(profiles: UserProfileService) -> None:
+    """Every SWEEP_INTERVAL, delete avatar images no document points to (docs/profile.md)."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        try:
+            await profiles.sweep_orphans()
+        except PyMongoError as exc:
+            log.warning("avatar.sweep_failed", error=type(exc).__name__)
 
 
 async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer) -> None:

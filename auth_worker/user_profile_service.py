@@ -26,7 +26,7 @@ import binascii
 import secrets
 import time
 import unicodedata
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from auth_worker.account import AccountService
@@ -66,6 +66,9 @@ from shared.settings import Settings
 log = get_logger("mplogin.profile")
 
 PUBLIC_STATUSES = frozenset({"approved", "unmoderated"})
+ORPHAN_AGE = 3600.0
+"""An image older than this with no avatar document is an orphan (uploads take seconds)."""
+SWEEP_INTERVAL = 600.0
 ACK = PlatformEventOut(body="success")
 
 
@@ -233,6 +236,25 @@ class UserProfileService:
                                                 status=status)
         return UserProfileOut(nickname=nickname, nickname_status=nickname_status, avatar=avatar,
                               sources=sources)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    async def sweep_orphans(self, older_than: float = ORPHAN_AGE, limit: int = 500) -> int:
+        """Delete images no avatar document points to (a worker died between storing the image
+        and writing the document, or while its check was answered); how many were deleted.
+
+        Only images older than ``older_than`` seconds are looked at: a younger one may belong to
+        an upload still under way.
+        """
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        deleted = 0
+        for avatar_id in await self.storage.stored_before(cutoff, limit):
+            if await self.profiles.avatar(avatar_id) is None:
+                await self.storage.delete(avatar_id)
+                deleted += 1
+        if deleted:
+            log.info("avatar.orphans_deleted", count=deleted)
+        return deleted
 
     # -- platform pushes ----------------------------------------------------------------------
 

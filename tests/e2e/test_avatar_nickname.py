@@ -170,9 +170,12 @@ async def test_png_with_gps_is_stored_clean_pending_then_approved_by_a_safe_mode
     assert profile["sources"]["avatar_url"]["source"] == "user"
 
 
-async def test_a_risky_verdict_in_xml_deletes_the_avatar_and_its_image(wx: WeChatApp) -> None:
+@pytest.mark.parametrize("mode,fmt", [("safe", "xml"), ("plain", "json")])
+async def test_a_risky_verdict_deletes_the_avatar_and_its_image(
+    wx: WeChatApp, mode: str, fmt: str,
+) -> None:
     stack = wx.stack
-    await wx.push_to_us(mode="safe", fmt="xml")
+    await wx.push_to_us(mode=mode, fmt=fmt)
     await wx.moderation(media_suggest="risky")
     access, _ = await wx.login()
     status, body = await upload(stack, access, jpeg(), filename="a.jpg",
@@ -417,3 +420,26 @@ async def test_douyin_checks_text_and_image_at_once_and_a_hit_stores_nothing(
     profile = (await me(stack, access))["user_profile"]
     assert profile["avatar"]["id"] == kept and profile["nickname"] == "Good Name"
     assert len(await stack.db["avatar_files.files"].find({}).to_list()) == 1
+
+
+async def test_the_sweep_deletes_only_images_no_avatar_points_to(wx: WeChatApp) -> None:
+    from auth_worker.avatar_store import GridFSAvatarStorage
+    from auth_worker.profile_store import ProfileStore
+    from auth_worker.store import Store
+    from auth_worker.user_profile_service import UserProfileService
+
+    stack = wx.stack
+    access, _ = await wx.login()
+    status, body = await upload(stack, access, jpeg(), filename="a.jpg",
+                                content_type="image/jpeg")
+    assert status == 200, body
+    store = Store(stack.mongo, stack.settings.mongo_db)
+    storage = GridFSAvatarStorage(store.db)
+    await storage.put("orphan" + uuid.uuid4().hex, b"\xff\xd8\xff", "image/jpeg")
+    # Only what the sweep reads is real here: the avatars collection and the image store.
+    service = UserProfileService(stack.settings, ProfileStore(store), storage,
+                                 None, None, None)  # type: ignore[arg-type]
+    assert await service.sweep_orphans(older_than=3600) == 0  # too young to be an orphan
+    assert await service.sweep_orphans(older_than=-60) == 1
+    left = [doc["_id"] for doc in await stack.db["avatar_files.files"].find({}).to_list()]
+    assert left == [body["avatar"]["id"]]
