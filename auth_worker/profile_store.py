@@ -10,6 +10,8 @@ Collections (docs/profile.md, "What is kept, how long, how it is deleted"):
   (``auth_worker.avatar_store``), same id as the ``avatars`` document.
 - ``platform_push_nonces``: the (app, nonce) of every accepted platform push, removed by a TTL
   index once its timestamp can no longer pass the freshness check.
+- ``moderation_early_verdicts``: a verdict pushed for a trace id no avatar carries yet (the push
+  outran the write of the trace id), kept an hour by a TTL index for the upload to pick up.
 - ``users.user_profile``: the nickname the user typed, its status, source and time.
 """
 
@@ -25,6 +27,7 @@ from pymongo.errors import DuplicateKeyError
 from auth_worker.store import Store, utcnow
 
 Doc = dict[str, Any]
+EARLY_VERDICT_TTL = 3600.0
 
 
 def key_hash(key: str) -> str:
@@ -39,6 +42,7 @@ class ProfileStore:
         self.users = store.users
         self.avatars = store.db["avatars"]
         self.nonces = store.db["platform_push_nonces"]
+        self.early = store.db["moderation_early_verdicts"]
 
     async def ensure_indexes(self) -> None:
         """One avatar per user, lookup by trace id, nonces purged by TTL."""
@@ -48,6 +52,22 @@ class ProfileStore:
                                         name="avatar_trace")
         await self.nonces.create_index([("purge_at", ASCENDING)], expireAfterSeconds=0,
                                        name="push_nonce_purge")
+        await self.early.create_index([("purge_at", ASCENDING)], expireAfterSeconds=0,
+                                      name="early_verdict_purge")
+
+    async def record_early(self, app_key: str, trace_id: str, status: str) -> None:
+        """Keep a verdict whose avatar is not written yet (the first one for a trace wins)."""
+        try:
+            await self.early.insert_one({
+                "_id": f"{app_key}|{trace_id}", "status": status,
+                "purge_at": datetime.now(UTC) + timedelta(seconds=EARLY_VERDICT_TTL)})
+        except DuplicateKeyError:
+            return
+
+    async def take_early(self, app_key: str, trace_id: str) -> str | None:
+        """The verdict pushed early for this trace, removed as it is taken; None if none."""
+        doc = await self.early.find_one_and_delete({"_id": f"{app_key}|{trace_id}"})
+        return str(doc["status"]) if doc is not None else None
 
     async def replace_avatar(self, doc: Doc) -> Doc | None:
         """Make ``doc`` the user's avatar; the one it replaced (to delete), if any."""

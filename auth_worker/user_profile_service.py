@@ -147,6 +147,11 @@ class UserProfileService:
         replaced = await self.profiles.replace_avatar(doc)
         if replaced is not None:
             await self.storage.delete(str(replaced["_id"]))
+        if trace is not None:
+            # The verdict may have been pushed before the trace id was written.
+            early = await self.profiles.take_early(doc["app"], trace)
+            if early is not None:
+                await self._settle(app, trace, early)
         log.info("avatar.stored", platform=app.platform, app_id=app.app_id,
                  user_id=params.user_id, status=doc["status"], size=doc["size"],
                  replaced=replaced is not None)
@@ -325,14 +330,23 @@ class UserProfileService:
         status = SUGGEST_STATUS.get(suggest) if isinstance(suggest, str) else None
         if not isinstance(trace, str) or status is None:
             raise MPLoginError(ErrorCode.INVALID_PAYLOAD, "The event has no trace_id or verdict.")
-        before = await self.profiles.decide_by_trace(f"wechat|{app.app_id}", trace, status)
-        if before is None:
+        if not await self._settle(app, trace, status):
+            # No pending avatar has this trace id: settled already (the same event again), or
+            # not written yet (the push outran the upload's last write), which picks it up.
+            await self.profiles.record_early(f"{app.platform}|{app.app_id}", trace, status)
             log.info("avatar.verdict_unmatched", platform="wechat", app_id=app.app_id,
                      trace_id=clip(trace), status=status)
-            return
+
+    async def _settle(self, app: AppConfig, trace: str, status: str) -> bool:
+        """Apply a verdict to the pending avatar checked under ``trace``; False if none."""
+        before = await self.profiles.decide_by_trace(f"{app.platform}|{app.app_id}", trace,
+                                                     status)
+        if before is None:
+            return False
         avatar_id = str(before["_id"])
         if status == "rejected":
             await self.storage.delete(avatar_id)
             await self.profiles.delete_avatar(avatar_id)
-        log.info("avatar.moderated", platform="wechat", app_id=app.app_id,
+        log.info("avatar.moderated", platform=app.platform, app_id=app.app_id,
                  user_id=before.get("user_id"), status=status)
+        return True
