@@ -233,8 +233,7 @@ class UserProfileService:
                 url=self._url(avatar_id) if public else None,
                 preview_url=None if public else self._url(avatar_id,
                                                           avatar_doc.get("review_key")),
-                updated_at=_iso(avatar_doc.get("decided_at") or avatar_doc.get("created_at"))
-                or "",
+                updated_at=_iso(avatar_doc.get("decided_at")) or _iso(avatar_doc.get("created_at")),
             )
             sources["avatar_url"] = FieldSource(source="user",
                                                 at=_iso(avatar_doc.get("created_at")),

@@ -262,7 +262,7 @@ class AvatarOut(_Strict):
     preview_url: str | None = Field(default=None, exclude_if=_absent_if_none, description=(
         "While pending or under review: a URL only its owner (and the platform's check) is "
         "given."))
-    updated_at: str
+    updated_at: str | None = Field(description="ISO 8601: the verdict's time, else the upload's.")
 
 
 class FieldSource(_Strict):

@@ -155,6 +155,7 @@ async def test_png_with_gps_is_stored_clean_pending_then_approved_by_a_safe_mode
 
     approved = await avatar_when(stack, access, {"approved"})
     assert approved["url"] == stack.settings.public_base_url + public_path
+    assert approved["updated_at"].startswith("20"), approved
     served = await stack.client.get(public_path)
     assert served.status == 200
     assert served.headers["Content-Type"] == "image/jpeg"
