@@ -49,7 +49,7 @@ DEFAULT_API_BASE: dict[str, str] = {
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 """What an environment variable's name looks like (a value that does not is never echoed)."""
-SECRET_FIELDS = ("secret", "private_key", "aes_key")
+SECRET_FIELDS = ("secret", "private_key", "aes_key", "push_token", "encoding_aes_key")
 """The fields whose values must not be placeholders in production (the Alipay public key is
 public)."""
 
@@ -109,6 +109,13 @@ class AppEntry(BaseModel):
                 raise ValueError(f"the version of {document} is 1-32 of A-Z, a-z, 0-9, "
                                  "'.', '_', '-'")
         return value
+    # Content checks of user-entered profile data ("off": stored as unmoderated), and the
+    # message push (WeChat): its token and EncodingAESKey are secrets like the app secret.
+    moderation: Literal["platform", "off"] = "platform"
+    push_token_env: str | None = None
+    push_token_file: Path | None = None
+    encoding_aes_key_env: str | None = None
+    encoding_aes_key_file: Path | None = None
 
     @field_validator("api_base")
     @classmethod
@@ -129,7 +136,8 @@ class AppEntry(BaseModel):
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
 
-    @field_validator("secret_env", "private_key_env", "alipay_public_key_env", "aes_key_env")
+    @field_validator("secret_env", "private_key_env", "alipay_public_key_env", "aes_key_env",
+                     "push_token_env", "encoding_aes_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
         if value is not None and not ENV_NAME.fullmatch(value):
@@ -137,7 +145,8 @@ class AppEntry(BaseModel):
                              " it names the variable that holds the secret, not the secret")
         return value
 
-    @field_validator("secret_file", "private_key_file", "alipay_public_key_file", "aes_key_file")
+    @field_validator("secret_file", "private_key_file", "alipay_public_key_file", "aes_key_file",
+                     "push_token_file", "encoding_aes_key_file")
     @classmethod
     def _check_file_name(cls, value: Path | None) -> Path | None:
         text = str(value) if value is not None else ""
@@ -164,6 +173,9 @@ class AppConfig(BaseModel):
     aes_key: SecretStr | None = None
     app_key: str | None = None
     consents: dict[str, str] = Field(default_factory=dict)
+    moderation: Literal["platform", "off"] = "platform"
+    push_token: SecretStr | None = None
+    encoding_aes_key: SecretStr | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -261,6 +273,14 @@ def resolve(
     )
     aes_key = _read_ref(entry, "aes_key", entry.aes_key_env, entry.aes_key_file, env, base_dir,
                         production=production)
+    push_token = _read_ref(entry, "push_token", entry.push_token_env, entry.push_token_file, env,
+                           base_dir, production=production)
+    encoding_aes_key = _read_ref(entry, "encoding_aes_key", entry.encoding_aes_key_env,
+                                 entry.encoding_aes_key_file, env, base_dir,
+                                 production=production)
+    if encoding_aes_key is not None and not re.fullmatch(r"[A-Za-z0-9+/]{43}", encoding_aes_key):
+        raise AppsFileError(f"{_label(entry)}: encoding_aes_key must be the 43 characters of "
+                            "the EncodingAESKey WeChat's console shows")
     present = {
         "secret": secret,
         "private_key": private_key,
@@ -285,6 +305,9 @@ def resolve(
         aes_key=SecretStr(aes_key) if aes_key else None,
         app_key=entry.app_key,
         consents=dict(entry.consents),
+        moderation=entry.moderation,
+        push_token=SecretStr(push_token) if push_token else None,
+        encoding_aes_key=SecretStr(encoding_aes_key) if encoding_aes_key else None,
     )
 
 

@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from auth_worker.admin_service import record_security_event
 from auth_worker.apps import load_apps
 from auth_worker.audit import AuditLog
+from auth_worker.douyin_security import DouyinApi
 from auth_worker.erasure import Erasure
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
@@ -31,6 +32,8 @@ from auth_worker.retention import run_retention
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
+from auth_worker.user_profile_service import SWEEP_INTERVAL, UserProfileService
+from auth_worker.wechat_api import WeChatTokenStore
 from shared.errors import StartupError
 from shared.keyring import (
     KeyReloader,
@@ -106,8 +109,12 @@ async def login_service(
             )
             phones = WeChatPhoneSource(http, settings.platform_timeout, store, box,
                                        limiter=api_outbound, observer=metrics)
+            douyin_api = DouyinApi(http, settings.platform_timeout, limiter=api_outbound,
+                                   observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
-                                   quota=quota, outbound=outbound, housekeeping=quiet)
+                                   quota=quota, outbound=outbound, housekeeping=quiet,
+                                   douyin=(douyin_api, WeChatTokenStore(store, box, douyin_api)))
+            await service.profiles.profiles.ensure_indexes()
             await service.admin.keys.ensure_indexes()
             await service.audit.ensure_indexes()
             await service.outbox.ensure_indexes()
@@ -126,6 +133,7 @@ async def login_service(
                 # docs/privacy.md: the erasure notices (when remembered identities may be
                 # used) and the retention purge.
                 asyncio.create_task(service.fence.run()),
+                asyncio.create_task(_sweep_avatar_orphans(service.profiles)),
                 asyncio.create_task(run_retention(
                     quiet, Erasure(settings, quiet), settings.retention_interval)),
             ]
@@ -142,6 +150,16 @@ async def login_service(
     finally:
         await mongo.close()
         await background_mongo.close()
+
+
+async def _sweep_avatar_orphans(profiles: UserProfileService) -> None:
+    """Every SWEEP_INTERVAL, delete avatar images no document points to (docs/profile.md)."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        try:
+            await profiles.sweep_orphans()
+        except PyMongoError as exc:
+            log.warning("avatar.sweep_failed", error=type(exc).__name__)
 
 
 async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer,

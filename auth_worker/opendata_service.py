@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from auth_worker.account import AccountService
+from auth_worker.alipay_user_info import open_user_info_fields
 from auth_worker.apps import AppConfig, AppRegistry, configuration_error
 from auth_worker.opendata_crypto import (
     OpenData,
@@ -149,6 +150,8 @@ class OpenDataService:
     async def profile(self, params: ProfileParams) -> ProfileOut:
         """Verify and decrypt the client's profile data, then store its fields on the user."""
         app, key, session = await self._caller(params)
+        if app.platform == "alipay":
+            return await self._alipay_profile(params)
         if app.platform not in WECHAT_STYLE and app.platform != "baidu":
             raise MPLoginError(ErrorCode.NOT_SUPPORTED,
                                "Profile data is not signed by this platform.")
@@ -175,6 +178,17 @@ class OpenDataService:
         profile = {**stored_fields(fields), "signed": signed is not None}
         await self.store.set_profile(params.user_id, profile)
         return ProfileOut(profile=Profile.model_validate(profile))
+
+    async def _alipay_profile(self, params: ProfileParams) -> ProfileOut:
+        """Alipay's my.getOpenUserInfo answer: unsigned, so stored as user-entered."""
+        if params.response is None:
+            raise MPLoginError(ErrorCode.INVALID_REQUEST,
+                               "response (my.getOpenUserInfo's res.response) is required.")
+        profile = {**stored_fields(open_user_info_fields(params.response)), "signed": False,
+                   "source": "user"}
+        await self.store.set_profile(params.user_id, profile)
+        return ProfileOut(profile=Profile.model_validate(
+            {k: v for k, v in profile.items() if k != "source"}))
 
     async def phone(self, params: PhoneParams, ctx: CallContext) -> PhoneOut:
         """Bind the phone number the client's platform vouches for."""

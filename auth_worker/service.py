@@ -28,12 +28,16 @@ from auth_worker.admin_service import AdminService, record_security_event
 from auth_worker.adminkeys import AdminKeys
 from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.audit import AuditLog
+from auth_worker.avatar_store import GridFSAvatarStorage
 from auth_worker.blocking import BlockList
+from auth_worker.douyin_security import DouyinApi
 from auth_worker.erasure import CacheFence, Erasure
+from auth_worker.moderation import Moderator
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.outbox import Outbox, new_event, opted_in, request_event_id, session_events
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.privacy import PrivacyService
+from auth_worker.profile_store import ProfileStore
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
@@ -44,6 +48,8 @@ from auth_worker.store import (
     new_user_id,
     now_ts,
 )
+from auth_worker.user_profile_service import UserProfileService
+from auth_worker.wechat_api import WeChatTokenStore
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
 from shared.messages import (
@@ -53,11 +59,13 @@ from shared.messages import (
     LoginRequest,
     LogoutOut,
     LogoutParams,
+    MeOut,
     PhoneOut,
     PhoneParams,
     ProfileOut,
     ProfileParams,
     SessionOut,
+    SessionParams,
     UserOut,
 )
 from shared.rpc import contract
@@ -137,6 +145,7 @@ class LoginService:
         quota: AppQuota | None = None,
         outbound: PlatformRateLimiter | None = None,
         housekeeping: Store | None = None,
+        douyin: tuple[DouyinApi, WeChatTokenStore] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -165,6 +174,9 @@ class LoginService:
         self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox,
                                   blocked_reload_interval=settings.blocked_reload_interval)
         self.account.on_reuse = self._reuse_detected
+        self.profiles = UserProfileService(
+            settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
+            Moderator(phone_source.api, phone_source.tokens, douyin))
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -212,12 +224,18 @@ class LoginService:
         table.register(contract.LOGIN, self.login)
         table.register(contract.REFRESH, account.refresh)
         table.register(contract.LOGOUT, self.logout)
-        table.register(contract.ME, lambda params, ctx: account.me(params))
+        table.register(contract.ME, lambda params, ctx: self.me(params))
         table.register(contract.PROFILE, self.profile)
         table.register(contract.PHONE, self.phone)
         table.register(contract.DELETE_ACCOUNT, self.privacy.delete_account)
         table.register(contract.EXPORT_ACCOUNT, self.privacy.export_account)
         table.register(contract.CONSENT, self.privacy.consent)
+        profiles = self.profiles
+        table.register(contract.AVATAR_UPLOAD, profiles.upload_avatar)
+        table.register(contract.AVATAR_FETCH, lambda params, ctx: profiles.fetch_avatar(params))
+        table.register(contract.NICKNAME, profiles.set_nickname)
+        table.register(contract.PLATFORM_EVENT,
+                       lambda params, ctx: profiles.platform_event(params))
         self.admin.register(table)
         return table
 
@@ -291,6 +309,13 @@ class LoginService:
                 platform=str(platform) if platform else None,
                 app_id=str(app_id) if app_id else None,
                 data={"reason": "reuse", "session_id": session_id, "sessions_ended": ended}))
+
+    async def me(self, params: SessionParams) -> MeOut:
+        """/v1/me: the account's view, with what the user entered and where each field came
+        from."""
+        account = await self.account.me(params)
+        entered = await self.profiles.user_profile(params.user_id)
+        return account.model_copy(update={"user_profile": entered})
 
     @staticmethod
     async def echo(params: EchoParams, ctx: CallContext) -> EchoOut:

@@ -22,7 +22,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from pymongo.errors import DuplicateKeyError
@@ -129,6 +129,15 @@ class WeChatApi(PlatformApi):
         return WeChatPhone(phone=f"+{country}{pure}", country_code=country)
 
 
+class TokenSource(Protocol):
+    """What fetches an app's client-credential access token (WeChat's stable_token, Douyin's
+    token): the shared store below works for any of them."""
+
+    async def stable_token(self, app: AppConfig) -> tuple[str, int]:
+        """A fresh access token and its lifetime in seconds."""
+        ...
+
+
 class TokenRejectedError(Exception):
     """WeChat refused the access_token (40001/42001): it was replaced or expired."""
 
@@ -136,7 +145,7 @@ class TokenRejectedError(Exception):
 class WeChatTokenStore:
     """One access_token per WeChat app, shared by every worker through MongoDB."""
 
-    def __init__(self, store: Store, box: SecretBox, api: WeChatApi) -> None:
+    def __init__(self, store: Store, box: SecretBox, api: TokenSource) -> None:
         self._tokens = store.platform_tokens
         self._box = box
         self._api = api

@@ -48,6 +48,17 @@
  * @property {(req: HttpRequest) => Promise<HttpResponse>} request   resolves for every HTTP status;
  *           rejects only when no response arrived
  * @property {Storage} storage
+ * @property {(req: UploadRequest) => Promise<HttpResponse>} [upload]   the host's uploadFile
+ *           (multipart, one file); resolves for every HTTP status
+ */
+
+/**
+ * @typedef {object} UploadRequest
+ * @property {string} url            absolute URL
+ * @property {string} filePath       the host's temporary file path (e.g. chooseAvatar's avatarUrl)
+ * @property {string} name           the file's form field name
+ * @property {Record<string,string>} header
+ * @property {number} [timeout]      milliseconds
  */
 
 /**
@@ -376,6 +387,36 @@ export function createClient(options) {
   }
 
   /**
+   * Upload a file with the host's uploadFile, with the access token (refreshed once on 401,
+   * like `request`).
+   * @param {string} path
+   * @param {string} filePath
+   * @returns {Promise<HttpResponse>}
+   */
+  async function uploadWithSession(path, filePath) {
+    if (!adapter.upload) throw new TypeError('mplogin: this adapter has no upload (uploadFile)')
+    const upload = /** @type {NonNullable<Adapter['upload']>} */ (adapter.upload)
+    const attempt = async (/** @type {StoredSession} */ s) => {
+      try {
+        const res = await upload({
+          url: absolute(path), filePath, name: 'file',
+          header: { Authorization: `Bearer ${s.access_token}` }, timeout,
+        })
+        // uploadFile hands the body over as text whatever its type.
+        if (typeof res.data === 'string') res.data = safeJson(res.data) ?? res.data
+        return res
+      } catch (cause) {
+        throw new MploginError('network_error', `The upload did not complete: ${describe(cause)}`, { cause })
+      }
+    }
+    let session = await freshSession()
+    const res = await attempt(session)
+    if (!isInvalidToken(res)) return res
+    session = await refreshSession(session.access_token)
+    return attempt(session)
+  }
+
+  /**
    * A gateway call after login: the 2xx body, or a MploginError.
    * @param {{url: string, method?: string, data?: any}} req
    */
@@ -474,6 +515,29 @@ export function createClient(options) {
     },
 
     /**
+     * POST /v1/profile/avatar with the host's uploadFile: `tempFilePath` is what
+     * `<button open-type="chooseAvatar">` gave (`e.detail.avatarUrl`) or any local image path.
+     * Resolves with the user-entered profile (`avatar.status`: pending until the platform's
+     * check passes it); rejects with a MploginError (`invalid_image`, `invalid_request` for a file over the size limit, …).
+     * @param {string} tempFilePath
+     */
+    async uploadAvatar(tempFilePath) {
+      const res = await uploadWithSession('/v1/profile/avatar', tempFilePath)
+      if (res.statusCode >= 200 && res.statusCode < 300) return res.data
+      throw errorFromResponse(res)
+    },
+
+    /**
+     * POST /v1/profile/nickname (PATCH /v1/profile's twin: `wx.request` and its copies have no
+     * PATCH) with the nickname the user typed (`<input type="nickname">`). Rejects with
+     * `content_rejected` when the platform's check rates it risky (the old one stays).
+     * @param {string} text
+     */
+    setNickname(text) {
+      return call({ url: '/v1/profile/nickname', method: 'POST', data: { nickname: text } })
+    },
+
+    /**
      * End this session (or, with `all`, every session of the user) and clear storage. Storage
      * is cleared even when the gateway cannot be reached.
      * @param {{all?: boolean}} [opts]
@@ -557,7 +621,19 @@ function wxRequest(api) {
  * @returns {Adapter}
  */
 function wxLike(api, login) {
-  return { login, request: wxRequest(api), storage: syncStorage(api) }
+  return { login, request: wxRequest(api), storage: syncStorage(api), upload: wxUpload(api) }
+}
+
+/**
+ * `upload` for the wx-shaped family: `uploadFile({url, filePath, name, header})` answers
+ * `{statusCode, data}` with the body as text.
+ * @param {any} api
+ */
+function wxUpload(api) {
+  /** @param {UploadRequest} req */
+  return (req) => callApi(api.uploadFile, {
+    url: req.url, filePath: req.filePath, name: req.name, header: req.header, timeout: req.timeout,
+  }).then((res) => ({ statusCode: res.statusCode, data: res.data, header: res.header || {} }))
 }
 
 /** Adapters by host. Each takes the host's API object (e.g. `wx`) and returns an Adapter. */
@@ -602,6 +678,12 @@ export const adapters = {
         fail: (/** @type {any} */ e) => ((e && (e.status ?? e.statusCode)) ? resolve(shape(e)) : reject(e)),
       })
     }),
+    // my.uploadFile names the field `fileName` and needs `fileType`; it answers `statusCode`
+    // (or `status`) and the body as text.
+    upload: (req) => callApi(my.uploadFile, {
+      url: req.url, filePath: req.filePath, fileName: req.name, fileType: 'image',
+      header: req.header, timeout: req.timeout,
+    }).then((r) => ({ statusCode: r.statusCode ?? r.status, data: r.data, header: r.header || r.headers || {} })),
     storage: {
       get: (key) => {
         const r = my.getStorageSync({ key })
@@ -631,6 +713,9 @@ export const adapters = {
       .then((r) => ({ code: r.code || r.authCode || undefined, anonymousCode: r.anonymousCode || undefined })),
     request: (req) => Promise.resolve(Taro.request({
       url: req.url, method: req.method, data: req.data, header: req.header, timeout: req.timeout,
+    })).then((res) => ({ statusCode: res.statusCode, data: res.data, header: res.header || {} })),
+    upload: (req) => Promise.resolve(Taro.uploadFile({
+      url: req.url, filePath: req.filePath, name: req.name, header: req.header, timeout: req.timeout,
     })).then((res) => ({ statusCode: res.statusCode, data: res.data, header: res.header || {} })),
     storage: syncStorage(Taro),
   }),

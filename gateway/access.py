@@ -52,7 +52,7 @@ class Route:
     request body with (None: no body). ``errors``: the error codes the route can answer with.
     """
 
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "DELETE", "PATCH"]
     path: str
     handler: Handler
     access: Access = Access.USER
@@ -68,6 +68,9 @@ class Route:
     description: str = ""
     media_type: str = "application/json"
     documented: bool = True
+    upload_types: tuple[str, ...] = ()
+    """Content types of a body that is a file rather than JSON (``multipart/form-data``,
+    ``image/png``...): documented as such, read by the handler itself."""
 
     @property
     def limited(self) -> bool:

@@ -18,6 +18,7 @@ from gateway.appkeys import (
     SETTINGS,
     TOKENS,
     TRUSTED_PROXIES,
+    UPLOAD_SLOTS,
     USER_LIMITER,
 )
 from gateway.auth import AccessTokens
@@ -83,6 +84,7 @@ def create_app(
     app[USER_LIMITER] = user_limiter
     app[TRUSTED_PROXIES] = limiter.trusted_proxies
     app[METRICS] = metrics
+    app[UPLOAD_SLOTS] = asyncio.Semaphore(settings.avatar_uploads_in_flight)
     metrics.watch_rpc(lambda: app.get(RPC))
     metrics.watch_client_limiter(limiter, user_limiter, limited_kinds(routes))
     app.on_response_prepare.append(on_response_prepare)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from gateway.auth import AccessTokens
@@ -17,3 +19,5 @@ CLIENT_LIMITER = web.AppKey("client_limiter", ClientRateLimiter)
 USER_LIMITER = web.AppKey("user_limiter", UserRateLimiter)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 TRUSTED_PROXIES = web.AppKey[tuple[IPNetwork, ...]]("trusted_proxies")
+UPLOAD_SLOTS = web.AppKey("upload_slots", asyncio.Semaphore)
+"""The avatar uploads this process reads at once (``avatar_uploads_in_flight``): their bound."""

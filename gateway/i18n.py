@@ -44,6 +44,10 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.USER_NOT_FOUND: "用户不存在。",
     ErrorCode.REAUTHENTICATION_REQUIRED: "此操作需要最近登录：请重新登录后，用新的访问令牌重试。",
     ErrorCode.UNKNOWN_DOCUMENT: "该应用没有要求同意此名称的协议。",
+    ErrorCode.INVALID_IMAGE: "文件不是本服务接受的 JPEG、PNG 或 WebP 图片。",
+    ErrorCode.CONTENT_REJECTED: "平台的内容安全检测未通过。",
+    ErrorCode.USER_NOT_RECENT: "平台只检测两小时内打开过小程序的用户的内容，"
+    "请重新打开小程序后再试。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")

@@ -112,6 +112,8 @@ def _success(op: Route, refs: Refs) -> dict[str, Any]:
         schema = refs[(response, "serialization")]
     elif op.media_type.startswith("text/"):
         schema = {"type": "string"}
+    elif op.media_type.startswith("image/"):
+        schema = {"type": "string", "contentMediaType": op.media_type}
     else:
         schema = {"type": "object", "description": "An OpenAPI 3.1 document."}
     return {"200": {
@@ -119,6 +121,14 @@ def _success(op: Route, refs: Refs) -> dict[str, Any]:
         "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
         "content": {op.media_type: {"schema": schema}},
     }}
+
+
+def _upload_schema(kind: str) -> dict[str, Any]:
+    if kind == "multipart/form-data":
+        return {"type": "object", "description": "Exactly one file part (any field name).",
+                "additionalProperties": {"type": "string",
+                                         "contentMediaType": "application/octet-stream"}}
+    return {"type": "string", "contentMediaType": kind}
 
 
 def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
@@ -141,6 +151,14 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
                 "required": op.body_required,
                 "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
             }
+        if op.upload_types:
+            item["requestBody"] = {"required": True, "content": {
+                kind: {"schema": _upload_schema(kind)} for kind in op.upload_types}}
+        parameters = [{"name": name, "in": "path", "required": True,
+                       "schema": {"type": "string"}}
+                      for name in re.findall(r"\{([^}:]+)", op.path)]
+        if parameters:
+            item["parameters"] = parameters
         if op.access is Access.USER:
             item["security"] = [{BEARER: []}]
         names = re.findall(r"{([A-Za-z_]+)}", op.path)

@@ -8,7 +8,7 @@ one ``Route`` here (for an RPC, beside its method in ``shared.rpc.contract``); a
 
 from __future__ import annotations
 
-from gateway import openapi, privacy_views, views
+from gateway import openapi, privacy_views, profile_views, views
 from gateway.access import Access, Route
 from gateway.schemas import Health, Jwks, Ready
 from shared.errors import ErrorCode as E
@@ -115,6 +115,65 @@ ROUTES: tuple[Route, ...] = (
         summary="Withdraw the user's consent to a document",
         rpc=contract.CONSENT,
         errors=(*AUTH, E.INVALID_REQUEST, E.UNKNOWN_DOCUMENT, *RPC),
+    ),
+    Route(
+        "POST", "/v1/profile/avatar", profile_views.upload_avatar,
+        operation_id="upload_avatar", tag="account",
+        summary="Upload the user's avatar (multipart with one file, or a raw image body)",
+        rpc=contract.AVATAR_UPLOAD,
+        upload_types=("multipart/form-data", "image/jpeg", "image/png", "image/webp"),
+        errors=(*AUTH, E.INVALID_REQUEST, E.UNSUPPORTED_MEDIA_TYPE, E.REQUEST_TIMEOUT,
+                E.INVALID_IMAGE, E.CONTENT_REJECTED, E.USER_NOT_RECENT, E.PLATFORM_UNAVAILABLE,
+                E.APP_MISCONFIGURED, *RPC),
+        description="What `wx.uploadFile` (and `my`/`tt`/`ks`/`swan`/`qq.uploadFile`) sends: "
+        "`multipart/form-data` with exactly one file (any field name), or a raw `image/jpeg`, "
+        "`image/png` or `image/webp` body. The image is re-encoded as JPEG (at most 640 px a "
+        "side) without any metadata. On WeChat it stays `pending` (visible to its owner only, "
+        "through `preview_url`) until the platform's check passes it.",
+    ),
+    Route(
+        "PATCH", "/v1/profile", profile_views.patch_profile,
+        operation_id="set_nickname", tag="account",
+        summary="Set the nickname the user typed (from `<input type=\"nickname\">`)",
+        rpc=contract.NICKNAME, body=profile_views.NicknameBody,
+        errors=(*AUTH, *BODY, E.CONTENT_REJECTED, E.USER_NOT_RECENT, E.PLATFORM_UNAVAILABLE,
+                E.APP_MISCONFIGURED, *RPC),
+        description="Normalised (NFC), control and invisible characters removed, at most 64 "
+        "characters, then checked by the platform: `content_rejected` (422) stores nothing.",
+    ),
+    Route(
+        "POST", "/v1/profile/nickname", profile_views.patch_profile,
+        operation_id="set_nickname_post", tag="account",
+        summary="The same as PATCH /v1/profile, for mini-program request APIs without PATCH",
+        rpc=contract.NICKNAME, body=profile_views.NicknameBody,
+        errors=(*AUTH, *BODY, E.CONTENT_REJECTED, E.USER_NOT_RECENT, E.PLATFORM_UNAVAILABLE,
+                E.APP_MISCONFIGURED, *RPC),
+        description="`wx.request` (and `tt`, `ks`, `swan`, `qq`, uni-app and Taro on them) "
+        "offers OPTIONS, GET, HEAD, POST, PUT, DELETE, TRACE and CONNECT only.",
+    ),
+    Route(
+        "GET", "/v1/avatars/{avatar_id}", profile_views.get_avatar, Access.CLIENT,
+        operation_id="avatar", tag="account",
+        summary="An avatar image (public once approved; with `?key=` while pending)",
+        media_type="image/jpeg", errors=(E.INVALID_REQUEST, E.NOT_FOUND, E.RATE_LIMITED, *RPC),
+    ),
+    Route(
+        "GET", "/v1/platform-events/{platform}/{app_id}", profile_views.platform_event,
+        Access.CLIENT, operation_id="platform_event_verify", tag="platform",
+        summary="The platform's server verification (WeChat: echoes `echostr`)",
+        media_type="text/plain",
+        errors=(E.INVALID_REQUEST, E.INVALID_SIGNATURE, E.UNKNOWN_APP, E.NOT_SUPPORTED,
+                E.APP_MISCONFIGURED, E.RATE_LIMITED, *RPC),
+    ),
+    Route(
+        "POST", "/v1/platform-events/{platform}/{app_id}", profile_views.platform_event,
+        Access.CLIENT, operation_id="platform_event", tag="platform",
+        summary="A platform's message push (WeChat: plain or safe mode, JSON or XML)",
+        media_type="text/plain",
+        errors=(E.INVALID_REQUEST, E.INVALID_SIGNATURE, E.INVALID_PAYLOAD, E.UNKNOWN_APP,
+                E.NOT_SUPPORTED, E.APP_MISCONFIGURED, E.RATE_LIMITED, E.REQUEST_TIMEOUT, *RPC),
+        description="Refused (nothing changes) when its signature is wrong, its timestamp "
+        "stale or its nonce already seen. Answers `success`.",
     ),
     # Exempt: answered by this process alone, from memory or its own files.
     Route(

@@ -69,6 +69,7 @@ class ProfileBody(_Body):
     signature: Signature | None = None
     encryptedData: B64 | None = None
     iv: Iv | None = None
+    response: RawData | None = None  # Alipay: my.getOpenUserInfo's res.response as is
 
 
 class PhoneBody(_Body):
@@ -215,7 +216,7 @@ async def profile(request: web.Request) -> web.Response:
     body = parse(ProfileBody, await read_json_object(request))
     return await forward(request, contract.PROFILE, ProfileParams(
         **who, raw_data=body.rawData, signature=body.signature,
-        encrypted_data=body.encryptedData, iv=body.iv,
+        encrypted_data=body.encryptedData, iv=body.iv, response=body.response,
     ))
 
 

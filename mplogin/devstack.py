@@ -22,6 +22,7 @@ dies at startup is reported with the end of its log.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import hashlib
@@ -210,7 +211,7 @@ def _alipay_app_key(path: Path) -> rsa.RSAPrivateKey:
 
 
 async def _register_dev_apps(
-    http: aiohttp.ClientSession, sandbox_base: str, data: Path
+    http: aiohttp.ClientSession, sandbox_base: str, data: Path, gateway_base: str = "",
 ) -> Path:
     """Write the dev apps file (secrets beside it) and register every app with the sandbox."""
     files = DevFiles(data)
@@ -242,12 +243,16 @@ async def _register_dev_apps(
                 write_private(secret_file, secrets.token_hex(16))
             register["secret"] = secret_file.read_text(encoding="utf-8").strip()
             entry["secret_file"] = files.secret_ref(f"{app.platform}-secret")
+        if app.platform == "wechat" and gateway_base:
+            entry |= _wechat_push_files(files, creds)
         if app.app_key is not None:
             entry["app_key"] = register["app_key"] = app.app_key
         async with http.post(f"{sandbox_base}/sandbox/apps", json=register) as resp:
             if resp.status >= 300:
                 raise DevStackError(f"the sandbox refused the {app.platform} app: "
                                     f"HTTP {resp.status} {await resp.text()}")
+        if app.platform == "wechat" and gateway_base:
+            await _configure_wechat_push(http, sandbox_base, gateway_base, app.app_id, creds)
         lines.append("[[apps]]")
         lines += [f'{name} = "{value}"' for name, value in entry.items()]
         if app.consents:
@@ -257,6 +262,30 @@ async def _register_dev_apps(
     apps_file = files.apps_file
     write_private(apps_file, "\n".join(lines))
     return apps_file
+
+
+def _wechat_push_files(files: DevFiles, creds: Path) -> dict[str, str]:
+    """The dev WeChat app's message-push token and EncodingAESKey (made once, kept private)."""
+    if not (creds / "wechat-push-token").exists():
+        write_private(creds / "wechat-push-token", secrets.token_urlsafe(16))
+    if not (creds / "wechat-encoding-aes-key").exists():
+        write_private(creds / "wechat-encoding-aes-key",
+                      base64.b64encode(secrets.token_bytes(32)).decode()[:43])
+    return {"push_token_file": files.secret_ref("wechat-push-token"),
+            "encoding_aes_key_file": files.secret_ref("wechat-encoding-aes-key")}
+
+
+async def _configure_wechat_push(http: aiohttp.ClientSession, sandbox_base: str,
+                                 gateway_base: str, app_id: str, creds: Path) -> None:
+    """Point the sandbox's WeChat pushes (image check verdicts) at the gateway, in safe mode."""
+    body = {"app_id": app_id, "url": f"{gateway_base}/v1/platform-events/wechat/{app_id}",
+            "token": (creds / "wechat-push-token").read_text(encoding="utf-8").strip(),
+            "encoding_aes_key": (creds / "wechat-encoding-aes-key").read_text(
+                encoding="utf-8").strip(),
+            "mode": "safe", "format": "json", "delay_ms": 1500}
+    async with http.post(f"{sandbox_base}/sandbox/wechat/push", json=body) as resp:
+        if resp.status >= 300:
+            raise DevStackError(f"the sandbox refused the push configuration: HTTP {resp.status}")
 
 
 # -- the stack ----------------------------------------------------------------------------------
@@ -358,8 +387,10 @@ async def run_dev(workers: int = 2) -> None:
                                              f"{sandbox_base}/sandbox/stats"),
                 "the sandbox", timeout=STARTUP_TIMEOUT)
             own_apps = settings.apps_file is None
+            gateway = f"http://{_bind_host(settings.gateway_host)}:{ports.gateway}"
+            env.setdefault("MPLOGIN_PUBLIC_BASE_URL", gateway)
             if own_apps:
-                apps_file = await _register_dev_apps(http, sandbox_base, data)
+                apps_file = await _register_dev_apps(http, sandbox_base, data, gateway)
                 env["MPLOGIN_APPS_FILE"] = str(apps_file)
             else:
                 apps_file = Path(env["MPLOGIN_APPS_FILE"])
@@ -378,7 +409,6 @@ async def run_dev(workers: int = 2) -> None:
                 if url is not None:
                     metrics.append(url)
 
-            gateway = f"http://{_bind_host(settings.gateway_host)}:{ports.gateway}"
             gateway_child = _spawn("gateway", ["gateway"], env, files.log("gateway"))
             children.append(gateway_child)
             await supervisor.wait_until(

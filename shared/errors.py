@@ -54,6 +54,9 @@ class ErrorCode(StrEnum):
     USER_NOT_FOUND = "user_not_found"
     REAUTHENTICATION_REQUIRED = "reauthentication_required"
     UNKNOWN_DOCUMENT = "unknown_document"
+    INVALID_IMAGE = "invalid_image"
+    CONTENT_REJECTED = "content_rejected"
+    USER_NOT_RECENT = "user_not_recent"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -84,6 +87,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.USER_NOT_FOUND: 404,
     ErrorCode.REAUTHENTICATION_REQUIRED: 401,
     ErrorCode.UNKNOWN_DOCUMENT: 400,
+    ErrorCode.INVALID_IMAGE: 422,
+    ErrorCode.CONTENT_REJECTED: 422,
+    ErrorCode.USER_NOT_RECENT: 409,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -117,6 +123,10 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.REAUTHENTICATION_REQUIRED: "This needs a recent login: log in again, then retry "
     "with the new access token.",
     ErrorCode.UNKNOWN_DOCUMENT: "This app asks for no agreement under that document name.",
+    ErrorCode.INVALID_IMAGE: "The file is not a JPEG, PNG or WebP image this service accepts.",
+    ErrorCode.CONTENT_REJECTED: "The platform's content check rejected this content.",
+    ErrorCode.USER_NOT_RECENT: "The platform checks content only for users who opened the "
+    "mini-program within the last two hours: open it again, then retry.",
 }
 
 

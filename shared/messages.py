@@ -77,6 +77,8 @@ class ProfileParams(SessionParams):
     signature: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     encrypted_data: B64 | None = None
     iv: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    # Alipay: my.getOpenUserInfo's res.response, a JSON string (docs/platforms.md §10.5).
+    response: Annotated[str, StringConstraints(min_length=1, max_length=16384)] | None = None
 
 
 class PhoneParams(SessionParams):
@@ -201,6 +203,10 @@ class MeOut(_Strict):
         default_factory=list,
         description="The documents the caller's app asks for that the user has not accepted "
         "(in the version the app names).")
+    user_profile: UserProfileOut | None = Field(default=None, exclude_if=_absent_if_none,
+                                                description=(
+        "What the user entered (avatar upload, nickname) with its moderation status, and where "
+        "each profile field came from."))
 
 
 class ProfileOut(_Strict):
@@ -283,3 +289,103 @@ class ConsentOut(_Strict):
     accepted_at: str | None
     withdrawn_at: str | None = Field(default=None, exclude_if=_absent_if_none)
     consent_required: list[ConsentRequirement]
+# User-entered profile: avatar upload, nickname, moderation, platform pushes (docs/profile.md).
+
+AVATAR_UPLOAD_MAX = 8 * 1024 * 1024
+"""The hard ceiling of an avatar upload in bytes (the setting ``avatar_max_bytes`` is at most
+this): what one RPC message may carry, base64-encoded."""
+NICKNAME_INPUT_MAX = 256
+"""The longest nickname accepted as input, before cleaning (the stored bound is
+PROFILE_TEXT_MAX)."""
+PUSH_BODY_MAX = 64 * 1024
+"""The largest platform push body forwarded to a worker."""
+
+ModerationStatus = Literal["pending", "review", "approved", "rejected", "unmoderated"]
+"""``pending``: sent to the platform's check, no verdict yet; ``review``: the platform asks for a
+human review (shown to the owner only); ``approved``: passed; ``rejected``: failed (an avatar is
+then deleted); ``unmoderated``: the app's platform has no check or moderation is off."""
+
+
+class AvatarUploadParams(SessionParams):
+    """POST /v1/profile/avatar: the image as uploaded (base64), and its declared type."""
+
+    content_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    data: Annotated[str, StringConstraints(min_length=1,
+                                           max_length=(AVATAR_UPLOAD_MAX + 2) // 3 * 4)]
+
+
+class NicknameParams(SessionParams):
+    """PATCH /v1/profile: the nickname as typed (cleaned and bounded by the worker)."""
+
+    nickname: Annotated[str, StringConstraints(max_length=NICKNAME_INPUT_MAX)]
+
+
+class AvatarFetchParams(_Strict):
+    """GET /v1/avatars/{id}: the avatar's id and, for a pending one, its review key."""
+
+    avatar_id: Annotated[str, StringConstraints(min_length=16, max_length=64,
+                                                pattern=r"^[A-Za-z0-9_-]+$")]
+    key: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
+class AvatarFileOut(_Strict):
+    """The stored image: its bytes (base64), type and entity tag."""
+
+    content_type: str
+    data: str
+    etag: str
+    public: bool = Field(description="False while the avatar awaits moderation (no caching).")
+
+
+class PlatformEventParams(_Strict):
+    """GET/POST /v1/platform-events/{platform}/{app_id}: the push as received, verified by the
+    worker (the gateway holds no app secrets)."""
+
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    app_id: AppId
+    method: Literal["GET", "POST"]
+    query: dict[Annotated[str, StringConstraints(max_length=32)],
+                Annotated[str, StringConstraints(max_length=512)]] = Field(max_length=16)
+    body: Annotated[str, StringConstraints(max_length=PUSH_BODY_MAX)] = ""
+    content_type: Annotated[str, StringConstraints(max_length=128)] = ""
+
+
+class PlatformEventOut(_Strict):
+    """What to answer the platform: a plain-text body (``success``, or the handshake's echo)."""
+
+    body: str
+
+
+class AvatarOut(_Strict):
+    """The user's avatar as its owner sees it."""
+
+    id: str
+    status: ModerationStatus
+    url: str | None = Field(default=None, description=(
+        "The public absolute URL; only once the avatar is visible to others (approved or "
+        "unmoderated)."))
+    preview_url: str | None = Field(default=None, exclude_if=_absent_if_none, description=(
+        "While pending or under review: a URL only its owner (and the platform's check) is "
+        "given."))
+    updated_at: str | None = Field(description="ISO 8601: the verdict's time, else the upload's.")
+
+
+class FieldSource(_Strict):
+    """Where a profile field came from and when."""
+
+    source: Literal["platform", "user"] = Field(description=(
+        "platform: verified from the platform's signed or encrypted data; user: entered by the "
+        "user (avatar upload, nickname)."))
+    at: str | None = Field(description="ISO 8601, or null when unknown.")
+    status: ModerationStatus | None = Field(default=None, exclude_if=_absent_if_none)
+
+
+class UserProfileOut(_Strict):
+    """PATCH /v1/profile and POST /v1/profile/avatar: the user-entered profile as stored."""
+
+    nickname: str | None = None
+    nickname_status: ModerationStatus | None = None
+    avatar: AvatarOut | None = None
+    sources: dict[str, FieldSource] = Field(default_factory=dict)
+
+MeOut.model_rebuild()

@@ -143,6 +143,18 @@ class Settings(BaseSettings):
     # How often a worker re-reads the blocked users (a block on another worker reaches this
     # one's logins within this many seconds; its sessions end at once).
     blocked_reload_interval: float = Field(default=2.0, gt=0, le=300)
+    # Avatars (docs/profile.md): the largest upload, the most pixels a decoded image may have
+    # (decompression bombs), the longest side once re-encoded, how many are decoded at once per
+    # worker (their memory), and the public base URL their absolute URLs start with (None: the
+    # gateway's own http://127.0.0.1:PORT, for development).
+    avatar_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=8 * 1024 * 1024)
+    avatar_max_pixels: int = Field(default=16_000_000, ge=10_000, le=50_000_000)
+    avatar_side: int = Field(default=640, ge=64, le=2048)
+    avatar_decode_concurrency: int = Field(default=2, ge=1, le=64)
+    avatar_uploads_in_flight: int = Field(default=16, ge=1, le=1024)  # per gateway process
+    public_base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#@\s]+(/[^?#\s]*)?$")
+    # A platform push whose timestamp is further than this from our clock is refused.
+    platform_push_max_age: int = Field(default=300, ge=30, le=3600)
 
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8090
@@ -161,6 +173,13 @@ class Settings(BaseSettings):
         if self.log_format is not None:
             return self.log_format
         return "json" if self.mode == "production" else "console"
+
+    @property
+    def public_base(self) -> str:
+        """The base of the absolute URLs this service hands out (no trailing slash)."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     @property
     def request_queue(self) -> str:

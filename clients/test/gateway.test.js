@@ -11,6 +11,10 @@
 //   node --test clients/test/*.test.js
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { deflateSync } from 'node:zlib'
 import { after, describe, test } from 'node:test'
 
 import { createClient } from '../mplogin.js'
@@ -54,6 +58,45 @@ async function sandbox(path, body) {
   const { status, body: answer } = await postJson(`${SANDBOX}/sandbox/${path}`, body)
   assert.ok(status < 300, JSON.stringify(answer))
   return answer
+}
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1
+  return c >>> 0
+})
+
+function crc32(bytes) {
+  let c = 0xffffffff
+  for (const b of bytes) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8)
+  return (c ^ 0xffffffff) >>> 0
+}
+
+/** A valid RGB PNG of `size`×`size` pixels, built by hand (no image library in Node). */
+function png(size) {
+  const chunk = (type, data) => {
+    const head = Buffer.alloc(4); head.writeUInt32BE(data.length)
+    const body = Buffer.concat([Buffer.from(type, 'latin1'), data])
+    const crc = Buffer.alloc(4); crc.writeUInt32BE(crc32(body))
+    return Buffer.concat([head, body, crc])
+  }
+  const ihdr = Buffer.alloc(13)
+  ihdr.writeUInt32BE(size, 0); ihdr.writeUInt32BE(size, 4)
+  ihdr[8] = 8; ihdr[9] = 2 // 8-bit RGB
+  const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(size * 3, 0x7f)])
+  const raw = Buffer.concat(Array(size).fill(row))
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0)),
+  ])
+}
+
+/** A temporary file holding `bytes`, as chooseAvatar's temp path would be. */
+function tempFile(name, bytes) {
+  const dir = mkdtempSync(join(tmpdir(), 'mplogin-avatar-'))
+  const path = join(dir, name)
+  writeFileSync(path, bytes)
+  return path
 }
 
 /** Make `kind` the only host global, as on a real device. */
@@ -335,6 +378,38 @@ for (const { kind, platform } of HOSTS) {
       assert.equal(user.id, guest.id)
       const [both] = real.paths('/v1/login')
       assert.ok(both.data.code && both.data.anonymous_code)
+    })
+
+    test("uploadAvatar sends the file with the host's uploadFile, with the token; setNickname stores the nickname", async () => {
+      const host = device()
+      await host.client.login()
+      const profile = await host.client.uploadAvatar(tempFile('tmp_avatar.png', png(32)))
+      // WeChat checks the image later (pending until its pushed verdict), Douyin at once; the
+      // other platforms have no check.
+      const expected = { wechat: 'pending', douyin: 'approved' }[platform] || 'unmoderated'
+      assert.equal(profile.avatar.status, expected)
+      const [sent] = host.paths('/v1/profile/avatar')
+      assert.equal(sent.header.Authorization, `Bearer ${host.stored().access_token}`)
+      assert.equal(sent.data.file, 'tmp_avatar.png')
+      const me = await host.client.me()
+      assert.equal(me.user_profile.avatar.id, profile.avatar.id)
+
+      const named = await host.client.setNickname(' Ann\u200b ')
+      assert.equal(named.nickname, 'Ann')
+      assert.equal((await host.client.me()).user_profile.nickname, 'Ann')
+    })
+
+    test('uploadAvatar refreshes once on invalid_token, and rejects a non-image with invalid_image', async () => {
+      const host = device()
+      await host.client.login()
+      const stored = host.stored()
+      host.map.set(host.storageKey, JSON.stringify({ ...stored, access_token: 'not.a.token' }))
+      const profile = await host.client.uploadAvatar(tempFile('a.png', png(8)))
+      assert.match(profile.avatar.id, /./)
+      assert.equal(host.paths('/v1/token/refresh').length, 1)
+      assert.equal(host.paths('/v1/profile/avatar').length, 2)
+      await assert.rejects(host.client.uploadAvatar(tempFile('note.png', Buffer.from('not an image'))),
+        (err) => err.code === 'invalid_image' && err.status === 422)
     })
   })
 }

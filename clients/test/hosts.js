@@ -7,6 +7,9 @@
 // Every request that leaves a host is recorded ({path, method, data, header}) as it went over
 // the wire, so the tests can check what the client really sent.
 
+import { readFile } from 'node:fs/promises'
+import { basename } from 'node:path'
+
 /** The global each host kind installs, and the platform it runs on natively. */
 export const NATIVE = { wx: 'wechat', my: 'alipay', tt: 'douyin', ks: 'kuaishou', swan: 'baidu', qq: 'qq' }
 
@@ -98,6 +101,54 @@ function wxRequest(state, api) {
   }
 }
 
+/**
+ * A multipart upload of one local file over fetch, as the hosts' uploadFile sends it (the file
+ * part labelled application/octet-stream, `formData` as text fields). Records {path, method,
+ * data: {field, file, bytes}, header}. Resolves {status, text, headers}; rejects with
+ * {kind: 'file'|'timeout'|'network', message}.
+ */
+async function uploadExchange(state, { url, filePath, name, header = {}, formData = {}, timeout = 60000 }) {
+  let bytes
+  try {
+    bytes = await readFile(filePath)
+  } catch (err) {
+    throw { kind: 'file', message: `file not found: ${filePath}` }
+  }
+  const form = new FormData()
+  for (const [k, v] of Object.entries(formData)) form.append(k, String(v))
+  form.append(name, new Blob([bytes], { type: 'application/octet-stream' }), basename(filePath))
+  const target = new URL(url)
+  state.sent.push({
+    path: target.pathname, method: 'POST', data: { field: name, file: basename(filePath), bytes: bytes.length },
+    header: { ...header },
+  })
+  let res
+  try {
+    res = await fetch(target, { method: 'POST', headers: header, body: form, signal: AbortSignal.timeout(timeout) })
+  } catch (err) {
+    const kind = err && err.name === 'TimeoutError' ? 'timeout' : 'network'
+    throw { kind, message: String(err && err.message) }
+  }
+  return { status: res.status, text: await res.text(), headers: [...res.headers] }
+}
+
+/** `wx.uploadFile` and its copies: callbacks, `name`, `header`, `formData`; `data` is the text. */
+function wxUploadFile(state, api) {
+  return function uploadFile(options) {
+    const { url, filePath, name, header, formData, timeout, success, fail, complete } = options
+    const done = (cb, arg) => { if (cb) cb(arg); if (complete) complete(arg) }
+    if (!name || !filePath) {
+      done(fail, { errMsg: `${api}.uploadFile:fail parameter error` })
+      return { abort() {} }
+    }
+    uploadExchange(state, { url, filePath, name, header, formData, timeout }).then(
+      ({ status, text }) => done(success, { data: text, statusCode: status, errMsg: 'uploadFile:ok' }),
+      (err) => done(fail, { errMsg: `uploadFile:fail ${err.message}` }),
+    )
+    return { abort() {} }
+  }
+}
+
 /** wx-shaped sync storage: getStorageSync answers '' for a missing key. */
 function wxStorage(state) {
   return {
@@ -172,6 +223,19 @@ function alipayApi(state) {
       )
       return { abort() {} }
     },
+    // my.uploadFile: `fileName` is the field name, `fileType` (image/video/audio) is required.
+    uploadFile: (options) => {
+      const { url, filePath, fileName, fileType, header, formData, timeout, success, fail, complete } = options
+      const done = (cb, arg) => { if (cb) cb(arg); if (complete) complete(arg) }
+      if (!fileName || !['image', 'video', 'audio'].includes(fileType)) {
+        done(fail, { error: 2, errorMessage: 'invalid parameter: fileName and fileType are required' })
+        return
+      }
+      uploadExchange(state, { url, filePath, name: fileName, header, formData, timeout }).then(
+        ({ status, text, headers: got }) => done(success, { data: text, statusCode: status, header: Object.fromEntries(got) }),
+        (err) => done(fail, { error: 12, errorMessage: err.message }),
+      )
+    },
     getStorageSync: ({ key }) => ({ data: state.storage.has(key) ? state.storage.get(key) : null }),
     setStorageSync: ({ key, data }) => { state.storage.set(key, data) },
     removeStorageSync: ({ key }) => { state.storage.delete(key) },
@@ -199,6 +263,9 @@ export function fakeHost(kind, platform, nextCode) {
       request: (options) => new Promise((resolve, reject) => {
         request({ ...options, success: resolve, fail: reject })
       }),
+      uploadFile: (options) => new Promise((resolve, reject) => {
+        wxUploadFile(state, 'Taro')({ ...options, success: resolve, fail: reject })
+      }),
       ...wxStorage(state),
     }
   } else if (kind === 'uni') {
@@ -214,6 +281,7 @@ export function fakeHost(kind, platform, nextCode) {
         login(options)
       },
       request: wxRequest(state, 'uni'),
+      uploadFile: wxUploadFile(state, 'uni'),
       ...wxStorage(state),
     }
   } else {
@@ -222,7 +290,12 @@ export function fakeHost(kind, platform, nextCode) {
       tt: (got) => ({ code: got.code || '', anonymousCode: got.anonymousCode || '', isLogin: Boolean(got.code) }),
     }
     const shape = shapes[kind] || ((got) => ({ code: got.code }))
-    api = { login: callbackLogin(state, 'login', shape), request: wxRequest(state, kind), ...wxStorage(state) }
+    api = {
+      login: callbackLogin(state, 'login', shape),
+      request: wxRequest(state, kind),
+      uploadFile: wxUploadFile(state, kind),
+      ...wxStorage(state),
+    }
     if (kind === 'swan') api.getLoginCode = callbackLogin(state, 'getLoginCode', shape)
   }
   return { api, state }

@@ -69,7 +69,8 @@ class Stack:
         supervisor.check_alive(self.children)
 
 
-async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
+async def start_stack(stack: Stack, workers: int, gateways: int = 1,
+                      extra_env: dict[str, str] | None = None) -> None:
     """Start the stand-in, sandbox, workers, gateway(s) and inline server; register the app.
 
     Several gateways share one port (the gateway listens with SO_REUSEPORT; the kernel spreads
@@ -126,6 +127,7 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
     })
     # The bench measures capacity, not the limits: they stay on (their code runs) but high.
     env.update(LIMITS_OFF)
+    env.update(extra_env or {})
     stack.env = env
     sandbox = stack.spawn("sandbox",
                           ["sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port)])

@@ -19,7 +19,17 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from mplogin.devguard import HostGuard
-from mplogin.sandbox import alipay, baidu, control, douyin, kuaishou, qq, wechat
+from mplogin.sandbox import (
+    alipay,
+    alipay_user,
+    baidu,
+    control,
+    douyin,
+    kuaishou,
+    qq,
+    security,
+    wechat,
+)
 from mplogin.sandbox.common import SANDBOX_STATE
 from mplogin.sandbox.state import SandboxState, generate_rsa_key, load_private_key
 from shared.logs import get_logger
@@ -49,7 +59,7 @@ def create_sandbox_app(
     app = web.Application(middlewares=[guard.middleware(), control.control_errors])
     app[SANDBOX_STATE] = SandboxState(alipay_private_key=key)
     app.on_startup.append(_ensure_keys)
-    for module in (wechat, qq, alipay, douyin, baidu, kuaishou, control):
+    for module in (wechat, qq, alipay, douyin, baidu, kuaishou, control, security, alipay_user):
         module.add_routes(app)
     return app
 

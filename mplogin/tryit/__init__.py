@@ -71,7 +71,9 @@ def create_tryit_app(
 ) -> web.Application:
     """The try-it app. ``apps`` are ``{"platform", "app_id"[, "name"]}`` the page offers;
     ``logs_dir`` is where the stack's log files are, for the page's hint on finding a request."""
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[HostGuard().middleware()])
+    guard = HostGuard(image_paths=("/api/v1/profile/avatar",))
+    # 6 MiB: an avatar upload (the gateway's own limit is 5 MiB by default).
+    app = web.Application(client_max_size=6 * 1024 * 1024, middlewares=[guard.middleware()])
     page: dict[str, Any] = {"apps": _listed(apps), "default_openid": DEFAULT_OPENID}
     if logs_dir is not None:
         page["logs_dir"] = str(logs_dir)

@@ -31,6 +31,9 @@ from shared import admin_messages as admin
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
     AccountParams,
+    AvatarFetchParams,
+    AvatarFileOut,
+    AvatarUploadParams,
     ConsentOut,
     ConsentParams,
     DeleteAccountOut,
@@ -41,13 +44,17 @@ from shared.messages import (
     LogoutOut,
     LogoutParams,
     MeOut,
+    NicknameParams,
     PhoneOut,
     PhoneParams,
+    PlatformEventOut,
+    PlatformEventParams,
     ProfileOut,
     ProfileParams,
     RefreshRequest,
     SessionOut,
     SessionParams,
+    UserProfileOut,
 )
 
 PROTOCOL_VERSION: Literal[1] = 1
@@ -76,6 +83,11 @@ DELETE_ACCOUNT = Method("delete_account", AccountParams, DeleteAccountOut)
 EXPORT_ACCOUNT = Method("export_account", AccountParams, ExportOut)
 CONSENT = Method("consent", ConsentParams, ConsentOut)
 
+AVATAR_UPLOAD = Method("avatar_upload", AvatarUploadParams, UserProfileOut)
+AVATAR_FETCH = Method("avatar_fetch", AvatarFetchParams, AvatarFileOut)
+NICKNAME = Method("nickname", NicknameParams, UserProfileOut)
+PLATFORM_EVENT = Method("platform_event", PlatformEventParams, PlatformEventOut)
+
 # The admin listener's methods (shared.admin_messages): each carries the caller's admin key,
 # which the worker authenticates and authorises by role before anything else.
 ADMIN_WHOAMI = Method("admin_whoami", admin.AdminParams, admin.WhoAmIOut)
@@ -93,7 +105,7 @@ ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
 
 _METHODS: tuple[Method[Any, Any], ...] = (
     LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, DELETE_ACCOUNT, EXPORT_ACCOUNT, CONSENT,
-    *ADMIN_METHODS)
+    AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, *ADMIN_METHODS)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {method.name: method for method in _METHODS}
 """Every method a worker serves, by name."""

@@ -93,7 +93,7 @@ async def test_a_later_platform_api_is_limited_by_deriving_from_the_base(
         display_name = "WeChat"
 
         async def check_text(self, app: AppConfig) -> dict[str, Any]:
-            return (await self.call(app, "POST", "/wxa/msg_sec_check", json_body={})).data
+            return (await self.call(app, "POST", "/wxa/a_later_api", json_body={})).data
 
     api = LaterApi(sandbox.http, 2.0,
                    limiter=PlatformRateLimiter(1.0, 0.0, clock=FrozenClock()))

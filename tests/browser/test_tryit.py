@@ -3,12 +3,17 @@ README says, the page in headless Chromium, the whole flow of a mini-program ses
 then a login on Alipay; each request's id read from the page and found on the gateway's and a
 worker's log lines, and the logins counted in the gateway's /metrics.
 
+Then the profile panel: an avatar uploaded goes pending, the sandbox's image check pushes its
+verdict and the page shows it approved; a nickname set, a risky one refused.
+
 Also the page's proxy on its own: one origin, only the allowed headers in either direction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import re
 import time
@@ -21,9 +26,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from mplogin.devstack import DEV_APPS, dev_queue_prefix
+from mplogin.devstack import DEV_APP_ID, DEV_APPS, dev_queue_prefix
 from mplogin.standin import free_port
 from mplogin.tryit import STATIC_DIR, create_tryit_app
 from tests.browser.cdp import Browser, Page
@@ -337,4 +343,72 @@ async def test_try_it_account_panel_prompts_consent_exports_and_deletes(
         assert not re.search(WHOLE_TOKEN, text), "a whole token is on screen"
         shot = await page.screenshot(tmp_path / "tryit-account.png")
         assert shot.startswith(b"\x89PNG\r\n\x1a\n")
+        assert page.problems() == []
+
+
+RISKY = "Risky Name"
+
+
+def photo() -> str:
+    """A JPEG with EXIF (a camera's photo, in small), base64."""
+    out = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    Image.new("RGB", (900, 700), (30, 140, 90)).save(out, format="JPEG", exif=exif.tobytes())
+    return base64.b64encode(out.getvalue()).decode()
+
+
+async def test_the_profile_panel_uploads_watches_the_verdict_and_sets_a_nickname(
+    dev: DevProcess, browser: Browser, tmp_path: Path,
+) -> None:
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{dev.urls['sandbox']}/sandbox/moderation",
+            json={"app_id": DEV_APP_ID, "text": RISKY, "suggest": "risky"}) as resp:
+        assert resp.status == 200, await resp.text()
+    async with browser.new_page() as page:
+        await page.send("Page.navigate", url=dev.urls["tryit"])
+        await page.wait_for("document.body && document.body.dataset.ready === 'true'",
+                            what="the page to load")
+        assert await page.evaluate("document.getElementById('upload-avatar').disabled") is True
+        await choose_app(page, "wechat")
+        await page.evaluate(f"document.getElementById('openid').value = "
+                            f"'o_profile_{uuid.uuid4().hex[:8]}'")
+        assert (await press(page, "get-code"))["status"] == 200
+        assert (await press(page, "login"))["status"] == 200
+
+        # As a person picking a file: the input's files, set from bytes.
+        await page.evaluate(f"""(() => {{
+          const bytes = Uint8Array.from(atob({photo()!r}), (c) => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], 'photo.jpg', {{type: 'image/jpeg'}}));
+          document.getElementById('avatar-file').files = dt.files;
+        }})()""")
+        uploaded = await press(page, "upload-avatar")
+        assert uploaded["title"].startswith("POST /api/v1/profile/avatar → 200"), uploaded
+        assert uploaded["body"]["avatar"]["status"] == "pending"
+        assert "image/jpeg" in uploaded["request"]
+        await page.wait_for("document.getElementById('avatar-status').textContent === 'approved'",
+                            what="the pushed verdict", timeout=30)
+        # The image the page shows is the served one (through the page's proxy), 640 px at most.
+        size = await page.wait_for(
+            "(() => { const i = document.getElementById('avatar-img');"
+            " return i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null })()",
+            what="the avatar image")
+        assert max(size) == 640 and size[0] > size[1], size
+
+        await page.evaluate("document.getElementById('nickname').value = ' Ann\\u200b '")
+        named = await press(page, "set-nickname")
+        assert named["title"].startswith("PATCH /api/v1/profile → 200"), named
+        assert named["body"]["nickname"] == "Ann"
+        await page.evaluate(f"document.getElementById('nickname').value = {RISKY!r}")
+        refused = await press(page, "set-nickname")
+        assert refused["title"].startswith("PATCH /api/v1/profile → 422"), refused
+        assert refused["body"]["error"]["code"] == "content_rejected"
+        shown = await page.evaluate("document.getElementById('nickname-status').textContent")
+        assert shown == "refused: content_rejected"
+        me = await press(page, "me")
+        assert json.loads(me["response"])["user_profile"]["nickname"] == "Ann"
+
+        shot = await page.screenshot(tmp_path / "tryit-profile.png")
+        assert shot.startswith(b"\x89PNG")
         assert page.problems() == []

@@ -348,7 +348,8 @@ async def test_alipay_phone_payload_is_verified_and_decrypted(
 
 def test_the_gateway_limits_the_open_data_fields_as_the_worker_does() -> None:
     pairs = [(ProfileBody, ProfileParams, {"rawData": "raw_data", "signature": "signature",
-                                           "encryptedData": "encrypted_data", "iv": "iv"}),
+                                           "encryptedData": "encrypted_data", "iv": "iv",
+                                           "response": "response"}),
              (PhoneBody, PhoneParams, {"code": "code", "response": "response", "sign": "sign"})]
     for body, params, names in pairs:
         ours = body.model_json_schema()["properties"]

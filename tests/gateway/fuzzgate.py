@@ -8,6 +8,7 @@ session are fuzzed too, not only their 401.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from gateway.appkeys import RPC, TOKENS
 from gateway.auth import AccessTokens
 from shared.keyring import KeyRing
 from shared.messages import (
+    AvatarFileOut,
     ConsentOut,
     DeleteAccountOut,
     ExportOut,
@@ -28,10 +30,12 @@ from shared.messages import (
     LogoutOut,
     MeOut,
     PhoneOut,
+    PlatformEventOut,
     Profile,
     ProfileOut,
     SessionOut,
     UserOut,
+    UserProfileOut,
 )
 from shared.rpc.contract import Method, RpcReply
 from shared.settings import Settings
@@ -61,6 +65,11 @@ REPLIES: dict[str, RpcReply] = {
         phone=None, profile={}, consents=[], sessions=[], login_history=[])),
     "consent": RpcReply.success(ConsentOut(document="privacy", version="1", accepted_at=None,
                                            consent_required=[])),
+    "avatar_upload": RpcReply.success(UserProfileOut()),
+    "nickname": RpcReply.success(UserProfileOut(nickname="n", nickname_status="approved")),
+    "avatar_fetch": RpcReply.success(AvatarFileOut(content_type="image/jpeg", data="/9j/",
+                                                   etag='"e"', public=True)),
+    "platform_event": RpcReply.success(PlatformEventOut(body="success")),
 }
 
 
@@ -124,6 +133,12 @@ def router_requests(app: web.Application) -> list[tuple[str, str]]:
         path = resource.canonical
         if "{" in path:  # a variable route (the docs assets): a real name, a miss, an escape
             found.append((route.method, path))  # and the template itself, braces and all
+        if "{" in path and not path.startswith(openapi.DOCS_ASSETS_PREFIX):
+            # The template itself (as the document names it), and values: plausible, short, odd.
+            found.append((route.method, path))
+            for value in ("wechat", "A" * 32, "x", "%2e%2e", "-_-_-_-_-_-_-_-_-_"):
+                found.append((route.method, re.sub(r"\{[^}]+\}", value, path)))
+        elif "{" in path:  # the docs assets: a real name, a miss, an escape
             prefix = path[:path.index("{")]
             for name in (next(iter(openapi.docs_assets())), "missing.js", "../../views.py",
                          "swagger-ui", "%2e%2e/app.py"):

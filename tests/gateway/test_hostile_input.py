@@ -192,8 +192,9 @@ def body_fields() -> dict[tuple[str, str], list[str]]:
     fields = {}
     for path, item in document["paths"].items():
         for method, op in item.items():
-            if "requestBody" in op:
-                ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            json_body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if json_body is not None:
+                ref = json_body["schema"]["$ref"]
                 name = ref.removeprefix("#/components/schemas/")
                 fields[(method.upper(), path)] = list(schemas[name]["properties"])
     return fields

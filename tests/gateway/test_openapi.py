@@ -135,7 +135,8 @@ def test_the_bearer_scheme_is_on_exactly_the_routes_that_take_a_token(
     assert secured == {("POST", "/v1/logout"), ("GET", "/v1/me"), ("POST", "/v1/profile"),
                        ("POST", "/v1/phone"), ("DELETE", "/v1/account"),
                        ("GET", "/v1/account/export"), ("POST", "/v1/consents"),
-                       ("DELETE", "/v1/consents/{document}")}
+                       ("DELETE", "/v1/consents/{document}"), ("POST", "/v1/profile/avatar"),
+                       ("PATCH", "/v1/profile"), ("POST", "/v1/profile/nickname")}
     for key in secured:
         assert "invalid_token" in documented_codes(operations(document)[key])
 

@@ -103,7 +103,15 @@ async def test_the_try_it_page_refuses_other_hosts_origins_and_non_json_bodies()
                                       headers={"Content-Type": "application/x-www-form-urlencoded",
                                                "Origin": own})
             assert (status, body["error"]["code"]) == (415, "unsupported_media_type")
+            # A raw image body is taken on the avatar upload path only.
+            for path in ("/api/v1/login", "/api/v1/profile", "/sandbox/codes"):
+                status, body = await call("POST", path, data=b"\xff\xd8\xff",
+                                          headers={"Content-Type": "image/jpeg", "Origin": own})
+                assert (status, body["error"]["code"]) == (415, "unsupported_media_type"), path
             assert seen == [], "nothing refused reached the gateway"
+            status, _ = await call("POST", "/api/v1/profile/avatar", data=b"\xff\xd8\xff",
+                                   headers={"Content-Type": "image/jpeg", "Origin": own})
+            assert status == 200 and seen.pop()["path"] == "/v1/profile/avatar"
 
             # The page's own requests: same origin, JSON, to the gateway and the sandbox.
             assert (await call("GET", "/"))[0] == 200

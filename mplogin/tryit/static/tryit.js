@@ -105,18 +105,20 @@
   }
 
   async function call(method, path, options) {
-    const { body, token } = options || {};
+    const { body, token, file } = options || {};
     const headers = {};
     if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (file) headers["Content-Type"] = file.type;
     if (token) headers["Authorization"] = "Bearer " + token;
-    const entry = startEntry(method, path, headers, body);
+    const shown = file ? "(" + file.type + ", " + file.size + " bytes: " + file.name + ")" : body;
+    const entry = startEntry(method, path, headers, shown);
     let resp;
     let data;
     try {
       resp = await fetch(path, {
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: file || (body === undefined ? undefined : JSON.stringify(body)),
         cache: "no-store",
         credentials: "omit",
       });
@@ -152,6 +154,8 @@
     $("refresh").disabled = busy || !held.refresh;
     $("me").disabled = busy;
     $("logout").disabled = busy;
+    $("upload-avatar").disabled = busy || !held.access;
+    $("set-nickname").disabled = busy || !held.access;
     showConsents();
   }
 
@@ -258,6 +262,69 @@
     if (status === 200) held.ended = true;
   }
 
+  // ---- the profile panel ----------------------------------------------------------------
+
+  // The gateway's absolute avatar URLs, through this page's proxy (one origin).
+  function proxied(url) {
+    const at = url.indexOf("/v1/");
+    return at < 0 ? "" : "/api" + url.slice(at);
+  }
+
+  function showProfile(profile) {
+    const avatar = profile && profile.avatar;
+    const img = $("avatar-img");
+    if (avatar) {
+      $("avatar-status").textContent = avatar.status;
+      img.src = proxied(avatar.url || avatar.preview_url || "");
+      img.hidden = false;
+    } else {
+      $("avatar-status").textContent = "none";
+      img.hidden = true;
+    }
+    if (profile && profile.nickname) {
+      $("nickname-status").textContent = profile.nickname + " (" + profile.nickname_status + ")";
+    }
+  }
+
+  // Until the platform's verdict arrives: read /v1/me quietly (not logged) every second.
+  async function watchAvatar(id) {
+    for (let i = 0; i < 60; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const resp = await fetch("/api/v1/me", {
+        headers: { Authorization: "Bearer " + held.access }, cache: "no-store", credentials: "omit",
+      });
+      if (!resp.ok) return;
+      const me = await resp.json();
+      const profile = me.user_profile || {};
+      if (!profile.avatar || profile.avatar.id !== id || profile.avatar.status !== "pending") {
+        showProfile(profile);
+        if (!profile.avatar) $("avatar-status").textContent = "rejected: removed";
+        return;
+      }
+    }
+  }
+
+  async function uploadAvatar() {
+    const file = $("avatar-file").files[0];
+    if (!file) {
+      $("avatar-status").textContent = "choose an image first";
+      return;
+    }
+    const { status, data } = await call("POST", "/api/v1/profile/avatar", { token: held.access, file });
+    if (status === 200 && data) {
+      showProfile(data);
+      if (data.avatar && data.avatar.status === "pending") watchAvatar(data.avatar.id);
+    }
+  }
+
+  async function setNickname() {
+    const { status, data } = await call("PATCH", "/api/v1/profile", {
+      token: held.access, body: { nickname: $("nickname").value },
+    });
+    if (status === 200 && data) showProfile(data);
+    else if (data && data.error) $("nickname-status").textContent = "refused: " + data.error.code;
+  }
+
   function clearLog() {
     $("log").replaceChildren();
     $("log-empty").hidden = false;
@@ -298,6 +365,8 @@
     $("accept-consent").addEventListener("click", () => step(acceptConsent));
     $("export").addEventListener("click", () => step(exportData));
     $("delete-account").addEventListener("click", () => step(deleteAccount));
+    $("upload-avatar").addEventListener("click", () => step(uploadAvatar));
+    $("set-nickname").addEventListener("click", () => step(setNickname));
     show();
     document.body.dataset.ready = "true";
   }
