@@ -26,7 +26,7 @@ from auth_worker.quota import AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
-from shared.errors import StartupError
+from shared.errors import BrokerUnreachableError, StartupError
 from shared.keyring import (
     KeyReloader,
     KeyRing,
@@ -36,6 +36,7 @@ from shared.keyring import (
     publish,
 )
 from shared.logs import get_logger
+from shared.qr_events import QrEvents, exchange_name
 from shared.rpc.server import RpcServer
 from shared.runtime import stop_event
 from shared.settings import Settings
@@ -97,13 +98,33 @@ async def login_service(
                                        limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound)
+            await service.qr.ensure_indexes()
+            events = await qr_notices(settings)
+            if events is not None:
+                service.qr.announce = events.publish
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
             try:
                 yield service
             finally:
                 reloader.cancel()
+                if events is not None:
+                    await events.close()
     finally:
         await mongo.close()
+
+
+async def qr_notices(settings: Settings) -> QrEvents | None:
+    """The worker's end of the QR login notices; None (polls recheck on their own) when the
+    broker cannot be reached now: a notice only saves a waiting page a few seconds."""
+    events = QrEvents(settings.broker_url.get_secret_value(),
+                      exchange_name(settings.queue_prefix),
+                      f"mplogin-worker-qr@{socket.gethostname()}:{os.getpid()}")
+    try:
+        await events.start()
+    except BrokerUnreachableError:
+        log.warning("qr_events.unavailable")
+        return None
+    return events
 
 
 async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer) -> None:

@@ -27,6 +27,7 @@ from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
+from auth_worker.qr_login import QrLoginService
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
@@ -37,6 +38,7 @@ from auth_worker.store import (
     new_user_id,
     now_ts,
 )
+from auth_worker.wechat_api import WeChatCodeSource
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
 from shared.messages import EchoOut, EchoParams, LoginParams, SessionOut, UserOut
@@ -128,6 +130,8 @@ class LoginService:
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.qr = QrLoginService(settings, store, apps, issuer, self.account,
+                                 WeChatCodeSource(phone_source.api, phone_source.tokens))
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -178,6 +182,14 @@ class LoginService:
         table.register(contract.ME, lambda params, ctx: account.me(params))
         table.register(contract.PROFILE, lambda params, ctx: opendata.profile(params))
         table.register(contract.PHONE, opendata.phone)
+        qr = self.qr
+        table.register(contract.QR_CREATE, qr.create)
+        table.register(contract.QR_IMAGE, lambda params, ctx: qr.image(params))
+        table.register(contract.QR_POLL, lambda params, ctx: qr.poll(params))
+        table.register(contract.QR_SCAN, lambda params, ctx: qr.scan(params))
+        table.register(contract.QR_CONFIRM, lambda params, ctx: qr.confirm(params))
+        table.register(contract.QR_CANCEL, lambda params, ctx: qr.cancel(params))
+        table.register(contract.SESSIONS, lambda params, ctx: qr.sessions(params))
         return table
 
     @staticmethod

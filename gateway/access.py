@@ -68,6 +68,8 @@ class Route:
     description: str = ""
     media_type: str = "application/json"
     documented: bool = True
+    parameters: tuple[dict[str, Any], ...] = ()
+    """Query and header parameters, as OpenAPI parameter objects (path ones are derived)."""
 
     @property
     def limited(self) -> bool:

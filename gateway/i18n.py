@@ -39,6 +39,9 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "该手机号已绑定其他用户。",
     ErrorCode.NOT_SUPPORTED: "该平台或应用不支持此操作。",
     ErrorCode.REQUEST_TIMEOUT: "请求体未能及时送达。",
+    ErrorCode.QR_LOGIN_EXPIRED: "该扫码登录不存在、已过期或已取消，请刷新二维码。",
+    ErrorCode.QR_LOGIN_CONFLICT: "该扫码登录当前状态不允许此操作。",
+    ErrorCode.ALREADY_USED: "该扫码登录的会话已被领取。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import mimetypes
+import re
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -111,6 +112,8 @@ def _success(op: Route, refs: Refs) -> dict[str, Any]:
         schema = refs[(response, "serialization")]
     elif op.media_type.startswith("text/"):
         schema = {"type": "string"}
+    elif op.media_type.startswith("image/"):
+        schema = {"type": "string", "contentMediaType": op.media_type}
     else:
         schema = {"type": "object", "description": "An OpenAPI 3.1 document."}
     return {"200": {
@@ -142,6 +145,12 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
             }
         if op.access is Access.USER:
             item["security"] = [{BEARER: []}]
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"{(\w+)}", op.path)
+        ] + list(op.parameters)
+        if parameters:
+            item["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",

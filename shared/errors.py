@@ -49,6 +49,9 @@ class ErrorCode(StrEnum):
     PHONE_IN_USE = "phone_in_use"
     NOT_SUPPORTED = "not_supported"
     REQUEST_TIMEOUT = "request_timeout"
+    QR_LOGIN_EXPIRED = "qr_login_expired"
+    QR_LOGIN_CONFLICT = "qr_login_conflict"
+    ALREADY_USED = "already_used"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -74,6 +77,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PHONE_IN_USE: 409,
     ErrorCode.NOT_SUPPORTED: 400,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.QR_LOGIN_EXPIRED: 410,
+    ErrorCode.QR_LOGIN_CONFLICT: 409,
+    ErrorCode.ALREADY_USED: 410,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -101,6 +107,9 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "This phone number is already bound to another user.",
     ErrorCode.NOT_SUPPORTED: "This operation is not supported for this platform or app.",
     ErrorCode.REQUEST_TIMEOUT: "The request body did not arrive in time.",
+    ErrorCode.QR_LOGIN_EXPIRED: "This QR login is unknown, expired or cancelled; show a new code.",
+    ErrorCode.QR_LOGIN_CONFLICT: "This QR login is not in a state that allows this step.",
+    ErrorCode.ALREADY_USED: "This QR login's session was already handed out.",
 }
 
 

@@ -248,6 +248,7 @@ class Stats:
     stable_token: Counter[str] = field(default_factory=Counter)
     access_token: Counter[str] = field(default_factory=Counter)
     redirects_followed: int = 0
+    qr_codes: int = 0
 
     def as_json(self) -> dict[str, object]:
         """The stats document served by ``GET /sandbox/stats``."""
@@ -257,6 +258,7 @@ class Stats:
             "stable_token": dict(self.stable_token),
             "access_token": dict(self.access_token),
             "redirects_followed": self.redirects_followed,
+            "qr_codes": self.qr_codes,
         }
 
 

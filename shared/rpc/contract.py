@@ -39,9 +39,19 @@ from shared.messages import (
     PhoneParams,
     ProfileOut,
     ProfileParams,
+    QrCreateOut,
+    QrCreateParams,
+    QrIdParams,
+    QrImageOut,
+    QrPhoneParams,
+    QrPollOut,
+    QrPollParams,
+    QrScanOut,
+    QrStateOut,
     RefreshParams,
     SessionOut,
     SessionParams,
+    SessionsOut,
 )
 
 PROTOCOL_VERSION: Literal[1] = 1
@@ -66,9 +76,18 @@ LOGOUT = Method("logout", LogoutParams, LogoutOut)
 ME = Method("me", SessionParams, MeOut)
 PROFILE = Method("profile", ProfileParams, ProfileOut)
 PHONE = Method("phone", PhoneParams, PhoneOut)
+QR_CREATE = Method("qr_create", QrCreateParams, QrCreateOut)
+QR_IMAGE = Method("qr_image", QrIdParams, QrImageOut)
+QR_POLL = Method("qr_poll", QrPollParams, QrPollOut)
+QR_SCAN = Method("qr_scan", QrPhoneParams, QrScanOut)
+QR_CONFIRM = Method("qr_confirm", QrPhoneParams, QrStateOut)
+QR_CANCEL = Method("qr_cancel", QrPhoneParams, QrStateOut)
+SESSIONS = Method("sessions", SessionParams, SessionsOut)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {
-    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO)
+    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO,
+                                       QR_CREATE, QR_IMAGE, QR_POLL, QR_SCAN, QR_CONFIRM,
+                                       QR_CANCEL, SESSIONS)
 }
 """Every method a worker serves, by name."""
 
