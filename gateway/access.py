@@ -44,6 +44,25 @@ class Access(Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Param:
+    """One query or header parameter of a route, for the OpenAPI document."""
+
+    name: str
+    where: Literal["query", "header"]
+    type: Literal["string", "number"] = "string"
+    required: bool = False
+    enum: tuple[str, ...] = ()
+
+    def openapi(self) -> dict[str, Any]:
+        """The parameter as an OpenAPI parameter object."""
+        schema: dict[str, Any] = {"type": self.type}
+        if self.enum:
+            schema["enum"] = list(self.enum)
+        return {"name": self.name, "in": self.where, "required": self.required,
+                "schema": schema}
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One route: method, path, handler, who may call it, and how the OpenAPI document shows it.
 
@@ -68,8 +87,8 @@ class Route:
     description: str = ""
     media_type: str = "application/json"
     documented: bool = True
-    parameters: tuple[dict[str, Any], ...] = ()
-    """Query and header parameters, as OpenAPI parameter objects (path ones are derived)."""
+    parameters: tuple[Param, ...] = ()
+    """Query and header parameters (path ones are derived from the path)."""
 
     @property
     def limited(self) -> bool:

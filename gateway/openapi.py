@@ -148,7 +148,7 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in re.findall(r"{(\w+)}", op.path)
-        ] + list(op.parameters)
+        ] + [param.openapi() for param in op.parameters]
         if parameters:
             item["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method.lower()] = item

@@ -179,20 +179,21 @@ def _wait(request: web.Request) -> float:
 async def poll(request: web.Request) -> web.Response:
     """GET /v1/qr-logins/{id}: the state, waiting up to ``wait`` s for it to differ from
     ``state``; once after confirmation, the new web session."""
+    known = request.query.get("state")
+    if known is not None and known not in _STATES:
+        raise MPLoginError(ErrorCode.INVALID_REQUEST, "state is not a known state.")
+    wait = _wait(request)
     token = request.headers.get(POLL_TOKEN_HEADER, "")
     if not token:
-        raise MPLoginError(ErrorCode.INVALID_TOKEN,
+        raise MPLoginError(ErrorCode.INVALID_REQUEST,
                            f"Send the poll token in the {POLL_TOKEN_HEADER} header.")
     try:
         params = QrPollParams(id=_qr_id(request), poll_token=token)
     except ValueError:
         raise MPLoginError(ErrorCode.QR_LOGIN_EXPIRED) from None
-    known = request.query.get("state")
-    if known is not None and known not in _STATES:
-        raise MPLoginError(ErrorCode.INVALID_REQUEST, "state is not a known state.")
     settings = request.app[SETTINGS]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + _wait(request)
+    deadline = loop.time() + wait
     waiters = request.app[WAITERS]
     # The waiter is in place before the first read: a change announced between the read and
     # the wait still wakes it.

@@ -9,7 +9,7 @@ one ``Route`` here (for an RPC, beside its method in ``shared.rpc.contract``); a
 from __future__ import annotations
 
 from gateway import openapi, qr_views, views
-from gateway.access import Access, Route
+from gateway.access import Access, Param, Route
 from gateway.schemas import Health, Jwks, Ready
 from shared.errors import ErrorCode as E
 from shared.rpc import contract
@@ -103,17 +103,16 @@ ROUTES: tuple[Route, ...] = (
         summary="The request's state (long poll: ?wait=seconds&state=known); once confirmed, "
         "the web session, exactly once",
         rpc=contract.QR_POLL,
-        errors=(E.INVALID_REQUEST, E.INVALID_TOKEN, E.QR_LOGIN_EXPIRED, E.ALREADY_USED,
+        errors=(E.INVALID_REQUEST, E.QR_LOGIN_EXPIRED, E.ALREADY_USED,
                 E.RATE_LIMITED, *RPC),
         description="Send the poll token in the `X-QR-Poll-Token` header, never in the URL. "
         "With `wait` (at most MPLOGIN_QR_LOGIN_MAX_WAIT seconds) and `state`, the answer comes "
         "as soon as the state differs from `state`, or when the wait ends.",
         parameters=(
-            {"name": "X-QR-Poll-Token", "in": "header", "required": True,
-             "schema": {"type": "string"}},
-            {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0}},
-            {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
-                "pending", "scanned", "confirmed", "cancelled", "expired"]}},
+            Param("X-QR-Poll-Token", "header", required=True),
+            Param("wait", "query", "number"),
+            Param("state", "query", enum=("pending", "scanned", "confirmed", "cancelled",
+                                          "expired")),
         ),
     ),
     Route(

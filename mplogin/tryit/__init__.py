@@ -3,7 +3,8 @@
 Development only. One static page (``static/``) and a reverse proxy under one origin, so the
 page needs no CORS: ``/api/*`` goes to the gateway (``/api/v1/login`` → ``<gateway>/v1/login``)
 and ``/sandbox/*`` to the sandbox control API. The proxy passes the method, the body, the
-status and only the headers ``Content-Type``, ``Authorization`` (toward the upstream) and
+status and only the headers ``Content-Type``, ``Authorization``, ``X-QR-Poll-Token``, ``Origin``
+and ``User-Agent`` (toward the upstream; the QR login names the site and browser) and
 ``Content-Type``, ``Retry-After``, ``X-Request-Id`` (back: the page shows each request's id, by
 which its gateway and worker log lines are found). It logs no bodies and no headers.
 
@@ -33,7 +34,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_OPENID = "o_demo_user"
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
 
-_REQUEST_HEADERS = ("Content-Type", "Authorization")
+_REQUEST_HEADERS = ("Content-Type", "Authorization", "X-QR-Poll-Token", "Origin", "User-Agent")
 _RESPONSE_HEADERS = ("Content-Type", "Retry-After", "X-Request-Id")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (

@@ -203,7 +203,7 @@ async def test_the_id_alone_grants_nothing_and_the_token_is_never_stored(
 ) -> None:
     request = await create(stack.client)
     resp = await gateway_b.get(f"/v1/qr-logins/{request['id']}")
-    assert resp.status == 401 and (await resp.json())["error"]["code"] == "invalid_token"
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_request"
     status, body = await poll(gateway_b, {**request, "poll_token": "x" * 43})
     assert (status, body["error"]["code"]) == (410, "qr_login_expired")
     status, body = await poll(gateway_b, {**request, "id": "A" * 24})

@@ -26,7 +26,14 @@ from shared.messages import (
     PhoneOut,
     Profile,
     ProfileOut,
+    QrCreateOut,
+    QrImageOut,
+    QrPollOut,
+    QrScanOut,
+    QrStateOut,
+    SessionInfo,
     SessionOut,
+    SessionsOut,
     UserOut,
 )
 from shared.rpc.contract import Method, RpcReply
@@ -50,6 +57,20 @@ REPLIES: dict[str, RpcReply] = {
         identities=[IdentityOut(platform="wechat", app_id="wx1", anonymous=False)])),
     "profile": RpcReply.success(ProfileOut(profile=_PROFILE)),
     "phone": RpcReply.success(PhoneOut(phone="+86138****0007")),
+    "qr_create": RpcReply.success(QrCreateOut(
+        id="AbCdEfGhIjKlMnOpQrStUvWx", poll_token="p" * 43, expires_in=120,
+        image_url="/v1/qr-logins/AbCdEfGhIjKlMnOpQrStUvWx/image")),
+    "qr_image": RpcReply.success(QrImageOut(content_type="image/png",
+                                            image_b64="iVBORw0KGgo=", expires_in=100)),
+    "qr_poll": RpcReply.success(QrPollOut(state="confirmed", expires_in=0, session=_SESSION)),
+    "qr_scan": RpcReply.success(QrScanOut(
+        id="AbCdEfGhIjKlMnOpQrStUvWx", state="scanned", site="https://shop.example",
+        browser="Chrome", user_agent="Mozilla/5.0", created_at="2026-01-01T00:00:00+00:00",
+        expires_in=100)),
+    "qr_confirm": RpcReply.success(QrStateOut(id="AbCdEfGhIjKlMnOpQrStUvWx", state="confirmed")),
+    "qr_cancel": RpcReply.success(QrStateOut(id="AbCdEfGhIjKlMnOpQrStUvWx", state="cancelled")),
+    "sessions": RpcReply.success(SessionsOut(sessions=[SessionInfo(
+        id="s1", platform="web", app_id="wx1", created_at=None, current=False)])),
 }
 
 
@@ -109,7 +130,8 @@ def router_requests(app: web.Application) -> list[tuple[str, str]]:
         if resource is None:
             continue
         path = resource.canonical
-        if "{" in path:  # a variable route (the docs assets): a real name, a miss, an escape
+        if "{" in path:  # a variable route: a real name, a miss, an escape, the template
+            found.append((route.method, path))
             prefix = path[:path.index("{")]
             for name in (next(iter(openapi.docs_assets())), "missing.js", "../../views.py",
                          "swagger-ui", "%2e%2e/app.py"):

@@ -24,6 +24,10 @@ from shared.tokens import TokenIssuer
 from tests.gateway.test_gateway_unit import FakeRpc
 
 AUTHENTICATED = ("/v1/me", "/v1/logout", "/v1/profile", "/v1/phone")
+# QR login: the web page has no token yet; the phone acts with its session.
+QR_WEB = ("/v1/qr-logins", "/v1/qr-logins/{id}", "/v1/qr-logins/{id}/image")
+QR_PHONE = ("/v1/qr-logins/{id}/scan", "/v1/qr-logins/{id}/confirm", "/v1/qr-logins/{id}/cancel",
+            "/v1/sessions")
 EXEMPT = {"/.well-known/jwks.json", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
           openapi.DOCS_ASSETS_PREFIX + "/{name}"}
 
@@ -138,9 +142,9 @@ def test_only_the_table_exempts_a_route_and_the_document_says_which_are_limited(
         assert access is not None
         by_path[route.resource.canonical] = access
     assert {p for p, a in by_path.items() if a is Access.EXEMPT} == EXEMPT
-    assert {p for p, a in by_path.items() if a is Access.CLIENT} == {"/v1/login",
-                                                                       "/v1/token/refresh"}
-    assert {p for p, a in by_path.items() if a is Access.USER} == set(AUTHENTICATED)
+    assert {p for p, a in by_path.items() if a is Access.CLIENT} == {
+        "/v1/login", "/v1/token/refresh", *QR_WEB}
+    assert {p for p, a in by_path.items() if a is Access.USER} == {*AUTHENTICATED, *QR_PHONE}
     assert len(ROUTES) == len(by_path), "one table entry per path"
     document = openapi.build_document("0", ROUTES)
     for path, access in by_path.items():
