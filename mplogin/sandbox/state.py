@@ -329,6 +329,15 @@ class SandboxState:
         self.force_refreshes: dict[str, list[float]] = {}
         self.alipay_tokens: dict[str, AlipayToken] = {}
         self.alipay_refresh: dict[str, AlipayToken] = {}
+        # The mini-program codes drawn, newest last, per app: what a camera pointed at the
+        # latest one would read (POST /sandbox/scan).
+        self.drawn_codes: dict[str, list[tuple[str, str]]] = {}
+
+    def remember_code(self, app_id: str, scene: str, page: str) -> None:
+        """Keep a drawn code's scene and page (the last 20 per app)."""
+        drawn = self.drawn_codes.setdefault(app_id, [])
+        drawn.append((scene, page))
+        del drawn[:-20]
 
     def reset(self) -> None:
         """Forget users, codes, tokens, faults, stats and the clock offset; keep apps and keys."""

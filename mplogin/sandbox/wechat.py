@@ -287,7 +287,7 @@ async def get_unlimited_code(request: web.Request) -> web.Response:
     answers JPEG; any image type is handled alike by our client). Errors are JSON, as WeChat's.
     """
     state = state_of(request)
-    refused, _ = token_error(state, request.query.get("access_token", ""))
+    refused, app_id = token_error(state, request.query.get("access_token", ""))
     if refused is not None:
         return refused
     body = await _json_object(request)
@@ -308,6 +308,7 @@ async def get_unlimited_code(request: web.Request) -> web.Response:
             or not isinstance(width, int) or not isinstance(check_path, bool)):
         return _api_error(40097, "invalid args")
     state.stats.qr_codes += 1
+    state.remember_code(app_id, scene, page)
     png = code_png(scene, min(max(width, 280), 1280))
     return web.Response(body=png, content_type="image/png")
 

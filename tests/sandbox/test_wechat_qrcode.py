@@ -109,3 +109,12 @@ async def test_documented_errors_are_json(sb: Any, body: dict[str, Any], errcode
 async def test_token_errors(sb: Any) -> None:
     assert b"41001" in (await code(sb, "", scene="ok"))[2]
     assert b"40001" in (await code(sb, "not-a-token", scene="ok"))[2]
+
+
+async def test_the_camera_reads_the_latest_code_of_the_app(sb: Any) -> None:
+    token = (await stable(sb))["access_token"]
+    assert (await sb.control("POST", "/sandbox/scan", {"app_id": "wx_app_a"})).status == 404
+    for scene in ("FirstSceneOfTheApp", "Second~Scene=2"):
+        assert (await code(sb, token, scene=scene, page="pages/qrlogin/index"))[0] == 200
+    answer = await sb.control("POST", "/sandbox/scan", {"app_id": "wx_app_a"})
+    assert answer.json == {"scene": "Second~Scene%3D2", "page": "pages/qrlogin/index"}
