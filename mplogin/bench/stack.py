@@ -69,8 +69,11 @@ class Stack:
         supervisor.check_alive(self.children)
 
 
-async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
+async def start_stack(stack: Stack, workers: int, gateways: int = 1,
+                      extra_env: dict[str, str] | None = None) -> None:
     """Start the stand-in, sandbox, workers, gateway(s) and inline server; register the app.
+
+    ``extra_env``: settings of this run on top of the bench's own (e.g. a limit switched off).
 
     Several gateways share one port (the gateway listens with SO_REUSEPORT; the kernel spreads
     the connections among them).
@@ -126,6 +129,7 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1) -> None:
     })
     # The bench measures capacity, not the limits: they stay on (their code runs) but high.
     env.update(LIMITS_OFF)
+    env.update(extra_env or {})
     stack.env = env
     sandbox = stack.spawn("sandbox",
                           ["sandbox", "--host", "127.0.0.1", "--port", str(sandbox_port)])

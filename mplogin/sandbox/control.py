@@ -2,9 +2,10 @@
 
 Routes: ``POST apps``, ``POST codes``, ``POST phone_codes``, ``POST profile_payload``,
 ``POST alipay/phone_payload``, ``GET alipay/public_key``, ``POST scan`` (the camera of a QR
-login), ``POST clock``, ``POST reset``, ``POST|DELETE faults``, ``GET stats``; ``/sandbox/redirected`` is where the redirect fault
-points. Faults take an optional ``consume_code`` (default false) to mark the presented codes
-used although the answer is an error, as a platform that failed after consuming would.
+login), ``POST clock``, ``POST reset``, ``POST|DELETE faults``, ``GET stats``;
+``/sandbox/redirected`` is where the redirect fault points. Faults take an optional
+``consume_code`` (default false) to mark the presented codes used although the answer is an
+error, as a platform that failed after consuming would.
 JSON in, JSON out. Malformed requests answer 400 ``{"error": {"code", "message"}}``, unknown
 apps 404 in the same shape.
 """
