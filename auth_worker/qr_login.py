@@ -120,13 +120,17 @@ class QrLoginService:
         self.codes = codes
         self.announce = announce
         self.requests: AsyncCollection[Doc] = store.db["qr_logins"]
+        # The images apart: every poll reads its request, and a request stays a few hundred
+        # bytes; only the image route reads the (kilobytes of) image.
+        self.images: AsyncCollection[Doc] = store.db["qr_login_images"]
         self.windows: AsyncCollection[Doc] = store.db["rate_windows"]
 
     async def ensure_indexes(self) -> None:
         """Purge requests once they can no longer be polled."""
-        await self.requests.create_index(
-            [("purge_at", ASCENDING)], expireAfterSeconds=0, name="qr_login_purge"
-        )
+        for collection in (self.requests, self.images):
+            await collection.create_index(
+                [("purge_at", ASCENDING)], expireAfterSeconds=0, name="qr_login_purge"
+            )
 
     # -- the web side ------------------------------------------------------------------------
 
@@ -149,6 +153,10 @@ class QrLoginService:
         )
         now = now_ts()
         ttl = self.settings.qr_login_ttl
+        purge_at = datetime.fromtimestamp(now, UTC) + timedelta(
+            seconds=ttl + self.settings.qr_login_fetch_window)
+        await self.images.insert_one({"_id": qr_id, "image": Binary(image),
+                                      "image_type": content_type, "purge_at": purge_at})
         await self.requests.insert_one({
             "_id": qr_id,
             "poll_hash": _hash(poll_token),
@@ -157,12 +165,9 @@ class QrLoginService:
             "state": "pending",
             "site": _clip(params.site, 256),
             "user_agent": _clip(params.user_agent, 512),
-            "image": Binary(image),
-            "image_type": content_type,
             "created_ts": now,
             "expires_ts": now + ttl,
-            "purge_at": datetime.fromtimestamp(now, UTC)
-            + timedelta(seconds=ttl + self.settings.qr_login_fetch_window),
+            "purge_at": purge_at,
         })
         log.info("qr_login.created", platform=app.platform, app_id=app.app_id, qr_login=qr_id)
         return QrCreateOut(id=qr_id, poll_token=poll_token, expires_in=ttl,
@@ -171,17 +176,19 @@ class QrLoginService:
     async def image(self, params: QrIdParams) -> QrImageOut:
         """The request's cached code image, while it can still be scanned."""
         doc = await self.requests.find_one({"_id": params.id},
-                                           projection={"image": 1, "image_type": 1,
-                                                       "expires_ts": 1, "state": 1})
+                                           projection={"expires_ts": 1, "state": 1})
         if doc is None or self._state(doc) not in LIVE:
             raise MPLoginError(ErrorCode.QR_LOGIN_EXPIRED)
-        return QrImageOut(content_type=str(doc.get("image_type") or "image/png"),
-                          image_b64=base64.b64encode(bytes(doc["image"])).decode(),
+        stored = await self.images.find_one({"_id": params.id})
+        if stored is None:
+            raise MPLoginError(ErrorCode.QR_LOGIN_EXPIRED)
+        return QrImageOut(content_type=str(stored.get("image_type") or "image/png"),
+                          image_b64=base64.b64encode(bytes(stored["image"])).decode(),
                           expires_in=self._expires_in(doc))
 
     async def poll(self, params: QrPollParams) -> QrPollOut:
         """The state for the web page; right after confirmation, once, its new session."""
-        doc = await self.requests.find_one({"_id": params.id}, projection={"image": 0})
+        doc = await self.requests.find_one({"_id": params.id})
         if doc is None or not secrets.compare_digest(str(doc.get("poll_hash", "")),
                                                      _hash(params.poll_token)):
             raise MPLoginError(ErrorCode.QR_LOGIN_EXPIRED)
@@ -198,7 +205,7 @@ class QrLoginService:
         claimed = await self.requests.find_one_and_update(
             {"_id": doc["_id"], "state": "confirmed"},
             {"$set": {"state": "used", "used_ts": now_ts(), "web_session_id": session_id}},
-            projection={"image": 0}, return_document=ReturnDocument.AFTER,
+            return_document=ReturnDocument.AFTER,
         )
         if claimed is None:
             raise MPLoginError(ErrorCode.ALREADY_USED)
@@ -250,7 +257,7 @@ class QrLoginService:
             {"$set": {"state": "scanned", "scanner_user_id": params.user_id,
                       "scanner_session_id": params.session_id, "scanned_ts": now,
                       "scanner_name": mask_name(nickname)}},
-            projection={"image": 0}, return_document=ReturnDocument.AFTER,
+            return_document=ReturnDocument.AFTER,
         )
         if doc is None:
             doc = await self._refused(params, again=("scanned",))
@@ -278,7 +285,7 @@ class QrLoginService:
             {"_id": params.id, "state": "scanned", "expires_ts": {"$gt": now},
              "scanner_user_id": params.user_id, "scanner_session_id": params.session_id},
             {"$set": {"state": to, f"{to}_ts": now}},
-            projection={"image": 0}, return_document=ReturnDocument.AFTER,
+            return_document=ReturnDocument.AFTER,
         )
         if doc is None:
             doc = await self._refused(params, again=again)
@@ -291,7 +298,7 @@ class QrLoginService:
     async def _refused(self, params: QrPhoneParams, *, again: tuple[str, ...]) -> Doc:
         """Why a transition did not happen: the same step again by the scanner is answered as
         it was (a retry), an expired or cancelled request is final, anything else a conflict."""
-        doc = await self.requests.find_one({"_id": params.id}, projection={"image": 0})
+        doc = await self.requests.find_one({"_id": params.id})
         if doc is None:
             raise MPLoginError(ErrorCode.QR_LOGIN_EXPIRED)
         state = self._state(doc)

@@ -4,8 +4,8 @@ A web page's ``GET /v1/qr-logins/{id}?wait=25&state=pending`` is held here until
 differs from the one the page knows, or ``wait`` seconds pass. While it waits it costs this
 gateway a coroutine and an event, never a worker: the state is asked of a worker (one short RPC)
 when the poll starts, when the notices exchange says the request changed (``shared.qr_events``),
-every ``qr_login_recheck`` seconds in case a notice was lost, and when the wait ends. Any gateway
-can hold any poll: what it keeps is only its own waiters.
+about every ``qr_login_recheck`` seconds (jittered) in case a notice was lost, and when the wait
+ends. Any gateway can hold any poll: what it keeps is only its own waiters.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import os
+import random
 import re
 import socket
 from collections import defaultdict
@@ -59,6 +60,8 @@ class QrWaiters:
 
     def __init__(self) -> None:
         self._waiting: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.woken = 0  # waits ended by a notice
+        self.timed_out = 0  # waits ended by the recheck interval or the poll's end
 
     def __len__(self) -> int:
         return sum(len(events) for events in self._waiting.values())
@@ -200,6 +203,9 @@ async def poll(request: web.Request) -> web.Response:
     event = waiters.add(params.id)
     try:
         while True:
+            # Cleared before the read, never after: a notice that arrives while the worker is
+            # asked still wakes the wait below.
+            event.clear()
             reply = await request.app[RPC].call(contract.QR_POLL, params,
                                                 request_id=_rid(request),
                                                 timeout=settings.login_deadline)
@@ -211,12 +217,14 @@ async def poll(request: web.Request) -> web.Response:
                 response = json_response(result)
                 response.headers["Cache-Control"] = "no-store"
                 return response
-            event.clear()
+            # Jittered: pages opened together (a flash sale's landing page) do not ask together.
+            recheck = settings.qr_login_recheck * random.uniform(0.8, 1.2)  # noqa: S311
             try:
-                async with asyncio.timeout(min(left, settings.qr_login_recheck)):
+                async with asyncio.timeout(min(left, recheck)):
                     await event.wait()
+                waiters.woken += 1
             except TimeoutError:
-                pass
+                waiters.timed_out += 1
     finally:
         waiters.remove(params.id, event)
 

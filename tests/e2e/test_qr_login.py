@@ -4,6 +4,7 @@ other, the phone's session confirms; the web session comes once; cancel, expiry,
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -198,9 +199,20 @@ async def test_an_expired_request_is_final(
     assert (status, body["error"]["code"]) == (410, "qr_login_expired")
 
 
-async def test_the_id_alone_grants_nothing_and_the_token_is_never_stored(
-    stack: Stack, gateway_b: Client
+async def test_the_id_alone_grants_nothing_and_the_token_is_never_stored_nor_logged(
+    stack: Stack, gateway_b: Client, sandbox: Sandbox, process_log: io.StringIO
 ) -> None:
+    request = await create(stack.client)
+    phone = await phone_login(stack, sandbox, "o_qr_logged")
+    assert (await step(stack.client, request, "scan", phone))[0] == 200
+    assert (await step(stack.client, request, "confirm", phone))[0] == 200
+    status, answer = await poll(gateway_b, request, wait=1)
+    assert status == 200 and "session" in answer
+    logged = process_log.getvalue()
+    assert request["id"] in logged  # the lines are there, without the secrets
+    for secret in (request["poll_token"], answer["session"]["access_token"],
+                   answer["session"]["refresh_token"]):
+        assert secret not in logged
     request = await create(stack.client)
     resp = await gateway_b.get(f"/v1/qr-logins/{request['id']}")
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_request"
