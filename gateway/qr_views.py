@@ -212,21 +212,30 @@ async def poll(request: web.Request) -> web.Response:
             if not reply.ok or reply.result is None:
                 return reply_response(request, reply)
             result: dict[str, Any] = reply.result
-            left = deadline - loop.time()
-            if result.get("state") != known or "session" in result or left <= 0:
-                response = json_response(result)
-                response.headers["Cache-Control"] = "no-store"
-                return response
+            read_at = loop.time()
+            if result.get("state") != known or "session" in result or read_at >= deadline:
+                return _answer(result)
             # Jittered: pages opened together (a flash sale's landing page) do not ask together.
             recheck = settings.qr_login_recheck * random.uniform(0.8, 1.2)  # noqa: S311
             try:
-                async with asyncio.timeout(min(left, recheck)):
+                async with asyncio.timeout(min(deadline - read_at, recheck)):
                     await event.wait()
                 waiters.woken += 1
             except TimeoutError:
                 waiters.timed_out += 1
+                if loop.time() >= deadline:
+                    # The wait ran out with no notice: the last read still holds. The page
+                    # polls again at once, and that poll reads first, so no read is spent here.
+                    left = int(result.get("expires_in", 0)) - int(loop.time() - read_at)
+                    return _answer({**result, "expires_in": max(0, left)})
     finally:
         waiters.remove(params.id, event)
+
+
+def _answer(result: dict[str, Any]) -> web.Response:
+    response = json_response(result)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 async def scan(request: web.Request) -> web.Response:

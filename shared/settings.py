@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     qr_login_env_version: Literal["release", "trial", "develop"] = "release"
     qr_login_width: int = Field(default=430, ge=280, le=1280)
     qr_login_max_wait: float = Field(default=25.0, ge=0, le=55)
-    qr_login_recheck: float = Field(default=15.0, gt=0, le=60)
+    qr_login_recheck: float = Field(default=25.0, gt=0, le=60)
     qr_login_per_app_per_minute: int = Field(default=600, ge=0)
 
     sandbox_host: str = "127.0.0.1"
