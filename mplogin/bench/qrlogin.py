@@ -38,6 +38,7 @@ from mplogin.bench.stack import Stack, start_stack, stop_stack
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 QR_ENV = {
     "MPLOGIN_QR_LOGIN_PER_APP_PER_MINUTE": "0",
+    "MPLOGIN_QR_LOGIN_TTL": "900",  # the idle pages wait longer than the default 120 s
     # 1,000 codes fetched in a few seconds: past the outbound API limit (50/s), by design.
     "MPLOGIN_PLATFORM_API_RATE_PER_SECOND": "0",
     "MPLOGIN_RATE_LIMIT_USER_PER_MINUTE": "100000000",
@@ -186,7 +187,8 @@ async def idle(http: aiohttp.ClientSession, stack: Stack, pages: int, hold: floa
     return {
         "pages": pages, "hold_seconds": hold, "steps": steps,
         "kib_per_waiting_page": round((top - base) * 1024 / pages, 1),
-        "gateway_rss_while_holding_mb": {"min": min(samples), "max": max(samples)},
+        "gateway_rss_while_holding_mb": {"min": min(samples), "max": max(samples),
+                                         "every_5_s": [round(x, 1) for x in samples]},
         "polls_answered": answered, "polls_refused": refused,
         "gateway_cpu_cores": cpu_share(0), "worker_cpu_cores": cpu_share(1),
     }
