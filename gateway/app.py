@@ -90,6 +90,7 @@ def create_app(
     else:
         app[RPC] = rpc
     app[qr_views.WAITERS] = qr_views.QrWaiters()
+    metrics.watch_qr_waits(app[qr_views.WAITERS])
     if rpc is None:  # the notices travel through the broker; without it, polls recheck alone
         app.cleanup_ctx.append(qr_views.qr_events_ctx)
     add_routes(app, routes)

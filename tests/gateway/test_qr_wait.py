@@ -56,6 +56,9 @@ async def test_a_notice_during_the_read_is_not_lost(aiohttp_client: Any, tmp_pat
     assert worker.reads == 2
     assert (app[WAITERS].woken, app[WAITERS].timed_out) == (1, 0), "woken by the notice"
     assert len(app[WAITERS]) == 0, "the waiter is gone with its poll"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'mplogin_qr_login_waits_total{by="notice"} 1.0' in metrics
+    assert "mplogin_qr_login_polls_waiting 0.0" in metrics
 
 
 async def test_bad_polls_never_reach_a_worker(aiohttp_client: Any, tmp_path: Path) -> None:
