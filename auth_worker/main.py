@@ -18,14 +18,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from auth_worker.apps import load_apps
+from auth_worker.douyin_api import DouyinApi, DouyinCodeSource
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
+from auth_worker.qr_login import CodeSource
 from auth_worker.quota import AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
+from auth_worker.wechat_api import WeChatCodeSource, WeChatTokenStore
 from shared.errors import BrokerUnreachableError, StartupError
 from shared.keyring import (
     KeyReloader,
@@ -96,8 +99,14 @@ async def login_service(
             )
             phones = WeChatPhoneSource(http, settings.platform_timeout, store, box,
                                        limiter=api_outbound, observer=metrics)
+            douyin = DouyinApi(http, settings.platform_timeout, limiter=api_outbound,
+                               observer=metrics)
+            qr_codes: dict[str, CodeSource] = {
+                "wechat": WeChatCodeSource(phones.api, phones.tokens),
+                "douyin": DouyinCodeSource(douyin, WeChatTokenStore(store, box, douyin)),
+            }
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
-                                   quota=quota, outbound=outbound)
+                                   quota=quota, outbound=outbound, qr_codes=qr_codes)
             await service.qr.ensure_indexes()
             events = await qr_notices(settings)
             if events is not None:

@@ -24,9 +24,9 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bson import Binary
 from pymongo import ASCENDING, ReturnDocument
@@ -35,7 +35,6 @@ from pymongo.asynchronous.collection import AsyncCollection
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.store import IdentityKey, SessionFields, Store, now_ts
-from auth_worker.wechat_api import WeChatCodeSource
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import get_logger
 from shared.messages import (
@@ -67,6 +66,15 @@ SESSIONS_LISTED = 100
 LIVE = ("pending", "scanned")
 Doc = dict[str, Any]
 Announce = Callable[[str], Awaitable[None]]
+
+
+class CodeSource(Protocol):
+    """Fetches a platform's mini-program code (``WeChatCodeSource``, ``DouyinCodeSource``)."""
+
+    async def fetch(self, app: AppConfig, deadline: float, *, scene: str, page: str,
+                    check_path: bool, env_version: str, width: int) -> tuple[bytes, str]:
+        """The image bytes and content type of a code opening ``page`` with ``scene``."""
+        ...
 
 _BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"),
              ("MicroMessenger/", "WeChat"), ("HeadlessChrome/", "Headless Chrome"),
@@ -110,7 +118,8 @@ class QrLoginService:
 
     def __init__(
         self, settings: Settings, store: Store, apps: AppRegistry, issuer: TokenIssuer,
-        account: AccountService, codes: WeChatCodeSource, announce: Announce | None = None,
+        account: AccountService, codes: Mapping[str, CodeSource],
+        announce: Announce | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -137,16 +146,17 @@ class QrLoginService:
     async def create(self, params: QrCreateParams, ctx: CallContext) -> QrCreateOut:
         """A new request with its mini-program code fetched (and cached) now."""
         app = self.apps.get(params.platform, params.app_id)
-        if app.platform != "wechat":
+        source = self.codes.get(app.platform)
+        if source is None:
             raise MPLoginError(
                 ErrorCode.NOT_SUPPORTED,
-                "QR login codes are built for WeChat apps (docs/platforms.md says why not yet "
-                "for the others).")
+                "QR login codes are built for WeChat and Douyin apps (docs/platforms.md says "
+                "why not yet for the others).")
         await self._spend_app_minute(app)
         qr_id = secrets.token_urlsafe(18)  # 24 characters of the scene's allowed set
         poll_token = secrets.token_urlsafe(32)
         deadline = asyncio.get_running_loop().time() + ctx.remaining()
-        image, content_type = await self.codes.fetch(
+        image, content_type = await source.fetch(
             app, deadline, scene=qr_id, page=self.settings.qr_login_page.lstrip("/"),
             check_path=self.settings.qr_login_check_path,
             env_version=self.settings.qr_login_env_version, width=self.settings.qr_login_width,

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import traceback
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
-from auth_worker.qr_login import QrLoginService
+from auth_worker.qr_login import CodeSource, QrLoginService
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
@@ -118,6 +119,7 @@ class LoginService:
         *,
         quota: AppQuota | None = None,
         outbound: PlatformRateLimiter | None = None,
+        qr_codes: Mapping[str, CodeSource] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -130,8 +132,9 @@ class LoginService:
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         self.account = AccountService(settings, store, apps, issuer, quota=quota)
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
-        self.qr = QrLoginService(settings, store, apps, issuer, self.account,
-                                 WeChatCodeSource(phone_source.api, phone_source.tokens))
+        codes = qr_codes if qr_codes is not None else {
+            "wechat": WeChatCodeSource(phone_source.api, phone_source.tokens)}
+        self.qr = QrLoginService(settings, store, apps, issuer, self.account, codes)
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:

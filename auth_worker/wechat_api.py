@@ -22,7 +22,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from pymongo.errors import DuplicateKeyError
@@ -174,10 +174,18 @@ class TokenRejectedError(Exception):
     """WeChat refused the access_token (40001/42001): it was replaced or expired."""
 
 
-class WeChatTokenStore:
-    """One access_token per WeChat app, shared by every worker through MongoDB."""
+class TokenApi(Protocol):
+    """Where a token store fetches a new token: WeChat's stable_token, Douyin's token."""
 
-    def __init__(self, store: Store, box: SecretBox, api: WeChatApi) -> None:
+    async def stable_token(self, app: AppConfig) -> tuple[str, int]:
+        """A fresh access token and its lifetime in seconds."""
+        ...
+
+
+class WeChatTokenStore:
+    """One access_token per app (WeChat's, or Douyin's), shared by every worker through MongoDB."""
+
+    def __init__(self, store: Store, box: SecretBox, api: TokenApi) -> None:
         self._tokens = store.platform_tokens
         self._box = box
         self._api = api

@@ -240,14 +240,42 @@ async def test_creation_is_limited_per_app(
     assert int(resp.headers["Retry-After"]) >= 1
 
 
-async def test_other_platforms_answer_not_supported(
+async def test_douyin_codes_go_through_its_token_and_qrcode_apis(
     make_stack: StackFactory, sandbox: Sandbox, secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("QR_TT_SECRET", secret)
-    await sandbox.register("douyin", "ttqrlogin0000001", secret=secret)
+    app_id = "ttqrlogin0000001"
+    await sandbox.register("douyin", app_id, secret=secret)
     stack = await make_stack(
-        [{"platform": "douyin", "app_id": "ttqrlogin0000001", "secret_env": "QR_TT_SECRET",
+        [{"platform": "douyin", "app_id": app_id, "secret_env": "QR_TT_SECRET",
           "api_base": f"{sandbox.base}/douyin"}],
     )
+    minted = await sandbox.mint("douyin", app_id, openid="o_qr_douyin")
+    status, phone, _ = await stack.login(platform="douyin", code=minted["code"])
+    assert status == 200, phone
     resp = await stack.client.post("/v1/qr-logins", json={"platform": "douyin"})
+    request = await resp.json()
+    assert resp.status == 200, request
+    image = await stack.client.get(request["image_url"])
+    assert image.status == 200 and image.content_type == "image/png"
+    # The camera reads the scene from the code's path, as the Douyin page's query would.
+    camera = await sandbox.control("POST", "scan", app_id=app_id)
+    assert camera == {"scene": request["id"], "page": "pages/qrlogin/index"}
+    assert (await step(stack.client, request, "scan", phone))[0] == 200
+    assert (await step(stack.client, request, "confirm", phone))[0] == 200
+    status, answer = await poll(stack.client, request)
+    assert status == 200 and answer["session"]["user"]["id"] == phone["user"]["id"]
+    assert answer["session"]["user"]["platform"] == "web"
+
+
+async def test_other_platforms_answer_not_supported(
+    make_stack: StackFactory, sandbox: Sandbox, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QR_KS_SECRET", secret)
+    await sandbox.register("kuaishou", "ksqrlogin0000001", secret=secret)
+    stack = await make_stack(
+        [{"platform": "kuaishou", "app_id": "ksqrlogin0000001", "secret_env": "QR_KS_SECRET",
+          "api_base": f"{sandbox.base}/kuaishou"}],
+    )
+    resp = await stack.client.post("/v1/qr-logins", json={"platform": "kuaishou"})
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "not_supported"
