@@ -1,6 +1,6 @@
 """The try-it page's PC website panel in headless Chromium: it shows a real mini-program code,
 the mini-program panel scans it (the sandbox is the camera) and confirms, and the website panel
-turns into a signed-in view of the same user."""
+turns into a signed-in view of the same user; on WeChat, then on Douyin."""
 
 from __future__ import annotations
 
@@ -73,5 +73,25 @@ async def test_the_pc_panel_signs_in_after_the_phone_confirms(
             "[...document.querySelectorAll('#log .entry pre.request')].map(p => p.innerText)")
         polls = [r for r in requests if "X-QR-Poll-Token" in r]
         assert polls and all("…" in r for r in polls), "the poll token is shown shortened"
+        # The same on Douyin: its own token and code APIs, the same page flow.
+        await choose_app(page, "douyin")
+        await page.evaluate(
+            f"document.getElementById('openid').value = 'o_qr_tt_{uuid.uuid4().hex[:8]}'")
+        assert (await press(page, "get-code"))["status"] == 200
+        douyin = await press(page, "login")
+        assert douyin["status"] == 200, douyin
+        await click(page, "web-start")
+        await page.wait_for("document.getElementById('website').dataset.signedIn === undefined"
+                            " && !document.getElementById('web-qr').hidden"
+                            " && document.getElementById('web-qr').naturalWidth > 0",
+                            what="the Douyin code")
+        await click(page, "qr-scan")
+        await page.wait_for("document.getElementById('website').dataset.state === 'scanned'",
+                            what="the website to see the Douyin scan")
+        await click(page, "qr-confirm")
+        signed_in = await page.wait_for("document.getElementById('website').dataset.signedIn",
+                                        what="the Douyin sign-in")
+        assert signed_in == douyin["body"]["user"]["id"] != user_id
+
         text = await page.evaluate("document.body.innerText")
         assert not re.search(WHOLE_TOKEN, text), "a whole token is on screen"
