@@ -57,6 +57,9 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image"
     CONTENT_REJECTED = "content_rejected"
     USER_NOT_RECENT = "user_not_recent"
+    QR_LOGIN_EXPIRED = "qr_login_expired"
+    QR_LOGIN_CONFLICT = "qr_login_conflict"
+    ALREADY_USED = "already_used"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -90,6 +93,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_IMAGE: 422,
     ErrorCode.CONTENT_REJECTED: 422,
     ErrorCode.USER_NOT_RECENT: 409,
+    ErrorCode.QR_LOGIN_EXPIRED: 410,
+    ErrorCode.QR_LOGIN_CONFLICT: 409,
+    ErrorCode.ALREADY_USED: 410,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -127,6 +133,9 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.CONTENT_REJECTED: "The platform's content check rejected this content.",
     ErrorCode.USER_NOT_RECENT: "The platform checks content only for users who opened the "
     "mini-program within the last two hours: open it again, then retry.",
+    ErrorCode.QR_LOGIN_EXPIRED: "This QR login is unknown, expired or cancelled; show a new code.",
+    ErrorCode.QR_LOGIN_CONFLICT: "This QR login is not in a state that allows this step.",
+    ErrorCode.ALREADY_USED: "This QR login's session was already handed out.",
 }
 
 

@@ -100,6 +100,14 @@ class PlatformReply:
     data: dict[str, Any] = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """A platform's HTTP 200 reply as bytes, with the content type it declared."""
+
+    body: bytes = field(repr=False)
+    content_type: str
+
+
 def clip(value: object, *hidden: str | None) -> str:
     """A platform-supplied value made safe for a log line: quoted, shortened, secrets masked."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -196,8 +204,43 @@ class HttpAdapter:
         headers: Mapping[str, str] | None = None,
     ) -> PlatformReply:
         """Send one request to ``app.api_base + path``; any failure is PLATFORM_UNAVAILABLE."""
+        raw = await self.call_raw(app, method, path, params=params, form=form,
+                                  json_body=json_body, headers=headers)
+        return self.parse_json(app, path, raw.body)
+
+    def parse_json(self, app: AppConfig, path: str, body: bytes) -> PlatformReply:
+        """A reply body as the JSON object the platform documents, else a malformed reply."""
+        try:
+            text = body.decode("utf-8")
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            # ValueError covers bad UTF-8 and bad JSON; RecursionError is JSON nested deeper
+            # than the parser goes. Either way the reply is not one the platform documents.
+            raise self.malformed(app, path, "reply is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.malformed(app, path, "reply is not a JSON object")
+        return PlatformReply(text=text, data=data)
+
+    async def call_raw(
+        self,
+        app: AppConfig,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
+    ) -> RawReply:
+        """The same guarded call, answering the body's bytes and content type as they came.
+
+        For the APIs that answer an image on success and JSON on failure (mini-program
+        codes): the caller decides from the content type and the bytes.
+        """
         url = app.api_base + path
         status: int | None = None
+        content_type = ""
         body = bytearray()
         too_large = False
         timeout = call_timeout(self._timeout.total or 0.0)
@@ -217,10 +260,11 @@ class HttpAdapter:
                 allow_redirects=False,
             ) as response:
                 status = response.status
+                content_type = response.content_type
                 if status == 200:
                     async for chunk in response.content.iter_chunked(64 * 1024):
                         body += chunk
-                        if len(body) > MAX_BODY_BYTES:
+                        if len(body) > max_bytes:
                             too_large = True
                             break
         except TimeoutError:
@@ -241,18 +285,9 @@ class HttpAdapter:
             raise self.unavailable(f"{self.display_name} answered HTTP {status}.")
         if too_large:
             self.log.warning("platform.reply_too_large", platform=self.platform, app_id=app.app_id,
-                             path=path, limit=MAX_BODY_BYTES)
+                             path=path, limit=max_bytes)
             raise self.malformed(app, path, "reply too large")
-        try:
-            text = bytes(body).decode("utf-8")
-            data = json.loads(text)
-        except (ValueError, RecursionError):
-            # ValueError covers bad UTF-8 and bad JSON; RecursionError is JSON nested deeper
-            # than the parser goes. Either way the reply is not one the platform documents.
-            raise self.malformed(app, path, "reply is not JSON") from None
-        if not isinstance(data, dict):
-            raise self.malformed(app, path, "reply is not a JSON object")
-        return PlatformReply(text=text, data=data)
+        return RawReply(body=bytes(body), content_type=content_type)
 
     # -- errors -------------------------------------------------------------------------------
 

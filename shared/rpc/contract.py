@@ -51,9 +51,19 @@ from shared.messages import (
     PlatformEventParams,
     ProfileOut,
     ProfileParams,
+    QrCreateOut,
+    QrCreateParams,
+    QrIdParams,
+    QrImageOut,
+    QrPhoneParams,
+    QrPollOut,
+    QrPollParams,
+    QrScanOut,
+    QrStateOut,
     RefreshRequest,
     SessionOut,
     SessionParams,
+    SessionsOut,
     UserProfileOut,
 )
 
@@ -88,6 +98,14 @@ AVATAR_FETCH = Method("avatar_fetch", AvatarFetchParams, AvatarFileOut)
 NICKNAME = Method("nickname", NicknameParams, UserProfileOut)
 PLATFORM_EVENT = Method("platform_event", PlatformEventParams, PlatformEventOut)
 
+QR_CREATE = Method("qr_create", QrCreateParams, QrCreateOut)
+QR_IMAGE = Method("qr_image", QrIdParams, QrImageOut)
+QR_POLL = Method("qr_poll", QrPollParams, QrPollOut)
+QR_SCAN = Method("qr_scan", QrPhoneParams, QrScanOut)
+QR_CONFIRM = Method("qr_confirm", QrPhoneParams, QrStateOut)
+QR_CANCEL = Method("qr_cancel", QrPhoneParams, QrStateOut)
+SESSIONS = Method("sessions", SessionParams, SessionsOut)
+
 # The admin listener's methods (shared.admin_messages): each carries the caller's admin key,
 # which the worker authenticates and authorises by role before anything else.
 ADMIN_WHOAMI = Method("admin_whoami", admin.AdminParams, admin.WhoAmIOut)
@@ -105,7 +123,8 @@ ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
 
 _METHODS: tuple[Method[Any, Any], ...] = (
     LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, DELETE_ACCOUNT, EXPORT_ACCOUNT, CONSENT,
-    AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, *ADMIN_METHODS)
+    AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, QR_CREATE, QR_IMAGE, QR_POLL, QR_SCAN,
+    QR_CONFIRM, QR_CANCEL, SESSIONS, *ADMIN_METHODS)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {method.name: method for method in _METHODS}
 """Every method a worker serves, by name."""

@@ -33,7 +33,14 @@ from shared.messages import (
     PlatformEventOut,
     Profile,
     ProfileOut,
+    QrCreateOut,
+    QrImageOut,
+    QrPollOut,
+    QrScanOut,
+    QrStateOut,
+    SessionInfo,
     SessionOut,
+    SessionsOut,
     UserOut,
     UserProfileOut,
 )
@@ -70,6 +77,20 @@ REPLIES: dict[str, RpcReply] = {
     "avatar_fetch": RpcReply.success(AvatarFileOut(content_type="image/jpeg", data="/9j/",
                                                    etag='"e"', public=True)),
     "platform_event": RpcReply.success(PlatformEventOut(body="success")),
+    "qr_create": RpcReply.success(QrCreateOut(
+        id="AbCdEfGhIjKlMnOpQrStUvWx", poll_token="p" * 43, expires_in=120,
+        image_url="/v1/qr-logins/AbCdEfGhIjKlMnOpQrStUvWx/image")),
+    "qr_image": RpcReply.success(QrImageOut(content_type="image/png",
+                                            image_b64="iVBORw0KGgo=", expires_in=100)),
+    "qr_poll": RpcReply.success(QrPollOut(state="confirmed", expires_in=0, session=_SESSION)),
+    "qr_scan": RpcReply.success(QrScanOut(
+        id="AbCdEfGhIjKlMnOpQrStUvWx", state="scanned", site="https://shop.example",
+        browser="Chrome", user_agent="Mozilla/5.0", created_at="2026-01-01T00:00:00+00:00",
+        expires_in=100)),
+    "qr_confirm": RpcReply.success(QrStateOut(id="AbCdEfGhIjKlMnOpQrStUvWx", state="confirmed")),
+    "qr_cancel": RpcReply.success(QrStateOut(id="AbCdEfGhIjKlMnOpQrStUvWx", state="cancelled")),
+    "sessions": RpcReply.success(SessionsOut(sessions=[SessionInfo(
+        id="s1", platform="web", app_id="wx1", created_at=None, current=False)])),
 }
 
 
