@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -26,7 +26,7 @@ from auth_worker.erasure import Erasure
 from auth_worker.opendata_crypto import mask_phone
 from auth_worker.outbox import Outbox, new_event, request_event_id
 from auth_worker.profile import readable_profile
-from auth_worker.store import Store, now_ts
+from auth_worker.store import Store, utcnow
 from shared import admin_messages as am
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import get_logger
@@ -195,9 +195,13 @@ class AdminService:
                         "created_ts": 1, "last_refresh_ts": 1, "revoked_reason": 1},
         ).sort("created_ts", DESCENDING).to_list(SESSIONS_SHOWN)
         shown = [_session(doc) for doc in sessions]
-        recent_from = now_ts() - RECENT_LOGIN_DAYS * 86400
-        recent = [s for s, doc in zip(shown, sessions, strict=True)
-                  if float(doc.get("created_ts") or 0) >= recent_from]
+        # The login history (one record per login and refresh; auth_worker/privacy.py).
+        recent = await self.store.db["login_history"].find(
+            {"user_id": params.user_id,
+             "at": {"$gte": utcnow() - timedelta(days=RECENT_LOGIN_DAYS)}},
+        ).sort("at", DESCENDING).to_list(SESSIONS_SHOWN)
+        consents = await self.store.db["consents"].find(
+            {"user_id": params.user_id}).sort("accepted_ts", DESCENDING).to_list(SESSIONS_SHOWN)
         phone = user.get("phone")
         blocked = block_state(user)
         await self._done(key, params.caller,
@@ -215,7 +219,8 @@ class AdminService:
             phone_revealed=bool(phone) and params.reveal_phone,
             profile=readable_profile(user.get("profile")),
             sessions=shown,
-            recent_logins=recent,
+            recent_logins=[_login(doc) for doc in recent],
+            consents=[_consent(doc) for doc in consents],
         )
 
     async def end_sessions(self, params: am.EndSessionsParams, ctx: CallContext) -> am.CountOut:
@@ -329,6 +334,25 @@ def _identity(doc: dict[str, Any]) -> am.AdminIdentity:
         platform=str(doc.get("platform")), app_id=str(doc.get("app_id")), openid=openid,
         unionid=str(unionid) if unionid else None, anonymous=openid.startswith("anonymous:"),
         created_at=_iso(doc.get("created_at")), last_login_at=_iso(doc.get("last_login_at")))
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value else None
+
+
+def _login(doc: dict[str, Any]) -> am.AdminLogin:
+    return am.AdminLogin(at=_iso(doc.get("at")), event=str(doc.get("event")),
+                         platform=_text(doc.get("platform")), app_id=_text(doc.get("app_id")),
+                         client_ip=_text(doc.get("client_ip")),
+                         user_agent=_text(doc.get("user_agent")))
+
+
+def _consent(doc: dict[str, Any]) -> am.AdminConsent:
+    return am.AdminConsent(
+        document=str(doc.get("document")), version=str(doc.get("version")),
+        accepted_at=_iso(doc.get("accepted_ts")),
+        withdrawn_at=_iso(doc.get("withdrawn_ts")),
+        platform=_text(doc.get("platform")), app_id=_text(doc.get("app_id")))
 
 
 def _session(doc: dict[str, Any]) -> am.AdminSession:
