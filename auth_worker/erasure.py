@@ -123,7 +123,7 @@ class Outcome:
 
     status: Literal["deleted", "pending_deletion", "none"]
     at: float | None = None  # deleted: when; pending: when it completes
-    removed: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict, compare=False)
     """Documents this call removed, by collection (empty when it found the work done)."""
 
 
