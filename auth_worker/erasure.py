@@ -49,7 +49,7 @@ from pymongo.errors import PyMongoError
 
 from auth_worker.audit import AuditLog
 from auth_worker.datamap import DATA_MAP
-from auth_worker.outbox import Outbox, new_event
+from auth_worker.outbox import Outbox, move_session_events, new_event
 from auth_worker.store import Store, utcnow
 from shared.logs import get_logger
 from shared.settings import Settings
@@ -300,6 +300,8 @@ class Erasure:
         same ids (a no-op). Neither holds more of the user than the random user id.
         """
         key = hash_user_id(user_id)[:40]
+        # A login's events not yet published go first (older, so the relay sends them first).
+        await move_session_events(self.db, user_id)
         await self.outbox.emit(new_event("user.deleted", user_id, data={"reason": reason},
                                          event_id=f"evt_deleted:{key}"))
         if actor == ACTOR_USER:
