@@ -175,6 +175,7 @@ class LoginService:
         self.blocks = BlockList(store)
         self.outbox = Outbox(store, settings)
         self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox,
+                                  self.erasure,
                                   blocked_reload_interval=settings.blocked_reload_interval)
         self.account.on_reuse = self._reuse_detected
         self.profiles = UserProfileService(
@@ -491,8 +492,7 @@ class LoginService:
         key = IdentityKey(app.platform, app.app_id, openid)
         generation = self.fence.generation
         known = self._known.get(key) if self.fence.usable() else None
-        if known is not None and identity.unionid in (None, known.unionid) \
-                and not self.blocks.is_deleted(known.user_id):
+        if known is not None and identity.unionid in (None, known.unionid):
             # A real identity's user never changes once created, so a returning user whose
             # identity this worker has seen needs no database read at all.
             self._known.move_to_end(key)
