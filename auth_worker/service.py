@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
+from auth_worker.admin_review import AdminReview
 from auth_worker.admin_service import AdminService, record_security_event
 from auth_worker.adminkeys import AdminKeys
 from auth_worker.apps import AppConfig, AppRegistry
@@ -181,6 +182,8 @@ class LoginService:
         self.profiles = UserProfileService(
             settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
             Moderator(phone_source.api, phone_source.tokens, douyin))
+        self.review = AdminReview(self.admin, store, self.profiles.profiles,
+                                  self.profiles.storage)
         codes = qr_codes if qr_codes is not None else {
             "wechat": WeChatCodeSource(phone_source.api, phone_source.tokens)}
         self.qr = QrLoginService(settings, store, apps, issuer, self.account, codes)
@@ -252,6 +255,7 @@ class LoginService:
         table.register(contract.QR_CANCEL, lambda params, ctx: qr.cancel(params))
         table.register(contract.SESSIONS, lambda params, ctx: qr.sessions(params))
         self.admin.register(table)
+        self.review.register(table)
         return table
 
     # -- the events of the account methods (written after the change; docs/events.md) --------
