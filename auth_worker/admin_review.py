@@ -93,9 +93,11 @@ class AdminReview:
         async for doc in self.store.users.find(
                 {"$or": [{f"{field}.status": "review"},
                          {f"{field}.status": "pending", f"{field}.at": {"$lte": overdue}}]},
-                projection={field: 1},
+                projection={"user_profile": 1},
         ).sort(f"{field}.at", ASCENDING).limit(params.limit):
-            entered = doc["user_profile"]["nickname"]
+            entered = (doc.get("user_profile") or {}).get("nickname")
+            if not isinstance(entered, dict):
+                continue
             items.append(am.ReviewItem(
                 kind="nickname", user_id=str(doc["_id"]), status=str(entered.get("status")),
                 since=_iso(entered.get("at")), nickname=str(entered.get("value"))))
@@ -120,10 +122,10 @@ class AdminReview:
     async def decide(self, params: am.ReviewDecisionParams,
                      ctx: CallContext) -> am.ReviewDecisionOut:
         """Approve or reject one avatar or nickname still waiting (operator role)."""
-        action = f"review.{params.kind}_{params.decision}d"
-        key = await self.admin._allow(params.caller, "operator", action, params.user_id)
         approve = params.decision == "approve"
         status = "approved" if approve else "rejected"
+        action = f"review.{params.kind}_{status}"
+        key = await self.admin._allow(params.caller, "operator", action, params.user_id)
         detail: dict[str, Any] = {"status": status}
         platform: str | None = None
         app_id: str | None = None
