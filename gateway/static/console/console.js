@@ -182,6 +182,66 @@ async function audit() {
     result.entries.map((e) => [e.at, e.actor, e.action, e.user_id, e.ip, JSON.stringify(e.detail)]));
 }
 
+// The review queue: an avatar's image is fetched with the key and shown from a blob: URL
+// (an <img> cannot send the Authorization header); the URLs are released on every refresh.
+let reviewImages = [];
+
+async function reviewImage(avatarId) {
+  const resp = await fetch(`/admin/v1/review/avatars/${encodeURIComponent(avatarId)}`, {
+    headers: { Authorization: `Bearer ${adminKey}` }, credentials: "omit", cache: "no-store",
+  });
+  const img = document.createElement("img");
+  img.className = "review-avatar";
+  img.alt = `avatar ${avatarId}`;
+  if (resp.ok) {
+    const url = URL.createObjectURL(await resp.blob());
+    reviewImages.push(url);
+    img.src = url;
+  }
+  return img;
+}
+
+function decideButton(item, decision) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `review-${decision}`;
+  button.textContent = decision === "approve" ? "Approve" : "Reject";
+  button.addEventListener("click", guarded(async () => {
+    const body = { kind: item.kind, user_id: item.user_id, decision };
+    if (item.kind === "avatar") body.avatar_id = item.avatar_id;
+    else body.nickname = item.nickname;
+    const result = await api("POST", "/admin/v1/review/decide", body);
+    status(`The ${item.kind} of ${item.user_id} is ${result.status}.`);
+    await reviewQueue();
+  }));
+  return button;
+}
+
+async function reviewQueue() {
+  const result = await api("GET", "/admin/v1/review");
+  for (const url of reviewImages) URL.revokeObjectURL(url);
+  reviewImages = [];
+  const rows = [];
+  for (const item of result.items) {
+    const what = item.kind === "avatar" ? await reviewImage(item.avatar_id) : item.nickname;
+    const actions = document.createElement("span");
+    actions.append(decideButton(item, "approve"), decideButton(item, "reject"));
+    rows.push([item.kind, what, item.user_id, item.status, item.since, actions]);
+  }
+  table($("review"), ["kind", "content", "user", "status", "since", ""], rows);
+  status(`${result.items.length} item(s) waiting for review.`);
+}
+
+async function conflicts() {
+  const result = await api("GET", "/admin/v1/conflicts");
+  table($("conflicts"), ["platform", "unionid", "holder", "other user", "app", "seen"],
+    result.conflicts.map((c) => [c.platform, c.unionid, c.holder_user_id, c.other_user_id,
+      c.app, c.seen_at]));
+  status(`${result.conflicts.length} conflict(s).`);
+}
+
+$("review-load").addEventListener("click", guarded(reviewQueue));
+$("conflicts-load").addEventListener("click", guarded(conflicts));
 $("signin-form").addEventListener("submit", guarded(signIn));
 $("signout").addEventListener("click", signOut);
 $("find-form").addEventListener("submit", guarded(find));
