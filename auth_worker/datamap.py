@@ -255,7 +255,26 @@ DATA_MAP: tuple[Holding, ...] = (
         "the secret)",
     ),
     Holding(
-        "platform_tokens", "each WeChat app's access_token (encrypted)", personal=False,
+        "qr_logins", "QR logins of the PC website (docs/qrlogin.md)", personal=True,
+        lifetime="qr_login_ttl + qr_login_fetch_window (3 minutes by default)",
+        enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="the requests the user scanned are deleted",
+        fields=(Field("site, user_agent", "the requesting page's site and browser",
+                      "shown on the phone's confirm screen"),
+                Field("scanner_user_id, scanner_session_id, scanner_name",
+                      "who scanned (the nickname masked)", "only the scanner may confirm; "
+                      "the page shows who is signing in"),
+                Field("poll_hash", "SHA-256 of the poll token", "the page's proof")),
+        owner_fields=("scanner_user_id",), expires_on="purge_at",
+    ),
+    Holding(
+        "qr_login_images", "the mini-program code image of each QR login", personal=False,
+        lifetime="as its QR login", enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="nothing: the image encodes only the request id", expires_on="purge_at",
+    ),
+    Holding(
+        "platform_tokens", "each app's access token (WeChat's, Douyin's; encrypted)",
+        personal=False,
         lifetime="until WeChat's expiry, replaced in place", enforced_by="replacement",
         on_delete="nothing: no user's data",
     ),
