@@ -11,6 +11,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ from mplogin.bench.load import (
     echo_sender,
     http_login_sender,
     inline_db_stats,
+    me_sender,
     platform_own_p50,
+    refresh_sender,
     set_latency,
+    sign_in,
     warm_up,
 )
 from mplogin.bench.measure import Supply, closed_loop, paced
@@ -137,6 +141,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
                         f"c_inline_{ms}ms", "inline (HTTP -> LoginService.login, no queue)",
                         inline, Supply(), "200", ms)
             await set_latency(control, sandbox, app_id, 0)
+            if stack is not None and ("r" in opts.configs or "m" in opts.configs):
+                out["runs"].update(await session_runs(stack, opts, http, minter))
             if stack is not None:
                 out["db"] = {"inline_commands": await inline_db_stats(control, stack.inline)}
                 report("\n")
@@ -164,6 +170,26 @@ async def run_bench(args: argparse.Namespace) -> Json:
     return out
 
 
+async def session_runs(stack: Stack, opts: Options, http: aiohttp.ClientSession,
+                       minter: CodeMinter) -> Json:
+    """Refresh (r) and GET /v1/me (m) through the gateway, closed loop, for the pool's
+    sessions (every user signed in once more, unmeasured): their CPU per request by process."""
+    pairs = await sign_in(http, stack.gateway, stack.app_id, minter, len(minter.users))
+    steps = replace(opts, concurrency=[c for c in opts.concurrency if c <= len(pairs)],
+                    open_fractions=[])
+    runner = Runner(stack, steps, None)
+    out: Json = {}
+    if "r" in opts.configs:
+        out["r_refresh"] = await runner.run_config(
+            "r_refresh", "POST /v1/token/refresh (gateway -> broker -> worker)",
+            refresh_sender(http, stack.gateway, pairs), Supply("x"), "200", 0)
+    if "m" in opts.configs:
+        out["m_me"] = await runner.run_config(
+            "m_me", "GET /v1/me (token check in the gateway -> broker -> worker)",
+            me_sender(http, stack.gateway, pairs), Supply("x"), "200", 0)
+    return out
+
+
 def process_table(runner: Runner) -> Json:
     """CPU seconds and peak RSS of every process, read while they still run.
 
@@ -184,7 +210,7 @@ def options_from(args: argparse.Namespace) -> Options:
     """Defaults, and the smaller ones of ``--quick``."""
     quick = bool(args.quick)
     return Options(
-        concurrency=args.concurrency or ([1, 10] if quick else [1, 10, 50, 200]),
+        concurrency=args.concurrency or ([1, 10, 50] if quick else [1, 10, 50, 200]),
         open_fractions=args.open_loop if args.open_loop is not None
         else ([0.5] if quick else [0.5, 0.8]),
         latencies_ms=args.latencies if args.latencies is not None else [0, 50],
