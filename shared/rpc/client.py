@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import aio_pika
-import aiormq
 import orjson
 from aio_pika.abc import (
+    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
@@ -33,8 +33,6 @@ from aio_pika.exceptions import (
     DeliveryError,
     PublishError,
 )
-from aiormq import spec
-from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 
 from shared.errors import ErrorCode, MPLoginError
@@ -45,7 +43,6 @@ from shared.rpc.wire import DEADLINE_HEADER, REQUEST_ID_HEADER, connect
 log = get_logger("mplogin.rpc")
 
 REPLY_QUEUE_EXPIRES_MS = 60_000
-NOT_PERSISTENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
 REPLY_QUEUE_DECLARE_TIMEOUT = 5.0
 
 
@@ -122,10 +119,7 @@ class RpcClient:
             arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
             robust=False,
         )
-        # Consumed on the channel underneath: each reply is handed over as the broker delivered
-        # it (aio-pika would wrap it in a message object and a second task first).
-        underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
-        await underlay.basic_consume(name, self._on_reply, no_ack=True)
+        await queue.consume(self._on_reply, no_ack=True)
         self._reply_queue, self._reply_queue_name = queue, name
 
     async def _reopen_reply_queue(self) -> None:
@@ -181,8 +175,8 @@ class RpcClient:
             self._reopening.cancel()
         self._reopening = asyncio.get_running_loop().create_task(self._reopen_reply_queue())
 
-    async def _on_reply(self, message: DeliveredMessage) -> None:
-        future = self._pending.get(message.header.properties.correlation_id or "")
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
         if future is None or future.done():
             log.info("rpc.late_reply_ignored")
             return
@@ -214,26 +208,20 @@ class RpcClient:
         deadline_ms = int((time.time() + timeout) * 1000)
         body = dumps(RpcRequest(method=method.name, request_id=request_id,
                                 params=params.model_dump(mode="json", exclude_none=True)))
-        properties = spec.Basic.Properties(
+        message = aio_pika.Message(
+            body,
             content_type="application/json",
             correlation_id=correlation_id,
             reply_to=self._reply_queue_name,
-            expiration=str(int(timeout * 1000)),
+            expiration=timeout,
             headers={DEADLINE_HEADER: deadline_ms, REQUEST_ID_HEADER: request_id},
-            delivery_mode=NOT_PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         )
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    # Published on the channel underneath, as aio-pika's default exchange
-                    # would, without building its message object first: the same frames,
-                    # confirm and return (PublishError) as before.
-                    if self._channel.is_closed:
-                        raise ChannelInvalidStateError(f"{self._channel!r} closed")
-                    underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
-                    await underlay.basic_publish(
-                        body, routing_key=self._request_queue, properties=properties,
-                        mandatory=True,
+                    await self._channel.default_exchange.publish(
+                        message, routing_key=self._request_queue, mandatory=True
                     )
                 except PublishError:
                     log.warning("rpc.unroutable", queue=self._request_queue)
