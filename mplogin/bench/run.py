@@ -62,7 +62,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
             "concurrency": opts.concurrency, "open_loop_fractions": opts.open_fractions,
             "platform_latencies_ms": opts.latencies_ms, "duration_s": opts.duration,
             "users": opts.users, "workers": opts.workers, "gateways": opts.gateways,
-            "target": args.target,
+            "target": args.target, "log_level": args.log_level,
             "queue_prefix": prefix,
             "limits": None if args.target else LIMITS_OFF,
         },
@@ -70,7 +70,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
     }
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="mplogin-bench-"))
-    stack = None if args.target else Stack(tmp=tmp, prefix=prefix, broker_url=broker)
+    stack = None if args.target else Stack(tmp=tmp, prefix=prefix, broker_url=broker,
+                                           log_level=args.log_level)
     failed = True
     connector = aiohttp.TCPConnector(limit=OPEN_LOOP_MAX_IN_FLIGHT + 100, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
