@@ -17,7 +17,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from aiohttp import hdrs, web
@@ -52,21 +51,13 @@ def _parse_ip(value: str) -> IPAddress | None:
     return address
 
 
-@lru_cache(maxsize=1024)
-def _peer_ip(peer: str) -> IPAddress | None:
-    """``_parse_ip`` of a TCP peer's address, remembered: the same few clients (or proxies)
-    connect again and again, and each request looks its peer up twice (its limit, its record).
-    The keys are socket addresses, short and as many as the peers seen lately."""
-    return _parse_ip(peer)
-
-
 def _trusted(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     return any(address in network for network in networks)
 
 
 def is_trusted_peer(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
     """True when the TCP peer is one of the trusted proxies (``MPLOGIN_TRUSTED_PROXIES``)."""
-    address = _peer_ip(peer) if peer else None
+    address = _parse_ip(peer) if peer else None
     return address is not None and _trusted(address, trusted)
 
 
@@ -78,7 +69,7 @@ def client_address(
     ``forwarded_for`` holds every ``X-Forwarded-For`` header line in order (proxies may add a
     line instead of appending). None when the peer itself is not an IP address (a Unix socket).
     """
-    address = _peer_ip(peer) if peer else None
+    address = _parse_ip(peer) if peer else None
     if address is None or not trusted or not _trusted(address, trusted):
         return address
     hops = [hop for line in forwarded_for for hop in line.split(",")]

@@ -98,14 +98,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
                            "Send the body uncompressed, or with Content-Encoding gzip or deflate.")
     try:
         # Bounded in size by client_max_size (after decompression), and in time: a client
-        # trickling its body (slowloris) holds a connection, never a worker. A body that
-        # arrived whole with its headers (the usual small JSON) is read without waiting, so it
-        # needs no timer.
-        if request.content.is_eof():
+        # trickling its body (slowloris) holds a connection, never a worker.
+        async with asyncio.timeout(request.app[SETTINGS].body_read_timeout):
             raw = await request.read()
-        else:
-            async with asyncio.timeout(request.app[SETTINGS].body_read_timeout):
-                raw = await request.read()
     except TimeoutError:
         raise MPLoginError(ErrorCode.REQUEST_TIMEOUT) from None
     except (web.RequestPayloadError, HttpProcessingError):
