@@ -105,6 +105,9 @@ def refresh_sender(http: aiohttp.ClientSession, base: str,
 
     async def send(_: str) -> str:
         if not pairs:
+            # Every session of the pool is in flight or was lost to a failed refresh: wait a
+            # little rather than spin, and count it.
+            await asyncio.sleep(0.05)
             return "no_session"
         _, token = pairs.popleft()
         try:
