@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from auth_worker.apps import load_apps
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
+from auth_worker.phones import Phones
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
@@ -78,6 +79,11 @@ async def login_service(
     store = Store(mongo, settings.mongo_db)
     try:
         await store.ensure_indexes()
+        numbers = Phones(store, box)
+        await numbers.ensure_indexes()
+        sealed = await numbers.migrate_plain_phones()
+        if sealed:
+            log.info("phone.migrated", sealed=sealed)
         quota = AppQuota.from_settings(settings, store.db["rate_windows"])
         await quota.ensure_indexes()
         outbound = PlatformRateLimiter.from_settings(settings)

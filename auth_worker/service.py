@@ -26,6 +26,7 @@ from pymongo.errors import PyMongoError
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
+from auth_worker.phones import Phones
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
@@ -126,7 +127,8 @@ class LoginService:
         self.quota = quota  # None: no per-app limit (a service built by hand, not by main)
         self.outbound = outbound
         self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
-        self.account = AccountService(settings, store, apps, issuer, quota=quota)
+        self.account = AccountService(settings, store, apps, issuer, quota=quota,
+                                      phones=Phones(store, box))
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
         self.handlers = self._register()
 

@@ -509,17 +509,6 @@ class Store:
             {"$set": {"profile": profile, "profile_updated_at": utcnow()}},
         )
 
-    async def set_phone(self, user_id: str, phone: str, source: str) -> bool:
-        """Bind a phone number; False when another user already holds it (unique index)."""
-        try:
-            await self.users.update_one(
-                {"_id": user_id},
-                {"$set": {"phone": phone, "phone_source": source, "phone_bound_at": utcnow()}},
-            )
-        except DuplicateKeyError:
-            return False
-        return True
-
     async def count_redelivery(self, message_id: str) -> int:
         """Count one more redelivery of a request message; returns the count so far."""
         doc = await self.deliveries.find_one_and_update(

@@ -22,6 +22,7 @@ from shared.messages import (
     Code,
     LoginParams,
     LogoutParams,
+    PhoneComponent,
     PhoneParams,
     ProfileParams,
     RefreshParams,
@@ -67,11 +68,15 @@ class ProfileBody(_Body):
 
 
 class PhoneBody(_Body):
-    """The body of POST /v1/phone: WeChat's button ``code`` or Alipay's ``response``+``sign``."""
+    """The body of POST /v1/phone: WeChat's button ``code`` (with ``component``), Alipay's
+    ``response``+``sign``, or the ``encryptedData``+``iv`` of Douyin, Kuaishou and Baidu."""
 
     code: Code | None = None
     response: B64 | None = None
     sign: Sign | None = None
+    encryptedData: B64 | None = None
+    iv: Iv | None = None
+    component: PhoneComponent | None = None
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -206,8 +211,10 @@ async def phone(request: web.Request) -> web.Response:
     """POST /v1/phone: bind the phone number the platform vouches for."""
     who = caller(request)
     body = parse(PhoneBody, await read_json_object(request))
-    return await forward(request, contract.PHONE,
-                         PhoneParams(**who, code=body.code, response=body.response, sign=body.sign))
+    return await forward(request, contract.PHONE, PhoneParams(
+        **who, code=body.code, response=body.response, sign=body.sign,
+        encrypted_data=body.encryptedData, iv=body.iv, component=body.component,
+    ))
 
 
 async def jwks(request: web.Request) -> web.Response:

@@ -57,12 +57,20 @@ class ProfileParams(SessionParams):
     iv: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
+PhoneComponent = Literal["fast", "realtime"]
+"""Which WeChat phone button produced a code: fast verification or real-time verification."""
+
+
 class PhoneParams(SessionParams):
-    """POST /v1/phone: WeChat's phone ``code``, or Alipay's encrypted ``response`` and ``sign``."""
+    """POST /v1/phone: WeChat's or Douyin's phone ``code``, Alipay's encrypted ``response`` and
+    ``sign``, or the ``encrypted_data`` and ``iv`` of Douyin, Kuaishou and Baidu."""
 
     code: Code | None = None
     response: B64 | None = None
     sign: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    encrypted_data: B64 | None = None
+    iv: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    component: PhoneComponent | None = None
 
 
 def _absent_if_none(value: object) -> bool:
@@ -152,6 +160,10 @@ class MeOut(_Strict):
     identities: list[IdentityOut]
     profile: Profile
     phone: str | None = Field(description="Masked, e.g. +86138****0007; null when unbound.")
+    phone_platform: str | None = Field(
+        default=None, description="The platform that vouched for the number; null when unbound.")
+    phone_verified_at: str | None = Field(
+        default=None, description="ISO 8601: when the platform vouched for the number.")
 
 
 class ProfileOut(_Strict):
@@ -164,6 +176,8 @@ class PhoneOut(_Strict):
     """POST /v1/phone: the bound number, masked."""
 
     phone: str = Field(examples=["+86138****0007"])
+    platform: str | None = Field(default=None, exclude_if=_absent_if_none,
+                                 description="The platform that vouched for the number.")
 
 
 class EchoParams(BaseModel):

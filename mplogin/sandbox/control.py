@@ -1,7 +1,8 @@
 """The sandbox-only control API under ``/sandbox/``: apps, codes, clock, faults, stats, reset.
 
 Routes: ``POST apps``, ``POST codes``, ``POST phone_codes``, ``POST profile_payload``,
-``POST alipay/phone_payload``, ``GET alipay/public_key``, ``POST clock``, ``POST reset``,
+``POST alipay/phone_payload``, ``POST phone_payload``, ``GET alipay/public_key``,
+``POST clock``, ``POST reset``,
 ``POST|DELETE faults``, ``GET stats``; ``/sandbox/redirected`` is where the redirect fault
 points. Faults take an optional ``consume_code`` (default false) to mark the presented codes
 used although the answer is an error, as a platform that failed after consuming would.
@@ -35,6 +36,7 @@ from mplogin.sandbox.state import (
     IdentityField,
     SandboxApp,
     SandboxState,
+    TestUser,
     generate_rsa_key,
     load_public_key,
 )
@@ -107,6 +109,17 @@ class ProfilePayload(_Strict):
     user_info: dict[str, Any]
     watermark_appid: str | None = None  # override, to test watermark checks
     timestamp: int | None = None  # override of the watermark timestamp
+
+
+class PhonePayload(_Strict):
+    """Body of ``POST /sandbox/phone_payload``: getPhoneNumber's encryptedData and iv."""
+
+    platform: Literal["douyin", "kuaishou", "baidu"]
+    app_id: str = Field(min_length=1)
+    openid: str = Field(min_length=1)
+    phone: str = Field(pattern=r"^[0-9]{5,15}$")
+    country_code: str = Field(default="86", pattern=r"^[0-9]{1,4}$")
+    watermark_appid: str | None = None  # override, to test watermark checks
 
 
 class AlipayPhonePayload(_Strict):
@@ -330,16 +343,24 @@ async def mint_phone_code(request: web.Request) -> web.Response:
     return json_response({"code": code.value, "expires_in": PHONE_CODE_LIFETIME})
 
 
-async def profile_payload(request: web.Request) -> web.Response:
-    """Build a profile's rawData/signature/encryptedData/iv with the user's current session_key."""
-    body = await _parse(request, ProfilePayload)
-    state = state_of(request)
-    app = _known_app(state, body.platform, body.app_id)
-    user = state.users.get((body.platform, body.app_id, body.openid))
+def _app_and_keyed_user(
+    state: SandboxState, platform: Platform, app_id: str, openid: str
+) -> tuple[SandboxApp, TestUser]:
+    """The app and the user whose current session_key encrypts their open data."""
+    app = _known_app(state, platform, app_id)
+    user = state.users.get((platform, app_id, openid))
     if user is None or not user.session_key:
         raise ControlRequestError(
             404, "unknown_user", "no such user with a session_key: mint a code for it first"
         )
+    return app, user
+
+
+async def profile_payload(request: web.Request) -> web.Response:
+    """Build a profile's rawData/signature/encryptedData/iv with the user's current session_key."""
+    body = await _parse(request, ProfilePayload)
+    state = state_of(request)
+    app, user = _app_and_keyed_user(state, body.platform, body.app_id, body.openid)
     payload = opendata.profile_payload(
         platform=body.platform,
         session_key=user.session_key,
@@ -349,6 +370,18 @@ async def profile_payload(request: web.Request) -> web.Response:
         app_key=app.app_key,
     )
     return json_response(payload)
+
+
+async def phone_payload(request: web.Request) -> web.Response:
+    """Build ``getPhoneNumber``'s encryptedData/iv with the user's current session_key."""
+    body = await _parse(request, PhonePayload)
+    state = state_of(request)
+    app, user = _app_and_keyed_user(state, body.platform, body.app_id, body.openid)
+    data = opendata.phone_open_data(
+        platform=body.platform, phone=body.phone, country_code=body.country_code,
+        watermark_appid=body.watermark_appid or app.app_id, timestamp=int(state.now()))
+    return json_response(opendata.encrypted_open_data(
+        platform=body.platform, session_key=user.session_key, data=data, app_key=app.app_key))
 
 
 async def alipay_phone_payload(request: web.Request) -> web.Response:
@@ -387,4 +420,5 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/sandbox/phone_codes", mint_phone_code)
     router.add_post("/sandbox/profile_payload", profile_payload)
     router.add_post("/sandbox/alipay/phone_payload", alipay_phone_payload)
+    router.add_post("/sandbox/phone_payload", phone_payload)
     router.add_route("*", REDIRECT_TARGET, redirected)
