@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import traceback
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
+from auth_worker.identities import IdentityService
+from auth_worker.merge import MergeService
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.phones import Phones
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
@@ -91,17 +92,6 @@ class Resolved:
     session_key_enc: str | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
-class KnownIdentity:
-    """What a worker remembers of an identity it has seen: its user never changes."""
-
-    user_id: str
-    unionid: str | None
-
-
-KNOWN_IDENTITIES = 200_000
-
-
 class LoginService:
     """Handles the RPC methods a worker serves."""
 
@@ -126,10 +116,10 @@ class LoginService:
         self.box = box
         self.quota = quota  # None: no per-app limit (a service built by hand, not by main)
         self.outbound = outbound
-        self._known: OrderedDict[IdentityKey, KnownIdentity] = OrderedDict()
         self.account = AccountService(settings, store, apps, issuer, quota=quota,
                                       phones=Phones(store, box))
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.identities = IdentityService(self)
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -180,6 +170,11 @@ class LoginService:
         table.register(contract.ME, lambda params, ctx: account.me(params))
         table.register(contract.PROFILE, lambda params, ctx: opendata.profile(params))
         table.register(contract.PHONE, opendata.phone)
+        identities = self.identities
+        table.register(contract.IDENTITIES, lambda params, ctx: identities.identities(params))
+        table.register(contract.LINK_IDENTITY, identities.link)
+        table.register(contract.UNLINK_IDENTITY, identities.unlink)
+        table.register(contract.MERGE_ACCOUNTS, MergeService(self).merge)
         return table
 
     @staticmethod
@@ -198,6 +193,21 @@ class LoginService:
             ("code", params.code) if params.code is not None else ("anon", params.anonymous_code)
         )
         assert secret is not None  # noqa: S101 - narrowed above
+        key, session_id, existing = await self.claim(app, kind, secret, ctx)
+        if existing is None:
+            resolved = await self._exchange(app, session_id, params, ctx)
+            return await self._issue(app, session_id, resolved, family=session_id)
+        if self.outbound is not None:  # this request will not call the platform
+            self.outbound.release(app.platform, app.app_id)
+        resolved, family = await self._await_claim(app, key, existing, ctx)
+        return await self._issue(app, new_session_id(), resolved, family=family)
+
+    async def claim(
+        self, app: AppConfig, kind: str, secret: str, ctx: CallContext
+    ) -> tuple[str, str, dict[str, Any] | None]:
+        """Spend the limits and claim a code: its key, the claim's id, and the claim another
+        request made first (None when this one claimed it and must exchange the code; the
+        outbound slot is then held for the exchange)."""
         # Both limits and the budget check come before the claim: a rejected login records
         # nothing, so the client may retry with the same code.
         if self.quota is not None:
@@ -219,17 +229,22 @@ class LoginService:
             ttl=self.settings.code_result_ttl,
             request_id=ctx.request_id,
         )
-        if existing is None:
-            resolved = await self._exchange(app, session_id, params, ctx)
-            return await self._issue(app, session_id, resolved, family=session_id)
-        if self.outbound is not None:  # this request will not call the platform
-            self.outbound.release(app.platform, app.app_id)
-        resolved, family = await self._await_claim(app, key, existing, ctx)
-        return await self._issue(app, new_session_id(), resolved, family=family)
+        return key, session_id, existing
 
     async def _exchange(
         self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
     ) -> Resolved:
+        identity = await self.call_platform(app, session_id, params, ctx)
+        resolved = await self._resolve_user(app, identity)
+        if identity.session_key:
+            resolved = replace(resolved, session_key_enc=self.box.encrypt(
+                identity.session_key.encode(), aad=resolved.identity.aad()))
+        return resolved
+
+    async def call_platform(
+        self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
+    ) -> PlatformIdentity:
+        """Exchange the code claimed as ``session_id``; every failure is recorded on the claim."""
         adapter = self.adapters[app.platform]
         try:
             # The platform gets what is left of the request's budget once the database's margin
@@ -259,11 +274,7 @@ class LoginService:
                                    "The platform exchange failed; retry with a new code.")
             await self.store.fail_claim(session_id, error=claim_error(failure))
             raise failure from None
-        resolved = await self._resolve_user(app, identity)
-        if identity.session_key:
-            resolved = replace(resolved, session_key_enc=self.box.encrypt(
-                identity.session_key.encode(), aad=resolved.identity.aad()))
-        return resolved
+        return identity
 
     async def _await_claim(
         self, app: AppConfig, key: str, claim: dict[str, Any], ctx: CallContext
@@ -288,7 +299,7 @@ class LoginService:
             if state != "pending":
                 # Its session ended (logout, reuse, a promoted guest) or the claim is gone.
                 raise MPLoginError(ErrorCode.INVALID_CODE)
-            await self._settle_abandoned(claim, ctx)
+            await self.settle_abandoned(claim, ctx)
             if ctx.remaining() <= CLAIM_POLL_INTERVAL + DATABASE_MARGIN:
                 raise MPLoginError(ErrorCode.TIMEOUT)
             await asyncio.sleep(CLAIM_POLL_INTERVAL)
@@ -309,7 +320,7 @@ class LoginService:
             session_key_enc=enc if isinstance(enc, str) else None,
         )
 
-    async def _settle_abandoned(self, claim: dict[str, Any], ctx: CallContext) -> None:
+    async def settle_abandoned(self, claim: dict[str, Any], ctx: CallContext) -> None:
         """Answer a pending claim nobody will finish; raises the answer when this call gave it.
 
         The code may have reached the platform, so it is never sent again: the client retries
@@ -334,12 +345,8 @@ class LoginService:
     async def _resolve_user(self, app: AppConfig, identity: PlatformIdentity) -> Resolved:
         openid = (ANONYMOUS_PREFIX + identity.openid) if identity.anonymous else identity.openid
         key = IdentityKey(app.platform, app.app_id, openid)
-        known = self._known.get(key)
-        if known is not None and identity.unionid in (None, known.unionid):
-            # A real identity's user never changes once created, so a returning user whose
-            # identity this worker has seen needs no database read at all.
-            self._known.move_to_end(key)
-            return Resolved(ResolvedUser(known.user_id, is_new=False), key, identity.unionid)
+        # Read on every login: an identity changes users when it is linked, unlinked or merged
+        # (auth_worker.identities), possibly by another worker, so no process may remember it.
         before = await self.store.touch_identity(key, unionid=identity.unionid)
         if before is not None and identity.anonymous and before.get("linked_openid"):
             await self._retire_linked_guest(app, key, before)
@@ -348,7 +355,6 @@ class LoginService:
             user_id = str(before["user_id"])
             if identity.unionid and before.get("unionid") != identity.unionid:
                 await self._link_unionid(app, identity.unionid, user_id)
-            self._remember(key, user_id, identity.unionid or before.get("unionid"))
             return Resolved(ResolvedUser(user_id, is_new=False), key, identity.unionid)
 
         candidate = new_user_id()
@@ -369,7 +375,6 @@ class LoginService:
         user = await self.store.create_identity(
             key, candidate_user_id=candidate, unionid=identity.unionid, extra=extra,
         )
-        self._remember(key, user.user_id, identity.unionid)
         return Resolved(user, key, identity.unionid)
 
     async def _promote_guest(self, app: AppConfig, identity: PlatformIdentity) -> str | None:
@@ -436,13 +441,6 @@ class LoginService:
             log.warning("login.guest_promoted_meanwhile", platform=app.platform, app_id=app.app_id,
                         user_id=resolved.user.user_id)
             raise MPLoginError(ErrorCode.INVALID_CODE)
-
-    def _remember(self, key: IdentityKey, user_id: str, unionid: object) -> None:
-        if key.openid.startswith(ANONYMOUS_PREFIX):
-            return  # a device's anonymous key changes hands when its guest is promoted
-        self._known[key] = KnownIdentity(user_id, unionid if isinstance(unionid, str) else None)
-        if len(self._known) > KNOWN_IDENTITIES:
-            self._known.popitem(last=False)
 
     async def _link_unionid(self, app: AppConfig, unionid: str, user_id: str) -> None:
         holder = await self.store.claim_unionid(app.platform, unionid, user_id)

@@ -193,7 +193,7 @@ class Store:
         ``linked_openid`` comes back too: an anonymous identity that has it was joined to a real
         identity by an earlier version and is retired by its next login (``retire_anonymous``).
         """
-        update: Doc = {"last_login_at": utcnow()}
+        update: Doc = {"last_login_at": utcnow(), "last_login_ts": now_ts()}
         if unionid is not None:
             update["unionid"] = unionid
         return await self.identities.find_one_and_update(
@@ -213,7 +213,7 @@ class Store:
     ) -> ResolvedUser:
         """Insert the identity (or find the one a concurrent login inserted) and its user."""
         now = utcnow()
-        fields: Doc = {"last_login_at": now}
+        fields: Doc = {"last_login_at": now, "last_login_ts": now.timestamp()}
         if unionid is not None:
             fields["unionid"] = unionid
         if extra:

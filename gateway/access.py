@@ -52,7 +52,7 @@ class Route:
     request body with (None: no body). ``errors``: the error codes the route can answer with.
     """
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "DELETE"]
     path: str
     handler: Handler
     access: Access = Access.USER

@@ -37,6 +37,10 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.INVALID_PAYLOAD: "加密数据不属于该应用或已过期。",
     ErrorCode.SESSION_KEY_EXPIRED: "平台会话已变更，请重新登录后再试。",
     ErrorCode.PHONE_IN_USE: "该手机号已绑定其他用户。",
+    ErrorCode.IDENTITY_IN_USE: "该平台身份已属于其他用户。",
+    ErrorCode.LAST_IDENTITY: "这是该用户唯一的身份，无法解除绑定。",
+    ErrorCode.IDENTITY_NOT_FOUND: "该用户没有此身份。",
+    ErrorCode.RECENT_LOGIN_REQUIRED: "此操作需要最近登录的会话；请重新登录后重试。",
     ErrorCode.NOT_SUPPORTED: "该平台或应用不支持此操作。",
     ErrorCode.REQUEST_TIMEOUT: "请求体未能及时送达。",
 }

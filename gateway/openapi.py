@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import mimetypes
+import re
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,8 @@ from shared.messages import LoginParams
 from shared.platforms import PLATFORMS
 
 REF_TEMPLATE = "#/components/schemas/{model}"
+PATH_PARAMETER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A plain path parameter (``{id}``) of a documented route."""
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 ASSETS_DIR = STATIC_DIR / "assets"
 DOCS_ASSETS_PREFIX = "/docs/assets"
@@ -142,6 +145,10 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
             }
         if op.access is Access.USER:
             item["security"] = [{BEARER: []}]
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for name in PATH_PARAMETER.findall(op.path)]
+        if parameters:
+            item["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",

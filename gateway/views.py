@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -19,19 +20,24 @@ from shared.errors import ErrorCode, MPLoginError
 from shared.keyring import JWKS_MAX_AGE
 from shared.messages import (
     B64,
+    AppId,
     Code,
+    LinkParams,
     LoginParams,
     LogoutParams,
+    MergeParams,
     PhoneComponent,
     PhoneParams,
     ProfileParams,
     RefreshParams,
     SessionParams,
+    UnlinkParams,
 )
 from shared.metrics import exposition
 from shared.platforms import PLATFORMS
 from shared.rpc import contract
 from shared.rpc.contract import Method, P
+from shared.tokens import InvalidToken
 
 M = TypeVar("M", bound=BaseModel)
 HEALTHY = Health(status="ok").model_dump()
@@ -215,6 +221,65 @@ async def phone(request: web.Request) -> web.Response:
         **who, code=body.code, response=body.response, sign=body.sign,
         encrypted_data=body.encryptedData, iv=body.iv, component=body.component,
     ))
+
+
+class LinkBody(_Body):
+    """The body of POST /v1/identities: a login code from the platform to link."""
+
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    app_id: AppId | None = None
+    code: Code
+
+
+AccessToken = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class MergeBody(_Body):
+    """The body of POST /v1/account/merge: a fresh access token of the account to absorb."""
+
+    absorb_access_token: AccessToken
+
+
+IDENTITY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What an identity id looks like (ids are listed by GET /v1/identities)."""
+
+
+async def identities(request: web.Request) -> web.Response:
+    """GET /v1/identities: the caller's identities."""
+    return await forward(request, contract.IDENTITIES, SessionParams(**caller(request)))
+
+
+async def link_identity(request: web.Request) -> web.Response:
+    """POST /v1/identities: exchange a login code and attach its identity to the caller."""
+    who = caller(request)
+    body = parse(LinkBody, await read_json_object(request))
+    if body.platform not in PLATFORMS:
+        raise MPLoginError(ErrorCode.UNSUPPORTED_PLATFORM)
+    return await forward(request, contract.LINK_IDENTITY, LinkParams(
+        **who, platform=body.platform, app_id=body.app_id, code=body.code))
+
+
+async def unlink_identity(request: web.Request) -> web.Response:
+    """DELETE /v1/identities/{id}: detach one identity (never the last)."""
+    who = caller(request)
+    identity_id = request.match_info.get("id", "")
+    if not IDENTITY_ID.fullmatch(identity_id):
+        raise MPLoginError(ErrorCode.IDENTITY_NOT_FOUND)
+    return await forward(request, contract.UNLINK_IDENTITY,
+                         UnlinkParams(**who, identity_id=identity_id))
+
+
+async def merge_accounts(request: web.Request) -> web.Response:
+    """POST /v1/account/merge: absorb the account whose access token is in the body."""
+    who = caller(request)
+    body = parse(MergeBody, await read_json_object(request))
+    try:
+        absorbed = request.app[TOKENS].verify(body.absorb_access_token)
+    except InvalidToken as exc:
+        raise MPLoginError(ErrorCode.INVALID_TOKEN,
+                           f"absorb_access_token is not valid ({exc.reason}).") from None
+    return await forward(request, contract.MERGE_ACCOUNTS, MergeParams(
+        **who, absorb_user_id=absorbed.sub, absorb_session_id=absorbed.sid))
 
 
 async def jwks(request: web.Request) -> web.Response:

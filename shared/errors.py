@@ -49,6 +49,10 @@ class ErrorCode(StrEnum):
     PHONE_IN_USE = "phone_in_use"
     NOT_SUPPORTED = "not_supported"
     REQUEST_TIMEOUT = "request_timeout"
+    IDENTITY_IN_USE = "identity_in_use"
+    LAST_IDENTITY = "last_identity"
+    IDENTITY_NOT_FOUND = "identity_not_found"
+    RECENT_LOGIN_REQUIRED = "recent_login_required"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -74,6 +78,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PHONE_IN_USE: 409,
     ErrorCode.NOT_SUPPORTED: 400,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.IDENTITY_IN_USE: 409,
+    ErrorCode.LAST_IDENTITY: 409,
+    ErrorCode.IDENTITY_NOT_FOUND: 404,
+    ErrorCode.RECENT_LOGIN_REQUIRED: 401,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -101,6 +109,11 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.PHONE_IN_USE: "This phone number is already bound to another user.",
     ErrorCode.NOT_SUPPORTED: "This operation is not supported for this platform or app.",
     ErrorCode.REQUEST_TIMEOUT: "The request body did not arrive in time.",
+    ErrorCode.IDENTITY_IN_USE: "This platform identity already belongs to another user.",
+    ErrorCode.LAST_IDENTITY: "This is the user's only identity; it cannot be unlinked.",
+    ErrorCode.IDENTITY_NOT_FOUND: "The user has no identity with this id.",
+    ErrorCode.RECENT_LOGIN_REQUIRED: "This needs a session from a recent login; log in again, "
+    "then retry.",
 }
 
 

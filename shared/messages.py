@@ -190,3 +190,66 @@ class EchoOut(_Strict):
     """The ``echo`` method's result: the parameters it was sent."""
 
     echo: dict[str, Any]
+
+
+class LinkedIdentity(_Strict):
+    """One identity as ``GET /v1/identities`` lists it; openid/unionid only with expose_openid."""
+
+    id: str = Field(description="Opaque; the path parameter of DELETE /v1/identities/{id}.")
+    platform: str
+    app_id: str
+    anonymous: bool
+    openid: str | None = Field(default=None, exclude_if=_absent_if_none)
+    unionid: str | None = Field(default=None, exclude_if=_absent_if_none)
+    created_at: str | None = Field(default=None, description="ISO 8601, or null when unknown.")
+    last_login_at: str | None = Field(default=None,
+                                      description="ISO 8601, or null when never logged in.")
+
+
+class IdentitiesOut(_Strict):
+    """GET /v1/identities (and DELETE): the caller's identities."""
+
+    identities: list[LinkedIdentity]
+
+
+class LinkParams(SessionParams):
+    """POST /v1/identities: a login code of another platform or app, to attach to the caller."""
+
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    app_id: AppId | None = None
+    code: Code
+
+
+class LinkOut(_Strict):
+    """POST /v1/identities: the identity attached, and all the caller's identities now."""
+
+    identity: LinkedIdentity
+    identities: list[LinkedIdentity]
+
+
+class UnlinkParams(SessionParams):
+    """DELETE /v1/identities/{id}."""
+
+    identity_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class MergeParams(SessionParams):
+    """POST /v1/account/merge: the kept account is the caller's; the absorbed one's token."""
+
+    absorb_user_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    absorb_session_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class MergeOut(_Strict):
+    """POST /v1/account/merge: what moved, and how conflicts were settled."""
+
+    user_id: str = Field(description="The kept user (the caller's).")
+    absorbed_user_id: str
+    identities_moved: int = Field(ge=0)
+    phone: Literal["kept", "moved", "none"] = Field(
+        description="kept: the kept user's number stays (when both had one, the absorbed "
+        "user's number is dropped); moved: only the absorbed user had one, it moved; none.")
+    profile_fields_moved: list[str]
+    consents_moved: int = Field(ge=0)
+    sessions_ended: int = Field(ge=0)
+    conflicts: list[str] = Field(description="Each conflict and how the rule settled it.")

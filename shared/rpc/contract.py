@@ -31,10 +31,15 @@ from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
     EchoOut,
     EchoParams,
+    IdentitiesOut,
+    LinkOut,
+    LinkParams,
     LoginParams,
     LogoutOut,
     LogoutParams,
     MeOut,
+    MergeOut,
+    MergeParams,
     PhoneOut,
     PhoneParams,
     ProfileOut,
@@ -42,6 +47,7 @@ from shared.messages import (
     RefreshParams,
     SessionOut,
     SessionParams,
+    UnlinkParams,
 )
 
 PROTOCOL_VERSION: Literal[1] = 1
@@ -66,9 +72,15 @@ LOGOUT = Method("logout", LogoutParams, LogoutOut)
 ME = Method("me", SessionParams, MeOut)
 PROFILE = Method("profile", ProfileParams, ProfileOut)
 PHONE = Method("phone", PhoneParams, PhoneOut)
+IDENTITIES = Method("identities", SessionParams, IdentitiesOut)
+LINK_IDENTITY = Method("link_identity", LinkParams, LinkOut)
+UNLINK_IDENTITY = Method("unlink_identity", UnlinkParams, IdentitiesOut)
+MERGE_ACCOUNTS = Method("merge_accounts", MergeParams, MergeOut)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {
-    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO)
+    method.name: method for method in (LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO,
+                                       IDENTITIES, LINK_IDENTITY, UNLINK_IDENTITY,
+                                       MERGE_ACCOUNTS)
 }
 """Every method a worker serves, by name."""
 

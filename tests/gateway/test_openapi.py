@@ -128,7 +128,9 @@ def test_the_bearer_scheme_is_on_exactly_the_routes_that_take_a_token(
     assert scheme == {**scheme, "type": "http", "scheme": "bearer"}
     secured = {key for key, op in operations(document).items() if op.get("security")}
     assert secured == {("POST", "/v1/logout"), ("GET", "/v1/me"), ("POST", "/v1/profile"),
-                       ("POST", "/v1/phone")}
+                       ("POST", "/v1/phone"), ("GET", "/v1/identities"),
+                       ("POST", "/v1/identities"), ("DELETE", "/v1/identities/{id}"),
+                       ("POST", "/v1/account/merge")}
     for key in secured:
         assert "invalid_token" in documented_codes(operations(document)[key])
 
