@@ -130,3 +130,43 @@ async def test_alipay_phone_payload_rejects_bad_keys(sb: Any, aes_key_b64: str) 
     answer = await sb.control("POST", "/sandbox/alipay/phone_payload", {
         "app_id": sb.app_ids["alipay"], "mobile": "15900000000", "aes_key_b64": aes_key_b64})
     assert answer.status == 400
+
+
+async def phone(sb: Any, platform: str, openid: str, **extra: Any) -> Any:
+    return await sb.control("POST", "/sandbox/phone_payload", {
+        "platform": platform, "app_id": sb.app_ids[platform], "openid": openid,
+        "phone": "13800138000", **extra})
+
+
+@pytest.mark.parametrize("platform", ["douyin", "kuaishou"])
+async def test_phone_payload_is_wechat_style_under_the_current_session_key(
+    sb: Any, platform: str
+) -> None:
+    await sb.mint(platform, sb.app_ids[platform], openid="oPhone")
+    current = await sb.mint(platform, sb.app_ids[platform], openid="oPhone")
+    answer = await phone(sb, platform, "oPhone", country_code="852")
+    assert answer.status == 200, answer.text
+    plain = json.loads(decrypt(base64.b64decode(current["session_key"]),
+                               base64.b64decode(answer.json["iv"]),
+                               base64.b64decode(answer.json["encryptedData"])))
+    assert plain["phoneNumber"] == "+85213800138000"
+    assert plain["purePhoneNumber"] == "13800138000" and plain["countryCode"] == "852"
+    assert plain["watermark"]["appid"] == sb.app_ids[platform]
+
+
+async def test_baidu_phone_payload_uses_the_aes192_layout(sb: Any) -> None:
+    minted = await sb.mint("baidu", sb.app_ids["baidu"], openid="bdPhone")
+    answer = await phone(sb, "baidu", "bdPhone")
+    assert answer.status == 200, answer.text
+    plain = decrypt(base64.b64decode(minted["session_key"]), base64.b64decode(answer.json["iv"]),
+                    base64.b64decode(answer.json["encryptedData"]))
+    (length,) = struct.unpack(">I", plain[16:20])
+    assert json.loads(plain[20:20 + length]) == {"mobile": "13800138000"}
+    assert plain[20 + length:] == b"bd-app-key-a"
+
+
+async def test_phone_payload_refuses_unknown_users_and_other_platforms(sb: Any) -> None:
+    assert (await phone(sb, "douyin", "nobody-here")).status == 404
+    bad = await sb.control("POST", "/sandbox/phone_payload", {
+        "platform": "qq", "app_id": "x", "openid": "o", "phone": "13800138000"})
+    assert bad.status == 400
