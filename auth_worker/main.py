@@ -18,6 +18,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from auth_worker.apps import load_apps
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.phones import Phones
@@ -101,8 +102,10 @@ async def login_service(
             )
             phones = WeChatPhoneSource(http, settings.platform_timeout, store, box,
                                        limiter=api_outbound, observer=metrics)
+            douyin_phones = DouyinPhoneApi(http, settings.platform_timeout,
+                                           limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
-                                   quota=quota, outbound=outbound)
+                                   quota=quota, outbound=outbound, douyin_phones=douyin_phones)
             reloader = asyncio.create_task(_reload_keys(settings, keyring, issuer))
             try:
                 yield service

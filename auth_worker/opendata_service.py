@@ -33,6 +33,7 @@ from typing import Any
 
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry, configuration_error
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.opendata_crypto import (
     OpenData,
     OpenDataError,
@@ -43,6 +44,7 @@ from auth_worker.opendata_crypto import (
     verify_raw_signature,
 )
 from auth_worker.phones import Phones, phone_of_open_data, to_e164
+from auth_worker.platforms.base import platform_deadline
 from auth_worker.profile import PROFILE_FIELDS, stored_fields
 from auth_worker.secretbox import SecretBox, SecretBoxError
 from auth_worker.store import IdentityKey, Store
@@ -113,6 +115,7 @@ class OpenDataService:
     def __init__(
         self, settings: Settings, store: Store, apps: AppRegistry, box: SecretBox,
         account: AccountService, phones: WeChatPhoneSource,
+        *, douyin: DouyinPhoneApi | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -121,6 +124,7 @@ class OpenDataService:
         self.account = account
         self.phones = phones
         self.numbers = Phones(store, box)
+        self.douyin = douyin  # None: Douyin's phone codes are not exchanged (encryptedData only)
 
     async def _caller(
         self, params: ProfileParams | PhoneParams
@@ -197,6 +201,8 @@ class OpenDataService:
             component = params.component
         elif app.platform == "alipay":
             phone = self._alipay_phone(app, params)
+        elif app.platform == "douyin" and params.code and not params.encrypted_data:
+            phone = await self._douyin_code_phone(app, params.code, ctx)
         elif app.platform in ("douyin", "kuaishou", "baidu"):
             phone = self._open_data_phone(app, key, session, params)
         else:
@@ -222,6 +228,15 @@ class OpenDataService:
         except OpenDataError as exc:
             raise _mapped(exc, app) from None
         return to_e164(mobile, "86")
+
+    async def _douyin_code_phone(self, app: AppConfig, code: str, ctx: CallContext) -> str:
+        """The number behind Douyin's newer phone-button ``code`` (auth_worker.douyin_phone)."""
+        if self.douyin is None:
+            raise MPLoginError(ErrorCode.NOT_SUPPORTED, "Douyin phone codes are not served here.")
+        with platform_deadline(ctx.deadline - 1.0):
+            data = await self.douyin.phone_number(app, code)
+        # RSA-encrypted for the app's key: no part of it can be rewritten without the key.
+        return phone_of_open_data(app.platform, OpenData(data=data, intact=data))
 
     def _open_data_phone(self, app: AppConfig, key: IdentityKey, session: dict[str, Any],
                          params: PhoneParams) -> str:

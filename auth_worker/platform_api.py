@@ -43,6 +43,7 @@ class PlatformApi(HttpAdapter):
         params: Mapping[str, str] | None = None,
         form: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> PlatformReply:
         """Take the app's outbound slot (or raise ``rate_limited``), then make the call."""
         if self.limiter is not None:
@@ -51,4 +52,4 @@ class PlatformApi(HttpAdapter):
             await self.limiter.acquire(app.platform, app.app_id,
                                        budget=call_timeout(self._timeout.total or 0.0))
         return await super().call(app, method, path, params=params, form=form,
-                                  json_body=json_body)
+                                  json_body=json_body, headers=headers)

@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
 from auth_worker.apps import AppConfig, AppRegistry
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.identities import IdentityService
 from auth_worker.merge import MergeService
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
@@ -107,6 +108,7 @@ class LoginService:
         *,
         quota: AppQuota | None = None,
         outbound: PlatformRateLimiter | None = None,
+        douyin_phones: DouyinPhoneApi | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -118,7 +120,8 @@ class LoginService:
         self.outbound = outbound
         self.account = AccountService(settings, store, apps, issuer, quota=quota,
                                       phones=Phones(store, box))
-        self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source,
+                                        douyin=douyin_phones)
         self.identities = IdentityService(self)
         self.handlers = self._register()
 

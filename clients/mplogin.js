@@ -639,8 +639,8 @@ export function detectAdapter(platform, scope = globalThis) {
 
 /**
  * The body of POST /v1/phone from a host's phone-button result: WeChat's `code`; Douyin's,
- * Kuaishou's and Baidu's `encryptedData` + `iv` (Douyin's newer button also gives a `code`,
- * which the gateway does not take yet: the encrypted pair is sent); Alipay's `response`, as
+ * Kuaishou's and Baidu's `encryptedData` + `iv` (Douyin's newer button gives a `code` alone,
+ * which is sent as is; given both, the encrypted pair is sent); Alipay's `response`, as
  * `my.getPhoneNumber` gives it (a JSON string holding `response` and `sign`).
  * @param {Platform} platform
  * @param {any} result

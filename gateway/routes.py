@@ -73,9 +73,11 @@ ROUTES: tuple[Route, ...] = (
         rpc=contract.PHONE, body=views.PhoneBody,
         errors=(*AUTH, *BODY, E.UNKNOWN_APP, E.NOT_SUPPORTED, E.INVALID_CODE,
                 E.INVALID_SIGNATURE, E.INVALID_PAYLOAD, E.RATE_LIMITED, E.PLATFORM_UNAVAILABLE,
-                E.APP_MISCONFIGURED, E.PHONE_IN_USE, *RPC),
-        description="WeChat: `{\"code\"}` from `<button open-type=\"getPhoneNumber\">`. "
-        "Alipay: `{\"response\"}` from `my.getPhoneNumber` as is.",
+                E.APP_MISCONFIGURED, E.PHONE_IN_USE, E.SESSION_KEY_EXPIRED, *RPC),
+        description="WeChat: `{\"code\"}` from `<button open-type=\"getPhoneNumber\">` "
+        "(with `component`: `fast` or `realtime`). Alipay: `{\"response\"}` from "
+        "`my.getPhoneNumber` as is. Douyin, Kuaishou, Baidu: `{\"encryptedData\", \"iv\"}` "
+        "of the phone button; Douyin's newer button: `{\"code\"}`. QQ: `not_supported`.",
     ),
     Route(
         "GET", "/v1/identities", views.identities,

@@ -207,6 +207,7 @@ class HttpAdapter:
         params: Mapping[str, str] | None = None,
         form: Mapping[str, str] | None = None,
         json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> PlatformReply:
         """Send one request to ``app.api_base + path``; any failure is PLATFORM_UNAVAILABLE."""
         url = app.api_base + path
@@ -225,6 +226,7 @@ class HttpAdapter:
                 params=params,
                 data=form,
                 json=json_body,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:

@@ -292,6 +292,8 @@ describe('phones and identities', () => {
       assert.deepEqual(phoneBody(platform, { code: 'pc', encryptedData: 'e', iv: 'i' }),
         { encryptedData: 'e', iv: 'i' }, platform)
     }
+    // Douyin's newer button gives a code alone: it is sent as is.
+    assert.deepEqual(phoneBody('douyin', { detail: { code: 'dy-code' } }), { code: 'dy-code' })
     assert.deepEqual(phoneBody('alipay', { response: '{"response":"x","sign":"s"}' }),
       { response: '{"response":"x","sign":"s"}' })
     assert.throws(() => phoneBody('douyin', { errMsg: 'getPhoneNumber:fail auth deny' }),

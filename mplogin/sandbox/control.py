@@ -58,6 +58,7 @@ class RegisterApp(_Strict):
     app_public_key_pem: str | None = None
     app_key: str | None = Field(default=None, min_length=1)
     identity_field: IdentityField = "open_id"
+    phone_public_key_pem: str | None = None  # Douyin: the app's RSA key for phone numbers
 
 
 class MintCode(_Strict):
@@ -93,7 +94,7 @@ class InjectFault(_Strict):
 class MintPhoneCode(_Strict):
     """Body of ``POST /sandbox/phone_codes``."""
 
-    platform: Literal["wechat"]
+    platform: Literal["wechat", "douyin"]
     app_id: str = Field(min_length=1)
     openid: str = Field(min_length=1)
     phone: str = Field(pattern=r"^[0-9]{5,15}$")
@@ -198,6 +199,13 @@ async def register_app(request: web.Request) -> web.Response:
         app.identity_field = body.identity_field
     elif not body.secret:
         raise _bad(f"secret is required for {body.platform}")
+    if body.phone_public_key_pem:
+        if body.platform != "douyin":
+            raise _bad("phone_public_key_pem applies only to douyin")
+        try:
+            app.phone_public_key = load_public_key(body.phone_public_key_pem)
+        except ValueError as exc:
+            raise _bad(f"phone_public_key_pem is not an RSA public key ({exc})") from None
     if body.platform == "baidu":
         if not body.app_key:
             raise _bad("app_key is required for baidu")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import Sandbox, Stack, StackFactory
 from tests.e2e.alipay_app import alipay_phone_app
@@ -25,10 +27,20 @@ async def stack(make_stack: StackFactory, sandbox: Sandbox, secret: str, tmp_pat
                 monkeypatch: pytest.MonkeyPatch) -> Stack:
     monkeypatch.setenv("PH_SECRET", secret)
     entries: list[dict[str, Any]] = []
+    # Douyin seals phone numbers of its code flow for the app's own RSA key pair.
+    douyin_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "douyin-phone.pem").write_text(douyin_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode())
+    douyin_public = douyin_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     for platform in ("wechat", "douyin", "kuaishou", "qq"):
-        await sandbox.register(platform, APPS[platform], secret=secret)
+        extra: dict[str, Any] = ({"phone_public_key_pem": douyin_public}
+                                 if platform == "douyin" else {})
+        await sandbox.register(platform, APPS[platform], secret=secret, **extra)
         entries.append({"platform": platform, "app_id": APPS[platform],
                         "secret_env": "PH_SECRET", "api_base": f"{sandbox.base}/{platform}"})
+    entries[1]["private_key_file"] = str(tmp_path / "douyin-phone.pem")
     await sandbox.register("baidu", APPS["baidu"], secret=secret, app_key=BAIDU_APP_KEY)
     entries.append({"platform": "baidu", "app_id": APPS["baidu"], "secret_env": "PH_SECRET",
                     "app_key": BAIDU_APP_KEY, "api_base": f"{sandbox.base}/baidu"})
@@ -185,3 +197,28 @@ async def test_qq_has_no_server_verified_phone(stack: Stack, sandbox: Sandbox) -
     person = await Person("qq").login(stack, sandbox)
     status, body = await bind(stack, person, {"code": "anything"})
     assert status == 400 and body["error"]["code"] == "not_supported", body
+
+
+async def douyin_code(sandbox: Sandbox, person: Person, number: str) -> dict[str, str]:
+    """What Douyin's newer phone button gives: a code (base library 3.51.0 and later)."""
+    minted = await sandbox.control("POST", "phone_codes", platform="douyin",
+                                   app_id=APPS["douyin"], openid=person.openid, phone=number)
+    return {"code": minted["code"]}
+
+
+async def test_douyin_code_flow_binds_refuses_a_second_user_and_a_spent_code(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    owner = await Person("douyin").login(stack, sandbox)
+    number = number_for("douyin")
+    body = await douyin_code(sandbox, owner, number)
+    status, bound = await bind(stack, owner, body)
+    assert status == 200, bound
+    assert bound == {"phone": f"+86{number[:3]}****{number[-4:]}", "platform": "douyin"}
+    assert (await me(stack, owner))["phone_platform"] == "douyin"
+    status, again = await bind(stack, owner, body)  # the same code twice: Douyin refuses it
+    assert status == 401 and again["error"]["code"] == "invalid_code", again
+    second = await Person("douyin").login(stack, sandbox)
+    status, refused = await bind(stack, second, await douyin_code(sandbox, second, number))
+    assert status == 409 and refused["error"]["code"] == "phone_in_use", refused
+    assert (await me(stack, second))["phone"] is None
