@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import Sandbox, Stack, StackFactory
-from tests.e2e.alipay_app import alipay_phone_app
+from tests.e2e.alipay_app import alipay_phone_app, app_key_pair
 
 APPS = {"wechat": "wxphones00000001", "douyin": "ttphones00000001", "kuaishou": "ksphones0001",
         "baidu": "19991501", "qq": "1110001501", "alipay": "2021000000001501"}
@@ -28,12 +26,7 @@ async def stack(make_stack: StackFactory, sandbox: Sandbox, secret: str, tmp_pat
     monkeypatch.setenv("PH_SECRET", secret)
     entries: list[dict[str, Any]] = []
     # Douyin seals phone numbers of its code flow for the app's own RSA key pair.
-    douyin_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "douyin-phone.pem").write_text(douyin_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()).decode())
-    douyin_public = douyin_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    douyin_public = app_key_pair(tmp_path / "douyin-phone.pem")
     for platform in ("wechat", "douyin", "kuaishou", "qq"):
         extra: dict[str, Any] = ({"phone_public_key_pem": douyin_public}
                                  if platform == "douyin" else {})
