@@ -13,7 +13,10 @@ live until the last steps):
    so a login through any of them lands in the kept user;
 2. the phone number, when only the absorbed user has one (the rule for two numbers: the kept
    user's number stays, the absorbed one's is dropped, and the answer's ``conflicts`` says so);
-   the absorbed user's hash is first renamed, so the number is never held by nobody;
+   the absorbed user's hash is first renamed (the unique index allows the number on one
+   document only), and the number stays on the absorbed user's document until the kept user
+   holds it, so it is never lost; a third user binding it in that moment wins, and the answer
+   says so;
 3. profile fields the kept user lacks (the kept user's own fields always win);
 4. consent records (``consents``, one document per consent with a ``user_id``);
 5. every session of the absorbed user, and every session of the kept user but the caller's, ends;
@@ -158,7 +161,8 @@ class MergeService:
         if not isinstance(theirs, str) or theirs.startswith("unmigrated."):
             return "none"
         # The absorbed user's hash is renamed first (the unique index allows the number on one
-        # document only), then the kept user takes it: at every moment one of them holds it.
+        # document only), then the kept user takes it: the number is on one of the two
+        # documents at every moment.
         renamed = await self.store.users.find_one_and_update(
             {"_id": absorbed["_id"], "phone_hash": {"$in": [theirs, MOVING_PREFIX + theirs]}},
             {"$set": {"phone_hash": MOVING_PREFIX + theirs}},
