@@ -14,7 +14,7 @@ Choices where docs/platforms.md is silent or UNCONFIRMED:
 - Phone numbers from ``getPhoneNumber`` (docs/platforms.md §10): Douyin and Kuaishou encrypt
   ``{phoneNumber, purePhoneNumber, countryCode, watermark}`` as WeChat does (AES-128-CBC with
   the session_key); Baidu encrypts ``{"mobile": …}`` in its AES-192 layout (the field name is
-  UNCONFIRMED).
+  second-hand).
 - Alipay phone: the decrypted text is ``{"code":"10000","msg":"Success","mobile":…}``; an
   error plaintext uses ``subCode``/``subMsg`` keys (UNCONFIRMED); the envelope carries
   ``response``, ``sign``, ``sign_type``, ``encrypt_type`` and ``charset``.
