@@ -59,6 +59,7 @@ class RegisterApp(_Strict):
     app_key: str | None = Field(default=None, min_length=1)
     identity_field: IdentityField = "open_id"
     phone_public_key_pem: str | None = None  # Douyin: the app's RSA key for phone numbers
+    aes_key_b64: str | None = None  # Alipay: the app's content-encryption key, as set at Alipay
 
 
 class MintCode(_Strict):
@@ -128,7 +129,7 @@ class AlipayPhonePayload(_Strict):
 
     app_id: str = Field(min_length=1)
     mobile: str = Field(pattern=r"^[0-9]{5,15}$")
-    aes_key_b64: str
+    aes_key_b64: str | None = None  # default: the key registered with the app
     sub_code: str | None = None  # answer this error inside the ciphertext instead
     bad_signature: bool = False
 
@@ -197,6 +198,8 @@ async def register_app(request: web.Request) -> web.Response:
         except ValueError as exc:
             raise _bad(f"app_public_key_pem is not an RSA public key ({exc})") from None
         app.identity_field = body.identity_field
+        if body.aes_key_b64 is not None:
+            app.aes_key = _aes_key(body.aes_key_b64)
     elif not body.secret:
         raise _bad(f"secret is required for {body.platform}")
     if body.phone_public_key_pem:
@@ -392,17 +395,27 @@ async def phone_payload(request: web.Request) -> web.Response:
         platform=body.platform, session_key=user.session_key, data=data, app_key=app.app_key))
 
 
-async def alipay_phone_payload(request: web.Request) -> web.Response:
-    """Build the ``my.getPhoneNumber`` response string for an Alipay app."""
-    body = await _parse(request, AlipayPhonePayload)
-    state = state_of(request)
-    _known_app(state, "alipay", body.app_id)
+def _aes_key(encoded: str) -> bytes:
     try:
-        aes_key = base64.b64decode(body.aes_key_b64, validate=True)
+        aes_key = base64.b64decode(encoded, validate=True)
     except (ValueError, binascii.Error):
         raise _bad("aes_key_b64 is not base64") from None
     if len(aes_key) not in (16, 24, 32):
         raise _bad("aes_key_b64 must decode to 16, 24 or 32 bytes")
+    return aes_key
+
+
+async def alipay_phone_payload(request: web.Request) -> web.Response:
+    """Build the ``my.getPhoneNumber`` response string for an Alipay app."""
+    body = await _parse(request, AlipayPhonePayload)
+    state = state_of(request)
+    app = _known_app(state, "alipay", body.app_id)
+    if body.aes_key_b64 is None:
+        if app.aes_key is None:
+            raise _bad("aes_key_b64 is required: no AES key was registered with this app")
+        aes_key = app.aes_key
+    else:
+        aes_key = _aes_key(body.aes_key_b64)
     if body.bad_signature and state.rogue_alipay_key is None:
         state.rogue_alipay_key = await asyncio.to_thread(generate_rsa_key)
     key = state.rogue_alipay_key if body.bad_signature else state.alipay_key

@@ -77,10 +77,23 @@ async def test_one_user_binds_a_phone_and_holds_a_wechat_and_an_alipay_identity(
         assert me["body"]["phone"] == f"+86{number[:3]}****{number[-4:]}"
         assert me["body"]["phone_platform"] == "wechat"
 
-        # Alipay has no sandbox phone flow on the development stack: the page says why.
+        # On Alipay the same user binds another number: it replaces the first.
+        other = "137" + str(uuid.uuid4().int)[:8]
+        await page.evaluate(f"document.getElementById('phone').value = {other!r}")
+        payload = await press(page, "bind-phone")
+        assert payload["title"].startswith("POST /sandbox/alipay/phone_payload → 200"), payload
+        rebound = await page.wait_for(
+            "(() => { const e = [...document.querySelectorAll('#log .entry')].pop();"
+            " return e && e.dataset.path === '/api/v1/phone' && e.dataset.status"
+            " ? {status: Number(e.dataset.status), text: e.querySelector('pre.response').innerText}"
+            " : null })()", what="the Alipay phone binding")
+        assert rebound["status"] == 200, rebound
+        assert f"+86{other[:3]}****{other[-4:]}" in rebound["text"]
+        # QQ has no phone flow: the page says so instead of offering the button.
+        await choose_app(page, "qq")
         assert await page.evaluate("document.getElementById('bind-phone').disabled") is True
         note = await page.evaluate("document.getElementById('phone-note').innerText")
-        assert "AES key" in note
+        assert "not_supported" in note
         text = await page.evaluate("document.body.innerText")
         assert not re.search(WHOLE_TOKEN, text), "a whole token is on screen"
         assert page.problems() == []

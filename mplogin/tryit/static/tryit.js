@@ -162,10 +162,8 @@
 
   // How the sandbox plays each platform's phone button (docs/platforms.md §10).
   const PHONE_FLOWS = { wechat: "phone_codes", douyin: "phone_payload", kuaishou: "phone_payload",
-    baidu: "phone_payload" };
+    baidu: "phone_payload", alipay: "alipay/phone_payload" };
   const PHONE_NOTES = {
-    alipay: "Alipay: the phone payload is encrypted with the app's AES key, which the " +
-      "development stack does not configure; see the README's Profile and phone section.",
     qq: "QQ documents no server-side phone flow: the gateway answers not_supported.",
   };
 
@@ -177,10 +175,15 @@
     const app = currentApp();
     const flow = PHONE_FLOWS[app.platform];
     const openid = $("openid").value.trim();
-    const body = { platform: app.platform, app_id: app.app_id, openid, phone: $("phone").value.trim() };
+    const phone = $("phone").value.trim();
+    const body = app.platform === "alipay"
+      ? { app_id: app.app_id, mobile: phone } // Alipay's my.getPhoneNumber: no openid, its AES key
+      : { platform: app.platform, app_id: app.app_id, openid, phone };
     const { status, data } = await call("POST", "/sandbox/" + flow, { body });
     if (status !== 200 || !data) return;
-    const result = flow === "phone_codes" ? { code: data.code } : { encryptedData: data.encryptedData, iv: data.iv };
+    const result = flow === "phone_codes" ? { code: data.code }
+      : app.platform === "alipay" ? { response: data.response }
+        : { encryptedData: data.encryptedData, iv: data.iv };
     await call("POST", "/api/v1/phone", { token: held.access, body: result });
   }
 
