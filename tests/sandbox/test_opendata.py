@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mplogin.sandbox.opendata import raw_data_signature
+from tests.sandbox.conftest import public_pem
 
 USER_INFO = {"nickName": "Band", "gender": 1, "city": "广州", "avatarUrl": "http://x/y.png"}
 
@@ -170,3 +171,23 @@ async def test_phone_payload_refuses_unknown_users_and_other_platforms(sb: Any) 
     bad = await sb.control("POST", "/sandbox/phone_payload", {
         "platform": "qq", "app_id": "x", "openid": "o", "phone": "13800138000"})
     assert bad.status == 400
+
+
+async def test_alipay_phone_payload_defaults_to_the_aes_key_registered_with_the_app(
+    sb: Any,
+) -> None:
+    app_id = sb.app_ids["alipay"]
+    answer = await sb.control("POST", "/sandbox/alipay/phone_payload",
+                              {"app_id": app_id, "mobile": "15900000001"})
+    assert answer.status == 400, "no key given and none registered"
+    aes_key = bytes(range(100, 116))
+    registered = await sb.register(platform="alipay", app_id=app_id,
+                                   app_public_key_pem=public_pem(sb.keys.app),
+                                   aes_key_b64=base64.b64encode(aes_key).decode())
+    assert registered.status == 200, registered.text
+    answer = await sb.control("POST", "/sandbox/alipay/phone_payload",
+                              {"app_id": app_id, "mobile": "15900000001"})
+    assert answer.status == 200, answer.text
+    envelope = json.loads(answer.json["response"])
+    plain = json.loads(decrypt(aes_key, bytes(16), base64.b64decode(envelope["response"])))
+    assert plain["mobile"] == "15900000001"
