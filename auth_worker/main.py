@@ -20,11 +20,13 @@ from pymongo.errors import PyMongoError
 from auth_worker.admin_service import record_security_event
 from auth_worker.apps import load_apps
 from auth_worker.audit import AuditLog
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.douyin_security import DouyinApi
 from auth_worker.erasure import Erasure
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.outbox import Outbox, Relay
+from auth_worker.phones import Phones
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.quota import AppQuota, PlatformRateLimiter
@@ -92,6 +94,11 @@ async def login_service(
     quiet = Store(background_mongo, settings.mongo_db)
     try:
         await store.ensure_indexes()
+        numbers = Phones(store, box)
+        await numbers.ensure_indexes()
+        sealed = await numbers.migrate_plain_phones()
+        if sealed:
+            log.info("phone.migrated", sealed=sealed)
         quota = AppQuota.from_settings(settings, store.db["rate_windows"])
         await quota.ensure_indexes()
         outbound = PlatformRateLimiter.from_settings(settings)
@@ -111,9 +118,12 @@ async def login_service(
                                        limiter=api_outbound, observer=metrics)
             douyin_api = DouyinApi(http, settings.platform_timeout, limiter=api_outbound,
                                    observer=metrics)
+            douyin_phones = DouyinPhoneApi(http, settings.platform_timeout,
+                                           limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound, housekeeping=quiet,
-                                   douyin=(douyin_api, WeChatTokenStore(store, box, douyin_api)))
+                                   douyin=(douyin_api, WeChatTokenStore(store, box, douyin_api)),
+                                   douyin_phones=douyin_phones)
             await service.profiles.profiles.ensure_indexes()
             await service.admin.keys.ensure_indexes()
             await service.audit.ensure_indexes()

@@ -30,11 +30,15 @@ from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.audit import AuditLog
 from auth_worker.avatar_store import GridFSAvatarStorage
 from auth_worker.blocking import BlockList
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.douyin_security import DouyinApi
 from auth_worker.erasure import CacheFence, Erasure
+from auth_worker.identities import IdentityService
+from auth_worker.merge import MergeService
 from auth_worker.moderation import Moderator
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.outbox import Outbox, new_event, opted_in, request_event_id, session_events
+from auth_worker.phones import Phones
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.privacy import PrivacyService
 from auth_worker.profile_store import ProfileStore
@@ -56,6 +60,7 @@ from shared.messages import (
     ClientInfo,
     EchoOut,
     EchoParams,
+    LoginParams,
     LoginRequest,
     LogoutOut,
     LogoutParams,
@@ -146,6 +151,7 @@ class LoginService:
         outbound: PlatformRateLimiter | None = None,
         housekeeping: Store | None = None,
         douyin: tuple[DouyinApi, WeChatTokenStore] | None = None,
+        douyin_phones: DouyinPhoneApi | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -163,10 +169,12 @@ class LoginService:
         self.fence = CacheFence(housekeeping or store, self._known.clear)
         self.erasure = Erasure(settings, store)
         self.privacy = PrivacyService(settings, store, apps, self.erasure)
-        self.account = AccountService(settings, store, apps, issuer, quota=quota)
+        self.account = AccountService(settings, store, apps, issuer, quota=quota,
+                                      phones=Phones(store, box))
         self.account.on_refresh = self.privacy.record_refresh
         self.account.consent_required = self.privacy.consent_required
-        self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source,
+                                        douyin=douyin_phones)
         # The operators' side (docs/admin.md) and the domain events (docs/events.md).
         self.audit = AuditLog(store, settings.audit_retention_days)
         self.blocks = BlockList(store)
@@ -177,6 +185,7 @@ class LoginService:
         self.profiles = UserProfileService(
             settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
             Moderator(phone_source.api, phone_source.tokens, douyin))
+        self.identities = IdentityService(self)
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -236,6 +245,11 @@ class LoginService:
         table.register(contract.NICKNAME, profiles.set_nickname)
         table.register(contract.PLATFORM_EVENT,
                        lambda params, ctx: profiles.platform_event(params))
+        identities = self.identities
+        table.register(contract.IDENTITIES, lambda params, ctx: identities.identities(params))
+        table.register(contract.LINK_IDENTITY, identities.link)
+        table.register(contract.UNLINK_IDENTITY, identities.unlink)
+        table.register(contract.MERGE_ACCOUNTS, MergeService(self).merge)
         self.admin.register(table)
         return table
 
@@ -333,6 +347,23 @@ class LoginService:
             ("code", params.code) if params.code is not None else ("anon", params.anonymous_code)
         )
         assert secret is not None  # noqa: S101 - narrowed above
+        key, session_id, existing = await self.claim(app, kind, secret, ctx)
+        if existing is None:
+            resolved = await self._exchange(app, session_id, params, ctx)
+            return await self._issue(app, session_id, resolved, family=session_id,
+                                     client=params.client)
+        if self.outbound is not None:  # this request will not call the platform
+            self.outbound.release(app.platform, app.app_id)
+        resolved, family = await self._await_claim(app, key, existing, ctx)
+        return await self._issue(app, new_session_id(), resolved, family=family,
+                                 client=params.client)
+
+    async def claim(
+        self, app: AppConfig, kind: str, secret: str, ctx: CallContext
+    ) -> tuple[str, str, dict[str, Any] | None]:
+        """Spend the limits and claim a code: its key, the claim's id, and the claim another
+        request made first (None when this one claimed it and must exchange the code; the
+        outbound slot is then held for the exchange)."""
         # Both limits and the budget check come before the claim: a rejected login records
         # nothing, so the client may retry with the same code.
         if self.quota is not None:
@@ -354,19 +385,26 @@ class LoginService:
             ttl=self.settings.code_result_ttl,
             request_id=ctx.request_id,
         )
-        if existing is None:
-            resolved = await self._exchange(app, session_id, params, ctx)
-            return await self._issue(app, session_id, resolved, family=session_id,
-                                     client=params.client)
-        if self.outbound is not None:  # this request will not call the platform
-            self.outbound.release(app.platform, app.app_id)
-        resolved, family = await self._await_claim(app, key, existing, ctx)
-        return await self._issue(app, new_session_id(), resolved, family=family,
-                                 client=params.client)
+        return key, session_id, existing
 
     async def _exchange(
         self, app: AppConfig, session_id: str, params: LoginRequest, ctx: CallContext
     ) -> Resolved:
+        identity = await self.call_platform(app, session_id, params, ctx)
+        try:
+            resolved = await self._resolve_user(app, identity)
+        except MPLoginError as exc:  # e.g. the account is being erased
+            await self.store.fail_claim(session_id, error=claim_error(exc))
+            raise
+        if identity.session_key:
+            resolved = replace(resolved, session_key_enc=self.box.encrypt(
+                identity.session_key.encode(), aad=resolved.identity.aad()))
+        return resolved
+
+    async def call_platform(
+        self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
+    ) -> PlatformIdentity:
+        """Exchange the code claimed as ``session_id``; every failure is recorded on the claim."""
         adapter = self.adapters[app.platform]
         try:
             # The platform gets what is left of the request's budget once the database's margin
@@ -396,15 +434,7 @@ class LoginService:
                                    "The platform exchange failed; retry with a new code.")
             await self.store.fail_claim(session_id, error=claim_error(failure))
             raise failure from None
-        try:
-            resolved = await self._resolve_user(app, identity)
-        except MPLoginError as exc:  # e.g. the account is being erased
-            await self.store.fail_claim(session_id, error=claim_error(exc))
-            raise
-        if identity.session_key:
-            resolved = replace(resolved, session_key_enc=self.box.encrypt(
-                identity.session_key.encode(), aad=resolved.identity.aad()))
-        return resolved
+        return identity
 
     async def _await_claim(
         self, app: AppConfig, key: str, claim: dict[str, Any], ctx: CallContext
@@ -429,7 +459,7 @@ class LoginService:
             if state != "pending":
                 # Its session ended (logout, reuse, a promoted guest) or the claim is gone.
                 raise MPLoginError(ErrorCode.INVALID_CODE)
-            await self._settle_abandoned(claim, ctx)
+            await self.settle_abandoned(claim, ctx)
             if ctx.remaining() <= CLAIM_POLL_INTERVAL + DATABASE_MARGIN:
                 raise MPLoginError(ErrorCode.TIMEOUT)
             await asyncio.sleep(CLAIM_POLL_INTERVAL)
@@ -450,7 +480,7 @@ class LoginService:
             session_key_enc=enc if isinstance(enc, str) else None,
         )
 
-    async def _settle_abandoned(self, claim: dict[str, Any], ctx: CallContext) -> None:
+    async def settle_abandoned(self, claim: dict[str, Any], ctx: CallContext) -> None:
         """Answer a pending claim nobody will finish; raises the answer when this call gave it.
 
         The code may have reached the platform, so it is never sent again: the client retries

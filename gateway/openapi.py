@@ -161,10 +161,6 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
             item["parameters"] = parameters
         if op.access is Access.USER:
             item["security"] = [{BEARER: []}]
-        names = re.findall(r"{([A-Za-z_]+)}", op.path)
-        if names:
-            item["parameters"] = [{"name": name, "in": "path", "required": True,
-                                   "schema": {"type": "string"}} for name in names]
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",

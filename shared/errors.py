@@ -57,6 +57,10 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image"
     CONTENT_REJECTED = "content_rejected"
     USER_NOT_RECENT = "user_not_recent"
+    IDENTITY_IN_USE = "identity_in_use"
+    LAST_IDENTITY = "last_identity"
+    IDENTITY_NOT_FOUND = "identity_not_found"
+    RECENT_LOGIN_REQUIRED = "recent_login_required"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -90,6 +94,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_IMAGE: 422,
     ErrorCode.CONTENT_REJECTED: 422,
     ErrorCode.USER_NOT_RECENT: 409,
+    ErrorCode.IDENTITY_IN_USE: 409,
+    ErrorCode.LAST_IDENTITY: 409,
+    ErrorCode.IDENTITY_NOT_FOUND: 404,
+    ErrorCode.RECENT_LOGIN_REQUIRED: 401,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -127,6 +135,11 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.CONTENT_REJECTED: "The platform's content check rejected this content.",
     ErrorCode.USER_NOT_RECENT: "The platform checks content only for users who opened the "
     "mini-program within the last two hours: open it again, then retry.",
+    ErrorCode.IDENTITY_IN_USE: "This platform identity already belongs to another user.",
+    ErrorCode.LAST_IDENTITY: "This is the user's only identity; it cannot be unlinked.",
+    ErrorCode.IDENTITY_NOT_FOUND: "The user has no identity with this id.",
+    ErrorCode.RECENT_LOGIN_REQUIRED: "This needs a session from a recent login; log in again, "
+    "then retry.",
 }
 
 

@@ -8,8 +8,12 @@ backends shipped:
 - the URL (it may carry the AppSecret), the secret, the code and the session_key never reach
   a log line, an exception message or a ``repr``; transport exceptions are replaced, ``from
   None``, by a :class:`PlatformError` that carries none of them;
-- one total timeout per call, no redirects, HTTP status 200 and a JSON object are required;
-  the timeout is the adapter's, cut short by the caller's :func:`platform_deadline` if that
+- one total timeout per call, no redirects, and a JSON object is required; a reply with
+  another HTTP status than 200 is read too and handed to the adapter when its body is the
+  platform's documented error (``documented_error``: OAuth2-style endpoints answer 400/401
+  with ``{"error", "error_description"}``, RFC 6749 §5.2), so it is mapped through the error
+  table like any refusal; any other non-200 reply is PLATFORM_UNAVAILABLE (docs/platforms.md
+  §9); the timeout is the adapter's, cut short by the caller's :func:`platform_deadline` if that
   comes first (the login request's own deadline);
 - a reply that cannot be decoded, whatever the reason (bad UTF-8, bad JSON, nesting too deep
   for the parser), is a malformed reply: PLATFORM_UNAVAILABLE, never an internal error;
@@ -94,10 +98,12 @@ class PlatformAdapter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PlatformReply:
-    """A platform's HTTP 200 reply: the exact body text and the JSON object it holds."""
+    """A platform's reply: the exact body text, the JSON object it holds and the HTTP status
+    (200, or another status whose body is the platform's documented error)."""
 
     text: str = field(repr=False)
     data: dict[str, Any] = field(repr=False)
+    status: int = 200
 
 
 def clip(value: object, *hidden: str | None) -> str:
@@ -152,6 +158,14 @@ class HttpAdapter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(timeout={self._timeout.total})"
+
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """Whether ``data`` is this platform's documented error body (read whatever the status).
+
+        Each adapter names its own error fields (docs/platforms.md); the default accepts none,
+        so a platform that documents no error body on another status stays unavailable.
+        """
+        return False
 
     # -- checks before any request ------------------------------------------------------------
 
@@ -217,12 +231,13 @@ class HttpAdapter:
                 allow_redirects=False,
             ) as response:
                 status = response.status
-                if status == 200:
-                    async for chunk in response.content.iter_chunked(64 * 1024):
-                        body += chunk
-                        if len(body) > MAX_BODY_BYTES:
-                            too_large = True
-                            break
+                # Every status's body is read (bounded): an error status may carry the
+                # platform's documented error, which decides the answer (docs/platforms.md §9).
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES:
+                        too_large = True
+                        break
         except TimeoutError:
             self.log.warning("platform.call_timed_out", platform=self.platform, app_id=app.app_id,
                              path=path, timeout=round(timeout, 3))
@@ -236,6 +251,10 @@ class HttpAdapter:
             if self.observer is not None:
                 self.observer.observe_platform_call(self.platform, time.perf_counter() - started)
         if status != 200:
+            documented = None if too_large else self._error_body(body)
+            if documented is not None:
+                return PlatformReply(text=documented[0], data=documented[1],
+                                     status=status or 0)
             self.log.warning("platform.unexpected_status", platform=self.platform,
                              app_id=app.app_id, path=path, status=status)
             raise self.unavailable(f"{self.display_name} answered HTTP {status}.")
@@ -253,6 +272,17 @@ class HttpAdapter:
         if not isinstance(data, dict):
             raise self.malformed(app, path, "reply is not a JSON object")
         return PlatformReply(text=text, data=data)
+
+    def _error_body(self, body: bytearray) -> tuple[str, dict[str, Any]] | None:
+        """The text and object of a non-200 body when it is the documented error, else None."""
+        try:
+            text = bytes(body).decode("utf-8")
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict) or not self.documented_error(data):
+            return None
+        return text, data
 
     # -- errors -------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import secrets
 
 from aiohttp import web
 
+from mplogin.sandbox import douyin_phone
 from mplogin.sandbox.common import enter_exchange, json_response, state_of
 from mplogin.sandbox.state import CodeStatus
 
@@ -97,3 +98,4 @@ async def jscode2session(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Mount the Douyin endpoints under ``/douyin``."""
     app.router.add_post("/douyin/api/apps/v2/jscode2session", jscode2session)
+    douyin_phone.add_routes(app)

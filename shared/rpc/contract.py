@@ -40,10 +40,15 @@ from shared.messages import (
     EchoOut,
     EchoParams,
     ExportOut,
+    IdentitiesOut,
+    LinkOut,
+    LinkParams,
     LoginRequest,
     LogoutOut,
     LogoutParams,
     MeOut,
+    MergeOut,
+    MergeParams,
     NicknameParams,
     PhoneOut,
     PhoneParams,
@@ -54,6 +59,7 @@ from shared.messages import (
     RefreshRequest,
     SessionOut,
     SessionParams,
+    UnlinkParams,
     UserProfileOut,
 )
 
@@ -88,6 +94,11 @@ AVATAR_FETCH = Method("avatar_fetch", AvatarFetchParams, AvatarFileOut)
 NICKNAME = Method("nickname", NicknameParams, UserProfileOut)
 PLATFORM_EVENT = Method("platform_event", PlatformEventParams, PlatformEventOut)
 
+IDENTITIES = Method("identities", SessionParams, IdentitiesOut)
+LINK_IDENTITY = Method("link_identity", LinkParams, LinkOut)
+UNLINK_IDENTITY = Method("unlink_identity", UnlinkParams, IdentitiesOut)
+MERGE_ACCOUNTS = Method("merge_accounts", MergeParams, MergeOut)
+
 # The admin listener's methods (shared.admin_messages): each carries the caller's admin key,
 # which the worker authenticates and authorises by role before anything else.
 ADMIN_WHOAMI = Method("admin_whoami", admin.AdminParams, admin.WhoAmIOut)
@@ -105,7 +116,8 @@ ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
 
 _METHODS: tuple[Method[Any, Any], ...] = (
     LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, DELETE_ACCOUNT, EXPORT_ACCOUNT, CONSENT,
-    AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, *ADMIN_METHODS)
+    AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, IDENTITIES, LINK_IDENTITY,
+    UNLINK_IDENTITY, MERGE_ACCOUNTS, *ADMIN_METHODS)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {method.name: method for method in _METHODS}
 """Every method a worker serves, by name."""

@@ -29,6 +29,7 @@ PRIVACY = ("/v1/account", "/v1/account/export", "/v1/consents", "/v1/consents/{d
 # (authenticated by their own signature, in the worker).
 CLIENT = {"/v1/login", "/v1/token/refresh", "/v1/avatars/{avatar_id}",
           "/v1/platform-events/{platform}/{app_id}"}
+ACCOUNT_ROUTES = ("/v1/identities", "/v1/identities/{id}", "/v1/account/merge")
 EXEMPT = {"/.well-known/jwks.json", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
           openapi.DOCS_ASSETS_PREFIX + "/{name}"}
 
@@ -145,7 +146,7 @@ def test_only_the_table_exempts_a_route_and_the_document_says_which_are_limited(
     assert {p for p, a in by_path.items() if a is Access.EXEMPT} == EXEMPT
     assert {p for p, a in by_path.items() if a is Access.CLIENT} == CLIENT
     assert {p for p, a in by_path.items() if a is Access.USER} == {
-        *AUTHENTICATED, *PRIVACY, "/v1/profile/avatar", "/v1/profile/nickname"}
+        *AUTHENTICATED, *PRIVACY, *ACCOUNT_ROUTES, "/v1/profile/avatar", "/v1/profile/nickname"}
     assert len(ROUTES) == len({(r.method, r.path) for r in ROUTES}), "one entry per method+path"
     assert {r.path.replace("{name:.+}", "{name}") for r in ROUTES} == set(by_path)
     document = openapi.build_document("0", ROUTES)

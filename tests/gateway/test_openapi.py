@@ -136,7 +136,9 @@ def test_the_bearer_scheme_is_on_exactly_the_routes_that_take_a_token(
                        ("POST", "/v1/phone"), ("DELETE", "/v1/account"),
                        ("GET", "/v1/account/export"), ("POST", "/v1/consents"),
                        ("DELETE", "/v1/consents/{document}"), ("POST", "/v1/profile/avatar"),
-                       ("PATCH", "/v1/profile"), ("POST", "/v1/profile/nickname")}
+                       ("PATCH", "/v1/profile"), ("POST", "/v1/profile/nickname"),
+                       ("GET", "/v1/identities"), ("POST", "/v1/identities"),
+                       ("DELETE", "/v1/identities/{id}"), ("POST", "/v1/account/merge")}
     for key in secured:
         assert "invalid_token" in documented_codes(operations(document)[key])
 
