@@ -15,6 +15,15 @@ and merges, of one user are serialised by a short lease on the user document, so
 once can never leave a user without an identity. The unlinked identity's sessions end, and its
 unionid link is dropped when no other identity of the user carries it, so a later login through
 it starts a new user.
+
+Workers remember identity -> user (the identity cache of auth_worker/service.py) and use it only
+while the erasure notices are fresh (``CacheFence``, auth_worker/erasure.py). Every identity move
+writes such a notice (``Erasure.identities_moved``): an unlink waits, as an erasure does, until
+no worker can still resolve a login through the unlinked identity from memory and no login
+claimed before then is pending, then ends that identity's sessions again (a login that raced
+the unlink through a worker's memory gets a session that is already ended); a merge's notice is
+its erasure of the absorbed user (auth_worker/merge.py); a link creates an identity and re-points
+none, so its notice is written without waiting.
 """
 
 from __future__ import annotations
@@ -205,6 +214,7 @@ class IdentityService:
             {"_id": claim_id, "state": "pending"},
             {"$set": {"state": "linked", "user_id": user_id, "openid": identity.openid}},
         )
+        await self.login.erasure.identities_moved()
         log.info("identity.linked", platform=app.platform, app_id=app.app_id, user_id=user_id)
         return found
 
@@ -258,19 +268,28 @@ class IdentityService:
             await self.store.identities.delete_one({"_id": identity["_id"],
                                                     "user_id": params.user_id})
             await self._drop_unionid(params.user_id, identity)
-            ended = await self.store.sessions.update_many(
-                {"user_id": params.user_id, "state": "active",
-                 "platform": identity["platform"], "app_id": identity["app_id"],
-                 "openid": identity["openid"]},
-                {"$set": {"state": "revoked", "revoked_at": utcnow(),
-                          "revoked_reason": "identity_unlinked"}},
-            )
+            ended = await self._end_sessions(params.user_id, identity)
+            # Every worker forgets the identity before the answer; logins that raced through
+            # a worker's memory are ended too (docs/privacy.md, "Identity moves").
+            if await self.login.erasure.identities_moved(deadline=ctx.deadline - 1.0):
+                ended += await self._end_sessions(params.user_id, identity)
+            else:
+                log.warning("identity.unlink_fence_timeout", user_id=params.user_id)
             log.info("identity.unlinked", platform=identity["platform"],
-                     app_id=identity["app_id"], user_id=params.user_id,
-                     sessions_ended=ended.modified_count)
+                     app_id=identity["app_id"], user_id=params.user_id, sessions_ended=ended)
         finally:
             await self.lease.release(params.user_id, token)
         return IdentitiesOut(identities=await self._all(params.user_id))
+
+    async def _end_sessions(self, user_id: str, identity: Doc) -> int:
+        """End the user's sessions that logged in through ``identity``; how many ended."""
+        ended = await self.store.sessions.update_many(
+            {"user_id": user_id, "state": "active", "platform": identity["platform"],
+             "app_id": identity["app_id"], "openid": identity["openid"]},
+            {"$set": {"state": "revoked", "revoked_at": utcnow(),
+                      "revoked_reason": "identity_unlinked"}},
+        )
+        return int(ended.modified_count)
 
     async def _drop_unionid(self, user_id: str, identity: Doc) -> None:
         unionid = identity.get("unionid")

@@ -1,9 +1,11 @@
 """Merging two accounts one person proves they own: POST /v1/account/merge.
 
 The caller's session names the account to keep; the body carries an access token of the account
-to absorb (verified by the gateway, whose claims arrive here as ``absorb_user_id`` and
-``absorb_session_id``). Both sessions must be live and come from logins of the last
-``RECENT_LOGIN_SECONDS``: holding two tokens is the proof, and only fresh ones count.
+to absorb (verified by the gateway, whose claims arrive here as ``absorb_user_id``,
+``absorb_session_id`` and ``absorb_auth_time``). Both sessions must be live and both tokens'
+``auth_time`` within ``MPLOGIN_RECENT_LOGIN_WINDOW`` (``reauthentication_required`` otherwise,
+the rule of account deletion and export, docs/privacy.md): holding two tokens is the proof, and
+only fresh ones count.
 
 What moves, in this order (each step one or a few single-document or per-user updates; a merge
 that stops midway is finished by the same request retried, since the absorbed session stays
@@ -18,9 +20,15 @@ live until the last steps):
    holds it, so it is never lost; a third user binding it in that moment wins, and the answer
    says so;
 3. profile fields the kept user lacks (the kept user's own fields always win);
-4. consent records (``consents``, one document per consent with a ``user_id``);
+4. consent records (``consents``, one document per user and document, ``_id``
+   ``<user_id>|<document>``): re-keyed to the kept user for each document the kept user has no
+   record of (the kept user's own record wins), and the login history;
 5. every session of the absorbed user, and every session of the kept user but the caller's, ends;
-6. the absorbed user is removed (``remove_absorbed_user``).
+6. the absorbed user is erased with ``Erasure.erase_user`` (reason ``account_merged``): what
+   did not move goes as in an account deletion, and its erasure notice, written after the
+   identities moved, makes every worker forget the identities it remembers (the identity cache,
+   auth_worker/erasure.py); the merge answers once no worker can resolve a login through a
+   moved identity to the absorbed user.
 
 Both users' identity leases (``auth_worker.identities.UserLease``) are held throughout, so no
 unlink or other merge of either runs at the same time.
@@ -28,7 +36,6 @@ unlink or other merge of either runs at the same time.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from pymongo import ReturnDocument
@@ -36,7 +43,8 @@ from pymongo.errors import DuplicateKeyError
 
 from auth_worker.identities import UserLease
 from auth_worker.phones import PHONE_FIELDS
-from auth_worker.store import Doc, Store, now_ts, utcnow
+from auth_worker.privacy import require_recent
+from auth_worker.store import Doc, utcnow
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import get_logger
 from shared.messages import MergeOut, MergeParams
@@ -47,40 +55,12 @@ if TYPE_CHECKING:
 
 log = get_logger("mplogin.merge")
 
-RECENT_LOGIN_SECONDS = 300
-"""How recent both logins of a merge must be (seconds since the session's login)."""
 MOVING_PREFIX = "moving."
 PhoneOutcome = Literal["kept", "moved", "none"]
 
 
-def login_time(session: Doc) -> float | None:
-    """When the session's login happened (epoch seconds), or None when unknown."""
-    created = session.get("created_ts")
-    if isinstance(created, int | float) and not isinstance(created, bool):
-        return float(created)
-    stamp = session.get("created_at")
-    return stamp.timestamp() if isinstance(stamp, datetime) else None
-
-
-def require_recent(session: Doc, *, now: float) -> None:
-    """``recent_login_required`` unless the session's login is recent enough."""
-    logged_in = login_time(session)
-    if logged_in is None or now - logged_in > RECENT_LOGIN_SECONDS:
-        raise MPLoginError(ErrorCode.RECENT_LOGIN_REQUIRED)
-
-
-async def remove_absorbed_user(store: Store, user_id: str) -> None:
-    """Remove a merged-away user: its document and what still names it.
-
-    Its identities and unionid links have moved by now; its sessions are ended (they stay, ended,
-    until their purge time so that a reuse of its refresh tokens is still recognised). When
-    account deletion exists as a function of its own, this is where it is called.
-    """
-    await store.identities.delete_many({"user_id": user_id})
-    await store.unions.delete_many({"user_id": user_id})
-    await store.union_conflicts.delete_many(
-        {"$or": [{"holder_user_id": user_id}, {"other_user_id": user_id}]})
-    await store.users.delete_one({"_id": user_id})
+REASON_MERGED = "account_merged"
+DATABASE_MARGIN = 1.0
 
 
 class MergeService:
@@ -90,7 +70,10 @@ class MergeService:
         self.store = login.store
         self.account = login.account
         self.lease = UserLease(login)
-        self.consents = login.store.db["consents"]
+        self.erasure = login.erasure
+        self.consents = login.privacy.consents
+        self.history = login.privacy.history
+        self.window = login.settings.recent_login_window
 
     async def merge(self, params: MergeParams, ctx: CallContext) -> MergeOut:
         """Absorb the account of ``absorb_user_id`` into the caller's."""
@@ -98,26 +81,27 @@ class MergeService:
         if keep == absorb:
             raise MPLoginError(ErrorCode.INVALID_REQUEST,
                                "Both tokens belong to the same account: nothing to merge.")
-        caller = await self.account.live_session(params)
+        require_recent(params.auth_time, self.window)
+        require_recent(params.absorb_auth_time, self.window)
+        await self.account.live_session(params)
         absorbed = await self.store.live_session(params.absorb_session_id, absorb)
         if absorbed is None:
             raise MPLoginError(ErrorCode.INVALID_TOKEN,
                                "The session of absorb_access_token has ended; log in again.")
-        now = now_ts()
-        require_recent(caller, now=now)
-        require_recent(absorbed, now=now)
         first, second = sorted((keep, absorb))
         first_lease = await self.lease.acquire(first, ctx)
         try:
             second_lease = await self.lease.acquire(second, ctx)
             try:
-                return await self._merge(keep, absorb, params.session_id)
+                return await self._merge(keep, absorb, params.session_id,
+                                         deadline=ctx.deadline - DATABASE_MARGIN)
             finally:
                 await self.lease.release(second, second_lease)
         finally:
             await self.lease.release(first, first_lease)
 
-    async def _merge(self, keep: str, absorb: str, caller_session: str) -> MergeOut:
+    async def _merge(self, keep: str, absorb: str, caller_session: str, *,
+                     deadline: float) -> MergeOut:
         kept_user = await self.store.users.find_one({"_id": keep})
         absorbed_user = await self.store.users.find_one({"_id": absorb})
         if kept_user is None or absorbed_user is None:
@@ -128,8 +112,8 @@ class MergeService:
         conflicts: list[str] = []
         phone = await self._move_phone(kept_user, absorbed_user, conflicts)
         fields = await self._fill_profile(kept_user, absorbed_user)
-        consents = await self.consents.update_many({"user_id": absorb},
-                                                   {"$set": {"user_id": keep}})
+        consents = await self._move_consents(keep, absorb)
+        await self.history.update_many({"user_id": absorb}, {"$set": {"user_id": keep}})
         ended = await self.store.revoke_user_sessions(absorb, reason="account_merged")
         for _ in range(2):  # twice, as revoke_user_sessions does, for a replay stored meanwhile
             result = await self.store.sessions.update_many(
@@ -137,13 +121,31 @@ class MergeService:
                 {"$set": {"state": "revoked", "revoked_at": utcnow(),
                           "revoked_reason": "account_merged"}})
             ended += result.modified_count
-        await remove_absorbed_user(self.store, absorb)
+        erased = await self.erasure.erase_user(absorb, deadline=deadline, reason=REASON_MERGED)
         log.info("account.merged", user_id=keep, absorbed_user_id=absorb,
-                 identities_moved=moved.modified_count, phone=phone, sessions_ended=ended)
+                 identities_moved=moved.modified_count, phone=phone, sessions_ended=ended,
+                 absorbed_erasure=erased.status)
         return MergeOut(user_id=keep, absorbed_user_id=absorb,
                         identities_moved=moved.modified_count, phone=phone,
-                        profile_fields_moved=fields, consents_moved=consents.modified_count,
+                        profile_fields_moved=fields, consents_moved=consents,
                         sessions_ended=ended, conflicts=conflicts)
+
+    async def _move_consents(self, keep: str, absorb: str) -> int:
+        """Give the kept user the absorbed user's consent records for the documents it has no
+        record of (auth_worker/privacy.py keys them ``<user_id>|<document>``); how many moved.
+        The absorbed user's records are left for its erasure."""
+        moved = 0
+        async for record in self.consents.find({"user_id": absorb}):
+            document = record.get("document")
+            if not isinstance(document, str):
+                continue
+            copy = {**record, "_id": f"{keep}|{document}", "user_id": keep}
+            try:
+                await self.consents.insert_one(copy)
+            except DuplicateKeyError:
+                continue  # the kept user's own record of this document wins
+            moved += 1
+        return moved
 
     async def _move_phone(self, kept: Doc, absorbed: Doc, conflicts: list[str]) -> PhoneOutcome:
         """The phone rule: the kept user's number stays; the absorbed one's moves only when the

@@ -125,7 +125,8 @@ class Resolved:
 
 @dataclass(frozen=True, slots=True)
 class KnownIdentity:
-    """What a worker remembers of an identity it has seen: its user never changes."""
+    """What a worker remembers of an identity it has seen (forgotten on every erasure notice:
+    an erasure, an unlink or a merge)."""
 
     user_id: str
     unionid: str | None
@@ -168,9 +169,10 @@ class LoginService:
         # not timed with the requests' (the notice polls run five times a second).
         self.fence = CacheFence(housekeeping or store, self._known.clear)
         self.erasure = Erasure(settings, store)
-        self.privacy = PrivacyService(settings, store, apps, self.erasure)
+        self.phones = Phones(store, box)
+        self.privacy = PrivacyService(settings, store, apps, self.erasure, self.phones)
         self.account = AccountService(settings, store, apps, issuer, quota=quota,
-                                      phones=Phones(store, box))
+                                      phones=self.phones)
         self.account.on_refresh = self.privacy.record_refresh
         self.account.consent_required = self.privacy.consent_required
         self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source,
@@ -180,7 +182,8 @@ class LoginService:
         self.blocks = BlockList(store)
         self.outbox = Outbox(store, settings)
         self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox,
-                                  blocked_reload_interval=settings.blocked_reload_interval)
+                                  blocked_reload_interval=settings.blocked_reload_interval,
+                                  phones=self.phones)
         self.account.on_reuse = self._reuse_detected
         self.profiles = UserProfileService(
             settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
@@ -302,8 +305,8 @@ class LoginService:
         data: dict[str, Any] = {}
         if app is not None and "phone" in opted_in(app, phone="-"):
             user = await self.store.users.find_one({"_id": params.user_id},
-                                                   projection={"phone": 1})
-            data = opted_in(app, phone=str(user["phone"]) if user and user.get("phone") else None)
+                                                   projection={"phone_enc": 1, "phone": 1})
+            data = opted_in(app, phone=self.phones.number_of(user) if user else None)
         await self.outbox.emit(new_event(
             "user.phone_bound", params.user_id, platform=platform, app_id=app_id, data=data,
             event_id=request_event_id(ctx.request_id, "user.phone_bound", params.user_id)))
@@ -509,8 +512,10 @@ class LoginService:
         known = self._known.get(key) if self.fence.usable() else None
         if known is not None and identity.unionid in (None, known.unionid) \
                 and not self.blocks.is_deleted(known.user_id):
-            # A real identity's user never changes once created, so a returning user whose
-            # identity this worker has seen needs no database read at all.
+            # An identity changes users only by an erasure, an unlink or a merge, and each
+            # writes a notice this worker polls (auth_worker/erasure.py, identities.py,
+            # merge.py): while the notices are fresh, a returning user whose identity this
+            # worker has seen needs no database read at all.
             self._known.move_to_end(key)
             return Resolved(ResolvedUser(known.user_id, is_new=False), key, identity.unionid)
         before = await self.store.touch_identity(key, unionid=identity.unionid)

@@ -40,7 +40,6 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.IDENTITY_IN_USE: "该平台身份已属于其他用户。",
     ErrorCode.LAST_IDENTITY: "这是该用户唯一的身份，无法解除绑定。",
     ErrorCode.IDENTITY_NOT_FOUND: "该用户没有此身份。",
-    ErrorCode.RECENT_LOGIN_REQUIRED: "此操作需要最近登录的会话；请重新登录后重试。",
     ErrorCode.NOT_SUPPORTED: "该平台或应用不支持此操作。",
     ErrorCode.REQUEST_TIMEOUT: "请求体未能及时送达。",
     ErrorCode.INVALID_ADMIN_KEY: "管理密钥缺失、格式错误、不存在或已吊销。",

@@ -107,17 +107,18 @@ ROUTES: tuple[Route, ...] = (
         errors=(*AUTH, E.IDENTITY_NOT_FOUND, E.LAST_IDENTITY, *RPC),
     ),
     Route(
-        "POST", "/v1/account/merge", views.merge_accounts,
+        "POST", "/v1/account/merge", privacy_views.merge_accounts,
         operation_id="merge_accounts", tag="account",
         summary="Merge another account the user proves they own into this one",
-        rpc=contract.MERGE_ACCOUNTS, body=views.MergeBody,
-        errors=(*AUTH, *BODY, E.RECENT_LOGIN_REQUIRED, *RPC),
+        rpc=contract.MERGE_ACCOUNTS, body=privacy_views.MergeBody,
+        errors=(*AUTH, *BODY, E.REAUTHENTICATION_REQUIRED, *RPC),
         description="The caller's token names the account to keep; `absorb_access_token`, an "
-        "access token of the account to absorb. Both sessions must come from logins of the "
-        "last few minutes. Identities, the phone number (when only the absorbed account has "
-        "one), profile fields the kept account lacks and consents move; the absorbed account "
-        "is deleted and every session of both accounts other than the caller's ends. When "
-        "both have a phone number the kept account's stays; `conflicts` reports it.",
+        "access token of the account to absorb. Both tokens must come from logins within "
+        "`MPLOGIN_RECENT_LOGIN_WINDOW` (else `reauthentication_required`). Identities, the "
+        "phone number (when only the absorbed account has one), profile fields the kept "
+        "account lacks and consents move; the absorbed account is erased and every session of "
+        "both accounts other than the caller's ends. When both have a phone number the kept "
+        "account's stays; `conflicts` reports it.",
     ),
     # The user's rights over their data (docs/privacy.md).
     Route(

@@ -29,7 +29,6 @@ from shared.messages import (
     LoginParams,
     LoginRequest,
     LogoutParams,
-    MergeParams,
     PhoneComponent,
     PhoneParams,
     ProfileParams,
@@ -42,7 +41,6 @@ from shared.metrics import exposition
 from shared.platforms import PLATFORMS
 from shared.rpc import contract
 from shared.rpc.contract import Method, P
-from shared.tokens import InvalidToken
 
 M = TypeVar("M", bound=BaseModel)
 HEALTHY = Health(status="ok").model_dump()
@@ -249,15 +247,6 @@ class LinkBody(_Body):
     code: Code
 
 
-AccessToken = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-
-
-class MergeBody(_Body):
-    """The body of POST /v1/account/merge: a fresh access token of the account to absorb."""
-
-    absorb_access_token: AccessToken
-
-
 IDENTITY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What an identity id looks like (ids are listed by GET /v1/identities)."""
 
@@ -285,19 +274,6 @@ async def unlink_identity(request: web.Request) -> web.Response:
         raise MPLoginError(ErrorCode.IDENTITY_NOT_FOUND)
     return await forward(request, contract.UNLINK_IDENTITY,
                          UnlinkParams(**who, identity_id=identity_id))
-
-
-async def merge_accounts(request: web.Request) -> web.Response:
-    """POST /v1/account/merge: absorb the account whose access token is in the body."""
-    who = caller(request)
-    body = parse(MergeBody, await read_json_object(request))
-    try:
-        absorbed = request.app[TOKENS].verify(body.absorb_access_token)
-    except InvalidToken as exc:
-        raise MPLoginError(ErrorCode.INVALID_TOKEN,
-                           f"absorb_access_token is not valid ({exc.reason}).") from None
-    return await forward(request, contract.MERGE_ACCOUNTS, MergeParams(
-        **who, absorb_user_id=absorbed.sub, absorb_session_id=absorbed.sid))
 
 
 async def jwks(request: web.Request) -> web.Response:

@@ -60,7 +60,6 @@ class ErrorCode(StrEnum):
     IDENTITY_IN_USE = "identity_in_use"
     LAST_IDENTITY = "last_identity"
     IDENTITY_NOT_FOUND = "identity_not_found"
-    RECENT_LOGIN_REQUIRED = "recent_login_required"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -97,7 +96,6 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDENTITY_IN_USE: 409,
     ErrorCode.LAST_IDENTITY: 409,
     ErrorCode.IDENTITY_NOT_FOUND: 404,
-    ErrorCode.RECENT_LOGIN_REQUIRED: 401,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -138,8 +136,6 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.IDENTITY_IN_USE: "This platform identity already belongs to another user.",
     ErrorCode.LAST_IDENTITY: "This is the user's only identity; it cannot be unlinked.",
     ErrorCode.IDENTITY_NOT_FOUND: "The user has no identity with this id.",
-    ErrorCode.RECENT_LOGIN_REQUIRED: "This needs a session from a recent login; log in again, "
-    "then retry.",
 }
 
 

@@ -346,11 +346,13 @@ class UnlinkParams(SessionParams):
     identity_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
-class MergeParams(SessionParams):
-    """POST /v1/account/merge: the kept account is the caller's; the absorbed one's token."""
+class MergeParams(AccountParams):
+    """POST /v1/account/merge: the kept account is the caller's; the absorbed one's token (its
+    user, session and login time, as the gateway verified them)."""
 
     absorb_user_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     absorb_session_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    absorb_auth_time: int = Field(ge=0)
 
 
 class MergeOut(_Strict):

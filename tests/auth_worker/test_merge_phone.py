@@ -23,7 +23,10 @@ async def parts(mongo_url: str) -> AsyncIterator[tuple[MergeService, Phones]]:
     await store.ensure_indexes()
     phones = Phones(store, SecretBox.from_config(generate_config_value()))
     await phones.ensure_indexes()
-    login = SimpleNamespace(store=store, account=None)
+    login = SimpleNamespace(
+        store=store, account=None, erasure=None,
+        privacy=SimpleNamespace(consents=store.db["consents"], history=store.db["login_history"]),
+        settings=SimpleNamespace(recent_login_window=600))
     yield MergeService(login), phones  # type: ignore[arg-type]
     await client.drop_database(store.db.name)
     await client.close()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
+from shared.keyring import KeyRing
+from shared.tokens import TokenIssuer
 from tests.conftest import Sandbox, Stack, StackFactory
 from tests.e2e.alipay_app import alipay_phone_app
 
@@ -30,6 +34,23 @@ async def stack(make_stack: StackFactory, sandbox: Sandbox, secret: str, tmp_pat
     built: Stack = await make_stack(entries, workers=2)
     built.apps["alipay_aes"] = aes
     return built
+
+
+def consent(user_id: str, document: str, version: str) -> dict[str, Any]:
+    """A consent record in the shape auth_worker/privacy.py stores."""
+    return {"_id": f"{user_id}|{document}", "user_id": user_id, "document": document,
+            "version": version, "accepted_ts": time.time(), "platform": "wechat",
+            "app_id": WX, "client_ip": None}
+
+
+def mint_for(stack: Stack, session: dict[str, Any], auth_time: int) -> str:
+    """An access token of ``session``'s user and session whose login was at ``auth_time``."""
+    issuer = TokenIssuer(KeyRing.load(stack.settings.keys_dir), stack.settings.token_issuer,
+                         stack.settings.token_audience, stack.settings.access_token_ttl)
+    claims = jwt.decode(session["access_token"], options={"verify_signature": False})
+    token, _ = issuer.mint_access(subject=claims["sub"], session_id=claims["sid"],
+                                  extra={"auth_time": auth_time})
+    return token
 
 
 def who(platform: str) -> dict[str, str]:
@@ -109,6 +130,32 @@ async def test_a_user_links_wechat_alipay_douyin_logs_in_through_each_and_unlink
     # An unlinked identity logs in as a new user of its own.
     alone = await login(stack, sandbox, "douyin", people["douyin"])
     assert alone["user"]["id"] != user_id and alone["user"]["is_new"] is True
+
+
+async def test_identities_every_worker_remembers_follow_an_unlink_and_a_merge_at_once(
+    stack: Stack, sandbox: Sandbox
+) -> None:
+    """Workers remember identity -> user; an unlink or a merge answers only once none can use
+    what it remembers, so the very next logins, on either worker, land where they now belong."""
+    owner_person, person = who("wechat"), who("douyin")
+    session = await login(stack, sandbox, "wechat", owner_person)
+    owner = session["user"]["id"]
+    status, linked = await link(stack, session, "douyin", await code_for(sandbox, "douyin", person))
+    assert status == 200, linked
+    for _ in range(6):  # both workers log it in, and remember it
+        assert (await login(stack, sandbox, "douyin", person))["user"]["id"] == owner
+    status, body = await call(stack, "DELETE", f"/v1/identities/{linked['identity']['id']}",
+                              session)
+    assert status == 200, body
+    after = [await login(stack, sandbox, "douyin", person) for _ in range(6)]
+    users = {a["user"]["id"] for a in after}
+    assert len(users) == 1 and owner not in users, users
+    kept = await login(stack, sandbox, "wechat", owner_person)
+    status, merged = await call(stack, "POST", "/v1/account/merge", kept,
+                                {"absorb_access_token": after[-1]["access_token"]})
+    assert status == 200 and merged["identities_moved"] == 1, merged
+    for _ in range(6):
+        assert (await login(stack, sandbox, "douyin", person))["user"]["id"] == owner
 
 
 async def test_linking_an_identity_another_user_holds_is_refused_and_moves_nothing(
@@ -200,10 +247,12 @@ async def test_merge_moves_identities_phone_profile_and_consents_into_the_kept_u
     status, body = await link(stack, absorbed, "alipay",
                               await code_for(sandbox, "alipay", other_alipay))
     assert status == 200, body
-    absorbed_id = absorbed["user"]["id"]
+    absorbed_id, kept_id = absorbed["user"]["id"], kept["user"]["id"]
+    # Consent records as POST /v1/consents stores them (one per user and document): the kept
+    # user's own record of a document wins over the absorbed user's.
     await stack.db.consents.insert_many([
-        {"_id": f"c1-{absorbed_id}", "user_id": absorbed_id, "purpose": "marketing"},
-        {"_id": f"c2-{absorbed_id}", "user_id": absorbed_id, "purpose": "analytics"}])
+        consent(absorbed_id, "privacy", "2026-10"), consent(absorbed_id, "terms", "2"),
+        consent(kept_id, "terms", "3")])
 
     status, merged = await call(stack, "POST", "/v1/account/merge", kept,
                                 {"absorb_access_token": absorbed["access_token"]})
@@ -211,7 +260,7 @@ async def test_merge_moves_identities_phone_profile_and_consents_into_the_kept_u
     assert merged["user_id"] == kept["user"]["id"] and merged["absorbed_user_id"] == absorbed_id
     assert merged["identities_moved"] == 2 and merged["phone"] == "moved"
     assert merged["profile_fields_moved"] == ["city", "province"]
-    assert merged["consents_moved"] == 2 and merged["conflicts"] == []
+    assert merged["consents_moved"] == 1 and merged["conflicts"] == []
 
     # The absorbed user's tokens are dead; so is the kept user's other session.
     for session in (absorbed, older_kept_session):
@@ -223,7 +272,13 @@ async def test_merge_moves_identities_phone_profile_and_consents_into_the_kept_u
     assert me["profile"]["nickname"] == "Kay" and me["profile"]["city"] == "Chengdu"
     assert sorted(i["platform"] for i in me["identities"]) == ["alipay", "douyin", "wechat"]
     assert await stack.db.users.find_one({"_id": absorbed_id}) is None
-    assert await stack.db.consents.count_documents({"user_id": kept["user"]["id"]}) == 2
+    records = await stack.db.consents.find({"user_id": kept_id}).to_list(None)
+    assert sorted((r["_id"], r["version"]) for r in records) == [
+        (f"{kept_id}|privacy", "2026-10"), (f"{kept_id}|terms", "3")]
+    # The absorbed user was erased as an account deletion erases (reason: the merge).
+    assert await stack.db.consents.count_documents({"user_id": absorbed_id}) == 0
+    assert await stack.db.login_history.count_documents({"user_id": absorbed_id}) == 0
+    assert await stack.db.login_history.count_documents({"user_id": kept_id}) >= 3
     # A login through any absorbed identity lands in the kept user.
     for platform, person in (("douyin", other), ("alipay", other_alipay)):
         through = await login(stack, sandbox, platform, person)
@@ -263,10 +318,14 @@ async def test_merge_needs_two_recent_logins_of_two_accounts(
     status, body = await call(stack, "POST", "/v1/account/merge", kept,
                               {"absorb_access_token": "not-a-token"})
     assert status == 401 and body["error"]["code"] == "invalid_token", body
-    await stack.db.sessions.update_many({"user_id": absorbed["user"]["id"]},
-                                        {"$set": {"created_ts": 1.0}})
+    # A login older than MPLOGIN_RECENT_LOGIN_WINDOW, on either side, is refused.
+    old = int(time.time()) - stack.settings.recent_login_window - 60
     status, body = await call(stack, "POST", "/v1/account/merge", kept,
+                              {"absorb_access_token": mint_for(stack, absorbed, old)})
+    assert status == 401 and body["error"]["code"] == "reauthentication_required", body
+    stale_kept = {**kept, "access_token": mint_for(stack, kept, old)}
+    status, body = await call(stack, "POST", "/v1/account/merge", stale_kept,
                               {"absorb_access_token": absorbed["access_token"]})
-    assert status == 401 and body["error"]["code"] == "recent_login_required", body
+    assert status == 401 and body["error"]["code"] == "reauthentication_required", body
     status, _ = await call(stack, "GET", "/v1/me", absorbed)
     assert status == 200, "nothing happened to the account that was not absorbed"
