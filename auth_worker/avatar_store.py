@@ -45,6 +45,19 @@ class AvatarStorage(Protocol):
         """Ids of up to ``limit`` images stored before ``cutoff`` (for the orphan sweep)."""
 
 
+async def erase_user_avatars(db: AsyncDatabase[dict[str, Any]], user_id: str) -> int:
+    """The data map's eraser for ``avatars`` (auth_worker/datamap.py): delete the image of each
+    of the user's avatars from the bucket (its ``avatars`` document goes next, by owner); how
+    many images were deleted. An image stored by an upload whose document was never written is
+    an orphan, deleted by the worker's sweep."""
+    storage = GridFSAvatarStorage(db)
+    deleted = 0
+    async for doc in db["avatars"].find({"user_id": user_id}, projection={"_id": 1}):
+        await storage.delete(str(doc["_id"]))
+        deleted += 1
+    return deleted
+
+
 class GridFSAvatarStorage:
     """Avatar images in a GridFS bucket of the service's own database (PyMongo's async API)."""
 
