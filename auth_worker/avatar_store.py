@@ -51,9 +51,13 @@ async def erase_user_avatars(db: AsyncDatabase[dict[str, Any]], user_id: str) ->
     many images were deleted. An image stored by an upload whose document was never written is
     an orphan, deleted by the worker's sweep."""
     storage = GridFSAvatarStorage(db)
+    files = db[f"{BUCKET}.files"]
     deleted = 0
     async for doc in db["avatars"].find({"user_id": user_id}, projection={"_id": 1}):
-        await storage.delete(str(doc["_id"]))
+        avatar_id = str(doc["_id"])
+        if await files.find_one({"_id": avatar_id}, projection={"_id": 1}) is None:
+            continue  # its image is gone already (the avatar's replacement deleted it)
+        await storage.delete(avatar_id)
         deleted += 1
     return deleted
 
