@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from auth_worker.avatar_store import BUCKET, erase_user_avatars
+from auth_worker.avatar_store import BUCKET, erase_user_avatar_chunks, erase_user_avatar_files
 
 Eraser = Callable[[AsyncDatabase[dict[str, Any]], str], Awaitable[int]]
 """Deletes one user's documents in a collection; returns how many went."""
@@ -209,32 +209,34 @@ DATA_MAP: tuple[Holding, ...] = (
         expires_on="purge_at",
     ),
     Holding(
+        f"{BUCKET}.files", "the avatar images' GridFS file records (same id as the avatar)",
+        personal=True, lifetime="as its avatars document",
+        enforced_by="deletion with its avatar; orphans by the worker's sweep within about "
+        "an hour", on_delete="each of the user's avatars' image deleted (record and chunks)",
+        fields=(Field("_id, length, chunkSize, uploadDate, metadata.content_type",
+                      "file record", "GridFS"),),
+        eraser=erase_user_avatar_files,
+    ),
+    Holding(
+        f"{BUCKET}.chunks", "the avatar images' bytes (re-encoded, no metadata)",
+        personal=True, lifetime="as its avatars document",
+        enforced_by="deletion with its file record", on_delete="deleted with the file record; "
+        "any left without it deleted too",
+        fields=(Field("files_id, n, data", "the image in chunks", "serving"),),
+        eraser=erase_user_avatar_chunks,
+    ),
+    Holding(
         "avatars", "each user's current uploaded avatar", personal=True,
         lifetime="while it is the user's current avatar", enforced_by="replacement, a "
         "rejecting verdict, account deletion",
-        on_delete="each avatar's image deleted from the bucket, then the document",
+        on_delete="deleted, after its image (the two entries below)",
         fields=(Field("_id", "the avatar id (192 random bits)", "names the image"),
                 Field("user_id, app, openid", "owner and where it was uploaded", "owner"),
                 Field("status, trace_id, review_key", "moderation state, the platform's trace "
                       "id, SHA-256 of the review key", "moderation"),
                 Field("content_type, etag, size, width, height, created_at, decided_at",
                       "image facts and times", "serving")),
-        owner_fields=("user_id",), eraser=erase_user_avatars,
-    ),
-    Holding(
-        f"{BUCKET}.files", "the avatar images' GridFS file records (same id as the avatar)",
-        personal=True, lifetime="as its avatars document",
-        enforced_by="deletion with its avatar; orphans by the worker's sweep within about "
-        "an hour", on_delete="deleted by the avatars entry's eraser",
-        fields=(Field("_id, length, chunkSize, uploadDate, metadata.content_type",
-                      "file record", "GridFS"),),
-    ),
-    Holding(
-        f"{BUCKET}.chunks", "the avatar images' bytes (re-encoded, no metadata)",
-        personal=True, lifetime="as its avatars document",
-        enforced_by="deletion with its file record", on_delete="deleted by the avatars "
-        "entry's eraser",
-        fields=(Field("files_id, n, data", "the image in chunks", "serving"),),
+        owner_fields=("user_id",),
     ),
     Holding(
         "platform_push_nonces", "the (app, nonce) of each accepted platform push",
