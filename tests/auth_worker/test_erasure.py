@@ -152,16 +152,3 @@ async def test_an_erased_users_avatar_images_leave_the_bucket_and_others_stay(
     kept = await storage.get("avatar-of-u_pic_stays")
     assert kept is not None and kept.data.endswith(b"u_pic_stays")
 
-
-async def test_chunks_an_interrupted_image_delete_left_go_with_their_user(
-    erasure: Erasure,
-) -> None:
-    await erasure.store.ensure_user("u_pic_half")
-    await erasure.db["avatars"].insert_one({"_id": "avatar-half", "user_id": "u_pic_half"})
-    # GridFS deletes the file record first, then the chunks: a delete stopped in between
-    # leaves chunks without their record.
-    await erasure.db[f"{BUCKET}.chunks"].insert_one(
-        {"files_id": "avatar-half", "n": 0, "data": b"\xff\xd8 half-deleted image"})
-    assert await erasure.db[f"{BUCKET}.chunks"].find_one({"files_id": "avatar-half"})
-    assert (await erasure.erase_user("u_pic_half", deadline=time.time() + 5)).status == "deleted"
-    assert await erasure.db[f"{BUCKET}.chunks"].find_one({"files_id": "avatar-half"}) is None
