@@ -147,6 +147,14 @@ class AccountService:
         """End the caller's session (with every session of its login code), or with ``all``
         every session of the user."""
         await self.live_session(params)
+        if params.target is not None and params.target != params.session_id:
+            # Another session of the same user (a web session from a QR login), ended from
+            # this one: only a session of the caller's own user is found.
+            if await self.store.live_session(params.target, params.user_id) is None:
+                raise MPLoginError(ErrorCode.INVALID_REQUEST,
+                                   "No active session of this user has that id.")
+            return LogoutOut(sessions_ended=await self.store.revoke_family(
+                params.target, reason="ended_elsewhere"))
         if params.all:
             ended = await self.store.revoke_user_sessions(params.user_id, reason="logout_all")
         else:

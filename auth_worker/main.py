@@ -20,8 +20,8 @@ from pymongo.errors import PyMongoError
 from auth_worker.admin_service import record_security_event
 from auth_worker.apps import load_apps
 from auth_worker.audit import AuditLog
+from auth_worker.douyin_api import DouyinApi, DouyinCodeSource
 from auth_worker.douyin_phone import DouyinPhoneApi
-from auth_worker.douyin_security import DouyinApi
 from auth_worker.erasure import Erasure
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
@@ -29,14 +29,15 @@ from auth_worker.outbox import Outbox, Relay
 from auth_worker.phones import Phones
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
+from auth_worker.qr_login import CodeSource
 from auth_worker.quota import AppQuota, PlatformRateLimiter
 from auth_worker.retention import run_retention
 from auth_worker.secretbox import load_secretbox
 from auth_worker.service import LoginService
 from auth_worker.store import Store
 from auth_worker.user_profile_service import SWEEP_INTERVAL, UserProfileService
-from auth_worker.wechat_api import WeChatTokenStore
-from shared.errors import StartupError
+from auth_worker.wechat_api import WeChatCodeSource, WeChatTokenStore
+from shared.errors import BrokerUnreachableError, StartupError
 from shared.keyring import (
     KeyReloader,
     KeyRing,
@@ -46,6 +47,7 @@ from shared.keyring import (
     publish,
 )
 from shared.logs import get_logger
+from shared.qr_events import QrEvents, exchange_name
 from shared.rpc.server import RpcServer
 from shared.runtime import stop_event
 from shared.settings import Settings
@@ -118,12 +120,21 @@ async def login_service(
                                        limiter=api_outbound, observer=metrics)
             douyin_api = DouyinApi(http, settings.platform_timeout, limiter=api_outbound,
                                    observer=metrics)
+            douyin_tokens = WeChatTokenStore(store, box, douyin_api)
+            qr_codes: dict[str, CodeSource] = {
+                "wechat": WeChatCodeSource(phones.api, phones.tokens),
+                "douyin": DouyinCodeSource(douyin_api, douyin_tokens),
+            }
             douyin_phones = DouyinPhoneApi(http, settings.platform_timeout,
                                            limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound, housekeeping=quiet,
-                                   douyin=(douyin_api, WeChatTokenStore(store, box, douyin_api)),
+                                   douyin=(douyin_api, douyin_tokens), qr_codes=qr_codes,
                                    douyin_phones=douyin_phones)
+            await service.qr.ensure_indexes()
+            qr_events = await qr_notices(settings)
+            if qr_events is not None:
+                service.qr.announce = qr_events.publish
             await service.profiles.profiles.ensure_indexes()
             await service.admin.keys.ensure_indexes()
             await service.audit.ensure_indexes()
@@ -157,6 +168,8 @@ async def login_service(
                 for task in background:
                     with suppress(asyncio.CancelledError):
                         await task
+                if qr_events is not None:
+                    await qr_events.close()
     finally:
         await mongo.close()
         await background_mongo.close()
@@ -170,6 +183,20 @@ async def _sweep_avatar_orphans(profiles: UserProfileService) -> None:
             await profiles.sweep_orphans()
         except PyMongoError as exc:
             log.warning("avatar.sweep_failed", error=type(exc).__name__)
+
+
+async def qr_notices(settings: Settings) -> QrEvents | None:
+    """The worker's end of the QR login notices; None (polls recheck on their own) when the
+    broker cannot be reached now: a notice only saves a waiting page a few seconds."""
+    events = QrEvents(settings.broker_url.get_secret_value(),
+                      exchange_name(settings.queue_prefix),
+                      f"mplogin-worker-qr@{socket.gethostname()}:{os.getpid()}")
+    try:
+        await events.start()
+    except BrokerUnreachableError:
+        log.warning("qr_events.unavailable")
+        return None
+    return events
 
 
 async def _reload_keys(settings: Settings, keyring: KeyRing, issuer: TokenIssuer,

@@ -15,7 +15,7 @@ Both calls use the app's shared access token (the lease the phone binding uses,
 ``auth_worker.wechat_api.WeChatTokenStore``), renewed once when WeChat rejects it, and the app's
 outbound API limiter (``PlatformApi.call``).
 
-Douyin (``auth_worker.douyin_security``): its text check and its synchronous image check, with
+Douyin (``auth_worker.douyin_api``): its text check and its synchronous image check, with
 its own shared access token; a hit is ``rejected`` at once, else ``approved``.
 
 Any other platform, or an app whose entry says ``moderation = "off"``: the content is stored as
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from auth_worker.apps import AppConfig
-from auth_worker.douyin_security import DouyinApi
+from auth_worker.douyin_api import DouyinApi
 from auth_worker.platforms.base import platform_code_of, text_field
 from auth_worker.wechat_api import (
     TOKEN_ERRORS,

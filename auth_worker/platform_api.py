@@ -19,7 +19,14 @@ from typing import Any
 import aiohttp
 
 from auth_worker.apps import AppConfig
-from auth_worker.platforms.base import HttpAdapter, PlatformObserver, PlatformReply, call_timeout
+from auth_worker.platforms.base import (
+    MAX_BODY_BYTES,
+    HttpAdapter,
+    PlatformObserver,
+    PlatformReply,
+    RawReply,
+    call_timeout,
+)
 from auth_worker.quota import PlatformRateLimiter
 
 
@@ -46,10 +53,29 @@ class PlatformApi(HttpAdapter):
         headers: Mapping[str, str] | None = None,
     ) -> PlatformReply:
         """Take the app's outbound slot (or raise ``rate_limited``), then make the call."""
+        raw = await self.call_raw(app, method, path, params=params, form=form,
+                                  json_body=json_body, headers=headers, error_bodies=True)
+        return self.reply_of(app, path, raw)
+
+    async def call_raw(
+        self,
+        app: AppConfig,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
+        error_bodies: bool = False,
+    ) -> RawReply:
+        """The limited call answering raw bytes (images): the same slot as :meth:`call`."""
         if self.limiter is not None:
             # The wait comes out of the call's own budget: the request's deadline when one is
             # set, else the call's timeout.
             await self.limiter.acquire(app.platform, app.app_id,
                                        budget=call_timeout(self._timeout.total or 0.0))
-        return await super().call(app, method, path, params=params, form=form,
-                                  json_body=json_body, headers=headers)
+        return await super().call_raw(app, method, path, params=params, form=form,
+                                      json_body=json_body, headers=headers,
+                                      max_bytes=max_bytes, error_bodies=error_bodies)

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import traceback
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ from auth_worker.apps import AppConfig, AppRegistry
 from auth_worker.audit import AuditLog
 from auth_worker.avatar_store import GridFSAvatarStorage
 from auth_worker.blocking import BlockList
+from auth_worker.douyin_api import DouyinApi
 from auth_worker.douyin_phone import DouyinPhoneApi
-from auth_worker.douyin_security import DouyinApi
 from auth_worker.erasure import CacheFence, Erasure
 from auth_worker.identities import IdentityService
 from auth_worker.merge import MergeService
@@ -42,6 +43,7 @@ from auth_worker.phones import Phones
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.privacy import PrivacyService
 from auth_worker.profile_store import ProfileStore
+from auth_worker.qr_login import CodeSource, QrLoginService
 from auth_worker.quota import LOGIN, AppQuota, PlatformRateLimiter
 from auth_worker.secretbox import SecretBox
 from auth_worker.store import (
@@ -53,7 +55,7 @@ from auth_worker.store import (
     now_ts,
 )
 from auth_worker.user_profile_service import UserProfileService
-from auth_worker.wechat_api import WeChatTokenStore
+from auth_worker.wechat_api import WeChatCodeSource, WeChatTokenStore
 from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
 from shared.messages import (
@@ -153,6 +155,7 @@ class LoginService:
         housekeeping: Store | None = None,
         douyin: tuple[DouyinApi, WeChatTokenStore] | None = None,
         douyin_phones: DouyinPhoneApi | None = None,
+        qr_codes: Mapping[str, CodeSource] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -189,6 +192,9 @@ class LoginService:
             settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
             Moderator(phone_source.api, phone_source.tokens, douyin))
         self.identities = IdentityService(self)
+        codes = qr_codes if qr_codes is not None else {
+            "wechat": WeChatCodeSource(phone_source.api, phone_source.tokens)}
+        self.qr = QrLoginService(settings, store, apps, issuer, self.account, codes)
         self.handlers = self._register()
 
     async def handle(self, request: RpcRequest, ctx: CallContext) -> RpcReply:
@@ -253,6 +259,14 @@ class LoginService:
         table.register(contract.LINK_IDENTITY, identities.link)
         table.register(contract.UNLINK_IDENTITY, identities.unlink)
         table.register(contract.MERGE_ACCOUNTS, MergeService(self).merge)
+        qr = self.qr
+        table.register(contract.QR_CREATE, qr.create)
+        table.register(contract.QR_IMAGE, lambda params, ctx: qr.image(params))
+        table.register(contract.QR_POLL, lambda params, ctx: qr.poll(params))
+        table.register(contract.QR_SCAN, lambda params, ctx: qr.scan(params))
+        table.register(contract.QR_CONFIRM, lambda params, ctx: qr.confirm(params))
+        table.register(contract.QR_CANCEL, lambda params, ctx: qr.cancel(params))
+        table.register(contract.SESSIONS, lambda params, ctx: qr.sessions(params))
         self.admin.register(table)
         return table
 

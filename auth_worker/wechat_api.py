@@ -20,9 +20,9 @@ import os
 import socket
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from pymongo.errors import DuplicateKeyError
@@ -37,6 +37,7 @@ from shared.errors import ErrorCode, MPLoginError, PlatformError
 from shared.logs import get_logger
 
 log = get_logger("mplogin.platforms.wechat")
+T = TypeVar("T")
 
 EARLY_REFRESH = 300.0
 LEASE = 15.0
@@ -60,6 +61,18 @@ PHONE_ERROR_TABLE: dict[str, ErrorCode] = {
     "45011": ErrorCode.RATE_LIMITED,
     "40013": ErrorCode.APP_MISCONFIGURED,
 }
+
+
+CODE_ERROR_TABLE: dict[str, ErrorCode] = {
+    "-1": ErrorCode.PLATFORM_UNAVAILABLE,
+    "41030": ErrorCode.APP_MISCONFIGURED,  # the page is not in the released version
+    "40097": ErrorCode.APP_MISCONFIGURED,  # invalid arguments (page, width, env_version)
+    "40013": ErrorCode.APP_MISCONFIGURED,
+    "45009": ErrorCode.RATE_LIMITED,
+    "45011": ErrorCode.RATE_LIMITED,
+}
+MAX_CODE_IMAGE_BYTES = 2 * 1024 * 1024
+"""A 1280 px mini-program code is a few hundred kilobytes at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,23 +146,50 @@ class WeChatApi(PlatformApi):
         return WeChatPhone(phone=f"+{country}{pure}", country_code=country)
 
 
-class TokenSource(Protocol):
-    """What fetches an app's client-credential access token (WeChat's stable_token, Douyin's
-    token): the shared store below works for any of them."""
+    async def unlimited_code(
+        self, app: AppConfig, access_token: str, *, scene: str, page: str, check_path: bool,
+        env_version: str, width: int,
+    ) -> tuple[bytes, str]:
+        """``wxa/getwxacodeunlimit``: the image bytes and their content type (docs/platforms.md).
 
-    async def stable_token(self, app: AppConfig) -> tuple[str, int]:
-        """A fresh access token and its lifetime in seconds."""
-        ...
+        Success is an image body; failure a JSON ``{errcode, errmsg}``. Raises TokenRejected on
+        40001/42001 like every API that takes the access token.
+        """
+        path = "/wxa/getwxacodeunlimit"
+        reply = await self.call_raw(
+            app, "POST", path, params={"access_token": access_token},
+            json_body={"scene": scene, "page": page, "check_path": check_path,
+                       "env_version": env_version, "width": width},
+            max_bytes=MAX_CODE_IMAGE_BYTES,
+        )
+        if reply.content_type.startswith("image/") and reply.body:
+            return reply.body, reply.content_type
+        data = self.parse_json(app, path, reply.body).data
+        errcode = platform_code_of(data.get("errcode"))
+        if errcode in TOKEN_ERRORS:
+            raise TokenRejectedError(errcode or "")
+        if errcode in (None, "0"):
+            raise self.malformed(app, path, "neither an image nor an error")
+        raise self.refused(app, CODE_ERROR_TABLE, errcode, "getwxacodeunlimit",
+                           retry_after={"45009": 60, "45011": 60})
 
 
 class TokenRejectedError(Exception):
     """WeChat refused the access_token (40001/42001): it was replaced or expired."""
 
 
-class WeChatTokenStore:
-    """One access_token per WeChat app, shared by every worker through MongoDB."""
+class TokenApi(Protocol):
+    """Where a token store fetches a new token: WeChat's stable_token, Douyin's token."""
 
-    def __init__(self, store: Store, box: SecretBox, api: TokenSource) -> None:
+    async def stable_token(self, app: AppConfig) -> tuple[str, int]:
+        """A fresh access token and its lifetime in seconds."""
+        ...
+
+
+class WeChatTokenStore:
+    """One access_token per app (WeChat's, or Douyin's), shared by every worker through MongoDB."""
+
+    def __init__(self, store: Store, box: SecretBox, api: TokenApi) -> None:
         self._tokens = store.platform_tokens
         self._box = box
         self._api = api
@@ -259,6 +299,22 @@ class WeChatTokenStore:
                                           {"$set": {"lease_until_ts": 0.0}})
             raise
 
+    async def with_token(
+        self, app: AppConfig, deadline: float, operation: Callable[[str], Awaitable[T]]
+    ) -> T:
+        """Run ``operation`` with the app's token; a rejected token is expired and tried once
+        more with a fresh one."""
+        for attempt in (1, 2):
+            token = await self.token(app, deadline)
+            try:
+                return await operation(token)
+            except TokenRejectedError as rejected:
+                replaced = await self.expire_if_current(app, token)
+                log.warning("access_token.rejected", platform=app.platform, app_id=app.app_id,
+                            errcode=rejected, expired_here=replaced, attempt=attempt)
+        raise PlatformError(ErrorCode.PLATFORM_UNAVAILABLE,
+                            "WeChat keeps rejecting the access token.", platform="wechat")
+
     async def expire_if_current(self, app: AppConfig, token: str) -> bool:
         """Mark ``token`` expired, unless another process already replaced it."""
         result = await self._tokens.update_one(
@@ -266,6 +322,19 @@ class WeChatTokenStore:
             {"$set": {"expires_ts": 0.0}},
         )
         return result.modified_count == 1
+
+
+class WeChatCodeSource:
+    """Mini-program codes from ``getwxacodeunlimit``, with the app's shared access token."""
+
+    def __init__(self, api: WeChatApi, tokens: WeChatTokenStore) -> None:
+        self.api = api
+        self.tokens = tokens
+
+    async def fetch(self, app: AppConfig, deadline: float, **code: Any) -> tuple[bytes, str]:
+        """The code's image and content type; a replaced token is expired and fetched again."""
+        return await self.tokens.with_token(
+            app, deadline, lambda token: self.api.unlimited_code(app, token, **code))
 
 
 class WeChatPhoneSource:
@@ -280,13 +349,5 @@ class WeChatPhoneSource:
     async def fetch(self, app: AppConfig, code: str, openid: str | None,
                     deadline: float) -> WeChatPhone:
         """The phone number behind a phone-button ``code``."""
-        for attempt in (1, 2):
-            token = await self.tokens.token(app, deadline)
-            try:
-                return await self.api.phone_number(app, token, code, openid)
-            except TokenRejectedError as rejected:
-                replaced = await self.tokens.expire_if_current(app, token)
-                log.warning("access_token.rejected", platform=app.platform, app_id=app.app_id,
-                            errcode=rejected, expired_here=replaced, attempt=attempt)
-        raise PlatformError(ErrorCode.PLATFORM_UNAVAILABLE,
-                            "WeChat keeps rejecting the access token.", platform="wechat")
+        return await self.tokens.with_token(
+            app, deadline, lambda token: self.api.phone_number(app, token, code, openid))

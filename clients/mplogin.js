@@ -581,6 +581,41 @@ export function createClient(options) {
     },
 
     /**
+     * Phone side of a QR login (docs/qrlogin.md): the page opened by a scan of the website's
+     * code calls this with `query.scene`. It becomes the request's one scanner, shows the
+     * user what `decide` is given (the requesting site and browser: a code relayed by a
+     * phishing page names a site the user did not open), then confirms or cancels.
+     * @param {string} scene  `query.scene` as the page received it (URL-encoded or not)
+     * @param {{decide?: (screen: {id: string, site: string|null, browser: string|null, expires_in: number}) => boolean|Promise<boolean>}} [opts]
+     *        default: confirm
+     * @returns {Promise<{state: string, screen: object}>}  state 'confirmed' or 'cancelled'
+     */
+    async confirmQrLogin(scene, { decide } = {}) {
+      const id = decodeURIComponent(String(scene || ''))
+      if (!/^[A-Za-z0-9_-]{16,32}$/.test(id)) {
+        throw new MploginError('qr_login_expired', 'This is not a QR login code.')
+      }
+      const path = `/v1/qr-logins/${id}`
+      const screen = await call({ url: `${path}/scan`, method: 'POST' })
+      const yes = decide ? await decide(screen) : true
+      const answer = await call({ url: `${path}/${yes ? 'confirm' : 'cancel'}`, method: 'POST' })
+      return { state: answer.state, screen }
+    },
+
+    /** GET /v1/sessions: the user's active sessions (web sessions from QR logins included). */
+    sessions() {
+      return call({ url: '/v1/sessions' })
+    },
+
+    /**
+     * End another session of this user (a web session signed in by a QR login).
+     * @param {string} sessionId  its `id` from `sessions()`
+     */
+    endSession(sessionId) {
+      return call({ url: '/v1/logout', method: 'POST', data: { session_id: sessionId } })
+    },
+
+    /**
      * End this session (or, with `all`, every session of the user) and clear storage. Storage
      * is cleared even when the gateway cannot be reached.
      * @param {{all?: boolean}} [opts]

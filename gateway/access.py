@@ -44,6 +44,25 @@ class Access(Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Param:
+    """One query or header parameter of a route, for the OpenAPI document."""
+
+    name: str
+    where: Literal["query", "header"]
+    type: Literal["string", "number"] = "string"
+    required: bool = False
+    enum: tuple[str, ...] = ()
+
+    def openapi(self) -> dict[str, Any]:
+        """The parameter as an OpenAPI parameter object."""
+        schema: dict[str, Any] = {"type": self.type}
+        if self.enum:
+            schema["enum"] = list(self.enum)
+        return {"name": self.name, "in": self.where, "required": self.required,
+                "schema": schema}
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One route: method, path, handler, who may call it, and how the OpenAPI document shows it.
 
@@ -71,6 +90,8 @@ class Route:
     upload_types: tuple[str, ...] = ()
     """Content types of a body that is a file rather than JSON (``multipart/form-data``,
     ``image/png``...): documented as such, read by the handler itself."""
+    parameters: tuple[Param, ...] = ()
+    """Query and header parameters (path ones are derived from the path)."""
 
     @property
     def limited(self) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway import qr_views
 from gateway.access import Route, access_middleware, add_routes
 from gateway.appkeys import (
     CLIENT_LIMITER,
@@ -94,6 +95,10 @@ def create_app(
         app.cleanup_ctx.append(rpc_client_ctx)
     else:
         app[RPC] = rpc
+    app[qr_views.WAITERS] = qr_views.QrWaiters()
+    metrics.watch_qr_waits(app[qr_views.WAITERS])
+    if rpc is None:  # the notices travel through the broker; without it, polls recheck alone
+        app.cleanup_ctx.append(qr_views.qr_events_ctx)
     add_routes(app, routes)
     return app
 

@@ -51,6 +51,9 @@ CHINESE_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.CONTENT_REJECTED: "平台的内容安全检测未通过。",
     ErrorCode.USER_NOT_RECENT: "平台只检测两小时内打开过小程序的用户的内容，"
     "请重新打开小程序后再试。",
+    ErrorCode.QR_LOGIN_EXPIRED: "该扫码登录不存在、已过期或已取消，请刷新二维码。",
+    ErrorCode.QR_LOGIN_CONFLICT: "该扫码登录当前状态不允许此操作。",
+    ErrorCode.ALREADY_USED: "该扫码登录的会话已被领取。",
 }
 
 _TRADITIONAL = ("zh-tw", "zh-hk", "zh-mo", "zh-hant")

@@ -55,6 +55,15 @@ class RpcClientStats(Protocol):
 
 
 
+class QrWaitStats(Protocol):
+    """What the QR login waiters expose (gateway.qr_views.QrWaiters)."""
+
+    woken: int
+    timed_out: int
+
+    def __len__(self) -> int: ...
+
+
 class GatewayMetrics:
     """The metrics of one gateway process."""
 
@@ -84,6 +93,23 @@ class GatewayMetrics:
                 "mplogin_broker_reconnects", "Times the broker connection was re-established.")
             reconnects.add_metric([], rpc.reconnects if rpc is not None else 0)
             yield reconnects
+
+        self.registry.register(LiveCollector(source))
+
+    def watch_qr_waits(self, waiters: QrWaitStats) -> None:
+        """Export the QR login long polls this gateway holds, and how their waits ended."""
+
+        def source() -> Iterator[Metric]:
+            held = GaugeMetricFamily(
+                "mplogin_qr_login_polls_waiting", "QR login long polls held by this gateway.")
+            held.add_metric([], len(waiters))
+            yield held
+            ended = CounterMetricFamily(
+                "mplogin_qr_login_waits", "QR login poll waits that ended, by how: woken by a "
+                "change notice, or timed out (recheck or end of the wait).", labels=["by"])
+            ended.add_metric(["notice"], waiters.woken)
+            ended.add_metric(["timeout"], waiters.timed_out)
+            yield ended
 
         self.registry.register(LiveCollector(source))
 

@@ -157,6 +157,7 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
         parameters = [{"name": name, "in": "path", "required": True,
                        "schema": {"type": "string"}}
                       for name in re.findall(r"\{([^}:]+)", op.path)]
+        parameters += [param.openapi() for param in op.parameters]
         if parameters:
             item["parameters"] = parameters
         if op.access is Access.USER:

@@ -8,8 +8,8 @@ one ``Route`` here (for an RPC, beside its method in ``shared.rpc.contract``); a
 
 from __future__ import annotations
 
-from gateway import openapi, privacy_views, profile_views, views
-from gateway.access import Access, Route
+from gateway import openapi, privacy_views, profile_views, qr_views, views
+from gateway.access import Access, Param, Route
 from gateway.schemas import Health, Jwks, Ready
 from shared.errors import ErrorCode as E
 from shared.messages import ConsentBody, LoginParams, RefreshParams
@@ -216,6 +216,73 @@ ROUTES: tuple[Route, ...] = (
                 E.NOT_SUPPORTED, E.APP_MISCONFIGURED, E.RATE_LIMITED, E.REQUEST_TIMEOUT, *RPC),
         description="Refused (nothing changes) when its signature is wrong, its timestamp "
         "stale or its nonce already seen. Answers `success`.",
+    ),
+    # QR login (docs/qrlogin.md): the web page creates and polls without a token (per-IP
+    # limit; the poll token travels in a header); the phone scans, confirms, cancels with its
+    # own session.
+    Route(
+        "POST", "/v1/qr-logins", qr_views.create, Access.CLIENT,
+        operation_id="qr_login_create", tag="qr-login",
+        summary="Start a QR login for a web page: its id, poll token and mini-program code",
+        rpc=contract.QR_CREATE, body=qr_views.QrCreateBody,
+        errors=(*BODY, E.UNSUPPORTED_PLATFORM, E.UNKNOWN_APP, E.NOT_SUPPORTED, E.RATE_LIMITED,
+                E.PLATFORM_UNAVAILABLE, E.APP_MISCONFIGURED, *RPC),
+        description="The page's Origin (or Referer) and User-Agent are kept with the request "
+        "and shown on the phone's confirm screen. The code opens the configured page of the "
+        "app with the request's id as its scene.",
+    ),
+    Route(
+        "GET", "/v1/qr-logins/{id}/image", qr_views.image, Access.CLIENT,
+        operation_id="qr_login_image", tag="qr-login",
+        summary="The request's mini-program code image (cached for the request's lifetime)",
+        media_type="image/*", errors=(E.QR_LOGIN_EXPIRED, E.RATE_LIMITED, *RPC),
+    ),
+    Route(
+        "GET", "/v1/qr-logins/{id}", qr_views.poll, Access.CLIENT,
+        operation_id="qr_login_poll", tag="qr-login",
+        summary="The request's state (long poll: ?wait=seconds&state=known); once confirmed, "
+        "the web session, exactly once",
+        rpc=contract.QR_POLL,
+        errors=(E.INVALID_REQUEST, E.QR_LOGIN_EXPIRED, E.ALREADY_USED,
+                E.RATE_LIMITED, *RPC),
+        description="Send the poll token in the `X-QR-Poll-Token` header, never in the URL. "
+        "With `wait` (at most MPLOGIN_QR_LOGIN_MAX_WAIT seconds) and `state`, the answer comes "
+        "as soon as the state differs from `state`, or when the wait ends.",
+        parameters=(
+            Param("X-QR-Poll-Token", "header", required=True),
+            Param("wait", "query", "number"),
+            Param("state", "query", enum=("pending", "scanned", "confirmed", "cancelled",
+                                          "expired")),
+        ),
+    ),
+    Route(
+        "POST", "/v1/qr-logins/{id}/scan", qr_views.scan,
+        operation_id="qr_login_scan", tag="qr-login",
+        summary="The mini-program opened the code: become its one scanner; answers what the "
+        "confirm screen shows (site, browser)",
+        rpc=contract.QR_SCAN,
+        errors=(*AUTH, E.QR_LOGIN_EXPIRED, E.QR_LOGIN_CONFLICT, *RPC),
+    ),
+    Route(
+        "POST", "/v1/qr-logins/{id}/confirm", qr_views.confirm,
+        operation_id="qr_login_confirm", tag="qr-login",
+        summary="The scanner signs the web page in",
+        rpc=contract.QR_CONFIRM,
+        errors=(*AUTH, E.QR_LOGIN_EXPIRED, E.QR_LOGIN_CONFLICT, *RPC),
+    ),
+    Route(
+        "POST", "/v1/qr-logins/{id}/cancel", qr_views.cancel,
+        operation_id="qr_login_cancel", tag="qr-login",
+        summary="The scanner refuses; final",
+        rpc=contract.QR_CANCEL,
+        errors=(*AUTH, E.QR_LOGIN_EXPIRED, E.QR_LOGIN_CONFLICT, *RPC),
+    ),
+    Route(
+        "GET", "/v1/sessions", qr_views.sessions,
+        operation_id="sessions", tag="session",
+        summary="The user's active sessions (web sessions from QR logins included); end one "
+        "with POST /v1/logout {\"session_id\"}",
+        rpc=contract.SESSIONS, errors=(*AUTH, *RPC),
     ),
     # Exempt: answered by this process alone, from memory or its own files.
     Route(

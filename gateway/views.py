@@ -40,7 +40,7 @@ from shared.messages import (
 from shared.metrics import exposition
 from shared.platforms import PLATFORMS
 from shared.rpc import contract
-from shared.rpc.contract import Method, P
+from shared.rpc.contract import Method, P, RpcReply
 
 M = TypeVar("M", bound=BaseModel)
 HEALTHY = Health(status="ok").model_dump()
@@ -57,6 +57,7 @@ class LogoutBody(_Body):
     """The body of POST /v1/logout (optional)."""
 
     all: bool = False
+    session_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
 # The worker's own limits (shared.messages ProfileParams, PhoneParams): oversized input is
@@ -161,6 +162,11 @@ async def forward(request: web.Request, method: Method[P, Any], params: P) -> we
     reply = await request.app[RPC].call(
         method, params, request_id=request[REQUEST_ID], timeout=settings.login_deadline
     )
+    return reply_response(request, reply)
+
+
+def reply_response(request: web.Request, reply: RpcReply) -> web.Response:
+    """A worker's reply as HTTP: its result, or its error with the matching status."""
     if reply.ok and reply.result is not None:
         return json_response(reply.result)
     if reply.error is None:
@@ -211,7 +217,8 @@ async def logout(request: web.Request) -> web.Response:
     who = caller(request)
     body = await read_json_object(request) if request.can_read_body else {}
     params = parse(LogoutBody, body)
-    return await forward(request, contract.LOGOUT, LogoutParams(**who, all=params.all))
+    return await forward(request, contract.LOGOUT,
+                         LogoutParams(**who, all=params.all, target=params.session_id))
 
 
 async def me(request: web.Request) -> web.Response:

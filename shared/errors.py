@@ -60,6 +60,9 @@ class ErrorCode(StrEnum):
     IDENTITY_IN_USE = "identity_in_use"
     LAST_IDENTITY = "last_identity"
     IDENTITY_NOT_FOUND = "identity_not_found"
+    QR_LOGIN_EXPIRED = "qr_login_expired"
+    QR_LOGIN_CONFLICT = "qr_login_conflict"
+    ALREADY_USED = "already_used"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -96,6 +99,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDENTITY_IN_USE: 409,
     ErrorCode.LAST_IDENTITY: 409,
     ErrorCode.IDENTITY_NOT_FOUND: 404,
+    ErrorCode.QR_LOGIN_EXPIRED: 410,
+    ErrorCode.QR_LOGIN_CONFLICT: 409,
+    ErrorCode.ALREADY_USED: 410,
 }
 
 DEFAULT_MESSAGE: dict[ErrorCode, str] = {
@@ -136,6 +142,9 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.IDENTITY_IN_USE: "This platform identity already belongs to another user.",
     ErrorCode.LAST_IDENTITY: "This is the user's only identity; it cannot be unlinked.",
     ErrorCode.IDENTITY_NOT_FOUND: "The user has no identity with this id.",
+    ErrorCode.QR_LOGIN_EXPIRED: "This QR login is unknown, expired or cancelled; show a new code.",
+    ErrorCode.QR_LOGIN_CONFLICT: "This QR login is not in a state that allows this step.",
+    ErrorCode.ALREADY_USED: "This QR login's session was already handed out.",
 }
 
 

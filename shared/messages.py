@@ -65,6 +65,9 @@ class LogoutParams(SessionParams):
     """POST /v1/logout."""
 
     all: bool = False
+    target: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Another session of the same user to end instead (a web "
+        "session from a QR login, ended from the phone).")
 
 
 B64 = Annotated[str, StringConstraints(min_length=1, max_length=65536)]
@@ -470,4 +473,103 @@ class UserProfileOut(_Strict):
     sources: dict[str, FieldSource] = Field(default_factory=dict)
 
 MeOut.model_rebuild()
+# -- QR login (docs/qrlogin.md) ---------------------------------------------------------------
+
+QrLoginId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,32}$")]
+"""A QR login's id: also the scene of its mini-program code (at most 32 allowed characters)."""
+PollToken = Annotated[str, StringConstraints(min_length=16, max_length=128,
+                                             pattern=r"^[A-Za-z0-9_-]+$")]
+QrState = Literal["pending", "scanned", "confirmed", "cancelled", "expired"]
+
+
+class QrCreateParams(_Strict):
+    """POST /v1/qr-logins, with what the gateway saw of the requesting page."""
+
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    app_id: AppId | None = None
+    site: Annotated[str, StringConstraints(max_length=256)] | None = None
+    user_agent: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+
+class QrCreateOut(_Strict):
+    """A new QR login: its id, the secret the web page polls with, and its lifetime."""
+
+    id: str
+    poll_token: str = Field(description="Send it in the X-QR-Poll-Token header only; never in "
+                            "a URL.")
+    expires_in: int
+    image_url: str = Field(description="Where the mini-program code image is served.")
+
+
+class QrIdParams(_Strict):
+    """One QR login by id (its image)."""
+
+    id: QrLoginId
+
+
+class QrImageOut(_Strict):
+    """A QR login's cached mini-program code image."""
+
+    content_type: str
+    image_b64: str
+    expires_in: int
+
+
+class QrPollParams(_Strict):
+    """GET /v1/qr-logins/{id}: the web page's poll, with its poll token."""
+
+    id: QrLoginId
+    poll_token: PollToken
+
+
+class QrPollOut(_Strict):
+    """What the web page learns: the state, who scanned (masked), and once its session."""
+
+    state: QrState
+    expires_in: int
+    scanned_by: str | None = Field(default=None, exclude_if=_absent_if_none,
+                                   description="The scanner's masked nickname, if known.")
+    session: SessionOut | None = Field(default=None, exclude_if=_absent_if_none,
+                                       description="Once, right after confirmation.")
+
+
+class QrPhoneParams(SessionParams):
+    """The phone's scan, confirm or cancel: its own session plus the QR login's id."""
+
+    id: QrLoginId
+
+
+class QrScanOut(_Strict):
+    """What the phone shows on its confirm screen, so a relayed code can be spotted."""
+
+    id: str
+    state: QrState
+    site: str | None = Field(description="The Origin of the page that asked for the code.")
+    browser: str | None = Field(description="The requesting browser, from its User-Agent.")
+    user_agent: str | None
+    created_at: str
+    expires_in: int
+
+
+class QrStateOut(_Strict):
+    """The state a confirm or a cancel left the QR login in."""
+
+    id: str
+    state: QrState
+
+
+class SessionInfo(_Strict):
+    """One active session of the user."""
+
+    id: str
+    platform: str
+    app_id: str
+    created_at: str | None
+    current: bool
+
+
+class SessionsOut(_Strict):
+    """GET /v1/sessions: the user's active sessions (web sessions from QR logins included)."""
+
+    sessions: list[SessionInfo]
 

@@ -155,6 +155,17 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(default=None, pattern=r"^https?://[^/?#@\s]+(/[^?#\s]*)?$")
     # A platform push whose timestamp is further than this from our clock is refused.
     platform_push_max_age: int = Field(default=300, ge=30, le=3600)
+    # QR login (docs/qrlogin.md): how long a request lives, the page its mini-program code
+    # opens, how long one poll may wait, and how many requests one app may create per minute.
+    qr_login_ttl: int = Field(default=120, ge=10, le=3600)
+    qr_login_fetch_window: int = Field(default=60, ge=5, le=600)
+    qr_login_page: str = Field(default="pages/qrlogin/index", pattern=r"^[A-Za-z0-9_\-/.]{1,128}$")
+    qr_login_check_path: bool = True
+    qr_login_env_version: Literal["release", "trial", "develop"] = "release"
+    qr_login_width: int = Field(default=430, ge=280, le=1280)
+    qr_login_max_wait: float = Field(default=25.0, ge=0, le=55)
+    qr_login_recheck: float = Field(default=25.0, gt=0, le=60)
+    qr_login_per_app_per_minute: int = Field(default=600, ge=0)
 
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 8090

@@ -16,6 +16,7 @@ from auth_worker.metrics import WorkerMetrics
 from auth_worker.platforms import alipay, baidu, douyin, kuaishou, qq, wechat
 from gateway.app import create_app
 from gateway.metrics import GatewayMetrics
+from gateway.qr_views import QrWaiters
 from mplogin.cli import build_parser
 from shared.errors import HTTP_STATUS, ErrorCode
 from shared.platforms import PLATFORMS
@@ -125,6 +126,7 @@ def exposed_metrics() -> dict[str, set[str]]:
     gateway.watch_client_limiter(_Limiter(Counter({"/v1/login": 1})))
     gateway.observe_login("wechat", 200, None)
     gateway.request_seconds.labels("/v1/login", "2xx").observe(0.01)
+    gateway.watch_qr_waits(QrWaiters())
 
     worker = WorkerMetrics()
     worker.register_apps([])

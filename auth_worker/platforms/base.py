@@ -106,6 +106,16 @@ class PlatformReply:
     status: int = 200
 
 
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    """A platform's reply as bytes, with the content type it declared and its HTTP status
+    (200, unless the caller asked for error bodies too)."""
+
+    body: bytes = field(repr=False)
+    content_type: str
+    status: int = 200
+
+
 def clip(value: object, *hidden: str | None) -> str:
     """A platform-supplied value made safe for a log line: quoted, shortened, secrets masked."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -209,9 +219,61 @@ class HttpAdapter:
         json_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> PlatformReply:
-        """Send one request to ``app.api_base + path``; any failure is PLATFORM_UNAVAILABLE."""
+        """Send one request to ``app.api_base + path``; any failure is PLATFORM_UNAVAILABLE,
+        except a non-200 reply whose body is the platform's documented error (docs/platforms.md
+        §9): that one is answered, with its status, for the adapter's error table."""
+        raw = await self.call_raw(app, method, path, params=params, form=form,
+                                  json_body=json_body, headers=headers, error_bodies=True)
+        return self.reply_of(app, path, raw)
+
+    def reply_of(self, app: AppConfig, path: str, raw: RawReply) -> PlatformReply:
+        """The JSON reply of a call made with ``error_bodies``: a 200's object, or a non-200
+        whose body is the documented error; anything else is PLATFORM_UNAVAILABLE."""
+        if raw.status != 200:
+            documented = self._error_body(raw.body)
+            if documented is not None:
+                return PlatformReply(text=documented[0], data=documented[1], status=raw.status)
+            self.log.warning("platform.unexpected_status", platform=self.platform,
+                             app_id=app.app_id, path=path, status=raw.status)
+            raise self.unavailable(f"{self.display_name} answered HTTP {raw.status}.")
+        return self.parse_json(app, path, raw.body)
+
+    def parse_json(self, app: AppConfig, path: str, body: bytes) -> PlatformReply:
+        """A reply body as the JSON object the platform documents, else a malformed reply."""
+        try:
+            text = body.decode("utf-8")
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            # ValueError covers bad UTF-8 and bad JSON; RecursionError is JSON nested deeper
+            # than the parser goes. Either way the reply is not one the platform documents.
+            raise self.malformed(app, path, "reply is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.malformed(app, path, "reply is not a JSON object")
+        return PlatformReply(text=text, data=data)
+
+    async def call_raw(
+        self,
+        app: AppConfig,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_bytes: int = MAX_BODY_BYTES,
+        error_bodies: bool = False,
+    ) -> RawReply:
+        """The same guarded call, answering the body's bytes and content type as they came.
+
+        For the APIs that answer an image on success and JSON on failure (mini-program
+        codes): the caller decides from the content type and the bytes. A non-200 status is
+        PLATFORM_UNAVAILABLE, unless ``error_bodies``: then its body is read (bounded) and
+        answered with its status (``call`` looks for the documented error in it).
+        """
         url = app.api_base + path
         status: int | None = None
+        content_type = ""
         body = bytearray()
         too_large = False
         timeout = call_timeout(self._timeout.total or 0.0)
@@ -231,13 +293,13 @@ class HttpAdapter:
                 allow_redirects=False,
             ) as response:
                 status = response.status
-                # Every status's body is read (bounded): an error status may carry the
-                # platform's documented error, which decides the answer (docs/platforms.md §9).
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > MAX_BODY_BYTES:
-                        too_large = True
-                        break
+                content_type = response.content_type
+                if status == 200 or error_bodies:
+                    async for chunk in response.content.iter_chunked(64 * 1024):
+                        body += chunk
+                        if len(body) > max_bytes:
+                            too_large = True
+                            break
         except TimeoutError:
             self.log.warning("platform.call_timed_out", platform=self.platform, app_id=app.app_id,
                              path=path, timeout=round(timeout, 3))
@@ -250,30 +312,17 @@ class HttpAdapter:
         finally:
             if self.observer is not None:
                 self.observer.observe_platform_call(self.platform, time.perf_counter() - started)
-        if status != 200:
-            documented = None if too_large else self._error_body(body)
-            if documented is not None:
-                return PlatformReply(text=documented[0], data=documented[1],
-                                     status=status or 0)
+        if status != 200 and (not error_bodies or too_large):
             self.log.warning("platform.unexpected_status", platform=self.platform,
                              app_id=app.app_id, path=path, status=status)
             raise self.unavailable(f"{self.display_name} answered HTTP {status}.")
         if too_large:
             self.log.warning("platform.reply_too_large", platform=self.platform, app_id=app.app_id,
-                             path=path, limit=MAX_BODY_BYTES)
+                             path=path, limit=max_bytes)
             raise self.malformed(app, path, "reply too large")
-        try:
-            text = bytes(body).decode("utf-8")
-            data = json.loads(text)
-        except (ValueError, RecursionError):
-            # ValueError covers bad UTF-8 and bad JSON; RecursionError is JSON nested deeper
-            # than the parser goes. Either way the reply is not one the platform documents.
-            raise self.malformed(app, path, "reply is not JSON") from None
-        if not isinstance(data, dict):
-            raise self.malformed(app, path, "reply is not a JSON object")
-        return PlatformReply(text=text, data=data)
+        return RawReply(body=bytes(body), content_type=content_type, status=status or 0)
 
-    def _error_body(self, body: bytearray) -> tuple[str, dict[str, Any]] | None:
+    def _error_body(self, body: bytes) -> tuple[str, dict[str, Any]] | None:
         """The text and object of a non-200 body when it is the documented error, else None."""
         try:
             text = bytes(body).decode("utf-8")

@@ -73,6 +73,8 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1,
                       extra_env: dict[str, str] | None = None) -> None:
     """Start the stand-in, sandbox, workers, gateway(s) and inline server; register the app.
 
+    ``extra_env``: settings of this run on top of the bench's own (e.g. a limit switched off).
+
     Several gateways share one port (the gateway listens with SO_REUSEPORT; the kernel spreads
     the connections among them).
     """

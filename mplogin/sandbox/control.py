@@ -1,11 +1,11 @@
 """The sandbox-only control API under ``/sandbox/``: apps, codes, clock, faults, stats, reset.
 
 Routes: ``POST apps``, ``POST codes``, ``POST phone_codes``, ``POST profile_payload``,
-``POST alipay/phone_payload``, ``POST phone_payload``, ``GET alipay/public_key``,
-``POST clock``, ``POST reset``,
-``POST|DELETE faults``, ``GET stats``; ``/sandbox/redirected`` is where the redirect fault
-points. Faults take an optional ``consume_code`` (default false) to mark the presented codes
-used although the answer is an error, as a platform that failed after consuming would.
+``POST alipay/phone_payload``, ``POST phone_payload``, ``GET alipay/public_key``, ``POST scan``
+(the camera of a QR login), ``POST clock``, ``POST reset``, ``POST|DELETE faults``,
+``GET stats``; ``/sandbox/redirected`` is where the redirect fault points. Faults take an
+optional ``consume_code`` (default false) to mark the presented codes used although the answer
+is an error, as a platform that failed after consuming would.
 JSON in, JSON out. Malformed requests answer 400 ``{"error": {"code", "message"}}``, unknown
 apps 404 in the same shape.
 """
@@ -18,6 +18,7 @@ import binascii
 import json
 import secrets
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -132,6 +133,12 @@ class AlipayPhonePayload(_Strict):
     aes_key_b64: str | None = None  # default: the key registered with the app
     sub_code: str | None = None  # answer this error inside the ciphertext instead
     bad_signature: bool = False
+
+
+class ScanCode(_Strict):
+    """Body of ``POST /sandbox/scan``."""
+
+    app_id: str = Field(min_length=1)
 
 
 def control_error(status: int, code: str, message: str) -> web.Response:
@@ -354,6 +361,20 @@ async def mint_phone_code(request: web.Request) -> web.Response:
     return json_response({"code": code.value, "expires_in": PHONE_CODE_LIFETIME})
 
 
+async def scan_code(request: web.Request) -> web.Response:
+    """The camera: what the latest mini-program code drawn for the app opens (scene, page).
+
+    A mini-program opened by a real scan gets ``query.scene`` URL-encoded; this gives it the
+    same way.
+    """
+    body = await _parse(request, ScanCode)
+    drawn = state_of(request).drawn_codes.get(body.app_id)
+    if not drawn:
+        raise ControlRequestError(404, "not_found", "no code was drawn for this app")
+    scene, page = drawn[-1]
+    return json_response({"scene": quote(scene, safe=""), "page": page})
+
+
 def _app_and_keyed_user(
     state: SandboxState, platform: Platform, app_id: str, openid: str
 ) -> tuple[SandboxApp, TestUser]:
@@ -439,6 +460,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/sandbox/stats", stats)
     router.add_get("/sandbox/alipay/public_key", alipay_public_key)
     router.add_post("/sandbox/phone_codes", mint_phone_code)
+    router.add_post("/sandbox/scan", scan_code)
     router.add_post("/sandbox/profile_payload", profile_payload)
     router.add_post("/sandbox/alipay/phone_payload", alipay_phone_payload)
     router.add_post("/sandbox/phone_payload", phone_payload)

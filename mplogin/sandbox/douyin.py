@@ -12,18 +12,26 @@ Choices where docs/platforms.md is silent or UNCONFIRMED:
 - ``anonymous_openid`` is stable per (app, sandbox device).
 - The optional ``refresh`` flag is accepted and ignored.
 - Douyin documents no rate-limit or risk-control error: those faults are refused.
+
+Access token and mini-program code (§3.2): ``POST /douyin/api/apps/v2/token`` issues a new
+token per call (the previous one stays valid 300 s, as the doc says a fetch shortens it), and
+``POST /douyin/api/apps/qrcode`` answers a PNG QR code of the (encoded) path, or JSON
+``{errcode, errmsg}``. The sandbox camera (``POST /sandbox/scan``) reads the ``scene`` of the
+path's query.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from mplogin.sandbox import douyin_phone
 from mplogin.sandbox.common import enter_exchange, json_response, state_of
-from mplogin.sandbox.state import CodeStatus
+from mplogin.sandbox.state import CodeStatus, TokenStatus
+from mplogin.sandbox.wechat import code_png
 
 ERRORS: dict[str, tuple[int, str]] = {
     "busy": (-1, "system error"),
@@ -95,7 +103,63 @@ async def jscode2session(request: web.Request) -> web.Response:
     return _body(0, "success", data)
 
 
+async def _object(request: web.Request) -> dict[str, object]:
+    try:
+        parsed = json.loads(await request.text())
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+async def access_token(request: web.Request) -> web.Response:
+    """``POST api/apps/v2/token``: a new token per call, the previous one kept for 300 s
+    (docs/platforms.md §3.2); errors in the ``err_no`` envelope with an empty ``data``."""
+    state = state_of(request)
+    body = await _object(request)
+    appid, secret = _str(body, "appid"), _str(body, "secret")
+    empty = {"access_token": "", "expires_in": 0}
+    app = state.app("douyin", appid)
+    if body.get("grant_type") != "client_credential":
+        return json_response({"err_no": 40020, "err_tips": "bad grant_type", "data": empty})
+    if app is None:
+        return json_response({"err_no": 40015, "err_tips": "bad appid", "data": empty})
+    if not secrets.compare_digest(secret.encode(), (app.secret or "").encode()):
+        return json_response({"err_no": 40017, "err_tips": "bad secret", "data": empty})
+    state.stats.access_token[appid] += 1
+    token = state.classic_token(appid)
+    return json_response({"err_no": 0, "err_tips": "success",
+                          "data": {"access_token": token.value, "expires_in": 7200}})
+
+
+async def qr_code(request: web.Request) -> web.Response:
+    """``POST api/apps/qrcode``: a real PNG QR code of the path (docs/platforms.md §3.2);
+    40002 for a bad token, 40016 for an unknown appname, 40021 for a width out of range."""
+    state = state_of(request)
+    body = await _object(request)
+    status, token = state.check_access_token(_str(body, "access_token"))
+    if status is not TokenStatus.VALID or token is None or state.app(
+            "douyin", token.app_id) is None:
+        return json_response({"errcode": 40002, "errmsg": "bad access_token"})
+    if body.get("appname", "toutiao") not in APP_NAMES:
+        return json_response({"errcode": 40016, "errmsg": "bad appname"})
+    width = body.get("width", 430)
+    if isinstance(width, bool) or not isinstance(width, int) or not 280 <= width <= 1280:
+        return json_response({"errcode": 40021, "errmsg": "width out of range"})
+    path = _str(body, "path")
+    state.stats.qr_codes += 1
+    page, _, query = unquote(path).partition("?")
+    scene = dict(part.partition("=")[::2] for part in query.split("&") if part).get("scene", "")
+    state.remember_code(token.app_id, scene, page)
+    return web.Response(body=code_png(path or "-", width), content_type="image/png")
+
+
+APP_NAMES = frozenset({"toutiao", "douyin", "pipixia", "huoshan", "toutiao_lite",
+                       "douyin_lite", "xigua"})
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the Douyin endpoints under ``/douyin``."""
     app.router.add_post("/douyin/api/apps/v2/jscode2session", jscode2session)
     douyin_phone.add_routes(app)
+    app.router.add_post("/douyin/api/apps/v2/token", access_token)
+    app.router.add_post("/douyin/api/apps/qrcode", qr_code)

@@ -250,6 +250,7 @@ class Stats:
     stable_token: Counter[str] = field(default_factory=Counter)
     access_token: Counter[str] = field(default_factory=Counter)
     redirects_followed: int = 0
+    qr_codes: int = 0
 
     def as_json(self) -> dict[str, object]:
         """The stats document served by ``GET /sandbox/stats``."""
@@ -259,6 +260,7 @@ class Stats:
             "stable_token": dict(self.stable_token),
             "access_token": dict(self.access_token),
             "redirects_followed": self.redirects_followed,
+            "qr_codes": self.qr_codes,
         }
 
 
@@ -329,6 +331,15 @@ class SandboxState:
         self.force_refreshes: dict[str, list[float]] = {}
         self.alipay_tokens: dict[str, AlipayToken] = {}
         self.alipay_refresh: dict[str, AlipayToken] = {}
+        # The mini-program codes drawn, newest last, per app: what a camera pointed at the
+        # latest one would read (POST /sandbox/scan).
+        self.drawn_codes: dict[str, list[tuple[str, str]]] = {}
+
+    def remember_code(self, app_id: str, scene: str, page: str) -> None:
+        """Keep a drawn code's scene and page (the last 20 per app)."""
+        drawn = self.drawn_codes.setdefault(app_id, [])
+        drawn.append((scene, page))
+        del drawn[:-20]
 
     def reset(self) -> None:
         """Forget users, codes, tokens, faults, stats and the clock offset; keep apps and keys."""

@@ -22,16 +22,25 @@ Access tokens and the phone number API (§1.3, §1.4), answered as ``application
   unknown or replaced token, 42001 expired token; 40029 for an unknown, used, expired or
   other-app phone code, or an ``openid`` that does not own the code.
 - Faults are injected into code exchanges only, not into these endpoints.
+
+Mini-program codes (§1.5): ``POST /wechat/wxa/getwxacodeunlimit?access_token=`` answers a real
+PNG QR code of the scene; 40169 for a scene missing or longer than 32 characters, 40129 for a
+character outside the allowed set, 41030 for a page that cannot be in a released version
+(leading ``/``, a query), 40097 for a bad env_version, width or check_path, and the token
+errors above.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import segno
 from aiohttp import web
 
 from mplogin.sandbox.common import enter_exchange, json_response, state_of
@@ -257,9 +266,57 @@ async def get_user_phone_number(request: web.Request) -> web.Response:
     )
 
 
+SCENE = re.compile(r"^[0-9A-Za-z!#$&'()*+,/:;=?@\-._~]{1,32}$")
+ENV_VERSIONS = frozenset({"release", "trial", "develop"})
+PAGE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_\-/.]{0,127}$")
+
+
+def code_png(scene: str, width: int) -> bytes:
+    """A real QR code (PNG) that encodes ``scene``, about ``width`` pixels wide."""
+    symbol = segno.make(scene, error="m", micro=False)
+    modules = symbol.symbol_size(border=4)[0]
+    out = io.BytesIO()
+    symbol.save(out, kind="png", scale=max(1, width // modules), border=4)
+    return out.getvalue()
+
+
+async def get_unlimited_code(request: web.Request) -> web.Response:
+    """``POST wxa/getwxacodeunlimit``: a mini-program code for a scene (docs/platforms.md).
+
+    The image is a plain QR code of the scene (WeChat draws its round mini-program code and
+    answers JPEG; any image type is handled alike by our client). Errors are JSON, as WeChat's.
+    """
+    state = state_of(request)
+    refused, app_id = token_error(state, request.query.get("access_token", ""))
+    if refused is not None:
+        return refused
+    body = await _json_object(request)
+    if body is None:
+        return _api_error(47001, "data format error")
+    scene = body.get("scene")
+    if not isinstance(scene, str) or not 0 < len(scene) <= 32:
+        return _api_error(40169, "invalid length for scene, or the data is not json string")
+    if not SCENE.fullmatch(scene):
+        return _api_error(40129, "invalid scene")
+    page = body.get("page", "")
+    if not isinstance(page, str) or (page and not PAGE.fullmatch(page)):
+        return _api_error(41030, "invalid page")
+    env_version = body.get("env_version", "release")
+    width = body.get("width", 430)
+    check_path = body.get("check_path", True)
+    if (env_version not in ENV_VERSIONS or isinstance(width, bool)
+            or not isinstance(width, int) or not isinstance(check_path, bool)):
+        return _api_error(40097, "invalid args")
+    state.stats.qr_codes += 1
+    state.remember_code(app_id, scene, page)
+    png = code_png(scene, min(max(width, 280), 1280))
+    return web.Response(body=png, content_type="image/png")
+
+
 def add_routes(app: web.Application) -> None:
     """Mount the WeChat endpoints under ``/wechat``."""
     app.router.add_get("/wechat/sns/jscode2session", jscode2session_handler(WECHAT))
     app.router.add_post("/wechat/cgi-bin/stable_token", stable_token)
     app.router.add_get("/wechat/cgi-bin/token", classic_token)
     app.router.add_post("/wechat/wxa/business/getuserphonenumber", get_user_phone_number)
+    app.router.add_post("/wechat/wxa/getwxacodeunlimit", get_unlimited_code)

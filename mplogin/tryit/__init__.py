@@ -3,7 +3,8 @@
 Development only. One static page (``static/``) and a reverse proxy under one origin, so the
 page needs no CORS: ``/api/*`` goes to the gateway (``/api/v1/login`` → ``<gateway>/v1/login``)
 and ``/sandbox/*`` to the sandbox control API. The proxy passes the method, the body, the
-status and only the headers ``Content-Type``, ``Authorization`` (toward the upstream) and
+status and only the headers ``Content-Type``, ``Authorization`` (toward the upstream; toward
+the gateway also ``X-QR-Poll-Token``, ``Origin`` and ``User-Agent``, for the QR login) and
 ``Content-Type``, ``Retry-After``, ``X-Request-Id`` (back: the page shows each request's id, by
 which its gateway and worker log lines are found). It logs no bodies and no headers.
 
@@ -34,6 +35,9 @@ DEFAULT_OPENID = "o_demo_user"
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
 
 _REQUEST_HEADERS = ("Content-Type", "Authorization")
+# Toward the gateway only: a QR login names the requesting site and browser, and is polled
+# with its token in a header. The sandbox's guard would refuse a foreign Origin.
+_GATEWAY_HEADERS = (*_REQUEST_HEADERS, "X-QR-Poll-Token", "Origin", "User-Agent")
 _RESPONSE_HEADERS = ("Content-Type", "Retry-After", "X-Request-Id", "Content-Disposition")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -116,7 +120,7 @@ async def _config(request: web.Request) -> web.Response:
 async def _proxy_gateway(request: web.Request) -> web.Response:
     # /api/v1/login → <gateway>/v1/login
     path = request.rel_url.raw_path.removeprefix("/api")
-    return await _proxy(request, "gateway", path)
+    return await _proxy(request, "gateway", path, _GATEWAY_HEADERS)
 
 
 async def _proxy_sandbox(request: web.Request) -> web.Response:
@@ -128,12 +132,13 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-async def _proxy(request: web.Request, upstream: str, path: str) -> web.Response:
+async def _proxy(request: web.Request, upstream: str, path: str,
+                 forwarded: tuple[str, ...] = _REQUEST_HEADERS) -> web.Response:
     base: URL = request.app[CONFIG][upstream]
     target = str(base) + path
     if request.rel_url.raw_query_string:
         target += "?" + request.rel_url.raw_query_string
-    headers = {h: request.headers[h] for h in _REQUEST_HEADERS if h in request.headers}
+    headers = {h: request.headers[h] for h in forwarded if h in request.headers}
     body = await request.read() if request.can_read_body else None
     try:
         async with request.app[CLIENT].request(

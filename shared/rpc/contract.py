@@ -56,9 +56,19 @@ from shared.messages import (
     PlatformEventParams,
     ProfileOut,
     ProfileParams,
+    QrCreateOut,
+    QrCreateParams,
+    QrIdParams,
+    QrImageOut,
+    QrPhoneParams,
+    QrPollOut,
+    QrPollParams,
+    QrScanOut,
+    QrStateOut,
     RefreshRequest,
     SessionOut,
     SessionParams,
+    SessionsOut,
     UnlinkParams,
     UserProfileOut,
 )
@@ -99,6 +109,14 @@ LINK_IDENTITY = Method("link_identity", LinkParams, LinkOut)
 UNLINK_IDENTITY = Method("unlink_identity", UnlinkParams, IdentitiesOut)
 MERGE_ACCOUNTS = Method("merge_accounts", MergeParams, MergeOut)
 
+QR_CREATE = Method("qr_create", QrCreateParams, QrCreateOut)
+QR_IMAGE = Method("qr_image", QrIdParams, QrImageOut)
+QR_POLL = Method("qr_poll", QrPollParams, QrPollOut)
+QR_SCAN = Method("qr_scan", QrPhoneParams, QrScanOut)
+QR_CONFIRM = Method("qr_confirm", QrPhoneParams, QrStateOut)
+QR_CANCEL = Method("qr_cancel", QrPhoneParams, QrStateOut)
+SESSIONS = Method("sessions", SessionParams, SessionsOut)
+
 # The admin listener's methods (shared.admin_messages): each carries the caller's admin key,
 # which the worker authenticates and authorises by role before anything else.
 ADMIN_WHOAMI = Method("admin_whoami", admin.AdminParams, admin.WhoAmIOut)
@@ -117,7 +135,8 @@ ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
 _METHODS: tuple[Method[Any, Any], ...] = (
     LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, DELETE_ACCOUNT, EXPORT_ACCOUNT, CONSENT,
     AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, IDENTITIES, LINK_IDENTITY,
-    UNLINK_IDENTITY, MERGE_ACCOUNTS, *ADMIN_METHODS)
+    UNLINK_IDENTITY, MERGE_ACCOUNTS, QR_CREATE, QR_IMAGE, QR_POLL, QR_SCAN, QR_CONFIRM, QR_CANCEL,
+    SESSIONS, *ADMIN_METHODS)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {method.name: method for method in _METHODS}
 """Every method a worker serves, by name."""

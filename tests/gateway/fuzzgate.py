@@ -37,7 +37,14 @@ from shared.messages import (
     PlatformEventOut,
     Profile,
     ProfileOut,
+    QrCreateOut,
+    QrImageOut,
+    QrPollOut,
+    QrScanOut,
+    QrStateOut,
+    SessionInfo,
     SessionOut,
+    SessionsOut,
     UserOut,
     UserProfileOut,
 )
@@ -81,6 +88,20 @@ REPLIES: dict[str, RpcReply] = {
     "merge_accounts": RpcReply.success(MergeOut(
         user_id="u1", absorbed_user_id="u2", identities_moved=1, phone="none",
         profile_fields_moved=[], consents_moved=0, sessions_ended=1, conflicts=[])),
+    "qr_create": RpcReply.success(QrCreateOut(
+        id="AbCdEfGhIjKlMnOpQrStUvWx", poll_token="p" * 43, expires_in=120,
+        image_url="/v1/qr-logins/AbCdEfGhIjKlMnOpQrStUvWx/image")),
+    "qr_image": RpcReply.success(QrImageOut(content_type="image/png",
+                                            image_b64="iVBORw0KGgo=", expires_in=100)),
+    "qr_poll": RpcReply.success(QrPollOut(state="confirmed", expires_in=0, session=_SESSION)),
+    "qr_scan": RpcReply.success(QrScanOut(
+        id="AbCdEfGhIjKlMnOpQrStUvWx", state="scanned", site="https://shop.example",
+        browser="Chrome", user_agent="Mozilla/5.0", created_at="2026-01-01T00:00:00+00:00",
+        expires_in=100)),
+    "qr_confirm": RpcReply.success(QrStateOut(id="AbCdEfGhIjKlMnOpQrStUvWx", state="confirmed")),
+    "qr_cancel": RpcReply.success(QrStateOut(id="AbCdEfGhIjKlMnOpQrStUvWx", state="cancelled")),
+    "sessions": RpcReply.success(SessionsOut(sessions=[SessionInfo(
+        id="s1", platform="web", app_id="wx1", created_at=None, current=False)])),
 }
 
 

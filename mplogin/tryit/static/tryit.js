@@ -6,14 +6,16 @@
   const $ = (id) => document.getElementById(id);
 
   const held = { code: null, codeUsed: false, access: null, refresh: null, user: null, ended: false,
-    consents: null };
+    consents: null, qr: null };
   let apps = [];
   let logsDir = "";
   let busy = false;
 
   // Top-level fields that hold a secret (a nested "code" is an error code, shown as is).
   const SECRET_FIELDS = new Set(["code", "anonymous_code", "access_token", "refresh_token",
-    "session_key"]);
+    "session_key", "poll_token"]);
+  // Request headers that carry a secret: shown shortened.
+  const SECRET_HEADERS = new Set(["X-QR-Poll-Token"]);
   const SECRET_PATTERN = /^(eyJ[\w-]*\.[\w-]*\.[\w-]*|mplrt_\S+)$/;
 
   function shorten(value) {
@@ -61,7 +63,9 @@
     li.append(title);
     const lines = [];
     for (const [name, value] of Object.entries(headers)) {
-      lines.push(name + ": " + (name === "Authorization" ? "Bearer " + shorten(value.slice(7)) : value));
+      const shown = name === "Authorization" ? "Bearer " + shorten(value.slice(7))
+        : SECRET_HEADERS.has(name) ? shorten(value) : value;
+      lines.push(name + ": " + shown);
     }
     if (body !== undefined) lines.push((lines.length ? "\n" : "") + pretty(body));
     li.append(element("div", "label", "Request"), element("pre", "request", lines.join("\n") || "(no body)"));
@@ -105,8 +109,8 @@
   }
 
   async function call(method, path, options) {
-    const { body, token, file } = options || {};
-    const headers = {};
+    const { body, token, file, headers: extra } = options || {};
+    const headers = { ...(extra || {}) };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (file) headers["Content-Type"] = file.type;
     if (token) headers["Authorization"] = "Bearer " + token;
@@ -154,6 +158,10 @@
     $("refresh").disabled = busy || !held.refresh;
     $("me").disabled = busy;
     $("logout").disabled = busy;
+    $("qr-scan").disabled = busy || !held.access || held.ended;
+    $("qr-confirm").disabled = busy || !held.qr;
+    $("qr-cancel").disabled = busy || !held.qr;
+    $("web-start").disabled = none || web.waiting;
     $("upload-avatar").disabled = busy || !held.access;
     $("set-nickname").disabled = busy || !held.access;
     showConsents();
@@ -374,6 +382,92 @@
     else if (data && data.error) $("nickname-status").textContent = "refused: " + data.error.code;
   }
 
+  // ---- QR login: the phone side (mini-program panel) -------------------------------------
+
+  async function qrScan() {
+    const app = currentApp();
+    // The camera: the sandbox tells what the latest code drawn for this app opens.
+    const camera = await call("POST", "/sandbox/scan", { body: { app_id: app.app_id } });
+    if (camera.status !== 200 || !camera.data) return;
+    const id = decodeURIComponent(camera.data.scene);
+    // The page's proxy takes JSON bodies only; the gateway ignores this one.
+    const { status, data } = await call("POST", "/api/v1/qr-logins/" + id + "/scan",
+      { token: held.access, body: {} });
+    if (status !== 200 || !data) return;
+    held.qr = id;
+    $("qr-site").textContent = data.site || "unknown site";
+    $("qr-browser").textContent = data.browser || "unknown browser";
+  }
+
+  async function qrAnswer(yes) {
+    const id = held.qr;
+    held.qr = null;
+    await call("POST", "/api/v1/qr-logins/" + id + "/" + (yes ? "confirm" : "cancel"),
+      { token: held.access, body: {} });
+  }
+
+  // ---- QR login: the website side (PC website panel) -----------------------------------
+
+  const web = { waiting: false };
+
+  function webState(text) {
+    $("web-state").textContent = text;
+  }
+
+  async function webStart() {
+    const app = currentApp();
+    web.waiting = true;
+    show();
+    $("web-user").hidden = true;
+    delete $("website").dataset.signedIn;
+    try {
+      const { status, data } = await call("POST", "/api/v1/qr-logins",
+        { body: { platform: app.platform, app_id: app.app_id } });
+      if (status !== 200 || !data) {
+        webState("Could not start: " + (data && data.error ? data.error.code : status));
+        return;
+      }
+      const img = $("web-qr");
+      img.src = "/api" + data.image_url;
+      img.hidden = false;
+      $("website").dataset.qrId = data.id;
+      let known = "pending";
+      webState("Scan the code with the mini-program.");
+      for (;;) {
+        const poll = await call("GET",
+          "/api/v1/qr-logins/" + data.id + "?wait=20&state=" + known,
+          { headers: { "X-QR-Poll-Token": data.poll_token } });
+        if (poll.status !== 200 || !poll.data) {
+          webState("Stopped: " + (poll.data && poll.data.error ? poll.data.error.code : poll.status));
+          return;
+        }
+        known = poll.data.state;
+        $("website").dataset.state = known;
+        if (poll.data.session) {
+          img.hidden = true;
+          const me = await call("GET", "/api/v1/me", { token: poll.data.session.access_token });
+          const id = me.data && me.data.id;
+          webState("Signed in (a web session of its own).");
+          $("web-user").textContent = "Signed in as " + (id || "?");
+          $("web-user").hidden = false;
+          if (id) $("website").dataset.signedIn = id;
+          return;
+        }
+        if (known === "scanned") {
+          webState("Scanned" + (poll.data.scanned_by ? " by " + poll.data.scanned_by : "")
+            + ": confirm on the phone.");
+        } else if (known === "cancelled" || known === "expired") {
+          img.hidden = true;
+          webState("The request was " + known + ": start again.");
+          return;
+        }
+      }
+    } finally {
+      web.waiting = false;
+      show();
+    }
+  }
+
   function clearLog() {
     $("log").replaceChildren();
     $("log-empty").hidden = false;
@@ -418,6 +512,10 @@
     $("bind-phone").addEventListener("click", () => step(bindPhone));
     $("link").addEventListener("click", () => step(link));
     $("identities").addEventListener("click", () => step(identities));
+    $("qr-scan").addEventListener("click", () => step(qrScan));
+    $("qr-confirm").addEventListener("click", () => step(() => qrAnswer(true)));
+    $("qr-cancel").addEventListener("click", () => step(() => qrAnswer(false)));
+    $("web-start").addEventListener("click", () => webStart());
     $("clear-log").addEventListener("click", clearLog);
     $("accept-consent").addEventListener("click", () => step(acceptConsent));
     $("export").addEventListener("click", () => step(exportData));
