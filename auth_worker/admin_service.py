@@ -11,7 +11,7 @@ unauthenticated caller must not be able to fill it).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -21,12 +21,12 @@ from pymongo.errors import PyMongoError
 from auth_worker.adminkeys import AdminKey, AdminKeys, role_allows
 from auth_worker.audit import AuditLog
 from auth_worker.blocking import BlockList, block_state
-from auth_worker.erase import erase_user
+from auth_worker.erasure import Erasure
 from auth_worker.opendata_crypto import mask_phone
 from auth_worker.outbox import Outbox, new_event, request_event_id
 from auth_worker.phones import Phones, to_e164
 from auth_worker.profile import readable_profile
-from auth_worker.store import Store, now_ts
+from auth_worker.store import Store, utcnow
 from shared import admin_messages as am
 from shared.errors import ErrorCode, MPLoginError
 from shared.logs import get_logger
@@ -43,6 +43,8 @@ BLOCK_REPLY_MARGIN = 1.5
 """Seconds of the call's budget kept for the second revocation and the answer."""
 RECENT_LOGIN_DAYS = 30
 FOUND_MAX = 20
+DELETE_REPLY_MARGIN = 1.0
+"""Seconds of the call's budget kept for the audit record and the answer after an erasure."""
 
 
 class AdminMetrics:
@@ -58,9 +60,10 @@ class AdminService:
     """The handlers of the ``ADMIN_*`` methods of the contract."""
 
     def __init__(self, store: Store, keys: AdminKeys, audit: AuditLog, blocks: BlockList,
-                 outbox: Outbox, metrics: AdminMetrics | None = None,
+                 outbox: Outbox, erasure: Erasure, metrics: AdminMetrics | None = None,
                  *, blocked_reload_interval: float = 2.0, phones: Phones) -> None:
         self.store = store
+        self.erasure = erasure
         self.phones = phones  # numbers are stored encrypted, found by keyed hash
         self.settle_seconds = blocked_reload_interval + BLOCK_SETTLE_MARGIN
         self.keys = keys
@@ -112,10 +115,10 @@ class AdminService:
         self._count(action, "ok")
 
     async def _settle(self, ctx: CallContext) -> None:
-        """Wait until every worker has reloaded the blocked and deleted users.
+        """Wait until every worker has reloaded the blocked users.
 
-        Each worker reloads them every ``MPLOGIN_BLOCKED_RELOAD_INTERVAL`` seconds; a block,
-        an unblock or a deletion answers only once that time (and a margin) has passed, so when
+        Each worker reloads them every ``MPLOGIN_BLOCKED_RELOAD_INTERVAL`` seconds; a block or
+        an unblock answers only once that time (and a margin) has passed, so when
         the operator sees the answer, every worker's logins follow it (docs/admin.md).
         """
         await asyncio.sleep(min(self.settle_seconds,
@@ -196,9 +199,13 @@ class AdminService:
                         "created_ts": 1, "last_refresh_ts": 1, "revoked_reason": 1},
         ).sort("created_ts", DESCENDING).to_list(SESSIONS_SHOWN)
         shown = [_session(doc) for doc in sessions]
-        recent_from = now_ts() - RECENT_LOGIN_DAYS * 86400
-        recent = [s for s, doc in zip(shown, sessions, strict=True)
-                  if float(doc.get("created_ts") or 0) >= recent_from]
+        # The login history (one record per login and refresh; auth_worker/privacy.py).
+        recent = await self.store.db["login_history"].find(
+            {"user_id": params.user_id,
+             "at": {"$gte": utcnow() - timedelta(days=RECENT_LOGIN_DAYS)}},
+        ).sort("at", DESCENDING).to_list(SESSIONS_SHOWN)
+        consents = await self.store.db["consents"].find(
+            {"user_id": params.user_id}).sort("accepted_ts", DESCENDING).to_list(SESSIONS_SHOWN)
         phone = self.phones.number_of(user)
         blocked = block_state(user)
         await self._done(key, params.caller,
@@ -215,7 +222,8 @@ class AdminService:
             phone_revealed=bool(phone) and params.reveal_phone,
             profile=readable_profile(user.get("profile")),
             sessions=shown,
-            recent_logins=recent,
+            recent_logins=[_login(doc) for doc in recent],
+            consents=[_consent(doc) for doc in consents],
         )
 
     async def end_sessions(self, params: am.EndSessionsParams, ctx: CallContext) -> am.CountOut:
@@ -268,24 +276,20 @@ class AdminService:
         return am.BlockOut(blocked=False)
 
     async def delete(self, params: am.TargetParams, ctx: CallContext) -> am.DeleteOut:
-        """Erase the user's data (auth_worker/erase.py), then tell other services."""
+        """Delete the user exactly as account deletion does (auth_worker/erasure.py): the same
+        erasure, the same wait for logins in flight, ``user.deleted`` from it."""
         key = await self._allow(params.caller, "admin", "user.deleted", params.user_id)
-        # A redelivered delete finds nothing left and still records and announces it.
+        # A redelivered delete finds nothing left and still records it.
         if await self.store.users.find_one({"_id": params.user_id}, projection={"_id": 1}) is None \
                 and not ctx.redelivered:
             raise MPLoginError(ErrorCode.USER_NOT_FOUND)
-        await self.blocks.mark_deleted(params.user_id)  # before the identities go
-        removed = await erase_user(self.store, params.user_id)
-        await self.blocks.unblock(params.user_id)
-        await self._settle(ctx)
-        # A login on a worker that still remembered the identity may have stored a session.
-        for collection, count in (await erase_user(self.store, params.user_id)).items():
-            removed[collection] += count
-        await self.outbox.emit(new_event(
-            "user.deleted", params.user_id,
-            event_id=request_event_id(ctx.request_id, "user.deleted", params.user_id)))
-        await self._done(key, params.caller, "user.deleted", params.user_id, {"removed": removed})
-        return am.DeleteOut(deleted=True, removed=removed)
+        outcome = await self.erasure.erase_user(
+            params.user_id, deadline=ctx.deadline - DELETE_REPLY_MARGIN, reason="admin",
+            actor=f"key:{key.name}")
+        removed = dict(outcome.removed)
+        await self._done(key, params.caller, "user.deleted", params.user_id,
+                         {"removed": removed, "status": outcome.status})
+        return am.DeleteOut(deleted=outcome.status == "deleted", removed=removed)
 
     async def audit_log(self, params: am.AuditParams, ctx: CallContext) -> am.AuditOut:
         """Audit records by user and time (reading them is not itself recorded)."""
@@ -325,6 +329,25 @@ def _identity(doc: dict[str, Any]) -> am.AdminIdentity:
         platform=str(doc.get("platform")), app_id=str(doc.get("app_id")), openid=openid,
         unionid=str(unionid) if unionid else None, anonymous=openid.startswith("anonymous:"),
         created_at=_iso(doc.get("created_at")), last_login_at=_iso(doc.get("last_login_at")))
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value else None
+
+
+def _login(doc: dict[str, Any]) -> am.AdminLogin:
+    return am.AdminLogin(at=_iso(doc.get("at")), event=str(doc.get("event")),
+                         platform=_text(doc.get("platform")), app_id=_text(doc.get("app_id")),
+                         client_ip=_text(doc.get("client_ip")),
+                         user_agent=_text(doc.get("user_agent")))
+
+
+def _consent(doc: dict[str, Any]) -> am.AdminConsent:
+    return am.AdminConsent(
+        document=str(doc.get("document")), version=str(doc.get("version")),
+        accepted_at=_iso(doc.get("accepted_ts")),
+        withdrawn_at=_iso(doc.get("withdrawn_ts")),
+        platform=_text(doc.get("platform")), app_id=_text(doc.get("app_id")))
 
 
 def _session(doc: dict[str, Any]) -> am.AdminSession:

@@ -9,20 +9,19 @@ of its own: the login's two round trips stay two (docs/bench.md). A block made o
 worker reaches this worker's logins within the reload interval, which the block's answer waits
 out (auth_worker/admin_service.py, docs/admin.md).
 
-Deleted users are remembered the same way, by id alone, for a day (``deleted_users``): a worker
-that remembers an identity's user (auth_worker/service.py) reads the identity again instead.
+A deleted user is another matter: no worker's remembered identities may lead to them, which the
+erasure notices ensure (``CacheFence`` in auth_worker/erasure.py, for every kind of deletion).
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.errors import PyMongoError
 
-from auth_worker.store import Store, now_ts, utcnow
+from auth_worker.store import Store, now_ts
 from shared.errors import ACCOUNT_BLOCKED_MESSAGE, ErrorCode, MPLoginError
 from shared.logs import get_logger
 
@@ -38,16 +37,12 @@ class BlockList:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._blocked: dict[str, str] = {}
-        self._deleted: set[str] = set()
-        self.tombstones = store.db["deleted_users"]
         self.loaded = False
 
     async def ensure_indexes(self) -> None:
         """The reload reads only blocked users."""
         await self.store.users.create_index([("blocked_flag", ASCENDING)], sparse=True,
                                             name="user_blocked")
-        await self.tombstones.create_index([("purge_at", ASCENDING)], expireAfterSeconds=0,
-                                           name="deleted_user_purge")
 
     def check(self, user_id: str) -> None:
         """Raise ``user_blocked`` (with the message the app may show) for a blocked user."""
@@ -72,20 +67,7 @@ class BlockList:
                 log.error("blocked.too_many", limit=MAX_BLOCKED_IN_MEMORY)
                 break
         self._blocked = found
-        self._deleted = {str(doc["_id"])
-                         async for doc in store.db[self.tombstones.name].find({})}
         self.loaded = True
-
-    def is_deleted(self, user_id: str) -> bool:
-        """Whether the user was deleted lately (a worker's remembered identity must not lead
-        to them any more: the login reads the identity again)."""
-        return user_id in self._deleted
-
-    async def mark_deleted(self, user_id: str) -> None:
-        """Remember a deleted user's id for a day (every worker's reload picks it up)."""
-        await self.tombstones.update_one(
-            {"_id": user_id}, {"$set": {"purge_at": utcnow() + timedelta(days=1)}}, upsert=True)
-        self._deleted.add(user_id)
 
     async def block(self, user_id: str, *, by: str, message: str | None) -> bool:
         """Block the user; False when there is no such user."""

@@ -7,6 +7,10 @@ need more than that (files stored in chunks, say) names an ``eraser`` of its own
 that holds no personal data is listed too, with ``personal=False`` and why. A test lists the
 database's collections after a full scenario and fails on any collection missing here, so a
 feature that adds a collection adds its entry (tests/e2e/test_privacy.py).
+
+An entry's ``kept`` names the fields that keep the user's id after the deletion, by design
+(the audit log's evidence, the events other services are told): the random user id alone,
+never an openid, unionid, phone number or profile; ``on_delete`` says why.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from auth_worker.avatar_store import BUCKET, erase_user_avatar_chunks, erase_user_avatar_files
+from auth_worker.outbox import erase_user_events, move_session_events
 
 Eraser = Callable[[AsyncDatabase[dict[str, Any]], str], Awaitable[int]]
 """Deletes one user's documents in a collection; returns how many went."""
@@ -48,6 +53,8 @@ class Holding:
     erase_last: bool = False
     expires_on: str | None = None
     """A BSON date field: MongoDB's TTL index and the periodic purge delete past it."""
+    kept: tuple[str, ...] = ()
+    """Fields that keep the (random) user id after the deletion, until their own expiry."""
 
     def owner_filter(self, user_id: str) -> dict[str, Any] | None:
         """The filter selecting the user's documents; None when none are selected by field."""
@@ -89,7 +96,10 @@ DATA_MAP: tuple[Holding, ...] = (
                   "serialises unlinks and merges of the user; removed when each ends"),
             Field("user_profile.*", "the nickname the user typed, its moderation status, "
                   "source and time", "the app shows it"),
-            Field("deletion", "state and due time of a deletion under way", "grace period"),
+            Field("deletion", "state, due time, reason and requester (user or operator key "
+                  "name) of a deletion under way", "grace period, resuming"),
+            Field("blocked_flag, blocked", "an operator's block: time, operator key name, the "
+                  "message shown to the user", "refuses the user's logins while blocked"),
         ),
         owner_fields=("_id",), erase_last=True,
     ),
@@ -136,8 +146,12 @@ DATA_MAP: tuple[Holding, ...] = (
                       "absolute_expires_ts, purge_at", "times", "expiry"),
                 Field("state, family, is_new, error, request_id, revoked_*", "bookkeeping "
                       "(state 'linked': a code spent by POST /v1/identities)",
-                      "replays and revocation")),
+                      "replays and revocation"),
+                Field("events, events_pending", "the login's events until the relay publishes "
+                      "them (user id, platform, app, and the openid/unionid for apps that opted "
+                      "in)", "user.registered / user.logged_in reach other services")),
         owner_fields=("user_id",),
+        eraser=move_session_events,
         expires_on="purge_at",
     ),
     Holding(
@@ -252,6 +266,54 @@ DATA_MAP: tuple[Holding, ...] = (
         fields=(Field("_id, status, purge_at", "app and trace id, verdict, expiry",
                       "applies a verdict that outran its upload"),),
         expires_on="purge_at",
+    ),
+    Holding(
+        "audit", "what operators did and security events (docs/admin.md)", personal=True,
+        lifetime="audit_retention_days (365)", enforced_by="TTL index on purge_at, periodic "
+        "purge",
+        on_delete="kept until its own expiry: it is the evidence of what was done to the "
+        "account, the deletion included; it holds the random user id, never an openid, "
+        "unionid, phone number, profile or token",
+        fields=(Field("user_id", "user id (random)", "whose account an action concerned"),
+                Field("actor, role, ip", "operator key name and role (or user, system), the "
+                      "operator's address", "who did it"),
+                Field("action, detail", "what was done (block message, counts; never a phone "
+                      "number)", "what"),
+                Field("at, at_ts, purge_at", "times", "when, expiry")),
+        kept=("user_id",),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "outbox", "domain events for other services until published (docs/events.md), and "
+        "the relay's lease", personal=True,
+        lifetime="pending: until published (seconds); sent: events_sent_retention_hours (24)",
+        enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="the user's events lose their openid, unionid and phone at once; pending ones "
+        "are still published, then all expire with the others; user.deleted is added",
+        fields=(Field("event.user_id", "user id (random)", "consumers need whose event"),
+                Field("event.platform, event.app_id", "where", "consumers"),
+                Field("event.data", "per type (docs/events.md); openid, unionid, phone only "
+                      "for apps listing them in event_fields", "consumers"),
+                Field("pending, created_ts, sent_at, purge_at", "times", "relay, expiry")),
+        eraser=erase_user_events, kept=("event.user_id",),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "deleted_users", "user ids of deleted accounts, written by an earlier version (no "
+        "longer written: the erasure notices do its job)", personal=True,
+        lifetime="1 day", enforced_by="TTL index on purge_at",
+        on_delete="deleted",
+        fields=(Field("_id", "user id", "kept a worker's memory from a deleted user"),
+                Field("purge_at", "time", "expiry")),
+        owner_fields=("_id",),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "admin_keys", "operators' admin API keys (docs/admin.md)", personal=False,
+        lifetime="kept after revocation (the audit log's actor names resolve)",
+        enforced_by="mplogin admin keys revoke",
+        on_delete="nothing: no end user's data (an operator's key name, role, SHA-256 of "
+        "the secret)",
     ),
     Holding(
         "platform_tokens", "each WeChat and Douyin app's access token (encrypted)",

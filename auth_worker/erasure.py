@@ -24,6 +24,11 @@ Why a racing login never resurrects the erased user nor leaves orphans (docs/pri
    documents, the user document last: until then the deletion can be resumed.
 6. A tombstone without personal data is written (hashed user id, time, reason).
 
+Once the wait is over (the deletion can no longer be undone), ``user.deleted`` is written to
+the events outbox and, for a deletion the user asked for, an audit record (actor ``user``; an
+operator's delete is audited by auth_worker/admin_service.py with the key and IP). Both carry
+ids derived from the user id's hash, so a resumed or retried erasure writes each once.
+
 If the request's budget runs out before step 5, ``users.deletion`` stays ``erasing`` with a
 resume time, and the worker's periodic task (``complete_due``) finishes the work.
 No extra database round trip is added to a login: the notices are polled beside it.
@@ -35,14 +40,16 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import PyMongoError
 
+from auth_worker.audit import AuditLog
 from auth_worker.datamap import DATA_MAP
+from auth_worker.outbox import Outbox, move_session_events, new_event
 from auth_worker.store import Store, utcnow
 from shared.logs import get_logger
 from shared.settings import Settings
@@ -58,6 +65,8 @@ CLOCK_SKEW = 0.5
 NOTICE_TTL = 3600
 WAIT_STEP = 0.05
 REASON_USER = "user_request"
+ACTOR_USER = "user"
+"""The audit actor of a deletion the user asked for (an operator's is ``key:<name>``)."""
 
 
 def hash_user_id(user_id: str) -> str:
@@ -114,6 +123,8 @@ class Outcome:
 
     status: Literal["deleted", "pending_deletion", "none"]
     at: float | None = None  # deleted: when; pending: when it completes
+    removed: dict[str, int] = field(default_factory=dict, compare=False)
+    """Documents this call removed, by collection (empty when it found the work done)."""
 
 
 class Erasure:
@@ -126,6 +137,8 @@ class Erasure:
         self.users = store.users
         self.tombstones = self.db["account_tombstones"]
         self.notices = self.db["erasure_notices"]
+        self.outbox = Outbox(store, settings)
+        self.audit = AuditLog(store, settings.audit_retention_days)
 
     @property
     def settle(self) -> float:
@@ -246,14 +259,17 @@ class Erasure:
         return True
 
     async def erase_user(self, user_id: str, *, deadline: float,
-                         reason: str = REASON_USER) -> Outcome:
+                         reason: str = REASON_USER, actor: str = ACTOR_USER) -> Outcome:
         """Erase everything stored about ``user_id``; idempotent.
 
         ``deadline`` (a ``time.time()``) bounds the wait for logins in flight; past it the
-        deletion is left ``erasing`` for ``complete_due``, sessions already ended.
+        deletion is left ``erasing`` for ``complete_due``, sessions already ended. ``actor``
+        names who asked (``user``, or an operator's ``key:<name>``), kept with the deletion so a
+        resumed one announces and audits it the same.
         """
         resume = time.time() + self.settle
-        deletion = await self._begin(user_id, "erasing", {"resume_ts": resume, "reason": reason})
+        deletion = await self._begin(user_id, "erasing", {"resume_ts": resume, "reason": reason,
+                                                          "actor": actor})
         if deletion is None:  # no user document: erased already, or only orphans are left
             done = await self.status(user_id)
             if done.status == "deleted":
@@ -264,13 +280,19 @@ class Erasure:
                 {"_id": user_id, "deletion.state": "pending"},
                 {"$set": {"deletion.state": "erasing", "deletion.resume_ts": resume}})
         await self.store.revoke_user_sessions(user_id, reason="account_deleted")
-        await self.store.identities.delete_many({"user_id": user_id})
-        await self.store.unions.delete_many({"user_id": user_id})
+        removed = {
+            "identities": (await self.store.identities.delete_many(
+                {"user_id": user_id})).deleted_count,
+            "unions": (await self.store.unions.delete_many({"user_id": user_id})).deleted_count,
+        }
         if not await self._fence(deadline):
             log.warning("account.erasure_deferred", user_id=user_id)
             return Outcome("pending_deletion", resume)
         await self.store.revoke_user_sessions(user_id, reason="account_deleted")
-        removed = await self._sweep(user_id)
+        await self._announce(user_id, reason=str(deletion.get("reason") or reason),
+                             actor=str(deletion.get("actor") or actor))
+        for collection, count in (await self._sweep(user_id)).items():
+            removed[collection] = removed.get(collection, 0) + count
         now = time.time()
         await self.tombstones.update_one(
             {"_id": hash_user_id(user_id)},
@@ -279,20 +301,38 @@ class Erasure:
                                   days=self.settings.tombstone_days)}},
             upsert=True)
         tomb = await self.tombstones.find_one({"_id": hash_user_id(user_id)})
-        log.info("account.erased", user_hash=hash_user_id(user_id)[:16], documents=removed,
-                 reason=reason)
-        return Outcome("deleted", float((tomb or {}).get("deleted_ts") or now))
+        log.info("account.erased", user_hash=hash_user_id(user_id)[:16],
+                 documents=sum(removed.values()), reason=reason)
+        deleted_ts = float((tomb or {}).get("deleted_ts") or now)
+        return Outcome("deleted", deleted_ts, removed)
 
-    async def _sweep(self, user_id: str) -> int:
-        """Delete the user's documents in every collection of the data map, users last."""
-        removed = 0
+    async def _announce(self, user_id: str, *, reason: str, actor: str) -> None:
+        """``user.deleted`` for other services, and the user's own request in the audit log.
+
+        Written before the sweep: a sweep cut short is resumed and writes them again under the
+        same ids (a no-op). Neither holds more of the user than the random user id.
+        """
+        key = hash_user_id(user_id)[:40]
+        # A login's events not yet published go first (older, so the relay sends them first).
+        await move_session_events(self.db, user_id)
+        await self.outbox.emit(new_event("user.deleted", user_id, data={"reason": reason},
+                                         event_id=f"evt_deleted:{key}"))
+        if actor == ACTOR_USER:
+            await self.audit.record(actor=ACTOR_USER, action="user.deleted", user_id=user_id,
+                                    detail={"reason": reason}, record_id=f"a_deleted_{key}")
+
+    async def _sweep(self, user_id: str) -> dict[str, int]:
+        """Delete the user's documents in every collection of the data map, users last; how
+        many went (or were changed, for an ``eraser``), by collection."""
+        removed: dict[str, int] = {}
         for holding in sorted(DATA_MAP, key=lambda h: h.erase_last):
+            count = 0
             if holding.eraser is not None:
-                removed += await holding.eraser(self.db, user_id)
+                count += await holding.eraser(self.db, user_id)
             query = holding.owner_filter(user_id)
             if query is not None:
-                result = await self.db[holding.collection].delete_many(query)
-                removed += result.deleted_count
+                count += (await self.db[holding.collection].delete_many(query)).deleted_count
+            removed[holding.collection] = count
         return removed
 
     async def complete_due(self, *, limit: int = 100) -> int:
@@ -307,6 +347,7 @@ class Erasure:
             user_id = str(user["_id"])
             deletion = user.get("deletion") or {}
             reason = str(deletion.get("reason") or REASON_USER)
+            actor = str(deletion.get("actor") or ACTOR_USER)
             if deletion.get("state") == "pending":
                 moved = await self.users.find_one_and_update(
                     {"_id": user_id, "deletion.state": "pending"},
@@ -315,6 +356,6 @@ class Erasure:
                 if moved is None:
                     continue  # cancelled by a login meanwhile, or taken by another worker
             outcome = await self.erase_user(user_id, deadline=time.time() + self.settle,
-                                            reason=reason)
+                                            reason=reason, actor=actor)
             done += outcome.status == "deleted"
         return done

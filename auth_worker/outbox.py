@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import socket
@@ -36,6 +37,7 @@ import orjson
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from auth_worker.apps import AppConfig
@@ -81,8 +83,40 @@ def opted_in(app: AppConfig | None, **fields: str | None) -> dict[str, Any]:
 
 
 def request_event_id(request_id: str, kind: str, user_id: str) -> str:
-    """The id of the event a request's change causes: the same on a redelivery of it."""
-    return f"evt_{request_id[:64]}:{kind}:{user_id}"
+    """The id of the event a request's change causes: the same on a redelivery of it.
+
+    The user id enters hashed, so once an account is erased its events' ids do not name it.
+    """
+    user = hashlib.sha256(f"mplogin-event|{user_id}".encode()).hexdigest()[:24]
+    return f"evt_{request_id[:64]}:{kind}:{user}"
+
+
+async def erase_user_events(db: AsyncDatabase[dict[str, Any]], user_id: str) -> int:
+    """An erased user's events keep no opted-in identifier (openid, unionid, phone).
+
+    They stay otherwise: a pending one is still published (with the user id alone), a sent one
+    expires with the others (docs/privacy.md). How many events were changed.
+    """
+    result = await db["outbox"].update_many(
+        {"event.user_id": user_id},
+        {"$unset": {f"event.data.{name}": "" for name in OPT_IN_FIELDS}})
+    return int(result.modified_count)
+
+
+async def move_session_events(db: AsyncDatabase[dict[str, Any]], user_id: str) -> int:
+    """Move the unpublished events of an erased user's sessions to the outbox, without their
+    opted-in identifiers, before the sessions go (``user.logged_in`` still reaches consumers,
+    ahead of ``user.deleted``). Returns 0: nothing of the user's is removed here."""
+    async for doc in db["sessions"].find({"user_id": user_id, "events_pending": True},
+                                         projection={"events": 1}):
+        for event in doc.get("events") or []:
+            data = {k: v for k, v in (event.get("data") or {}).items()
+                    if k not in OPT_IN_FIELDS}
+            with contextlib.suppress(DuplicateKeyError):
+                await db["outbox"].insert_one({"_id": event["id"], "pending": True,
+                                               "created_ts": _event_ts(event),
+                                               "event": {**event, "data": data}})
+    return 0
 
 
 class EventMetrics:

@@ -185,6 +185,7 @@ class LoginService:
         self.blocks = BlockList(store)
         self.outbox = Outbox(store, settings)
         self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox,
+                                  self.erasure,
                                   blocked_reload_interval=settings.blocked_reload_interval,
                                   phones=self.phones)
         self.account.on_reuse = self._reuse_detected
@@ -524,8 +525,7 @@ class LoginService:
         key = IdentityKey(app.platform, app.app_id, openid)
         generation = self.fence.generation
         known = self._known.get(key) if self.fence.usable() else None
-        if known is not None and identity.unionid in (None, known.unionid) \
-                and not self.blocks.is_deleted(known.user_id):
+        if known is not None and identity.unionid in (None, known.unionid):
             # An identity changes users only by an erasure, an unlink or a merge, and each
             # writes a notice this worker polls (auth_worker/erasure.py, identities.py,
             # merge.py): while the notices are fresh, a returning user whose identity this

@@ -133,6 +133,28 @@ class AdminSession(_Strict):
     ended_reason: str | None = None
 
 
+class AdminLogin(_Strict):
+    """One login or refresh of the user, from the login history (docs/privacy.md)."""
+
+    at: str | None
+    event: str
+    platform: str | None = None
+    app_id: str | None = None
+    client_ip: str | None = Field(default=None, description="Cut to its network (/24, /48).")
+    user_agent: str | None = None
+
+
+class AdminConsent(_Strict):
+    """One document the user accepted (and, if so, withdrew)."""
+
+    document: str
+    version: str
+    accepted_at: str | None = None
+    withdrawn_at: str | None = None
+    platform: str | None = None
+    app_id: str | None = None
+
+
 class BlockState(_Strict):
     """Why and since when a user is blocked."""
 
@@ -152,8 +174,11 @@ class AdminUserOut(_Strict):
     phone_revealed: bool = False
     profile: Profile
     sessions: list[AdminSession] = Field(description="Newest first, at most 50.")
-    recent_logins: list[AdminSession] = Field(
-        description="The sessions created in the last 30 days, newest first: one per login.")
+    recent_logins: list[AdminLogin] = Field(
+        description="Logins and refreshes of the last 30 days from the login history, newest "
+        "first, at most 50.")
+    consents: list[AdminConsent] = Field(
+        default_factory=list, description="The documents the user accepted, withdrawn ones too.")
 
 
 class CountOut(_Strict):

@@ -48,7 +48,8 @@ async def _serve_inline(settings: Any, port: int) -> None:
 
     class CommandCounter(monitoring.CommandListener):
         """Counts the commands the driver sends, by name: those a login sends, and apart from
-        them those of the worker's background tasks (outbox relay, blocked users' reload).
+        them those of the worker's background tasks (outbox relay, blocked users' reload, erasure
+        notice polls, retention purge).
 
         The listener runs in the task that sends the command, so the login's context variable
         tells the two apart.

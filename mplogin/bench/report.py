@@ -133,7 +133,8 @@ def final_report(out: Json) -> str:
         background = cmds.get("background_commands") or {}
         if background:
             lines.append("  besides, the worker's background tasks (outbox relay, blocked users' "
-                         f"reload) sent {sum(background.values())} commands in the same time "
+                         "reload, erasure notice polls, retention purge) sent "
+                         f"{sum(background.values())} commands in the same time "
                          f"({', '.join(f'{k} {v}' for k, v in sorted(background.items()))}), "
                          "whatever the login rate")
         ceil = db["ceiling"]

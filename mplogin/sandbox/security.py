@@ -19,8 +19,8 @@ phone number API: 41001 missing, 40001 unknown, 42001 expired):
 Douyin (docs/platforms.md §10.4), JSON answers with HTTP 200 (the status of Douyin's error
 answers is not documented):
 
-- ``POST /douyin/api/apps/v2/token``: ``appid``, ``secret``, ``grant_type=client_credential``
-  → ``{"err_no": 0, "data": {"access_token", "expires_in": 7200}}``; a wrong secret 40017.
+- the access token: ``POST /douyin/api/apps/v2/token``, served by mplogin/sandbox/douyin.py
+  (one token endpoint for every Douyin API of the sandbox).
 - ``POST /douyin/api/v2/tags/text/antidirt``: header ``X-Token``; ``{"tasks": [{"content"}]}``
   → ``data[].predicts[].hit``, true for content set ``risky`` through the control API; a bad
   token answers ``{"code": 401, "message": "[app token sign fail] bad token", ...}``.
@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import BaseModel, ConfigDict, Field
 
 from mplogin.sandbox.common import json_response, state_of
+from mplogin.sandbox.state import TokenStatus
 from mplogin.sandbox.wechat import token_error
 from shared.logs import get_logger
 
@@ -95,7 +96,6 @@ class SecurityState:
     fetches: list[dict[str, Any]] = field(default_factory=list)
     pushes: list[dict[str, Any]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    douyin_tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 SECURITY = web.AppKey("sandbox_security", SecurityState)
@@ -181,35 +181,20 @@ async def media_check_async(request: web.Request) -> web.Response:
     return json_response({"errcode": 0, "errmsg": "ok", "trace_id": trace})
 
 
-async def douyin_token(request: web.Request) -> web.Response:
-    """``POST /douyin/api/apps/v2/token``: a client-credential token, 7200 s."""
-    try:
-        body = json.loads(await request.text())
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict) or body.get("grant_type") != "client_credential":
-        return json_response({"err_no": 40014, "err_tips": "bad params", "data": None})
-    app = state_of(request).app("douyin", str(body.get("appid", "")))
-    if app is None:
-        return json_response({"err_no": 40015, "err_tips": "bad appid", "data": None})
-    if not secrets.compare_digest(str(body.get("secret", "")).encode(),
-                                  (app.secret or "").encode()):
-        return json_response({"err_no": 40017, "err_tips": "bad secret", "data": None})
-    token = "dy." + secrets.token_hex(24)
-    request.app[SECURITY].douyin_tokens[token] = (app.app_id, time.time() + 7200)
-    return json_response({"err_no": 0, "err_tips": "success",
-                          "data": {"access_token": token, "expires_in": 7200}})
-
-
-def _douyin_app_of(security: SecurityState, token: str) -> str | None:
-    found = security.douyin_tokens.get(token)
-    return found[0] if found is not None and found[1] > time.time() else None
+def _douyin_app_of(request: web.Request, token: str) -> str | None:
+    """The Douyin app a valid access token was issued to (by the token endpoint of
+    mplogin/sandbox/douyin.py, whose tokens every Douyin API of the sandbox shares)."""
+    state = state_of(request)
+    status, issued = state.check_access_token(token)
+    if status is not TokenStatus.VALID or issued is None:
+        return None
+    return issued.app_id if state.app("douyin", issued.app_id) is not None else None
 
 
 async def douyin_antidirt(request: web.Request) -> web.Response:
     """``POST /douyin/api/v2/tags/text/antidirt``."""
     security = request.app[SECURITY]
-    app_id = _douyin_app_of(security, request.headers.get("X-Token", ""))
+    app_id = _douyin_app_of(request, request.headers.get("X-Token", ""))
     if app_id is None:
         message = "[app token sign fail] bad token"
         return json_response({"error_id": secrets.token_hex(16), "code": 401,
@@ -241,7 +226,7 @@ async def douyin_censor_image(request: web.Request) -> web.Response:
         body = None
     if not isinstance(body, dict) or not (body.get("image") or body.get("image_data")):
         return json_response({"error": 1, "message": "bad params"})
-    app_id = _douyin_app_of(security, str(body.get("access_token", "")))
+    app_id = _douyin_app_of(request, str(body.get("access_token", "")))
     if app_id is None or app_id != body.get("app_id"):
         return json_response({"error": 2, "message": "access_token check failed"})
     if body.get("image"):
@@ -423,7 +408,6 @@ def add_routes(app: web.Application) -> None:
     app.on_cleanup.append(_cancel_tasks)
     app.router.add_post("/wechat/wxa/msg_sec_check", msg_sec_check)
     app.router.add_post("/wechat/wxa/media_check_async", media_check_async)
-    app.router.add_post("/douyin/api/apps/v2/token", douyin_token)
     app.router.add_post("/douyin/api/v2/tags/text/antidirt", douyin_antidirt)
     app.router.add_post("/douyin/api/apps/censor/image", douyin_censor_image)
     app.router.add_post("/sandbox/wechat/push", configure_push)

@@ -152,3 +152,43 @@ async def test_an_erased_users_avatar_images_leave_the_bucket_and_others_stay(
     kept = await storage.get("avatar-of-u_pic_stays")
     assert kept is not None and kept.data.endswith(b"u_pic_stays")
 
+
+async def test_the_users_events_lose_their_ids_pending_ones_move_and_user_deleted_is_written(
+    erasure: Erasure,
+) -> None:
+    outbox = erasure.db["outbox"]
+    ids = {"openid": "o_secret", "unionid": "un_secret", "phone": "+8613800000000"}
+    await erasure.users.insert_many([{"_id": "u_ev"}, {"_id": "u_other"}])
+    await outbox.insert_many([
+        {"_id": "e_sent", "created_ts": time.time(), "purge_at": utcnow(),
+         "event": {"id": "e_sent", "type": "user.phone_bound", "user_id": "u_ev",
+                   "data": {"phone": ids["phone"]}}},
+        {"_id": "e_other", "pending": True, "created_ts": time.time(),
+         "event": {"id": "e_other", "type": "user.logged_in", "user_id": "u_other",
+                   "data": {"openid": "o_other"}}},
+    ])
+    login_event = {"id": "e_login", "type": "user.logged_in", "user_id": "u_ev",
+                   "time": utcnow().isoformat(),
+                   "data": {"session_id": "s_ev", "openid": ids["openid"],
+                            "unionid": ids["unionid"]}}
+    await erasure.store.sessions.insert_one({
+        "_id": "s_ev", "user_id": "u_ev", "state": "active", "events": [login_event],
+        "events_pending": True})
+    outcome = await erasure.erase_user("u_ev", deadline=time.time() + 5)
+    assert outcome.status == "deleted" and outcome.removed["users"] == 1
+    docs = {d["_id"]: d for d in await outbox.find({}).to_list(None)}
+    assert not any(value in repr(docs) for value in ids.values())
+    assert docs["e_login"]["pending"] is True, "still published, without the ids"
+    assert docs["e_login"]["event"]["data"] == {"session_id": "s_ev"}
+    assert docs["e_other"]["event"]["data"] == {"openid": "o_other"}, "others untouched"
+    deleted = [d for d in docs.values() if d["event"]["type"] == "user.deleted"]
+    assert [(d["event"]["user_id"], d["pending"]) for d in deleted] == [("u_ev", True)]
+    audit = await erasure.db["audit"].find({"user_id": "u_ev"}).to_list(None)
+    assert [(a["actor"], a["action"]) for a in audit] == [("user", "user.deleted")]
+    # An operator's delete: announced the same, audited by the admin call (not here).
+    await erasure.erase_user("u_other", deadline=time.time() + 5, reason="admin",
+                             actor="key:ops")
+    assert await erasure.db["audit"].count_documents({"user_id": "u_other"}) == 0
+    assert await outbox.count_documents(
+        {"event.type": "user.deleted", "event.user_id": "u_other",
+         "event.data.reason": "admin"}) == 1

@@ -94,6 +94,12 @@ async def test_an_operator_signs_in_finds_blocks_and_sees_the_audit_entry(
         assert shown == user_id
         assert await page.evaluate(
             "document.getElementById('user-state').textContent") == "Not blocked."
+        # The login history's recent logins, and the consents (none here: a header only).
+        logins = await page.evaluate(
+            "[...document.querySelectorAll('#recent-logins tr')].map(r => r.innerText)")
+        assert len(logins) == 2 and "login" in logins[1] and APP in logins[1], logins
+        assert await page.evaluate(
+            "document.querySelectorAll('#consents tr').length") == 1
 
         await fill(page, "block-message", "Blocked by support, ticket 42")
         await click(page, "#block")

@@ -52,7 +52,8 @@ async def admin(make_stack: StackFactory, sandbox: Sandbox, secret: str) -> Asyn
     await sandbox.register("wechat", APP, secret=secret)
     stack: Stack = await make_stack(
         [{"platform": "wechat", "app_id": APP, "secret_env": "ADMIN_WX_SECRET",
-          "api_base": f"{sandbox.base}/wechat"}], workers=2, key_reload_interval=0.2)
+          "api_base": f"{sandbox.base}/wechat", "consents": {"privacy": "2026-10"}}],
+        workers=2, key_reload_interval=0.2)
     keys = await admin_keys(stack)
     made = {role: (await keys.create(f"{role}-{uuid.uuid4().hex[:6]}", role))[0]  # type: ignore[arg-type]
             for role in ("viewer", "operator", "admin")}
@@ -89,6 +90,15 @@ async def test_an_operator_finds_ends_blocks_unblocks_and_an_admin_deletes(
         "/v1/phone", json={"code": code["code"]},
         headers={"Authorization": f"Bearer {first['access_token']}"})
     assert resp.status == 200, await resp.text()
+    # A consent and a refresh: the user view shows both (consents, login history).
+    resp = await admin.stack.client.post(
+        "/v1/consents", json={"document": "privacy", "version": "2026-10"},
+        headers={"Authorization": f"Bearer {first['access_token']}"})
+    assert resp.status == 200, await resp.text()
+    resp = await admin.stack.client.post("/v1/token/refresh",
+                                         json={"refresh_token": first["refresh_token"]})
+    assert resp.status == 200, await resp.text()
+    first = {**first, **(await resp.json())}  # its tokens from now on
 
     # Every lookup finds the user, each exactly.
     lookups = [
@@ -111,7 +121,12 @@ async def test_an_operator_finds_ends_blocks_unblocks_and_an_admin_deletes(
     assert view["phone"] == "+86137****1234" and not view["phone_revealed"]
     assert view["identities"][0]["openid"] == openid
     assert [s["state"] for s in view["sessions"]] == ["active"]
-    assert len(view["recent_logins"]) == 1
+    assert [(r["event"], r["platform"], r["app_id"]) for r in view["recent_logins"]] == [
+        ("refresh", "wechat", APP), ("login", "wechat", APP)], "from the history, newest first"
+    assert all(r["at"] and r["client_ip"] == "127.0.0.0/24" for r in view["recent_logins"])
+    assert [(c["document"], c["version"], c["withdrawn_at"]) for c in view["consents"]] == [
+        ("privacy", "2026-10", None)]
+    assert view["consents"][0]["accepted_at"]
     status, refused = await admin.call("GET", f"/admin/v1/users/{user_id}?reveal_phone=1",
                                        "operator")
     assert (status, refused["error"]["code"]) == (403, "forbidden")

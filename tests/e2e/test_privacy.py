@@ -94,13 +94,44 @@ async def every_document(stack: Stack) -> dict[str, list[dict[str, Any]]]:
     return {name: await stack.db[name].find({}).to_list(None) for name in sorted(names)}
 
 
-def mentions(documents: dict[str, list[dict[str, Any]]], needles: list[str]) -> list[str]:
-    """Where any needle occurs in any value (field values and ids), as 'collection: needle'."""
+KEPT_USER_ID = {("audit", "user_id"), ("outbox", "event.user_id")}
+"""The only places a deleted user's id stays, by design, until their own expiry (the data map's
+``kept``): an audit record's user id (the evidence of what was done) and an event's user id
+(``user.deleted`` itself, and events not yet published). Only the user id, only in exactly
+these fields: the openids, the unionid and the phone are searched everywhere, these included."""
+
+
+def _without(doc: dict[str, Any], path: str, value: str) -> dict[str, Any]:
+    """``doc`` with the field at dotted ``path`` removed when it holds exactly ``value``."""
+    head, _, rest = path.partition(".")
+    if head not in doc:
+        return doc
+    if rest:
+        inner = doc[head]
+        return {**doc, head: _without(inner, rest, value)} if isinstance(inner, dict) else doc
+    return {k: v for k, v in doc.items() if k != head} if doc[head] == value else doc
+
+
+def mentions(documents: dict[str, list[dict[str, Any]]], needles: list[str],
+             user_id: str | None = None) -> list[str]:
+    """Where any needle occurs in any value (field values and ids), as 'collection: needle';
+    ``user_id`` (one of the needles) is let through in the fields of ``KEPT_USER_ID`` only."""
     found = []
     for name, docs in documents.items():
+        if user_id is not None:
+            for collection, path in KEPT_USER_ID:
+                if collection == name:
+                    docs = [_without(doc, path, user_id) for doc in docs]
         text = "\n".join(repr(doc) for doc in docs)
         found += [f"{name}: {needle}" for needle in needles if needle in text]
     return found
+
+
+def test_the_kept_user_ids_are_the_data_maps() -> None:
+    assert {(h.collection, f) for h in BY_COLLECTION.values() for f in h.kept} == KEPT_USER_ID
+    for collection, _ in KEPT_USER_ID:
+        assert "never an openid" in BY_COLLECTION[collection].on_delete \
+            or "lose their openid" in BY_COLLECTION[collection].on_delete
 
 
 async def test_export_then_delete_leaves_nothing_in_any_collection(
@@ -194,7 +225,12 @@ async def test_export_then_delete_leaves_nothing_in_any_collection(
     assert {"users", "identities", "unions", "sessions", "consents", "login_history",
             "account_tombstones"} <= set(searched), searched
     needles = [user_id, openid_a, openid_b, unionid, "13812340000", linked_alipay, phone_hash]
-    assert mentions(documents, needles) == [], f"searched {searched}"
+    assert mentions(documents, needles, user_id) == [], f"searched {searched}"
+    # What stays by design: the user's own deletion in the audit log, and user.deleted.
+    assert [(r["actor"], r["action"]) for r in documents["audit"]
+            if r["user_id"] == user_id] == [("user", "user.deleted")]
+    assert "user.deleted" in {d["event"]["type"] for d in documents["outbox"]
+                              if d.get("event", {}).get("user_id") == user_id}
     assert await stack.db.account_tombstones.find_one({"_id": hash_user_id(user_id)})
     assert await stack.db.users.find_one({"_id": other["user"]["id"]}), "others untouched"
 
@@ -219,7 +255,10 @@ async def test_every_collection_of_the_data_map_says_what_deletion_does() -> Non
     for name, holding in BY_COLLECTION.items():
         assert holding.lifetime and holding.enforced_by and holding.on_delete, name
         if holding.personal:
-            assert holding.owner_fields or holding.eraser, f"{name}: how is it erased?"
+            assert holding.owner_fields or holding.eraser or holding.kept, \
+                f"{name}: how is it erased?"
+            if holding.kept:  # kept past the deletion only until its own expiry
+                assert holding.expires_on, f"{name}: kept for how long?"
             assert holding.fields, f"{name}: list its fields"
 
 
@@ -256,7 +295,8 @@ async def test_a_login_racing_a_deletion_never_leaves_a_mix(
             racing_login(minted["code"]), deletion(first["access_token"]))
         assert deleted == 200 and answer["status"] == "deleted", answer
         documents = await every_document(stack)
-        assert mentions(documents, [old]) == [], f"round {round_}: the old user left traces"
+        assert mentions(documents, [old], old) == [], \
+            f"round {round_}: the old user left traces"
         if status != 200:
             assert raced["error"]["code"] in ("service_unavailable", "invalid_code"), raced
             continue
@@ -306,7 +346,10 @@ async def test_a_grace_period_ends_sessions_a_login_cancels_and_the_task_complet
     await stack.db.users.update_one({"_id": user_id}, {"$set": {"deletion.due_ts": 0}})
     erasure = Erasure(stack.settings, Store(stack.mongo, stack.settings.mongo_db))
     assert await erasure.complete_due() == 1
-    assert mentions(await every_document(stack), [user_id, openid]) == []
+    documents = await every_document(stack)
+    assert mentions(documents, [user_id, openid], user_id) == []
+    assert [(r["actor"], r["action"]) for r in documents["audit"]
+            if r["user_id"] == user_id] == [("user", "user.deleted")], "audited at completion"
     anew = await login(stack, sandbox, WX_A, openid)
     assert anew["user"]["is_new"] is True and anew["user"]["id"] != user_id
 

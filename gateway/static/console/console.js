@@ -134,7 +134,7 @@ async function showUser(id, reveal = false) {
   const profile = Object.entries(u.profile).filter(([k]) => k !== "signed")
     .map(([k, v]) => `${k}: ${v}`).join(", ");
   for (const [k, v] of [["created", u.created_at], ["phone", u.phone || "none"],
-    ["profile", profile || "none"], ["recent logins (30 days)", u.recent_logins.length]]) {
+    ["profile", profile || "none"]]) {
     const dt = document.createElement("dt");
     dt.textContent = k;
     const dd = document.createElement("dd");
@@ -143,6 +143,10 @@ async function showUser(id, reveal = false) {
   }
   table($("identities"), ["platform", "app", "openid", "unionid", "created", "last login"],
     u.identities.map((i) => [i.platform, i.app_id, i.openid, i.unionid, i.created_at, i.last_login_at]));
+  table($("consents"), ["document", "version", "accepted", "withdrawn", "platform", "app"],
+    u.consents.map((c) => [c.document, c.version, c.accepted_at, c.withdrawn_at, c.platform, c.app_id]));
+  table($("recent-logins"), ["when", "event", "platform", "app", "network", "user agent"],
+    u.recent_logins.map((l) => [l.at, l.event, l.platform, l.app_id, l.client_ip, l.user_agent]));
   table($("sessions"), ["session", "state", "platform", "app", "created", "last used", ""],
     u.sessions.map((s) => {
       let end = "";
