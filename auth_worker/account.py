@@ -20,6 +20,7 @@ from typing import Any
 
 from auth_worker.apps import AppRegistry
 from auth_worker.opendata_crypto import mask_phone
+from auth_worker.phones import Phones, PhoneView
 from auth_worker.profile import readable_profile
 from auth_worker.quota import REFRESH, AppQuota
 from auth_worker.store import Store, now_ts
@@ -50,7 +51,7 @@ class AccountService:
 
     def __init__(
         self, settings: Settings, store: Store, apps: AppRegistry, issuer: TokenIssuer,
-        *, quota: AppQuota | None = None,
+        *, quota: AppQuota | None = None, phones: Phones | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -64,6 +65,7 @@ class AccountService:
         # (auth_worker/privacy.py).
         self.on_refresh: RefreshHook | None = None
         self.consent_required: Callable[..., Awaitable[list[ConsentRequirement]]] | None = None
+        self.phones = phones  # None: numbers stored in clear by earlier versions only
 
     async def live_session(self, params: SessionParams) -> dict[str, Any]:
         """The caller's session, or ``invalid_token`` when it ended (logout, reuse, expiry)."""
@@ -184,12 +186,16 @@ class AccountService:
             ))
         phone = user.get("phone")
         stored = user.get("profile")
+        view = (self.phones.view(user) if self.phones is not None
+                else PhoneView(mask_phone(str(phone)) if phone else None, None, None))
         return MeOut(
             id=params.user_id,
             created_at=_iso(user.get("created_at")),
             identities=shown,
             profile=readable_profile(stored),
-            phone=mask_phone(str(phone)) if phone else None,
+            phone=view.masked,
+            phone_platform=view.platform,
+            phone_verified_at=view.verified_at,
             consent_required=await self.consent_required(
                 params.user_id, str(session.get("platform")), str(session.get("app_id")))
             if self.consent_required is not None else [],

@@ -11,7 +11,6 @@ unauthenticated caller must not be able to fill it).
 from __future__ import annotations
 
 import asyncio
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +24,7 @@ from auth_worker.blocking import BlockList, block_state
 from auth_worker.erasure import Erasure
 from auth_worker.opendata_crypto import mask_phone
 from auth_worker.outbox import Outbox, new_event, request_event_id
+from auth_worker.phones import Phones, to_e164
 from auth_worker.profile import readable_profile
 from auth_worker.store import Store, utcnow
 from shared import admin_messages as am
@@ -61,9 +61,10 @@ class AdminService:
 
     def __init__(self, store: Store, keys: AdminKeys, audit: AuditLog, blocks: BlockList,
                  outbox: Outbox, erasure: Erasure, metrics: AdminMetrics | None = None,
-                 *, blocked_reload_interval: float = 2.0) -> None:
+                 *, blocked_reload_interval: float = 2.0, phones: Phones) -> None:
         self.store = store
         self.erasure = erasure
+        self.phones = phones  # numbers are stored encrypted, found by keyed hash
         self.settle_seconds = blocked_reload_interval + BLOCK_SETTLE_MARGIN
         self.keys = keys
         self.audit = audit
@@ -175,9 +176,12 @@ class AdminService:
                 if str(doc["user_id"]) not in ids:
                     ids.append(str(doc["user_id"]))
             return ids
-        phone = normalise_phone(params.value)
-        found = await self.store.users.find_one({"phone": phone}, projection={"_id": 1})
-        return [str(found["_id"])] if found else []
+        try:
+            number = to_e164(params.value)
+        except MPLoginError:
+            return []  # not a number any binding could have stored
+        holder = await self.phones.holder(number)
+        return [holder] if holder is not None else []
 
     async def user(self, params: am.UserParams, ctx: CallContext) -> am.AdminUserOut:
         """The user as an operator sees them; the full phone only to an admin (audited)."""
@@ -202,7 +206,7 @@ class AdminService:
         ).sort("at", DESCENDING).to_list(SESSIONS_SHOWN)
         consents = await self.store.db["consents"].find(
             {"user_id": params.user_id}).sort("accepted_ts", DESCENDING).to_list(SESSIONS_SHOWN)
-        phone = user.get("phone")
+        phone = self.phones.number_of(user)
         blocked = block_state(user)
         await self._done(key, params.caller,
                          "user.phone_revealed" if params.reveal_phone else "user.viewed",
@@ -214,8 +218,7 @@ class AdminService:
                                   message=str(blocked.get("message") or ""))
             if blocked else None,
             identities=[_identity(doc) for doc in identities],
-            phone=(str(phone) if params.reveal_phone else mask_phone(str(phone)))
-            if phone else None,
+            phone=(phone if params.reveal_phone else mask_phone(phone)) if phone else None,
             phone_revealed=bool(phone) and params.reveal_phone,
             profile=readable_profile(user.get("profile")),
             sessions=shown,
@@ -309,14 +312,6 @@ async def record_security_event(audit: AuditLog | None, action: str, *, user_id:
                            record_id=record_id)
     except PyMongoError as exc:
         log.error("audit.write_failed", action=action, user_id=user_id, error=type(exc).__name__)
-
-
-def normalise_phone(value: str) -> str:
-    """A number as phone binding stores it: ``+<country><number>``; a bare number is +86."""
-    text = re.sub(r"[\s\-()]", "", value)
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    return text if text.startswith("+") else f"+86{text}"
 
 
 def _iso(value: object) -> str | None:

@@ -45,6 +45,37 @@ class AvatarStorage(Protocol):
         """Ids of up to ``limit`` images stored before ``cutoff`` (for the orphan sweep)."""
 
 
+async def _avatar_ids(db: AsyncDatabase[dict[str, Any]], user_id: str) -> list[str]:
+    cursor = db["avatars"].find({"user_id": user_id}, projection={"_id": 1})
+    return [str(doc["_id"]) async for doc in cursor]
+
+
+async def erase_user_avatar_files(db: AsyncDatabase[dict[str, Any]], user_id: str) -> int:
+    """The data map's eraser for the bucket's file records (auth_worker/datamap.py): delete the
+    image (record and chunks) of each of the user's avatars, found by its ``avatars`` document,
+    which the map deletes after; how many images were deleted. An image stored by an upload
+    whose document was never written is an orphan, deleted by the worker's sweep."""
+    storage = GridFSAvatarStorage(db)
+    files = db[f"{BUCKET}.files"]
+    deleted = 0
+    for avatar_id in await _avatar_ids(db, user_id):
+        if await files.find_one({"_id": avatar_id}, projection={"_id": 1}) is None:
+            continue  # its image is gone already
+        await storage.delete(avatar_id)
+        deleted += 1
+    return deleted
+
+
+async def erase_user_avatar_chunks(db: AsyncDatabase[dict[str, Any]], user_id: str) -> int:
+    """The eraser for the bucket's chunks: those of the user's avatars left without their file
+    record (a delete interrupted between the two); how many went."""
+    deleted = 0
+    for avatar_id in await _avatar_ids(db, user_id):
+        result = await db[f"{BUCKET}.chunks"].delete_many({"files_id": avatar_id})
+        deleted += result.deleted_count
+    return deleted
+
+
 class GridFSAvatarStorage:
     """Avatar images in a GridFS bucket of the service's own database (PyMongo's async API)."""
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from auth_worker.avatar_store import BUCKET, erase_user_avatar_chunks, erase_user_avatar_files
 from auth_worker.outbox import erase_user_events, move_session_events
 
 Eraser = Callable[[AsyncDatabase[dict[str, Any]], str], Awaitable[int]]
@@ -80,9 +81,21 @@ DATA_MAP: tuple[Holding, ...] = (
                   "language as the platform vouched for them, and whether signed",
                   "the app shows them"),
             Field("profile_updated_at", "time", "when the profile last changed"),
-            Field("phone", "full phone number", "the app's phone binding (unique)"),
-            Field("phone_source", "platform name", "who vouched for the number"),
-            Field("phone_bound_at", "time", "when it was bound"),
+            Field("phone_enc", "the phone number (E.164), encrypted (AES-GCM, the session_key "
+                  "encryption key)", "the app's phone binding; shown masked, in full only in "
+                  "the export and to an admin"),
+            Field("phone_hash", "keyed hash (HMAC-SHA256) of the number, unique",
+                  "one number, one user; lookups without the number in clear"),
+            Field("phone_platform, phone_verified_at, phone_component",
+                  "platform name, time, WeChat's phone button kind",
+                  "who vouched for the number, when, and how"),
+            Field("phone, phone_source, phone_bound_at", "a number in clear as earlier "
+                  "versions stored it", "sealed at worker start; left only when not a valid "
+                  "number (phone_hash then 'unmigrated.<id>')"),
+            Field("identity_lease_ts, identity_lease_id", "a lease (no personal data)",
+                  "serialises unlinks and merges of the user; removed when each ends"),
+            Field("user_profile.*", "the nickname the user typed, its moderation status, "
+                  "source and time", "the app shows it"),
             Field("deletion", "state, due time, reason and requester (user or operator key "
                   "name) of a deletion under way", "grace period, resuming"),
             Field("blocked_flag, blocked", "an operator's block: time, operator key name, the "
@@ -99,7 +112,8 @@ DATA_MAP: tuple[Holding, ...] = (
                 Field("openid", "platform user id (or anonymous id)", "finds the user at login"),
                 Field("unionid", "platform account-wide user id", "links apps of one person"),
                 Field("user_id", "user id", "owner"),
-                Field("created_at, last_login_at", "times", "shown in the export"),
+                Field("created_at, last_login_at, last_login_ts, linked_at", "times",
+                      "shown in the export and GET /v1/identities"),
                 Field("anonymous, promoted_from, linked_openid, linked_at",
                       "guest bookkeeping (Douyin anonymous logins)", "guest promotion"),
                 Field("pending_deletion", "flag", "a login within the grace cancels")),
@@ -130,7 +144,8 @@ DATA_MAP: tuple[Holding, ...] = (
                 Field("code_key", "SHA-256 of the login code", "a code is exchanged once"),
                 Field("created_at, auth_ts, last_refresh_ts, expires_ts, "
                       "absolute_expires_ts, purge_at", "times", "expiry"),
-                Field("state, family, is_new, error, request_id, revoked_*", "bookkeeping",
+                Field("state, family, is_new, error, request_id, revoked_*", "bookkeeping "
+                      "(state 'linked': a code spent by POST /v1/identities)",
                       "replays and revocation"),
                 Field("events, events_pending", "the login's events until the relay publishes "
                       "them (user id, platform, app, and the openid/unionid for apps that opted "
@@ -202,8 +217,54 @@ DATA_MAP: tuple[Holding, ...] = (
     Holding(
         "erasure_notices", "tells every worker to forget the identities it remembers",
         personal=False, lifetime="1 hour", enforced_by="TTL index on purge_at, periodic purge",
-        on_delete="written by the deletion (a time only)",
+        on_delete="written by the deletion (a time only); also by every identity move "
+        "(a link, an unlink, a merge)",
         fields=(Field("ts, purge_at", "times", "cache invalidation"),),
+        expires_on="purge_at",
+    ),
+    Holding(
+        f"{BUCKET}.files", "the avatar images' GridFS file records (same id as the avatar)",
+        personal=True, lifetime="as its avatars document",
+        enforced_by="deletion with its avatar; orphans by the worker's sweep within about "
+        "an hour", on_delete="each of the user's avatars' image deleted (record and chunks)",
+        fields=(Field("_id, length, chunkSize, uploadDate, metadata.content_type",
+                      "file record", "GridFS"),),
+        eraser=erase_user_avatar_files,
+    ),
+    Holding(
+        f"{BUCKET}.chunks", "the avatar images' bytes (re-encoded, no metadata)",
+        personal=True, lifetime="as its avatars document",
+        enforced_by="deletion with its file record", on_delete="deleted with the file record; "
+        "any left without it deleted too",
+        fields=(Field("files_id, n, data", "the image in chunks", "serving"),),
+        eraser=erase_user_avatar_chunks,
+    ),
+    Holding(
+        "avatars", "each user's current uploaded avatar", personal=True,
+        lifetime="while it is the user's current avatar", enforced_by="replacement, a "
+        "rejecting verdict, account deletion",
+        on_delete="deleted, after its image (the two entries below)",
+        fields=(Field("_id", "the avatar id (192 random bits)", "names the image"),
+                Field("user_id, app, openid", "owner and where it was uploaded", "owner"),
+                Field("status, trace_id, review_key", "moderation state, the platform's trace "
+                      "id, SHA-256 of the review key", "moderation"),
+                Field("content_type, etag, size, width, height, created_at, decided_at",
+                      "image facts and times", "serving")),
+        owner_fields=("user_id",),
+    ),
+    Holding(
+        "platform_push_nonces", "the (app, nonce) of each accepted platform push",
+        personal=False, lifetime="2 x MPLOGIN_PLATFORM_PUSH_MAX_AGE (600 s)",
+        enforced_by="TTL index on purge_at", on_delete="nothing: no user's data",
+        fields=(Field("_id, purge_at", "app and nonce, expiry", "replay refusal"),),
+        expires_on="purge_at",
+    ),
+    Holding(
+        "moderation_early_verdicts", "a pushed verdict whose avatar is not written yet",
+        personal=False, lifetime="at most 1 hour", enforced_by="its upload taking it, else "
+        "the TTL index on purge_at", on_delete="nothing: app, trace id and verdict only",
+        fields=(Field("_id, status, purge_at", "app and trace id, verdict, expiry",
+                      "applies a verdict that outran its upload"),),
         expires_on="purge_at",
     ),
     Holding(
@@ -255,8 +316,27 @@ DATA_MAP: tuple[Holding, ...] = (
         "the secret)",
     ),
     Holding(
-        "platform_tokens", "each WeChat app's access_token (encrypted)", personal=False,
-        lifetime="until WeChat's expiry, replaced in place", enforced_by="replacement",
+        "qr_logins", "QR logins of the PC website (docs/qrlogin.md)", personal=True,
+        lifetime="qr_login_ttl + qr_login_fetch_window (3 minutes by default)",
+        enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="the requests the user scanned are deleted",
+        fields=(Field("site, user_agent", "the requesting page's site and browser",
+                      "shown on the phone's confirm screen"),
+                Field("scanner_user_id, scanner_session_id, scanner_name",
+                      "who scanned (the nickname masked)", "only the scanner may confirm; "
+                      "the page shows who is signing in"),
+                Field("poll_hash", "SHA-256 of the poll token", "the page's proof")),
+        owner_fields=("scanner_user_id",), expires_on="purge_at",
+    ),
+    Holding(
+        "qr_login_images", "the mini-program code image of each QR login", personal=False,
+        lifetime="as its QR login", enforced_by="TTL index on purge_at, periodic purge",
+        on_delete="nothing: the image encodes only the request id", expires_on="purge_at",
+    ),
+    Holding(
+        "platform_tokens", "each WeChat and Douyin app's access token (encrypted)",
+        personal=False,
+        lifetime="until the platform's expiry, replaced in place", enforced_by="replacement",
         on_delete="nothing: no user's data",
     ),
     Holding(

@@ -196,6 +196,19 @@ class Erasure:
                 return False
             await asyncio.sleep(WAIT_STEP)
 
+    async def identities_moved(self, *, deadline: float | None = None) -> bool:
+        """Identities changed users (an unlink, a merge; docs/privacy.md): the same notice an
+        erasure writes, so every worker forgets what it remembers. With a ``deadline`` (a
+        ``time.time()``), wait as an erasure does until no worker can still resolve a login
+        from memory written before, nor a login claimed before that be pending; False when
+        the deadline came first. Without one (a link, which re-points no identity), only the
+        notice is written."""
+        if deadline is None:
+            await self.notices.insert_one({
+                "ts": time.time(), "purge_at": utcnow() + timedelta(seconds=NOTICE_TTL)})
+            return True
+        return await self._fence(deadline)
+
     async def _begin(self, user_id: str, state: str,
                      extra: dict[str, Any]) -> dict[str, Any] | None:
         """Set ``users.deletion`` unless one is set; the deletion as it is now (None: no user)."""

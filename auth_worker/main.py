@@ -21,10 +21,12 @@ from auth_worker.admin_service import record_security_event
 from auth_worker.apps import load_apps
 from auth_worker.audit import AuditLog
 from auth_worker.douyin_api import DouyinApi, DouyinCodeSource
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.erasure import Erasure
 from auth_worker.metrics import WorkerMetrics, WorkerReadiness, serve_metrics
 from auth_worker.opendata_service import WeChatPhoneSource
 from auth_worker.outbox import Outbox, Relay
+from auth_worker.phones import Phones
 from auth_worker.platforms import build_adapters
 from auth_worker.platforms.base import HttpAdapter
 from auth_worker.qr_login import CodeSource
@@ -94,6 +96,11 @@ async def login_service(
     quiet = Store(background_mongo, settings.mongo_db)
     try:
         await store.ensure_indexes()
+        numbers = Phones(store, box)
+        await numbers.ensure_indexes()
+        sealed = await numbers.migrate_plain_phones()
+        if sealed:
+            log.info("phone.migrated", sealed=sealed)
         quota = AppQuota.from_settings(settings, store.db["rate_windows"])
         await quota.ensure_indexes()
         outbound = PlatformRateLimiter.from_settings(settings)
@@ -118,9 +125,12 @@ async def login_service(
                 "wechat": WeChatCodeSource(phones.api, phones.tokens),
                 "douyin": DouyinCodeSource(douyin_api, douyin_tokens),
             }
+            douyin_phones = DouyinPhoneApi(http, settings.platform_timeout,
+                                           limiter=api_outbound, observer=metrics)
             service = LoginService(settings, store, apps, adapters, issuer, box, phones,
                                    quota=quota, outbound=outbound, housekeeping=quiet,
-                                   douyin=(douyin_api, douyin_tokens), qr_codes=qr_codes)
+                                   douyin=(douyin_api, douyin_tokens), qr_codes=qr_codes,
+                                   douyin_phones=douyin_phones)
             await service.qr.ensure_indexes()
             qr_events = await qr_notices(settings)
             if qr_events is not None:

@@ -15,7 +15,12 @@ encrypted copy to the signed one). With ``encryptedData`` alone, only its intact
 no one can forge without the key), and the profile says ``signed: false``. Either way the
 fields are cleaned and bounded (``auth_worker.profile``) and replace the stored profile whole.
 
-Phone: one phone number belongs to one user (a unique index). Binding a number another user
+Phone (docs/platforms.md §11): WeChat's button code (with the caller's openid, so a code
+another user obtained is refused by WeChat), Alipay's signed and encrypted response, and the
+``encryptedData`` + ``iv`` of Douyin, Kuaishou and Baidu, decrypted with the session's own
+session_key (``session_key_expired`` when it no longer opens them). QQ documents no server flow:
+``not_supported``. Every path ends in ``auth_worker.phones``: one E.164 number per user,
+encrypted at rest and found by a keyed hash under a unique index. Binding a number another user
 holds answers ``phone_in_use`` and changes nothing; the same user binding again is a no-op.
 """
 
@@ -29,6 +34,7 @@ from typing import Any
 from auth_worker.account import AccountService
 from auth_worker.alipay_user_info import open_user_info_fields
 from auth_worker.apps import AppConfig, AppRegistry, configuration_error
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.opendata_crypto import (
     OpenData,
     OpenDataError,
@@ -38,6 +44,8 @@ from auth_worker.opendata_crypto import (
     mask_phone,
     verify_raw_signature,
 )
+from auth_worker.phones import Phones, phone_of_open_data, to_e164
+from auth_worker.platforms.base import platform_deadline
 from auth_worker.profile import PROFILE_FIELDS, stored_fields
 from auth_worker.secretbox import SecretBox, SecretBoxError
 from auth_worker.store import IdentityKey, Store
@@ -108,6 +116,7 @@ class OpenDataService:
     def __init__(
         self, settings: Settings, store: Store, apps: AppRegistry, box: SecretBox,
         account: AccountService, phones: WeChatPhoneSource,
+        *, douyin: DouyinPhoneApi | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -115,6 +124,8 @@ class OpenDataService:
         self.box = box
         self.account = account
         self.phones = phones
+        self.numbers = Phones(store, box)
+        self.douyin = douyin  # None: Douyin's phone codes are not exchanged (encryptedData only)
 
     async def _caller(
         self, params: ProfileParams | PhoneParams
@@ -192,32 +203,65 @@ class OpenDataService:
 
     async def phone(self, params: PhoneParams, ctx: CallContext) -> PhoneOut:
         """Bind the phone number the client's platform vouches for."""
-        app, key, _ = await self._caller(params)
+        app, key, session = await self._caller(params)
+        component = None
         if app.platform == "wechat":
             if not params.code:
                 raise MPLoginError(ErrorCode.INVALID_REQUEST,
                                    "code (from the getPhoneNumber button) is required.")
             deadline = asyncio.get_running_loop().time() + ctx.remaining()
-            phone = (await self.phones.fetch(app, params.code, key.openid, deadline)).phone
+            phone = to_e164((await self.phones.fetch(app, params.code, key.openid,
+                                                     deadline)).phone)
+            component = params.component
         elif app.platform == "alipay":
-            if not params.response:
-                raise MPLoginError(ErrorCode.INVALID_REQUEST,
-                                   "response (and sign) from my.getPhoneNumber are required.")
-            if app.aes_key is None or app.alipay_public_key_pem is None:
-                raise configuration_error(app, "aes_key is required for phone numbers")
-            response, sign = _alipay_envelope(params.response, params.sign)
-            try:
-                mobile = decrypt_alipay_phone(
-                    response, sign,
-                    aes_key_b64=app.aes_key.get_secret_value(),
-                    alipay_public_key_pem=app.alipay_public_key_pem,
-                )
-            except OpenDataError as exc:
-                raise _mapped(exc, app) from None
-            phone = mobile if mobile.startswith("+") else f"+86{mobile}"
+            phone = self._alipay_phone(app, params)
+        elif app.platform == "douyin" and params.code and not params.encrypted_data:
+            phone = await self._douyin_code_phone(app, params.code, ctx)
+        elif app.platform in ("douyin", "kuaishou", "baidu"):
+            phone = self._open_data_phone(app, key, session, params)
         else:
             raise MPLoginError(ErrorCode.NOT_SUPPORTED,
-                               "Phone binding is supported for WeChat and Alipay.")
-        if not await self.store.set_phone(params.user_id, phone, app.platform):
-            raise MPLoginError(ErrorCode.PHONE_IN_USE)
-        return PhoneOut(phone=mask_phone(phone))
+                               "This platform offers no server-verified phone number.")
+        await self.numbers.bind(params.user_id, phone, platform=app.platform,
+                                component=component)
+        return PhoneOut(phone=mask_phone(phone), platform=app.platform)
+
+    def _alipay_phone(self, app: AppConfig, params: PhoneParams) -> str:
+        if not params.response:
+            raise MPLoginError(ErrorCode.INVALID_REQUEST,
+                               "response (and sign) from my.getPhoneNumber are required.")
+        if app.aes_key is None or app.alipay_public_key_pem is None:
+            raise configuration_error(app, "aes_key is required for phone numbers")
+        response, sign = _alipay_envelope(params.response, params.sign)
+        try:
+            mobile = decrypt_alipay_phone(
+                response, sign,
+                aes_key_b64=app.aes_key.get_secret_value(),
+                alipay_public_key_pem=app.alipay_public_key_pem,
+            )
+        except OpenDataError as exc:
+            raise _mapped(exc, app) from None
+        return to_e164(mobile, "86")
+
+    async def _douyin_code_phone(self, app: AppConfig, code: str, ctx: CallContext) -> str:
+        """The number behind Douyin's newer phone-button ``code`` (auth_worker.douyin_phone)."""
+        if self.douyin is None:
+            raise MPLoginError(ErrorCode.NOT_SUPPORTED, "Douyin phone codes are not served here.")
+        with platform_deadline(ctx.deadline - 1.0):
+            data = await self.douyin.phone_number(app, code)
+        # RSA-encrypted for the app's key: no part of it can be rewritten without the key.
+        return phone_of_open_data(app.platform, OpenData(data=data, intact=data))
+
+    def _open_data_phone(self, app: AppConfig, key: IdentityKey, session: dict[str, Any],
+                         params: PhoneParams) -> str:
+        """The number in ``getPhoneNumber``'s encryptedData, opened with this session's key."""
+        encrypted = _pair(params.encrypted_data, params.iv)
+        if encrypted is None:
+            raise MPLoginError(ErrorCode.INVALID_REQUEST,
+                               "encryptedData and iv (from getPhoneNumber) are required.")
+        session_key = self._session_key(key, session)
+        try:
+            opened = self._decrypt(app, *encrypted, session_key)
+        except OpenDataError as exc:
+            raise _mapped(exc, app) from None
+        return phone_of_open_data(app.platform, opened)

@@ -54,8 +54,8 @@ class PlatformApi(HttpAdapter):
     ) -> PlatformReply:
         """Take the app's outbound slot (or raise ``rate_limited``), then make the call."""
         raw = await self.call_raw(app, method, path, params=params, form=form,
-                                  json_body=json_body, headers=headers)
-        return self.parse_json(app, path, raw.body)
+                                  json_body=json_body, headers=headers, error_bodies=True)
+        return self.reply_of(app, path, raw)
 
     async def call_raw(
         self,
@@ -68,6 +68,7 @@ class PlatformApi(HttpAdapter):
         json_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         max_bytes: int = MAX_BODY_BYTES,
+        error_bodies: bool = False,
     ) -> RawReply:
         """The limited call answering raw bytes (images): the same slot as :meth:`call`."""
         if self.limiter is not None:
@@ -77,4 +78,4 @@ class PlatformApi(HttpAdapter):
                                        budget=call_timeout(self._timeout.total or 0.0))
         return await super().call_raw(app, method, path, params=params, form=form,
                                       json_body=json_body, headers=headers,
-                                      max_bytes=max_bytes)
+                                      max_bytes=max_bytes, error_bodies=error_bodies)

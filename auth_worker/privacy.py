@@ -15,6 +15,7 @@ from pymongo import ASCENDING, ReturnDocument
 
 from auth_worker.apps import AppRegistry
 from auth_worker.erasure import Erasure, Outcome
+from auth_worker.phones import Phones
 from auth_worker.profile import readable_profile
 from auth_worker.store import Store, now_ts, utcnow
 from shared.errors import ErrorCode, MPLoginError
@@ -34,6 +35,13 @@ from shared.settings import Settings
 AUTH_TIME_LEEWAY = 5
 """Seconds of clock difference tolerated between the worker that minted and this one."""
 DATABASE_MARGIN = 1.0
+
+
+def require_recent(auth_time: int, window: int) -> None:
+    """``reauthentication_required`` unless a token's login (``auth_time``) is within
+    ``window`` seconds (MPLOGIN_RECENT_LOGIN_WINDOW), with AUTH_TIME_LEEWAY for clocks."""
+    if time.time() - auth_time > window + AUTH_TIME_LEEWAY:
+        raise MPLoginError(ErrorCode.REAUTHENTICATION_REQUIRED)
 
 
 def truncate_ip(address: str | None, v4_bits: int, v6_bits: int) -> str | None:
@@ -62,8 +70,9 @@ class PrivacyService:
     """DELETE /v1/account, GET /v1/account/export, consents, and the login history."""
 
     def __init__(self, settings: Settings, store: Store, apps: AppRegistry,
-                 erasure: Erasure) -> None:
+                 erasure: Erasure, phones: Phones) -> None:
         self.settings = settings
+        self.phones = phones
         self.store = store
         self.apps = apps
         self.erasure = erasure
@@ -192,8 +201,7 @@ class PrivacyService:
         return session
 
     def _check_recent(self, params: AccountParams) -> None:
-        if time.time() - params.auth_time > self.settings.recent_login_window + AUTH_TIME_LEEWAY:
-            raise MPLoginError(ErrorCode.REAUTHENTICATION_REQUIRED)
+        require_recent(params.auth_time, self.settings.recent_login_window)
 
     @staticmethod
     def _answer(outcome: Outcome) -> DeleteAccountOut:
@@ -238,6 +246,7 @@ class PrivacyService:
         consents = await self.consents.find({"user_id": params.user_id}).to_list(None)
         history = await self.history.find(
             {"user_id": params.user_id}).sort("at", -1).to_list(None)
+        phone = self.phones.number_of(user)  # in clear: the export is the user's own copy
         profile = readable_profile(user.get("profile")).model_dump(exclude_none=True)
         signed = profile.pop("signed", False)
         source = ("the platform's signed profile data" if signed
@@ -255,14 +264,15 @@ class PrivacyService:
                 "first_login_at": _iso(i.get("created_at")),
                 "last_login_at": _iso(i.get("last_login_at")),
             } for i in identities],
-            phone=str(user["phone"]) if user.get("phone") else None,
+            phone=phone,
             profile={
                 "fields": {name: {"value": value, "source": source}
                            for name, value in profile.items()},
                 "updated_at": _iso(user.get("profile_updated_at")),
-            } | ({"phone_source": user.get("phone_source"),
-                  "phone_bound_at": _iso(user.get("phone_bound_at"))}
-                 if user.get("phone") else {}),
+            } | ({"phone_source": user.get("phone_platform", user.get("phone_source")),
+                  "phone_bound_at": _iso(user.get("phone_verified_at",
+                                                  user.get("phone_bound_at")))}
+                 if phone else {}),
             consents=[{
                 "document": c.get("document"), "version": c.get("version"),
                 "accepted_at": _iso(c.get("accepted_ts")),

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Mapping
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.errors import OperatorError, StartupError
 from shared.private_files import write_private
@@ -92,6 +96,7 @@ class SecretBox:
         for key_id, key in keys.items():
             _check_key(key_id, key)
         self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.items()}
+        self._hash_keys = {key_id: _hash_key(key) for key_id, key in keys.items()}
         self._active = active
 
     @classmethod
@@ -158,8 +163,34 @@ class SecretBox:
                 "decryption failed: wrong key, wrong aad or altered ciphertext"
             ) from None
 
+    def keyed_hash(self, data: bytes, *, purpose: bytes, key_id: str | None = None) -> str:
+        """HMAC-SHA256 of ``data`` under a subkey of one key (the active one by default).
+
+        Reads ``h1.<key_id>.<hex>``: equal inputs give equal hashes under one key, so a unique
+        index on the hash finds a value without storing it. ``purpose`` separates the uses
+        (``b"phone"``), so one use's hash never matches another's.
+        """
+        kid = self._active if key_id is None else key_id
+        subkey = self._hash_keys.get(kid)
+        if subkey is None:
+            raise SecretBoxError(f"no key with id {kid!r} is configured")
+        digest = hmac.new(subkey, purpose + b"\x00" + data, hashlib.sha256).hexdigest()
+        return f"h1.{kid}.{digest}"
+
+    def keyed_hashes(self, data: bytes, *, purpose: bytes) -> list[str]:
+        """``keyed_hash`` under every configured key, the active one first (for lookups that
+        must also find a value hashed before a key rotation)."""
+        ids = [self._active, *sorted(k for k in self._hash_keys if k != self._active)]
+        return [self.keyed_hash(data, purpose=purpose, key_id=kid) for kid in ids]
+
     def __repr__(self) -> str:
         return f"SecretBox(key_ids={sorted(self._ciphers)!r}, active={self._active!r})"
+
+
+def _hash_key(key: bytes) -> bytes:
+    """The keyed-hash subkey of an encryption key (HKDF-SHA256): never the key itself."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"mplogin keyed hash v1").derive(key)
 
 
 def generate_config_value(key_id: str = "k1") -> str:

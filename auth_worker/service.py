@@ -33,10 +33,14 @@ from auth_worker.audit import AuditLog
 from auth_worker.avatar_store import GridFSAvatarStorage
 from auth_worker.blocking import BlockList
 from auth_worker.douyin_api import DouyinApi
+from auth_worker.douyin_phone import DouyinPhoneApi
 from auth_worker.erasure import CacheFence, Erasure
+from auth_worker.identities import IdentityService
+from auth_worker.merge import MergeService
 from auth_worker.moderation import Moderator
 from auth_worker.opendata_service import OpenDataService, WeChatPhoneSource
 from auth_worker.outbox import Outbox, new_event, opted_in, request_event_id, session_events
+from auth_worker.phones import Phones
 from auth_worker.platforms.base import PlatformAdapter, PlatformIdentity, platform_deadline
 from auth_worker.privacy import PrivacyService
 from auth_worker.profile_store import ProfileStore
@@ -59,6 +63,7 @@ from shared.messages import (
     ClientInfo,
     EchoOut,
     EchoParams,
+    LoginParams,
     LoginRequest,
     LogoutOut,
     LogoutParams,
@@ -123,7 +128,8 @@ class Resolved:
 
 @dataclass(frozen=True, slots=True)
 class KnownIdentity:
-    """What a worker remembers of an identity it has seen: its user never changes."""
+    """What a worker remembers of an identity it has seen (forgotten on every erasure notice:
+    an erasure, an unlink or a merge)."""
 
     user_id: str
     unionid: str | None
@@ -149,6 +155,7 @@ class LoginService:
         outbound: PlatformRateLimiter | None = None,
         housekeeping: Store | None = None,
         douyin: tuple[DouyinApi, WeChatTokenStore] | None = None,
+        douyin_phones: DouyinPhoneApi | None = None,
         qr_codes: Mapping[str, CodeSource] | None = None,
     ) -> None:
         self.settings = settings
@@ -166,24 +173,29 @@ class LoginService:
         # not timed with the requests' (the notice polls run five times a second).
         self.fence = CacheFence(housekeeping or store, self._known.clear)
         self.erasure = Erasure(settings, store)
-        self.privacy = PrivacyService(settings, store, apps, self.erasure)
-        self.account = AccountService(settings, store, apps, issuer, quota=quota)
+        self.phones = Phones(store, box)
+        self.privacy = PrivacyService(settings, store, apps, self.erasure, self.phones)
+        self.account = AccountService(settings, store, apps, issuer, quota=quota,
+                                      phones=self.phones)
         self.account.on_refresh = self.privacy.record_refresh
         self.account.consent_required = self.privacy.consent_required
-        self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source)
+        self.opendata = OpenDataService(settings, store, apps, box, self.account, phone_source,
+                                        douyin=douyin_phones)
         # The operators' side (docs/admin.md) and the domain events (docs/events.md).
         self.audit = AuditLog(store, settings.audit_retention_days)
         self.blocks = BlockList(store)
         self.outbox = Outbox(store, settings)
         self.admin = AdminService(store, AdminKeys(store), self.audit, self.blocks, self.outbox,
                                   self.erasure,
-                                  blocked_reload_interval=settings.blocked_reload_interval)
+                                  blocked_reload_interval=settings.blocked_reload_interval,
+                                  phones=self.phones)
         self.account.on_reuse = self._reuse_detected
         self.profiles = UserProfileService(
             settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
             Moderator(phone_source.api, phone_source.tokens, douyin))
         self.review = AdminReview(self.admin, store, self.profiles.profiles,
                                   self.profiles.storage)
+        self.identities = IdentityService(self)
         codes = qr_codes if qr_codes is not None else {
             "wechat": WeChatCodeSource(phone_source.api, phone_source.tokens)}
         self.qr = QrLoginService(settings, store, apps, issuer, self.account, codes)
@@ -246,6 +258,11 @@ class LoginService:
         table.register(contract.NICKNAME, profiles.set_nickname)
         table.register(contract.PLATFORM_EVENT,
                        lambda params, ctx: profiles.platform_event(params))
+        identities = self.identities
+        table.register(contract.IDENTITIES, lambda params, ctx: identities.identities(params))
+        table.register(contract.LINK_IDENTITY, identities.link)
+        table.register(contract.UNLINK_IDENTITY, identities.unlink)
+        table.register(contract.MERGE_ACCOUNTS, MergeService(self).merge)
         qr = self.qr
         table.register(contract.QR_CREATE, qr.create)
         table.register(contract.QR_IMAGE, lambda params, ctx: qr.image(params))
@@ -307,8 +324,8 @@ class LoginService:
         data: dict[str, Any] = {}
         if app is not None and "phone" in opted_in(app, phone="-"):
             user = await self.store.users.find_one({"_id": params.user_id},
-                                                   projection={"phone": 1})
-            data = opted_in(app, phone=str(user["phone"]) if user and user.get("phone") else None)
+                                                   projection={"phone_enc": 1, "phone": 1})
+            data = opted_in(app, phone=self.phones.number_of(user) if user else None)
         await self.outbox.emit(new_event(
             "user.phone_bound", params.user_id, platform=platform, app_id=app_id, data=data,
             event_id=request_event_id(ctx.request_id, "user.phone_bound", params.user_id)))
@@ -352,6 +369,23 @@ class LoginService:
             ("code", params.code) if params.code is not None else ("anon", params.anonymous_code)
         )
         assert secret is not None  # noqa: S101 - narrowed above
+        key, session_id, existing = await self.claim(app, kind, secret, ctx)
+        if existing is None:
+            resolved = await self._exchange(app, session_id, params, ctx)
+            return await self._issue(app, session_id, resolved, family=session_id,
+                                     client=params.client)
+        if self.outbound is not None:  # this request will not call the platform
+            self.outbound.release(app.platform, app.app_id)
+        resolved, family = await self._await_claim(app, key, existing, ctx)
+        return await self._issue(app, new_session_id(), resolved, family=family,
+                                 client=params.client)
+
+    async def claim(
+        self, app: AppConfig, kind: str, secret: str, ctx: CallContext
+    ) -> tuple[str, str, dict[str, Any] | None]:
+        """Spend the limits and claim a code: its key, the claim's id, and the claim another
+        request made first (None when this one claimed it and must exchange the code; the
+        outbound slot is then held for the exchange)."""
         # Both limits and the budget check come before the claim: a rejected login records
         # nothing, so the client may retry with the same code.
         if self.quota is not None:
@@ -373,19 +407,26 @@ class LoginService:
             ttl=self.settings.code_result_ttl,
             request_id=ctx.request_id,
         )
-        if existing is None:
-            resolved = await self._exchange(app, session_id, params, ctx)
-            return await self._issue(app, session_id, resolved, family=session_id,
-                                     client=params.client)
-        if self.outbound is not None:  # this request will not call the platform
-            self.outbound.release(app.platform, app.app_id)
-        resolved, family = await self._await_claim(app, key, existing, ctx)
-        return await self._issue(app, new_session_id(), resolved, family=family,
-                                 client=params.client)
+        return key, session_id, existing
 
     async def _exchange(
         self, app: AppConfig, session_id: str, params: LoginRequest, ctx: CallContext
     ) -> Resolved:
+        identity = await self.call_platform(app, session_id, params, ctx)
+        try:
+            resolved = await self._resolve_user(app, identity)
+        except MPLoginError as exc:  # e.g. the account is being erased
+            await self.store.fail_claim(session_id, error=claim_error(exc))
+            raise
+        if identity.session_key:
+            resolved = replace(resolved, session_key_enc=self.box.encrypt(
+                identity.session_key.encode(), aad=resolved.identity.aad()))
+        return resolved
+
+    async def call_platform(
+        self, app: AppConfig, session_id: str, params: LoginParams, ctx: CallContext
+    ) -> PlatformIdentity:
+        """Exchange the code claimed as ``session_id``; every failure is recorded on the claim."""
         adapter = self.adapters[app.platform]
         try:
             # The platform gets what is left of the request's budget once the database's margin
@@ -415,15 +456,7 @@ class LoginService:
                                    "The platform exchange failed; retry with a new code.")
             await self.store.fail_claim(session_id, error=claim_error(failure))
             raise failure from None
-        try:
-            resolved = await self._resolve_user(app, identity)
-        except MPLoginError as exc:  # e.g. the account is being erased
-            await self.store.fail_claim(session_id, error=claim_error(exc))
-            raise
-        if identity.session_key:
-            resolved = replace(resolved, session_key_enc=self.box.encrypt(
-                identity.session_key.encode(), aad=resolved.identity.aad()))
-        return resolved
+        return identity
 
     async def _await_claim(
         self, app: AppConfig, key: str, claim: dict[str, Any], ctx: CallContext
@@ -448,7 +481,7 @@ class LoginService:
             if state != "pending":
                 # Its session ended (logout, reuse, a promoted guest) or the claim is gone.
                 raise MPLoginError(ErrorCode.INVALID_CODE)
-            await self._settle_abandoned(claim, ctx)
+            await self.settle_abandoned(claim, ctx)
             if ctx.remaining() <= CLAIM_POLL_INTERVAL + DATABASE_MARGIN:
                 raise MPLoginError(ErrorCode.TIMEOUT)
             await asyncio.sleep(CLAIM_POLL_INTERVAL)
@@ -469,7 +502,7 @@ class LoginService:
             session_key_enc=enc if isinstance(enc, str) else None,
         )
 
-    async def _settle_abandoned(self, claim: dict[str, Any], ctx: CallContext) -> None:
+    async def settle_abandoned(self, claim: dict[str, Any], ctx: CallContext) -> None:
         """Answer a pending claim nobody will finish; raises the answer when this call gave it.
 
         The code may have reached the platform, so it is never sent again: the client retries
@@ -497,8 +530,10 @@ class LoginService:
         generation = self.fence.generation
         known = self._known.get(key) if self.fence.usable() else None
         if known is not None and identity.unionid in (None, known.unionid):
-            # A real identity's user never changes once created, so a returning user whose
-            # identity this worker has seen needs no database read at all.
+            # An identity changes users only by an erasure, an unlink or a merge, and each
+            # writes a notice this worker polls (auth_worker/erasure.py, identities.py,
+            # merge.py): while the notices are fresh, a returning user whose identity this
+            # worker has seen needs no database read at all.
             self._known.move_to_end(key)
             return Resolved(ResolvedUser(known.user_id, is_new=False), key, identity.unionid)
         before = await self.store.touch_identity(key, unionid=identity.unionid)

@@ -206,7 +206,7 @@ class Store:
         ``linked_openid`` comes back too: an anonymous identity that has it was joined to a real
         identity by an earlier version and is retired by its next login (``retire_anonymous``).
         """
-        update: Doc = {"last_login_at": utcnow()}
+        update: Doc = {"last_login_at": utcnow(), "last_login_ts": now_ts()}
         if unionid is not None:
             update["unionid"] = unionid
         return await self.identities.find_one_and_update(
@@ -226,7 +226,7 @@ class Store:
     ) -> ResolvedUser:
         """Insert the identity (or find the one a concurrent login inserted) and its user."""
         now = utcnow()
-        fields: Doc = {"last_login_at": now}
+        fields: Doc = {"last_login_at": now, "last_login_ts": now.timestamp()}
         if unionid is not None:
             fields["unionid"] = unionid
         if extra:
@@ -523,17 +523,6 @@ class Store:
             {"_id": user_id},
             {"$set": {"profile": profile, "profile_updated_at": utcnow()}},
         )
-
-    async def set_phone(self, user_id: str, phone: str, source: str) -> bool:
-        """Bind a phone number; False when another user already holds it (unique index)."""
-        try:
-            await self.users.update_one(
-                {"_id": user_id},
-                {"$set": {"phone": phone, "phone_source": source, "phone_bound_at": utcnow()}},
-            )
-        except DuplicateKeyError:
-            return False
-        return True
 
     async def count_redelivery(self, message_id: str) -> int:
         """Count one more redelivery of a request message; returns the count so far."""

@@ -93,6 +93,10 @@ class WeChatApi(PlatformApi):
     platform = "wechat"
     display_name = "WeChat"
 
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """A nonzero ``errcode`` is WeChat's error body, whatever the HTTP status (§1.1)."""
+        return platform_code_of(data.get("errcode", 0)) not in (None, "0")
+
     async def stable_token(self, app: AppConfig) -> tuple[str, int]:
         """Fetch the app's stable access_token (normal mode) and its lifetime in seconds."""
         reply = await self.call(app, "POST", "/cgi-bin/stable_token", json_body={

@@ -477,6 +477,49 @@ export function createClient(options) {
     },
 
     /**
+     * POST /v1/phone with what this host's phone button gave (`e.detail` of
+     * `<button open-type="getPhoneNumber">`, or Alipay's `my.getPhoneNumber` result), shaped as
+     * the gateway expects it for the platform.
+     * @param {any} result
+     * @param {{component?: 'fast'|'realtime'}} [opts]  WeChat: which phone button was used
+     * @returns {Promise<{phone: string, platform?: string}>}
+     */
+    bindPhone(result, opts = {}) {
+      return call({ url: '/v1/phone', method: 'POST', data: phoneBody(platform, result, opts) })
+    },
+
+    /** GET /v1/identities: the user's platform identities. */
+    identities() {
+      return call({ url: '/v1/identities' })
+    },
+
+    /**
+     * Get a login code from this host and link its identity to a user (POST /v1/identities):
+     * the signed-in user, or the one whose access token is given (a session obtained on
+     * another platform). The code is used once: a failed link needs a new call.
+     * @param {{accessToken?: string}} [opts]
+     * @returns {Promise<{identity: any, identities: any[]}>}
+     */
+    async linkIdentity({ accessToken } = {}) {
+      let got
+      try {
+        got = (await adapter.login()) || {}
+      } catch (cause) {
+        throw new MploginError('platform_login_failed',
+          `The platform's login call failed: ${describe(cause)}`, { cause })
+      }
+      if (!got.code) throw new MploginError('platform_login_failed', 'The platform gave no login code.')
+      /** @type {Record<string,string>} */
+      const data = { platform, code: got.code }
+      if (appId) data.app_id = appId
+      const req = { url: '/v1/identities', method: 'POST', data }
+      if (!accessToken) return call(req)
+      const res = await send({ ...req, header: { Authorization: `Bearer ${accessToken}` } })
+      if (res.statusCode >= 200 && res.statusCode < 300) return res.data
+      throw errorFromResponse(res)
+    },
+
+    /**
      * DELETE /v1/account: delete the user's account (注销账号). Logs in again first when the
      * server asks for a recent login. Clears storage: every session of the user has ended.
      * @returns {Promise<{status: 'deleted'|'pending_deletion', deleted_at?: string, due_at?: string}>}
@@ -782,6 +825,35 @@ export function detectAdapter(platform, scope = globalThis) {
 }
 
 // ---- helpers -----------------------------------------------------------------------------
+
+/**
+ * The body of POST /v1/phone from a host's phone-button result: WeChat's `code`; Douyin's,
+ * Kuaishou's and Baidu's `encryptedData` + `iv` (Douyin's newer button gives a `code` alone,
+ * which is sent as is; given both, the encrypted pair is sent); Alipay's `response`, as
+ * `my.getPhoneNumber` gives it (a JSON string holding `response` and `sign`).
+ * @param {Platform} platform
+ * @param {any} result
+ * @param {{component?: string}} opts
+ */
+export function phoneBody(platform, result, opts = {}) {
+  const r = result && result.detail ? result.detail : result || {}
+  /** @type {Record<string,string>} */
+  const body = {}
+  if (platform === 'alipay') {
+    if (r.response) body.response = r.response
+    if (r.sign) body.sign = r.sign
+  } else if (r.encryptedData && r.iv && platform !== 'wechat') {
+    body.encryptedData = r.encryptedData
+    body.iv = r.iv
+  } else if (r.code) {
+    body.code = r.code
+    if (platform === 'wechat' && opts.component) body.component = opts.component
+  }
+  if (!Object.keys(body).length) {
+    throw new MploginError('invalid_request', 'The phone button gave nothing to bind (did the user refuse?).')
+  }
+  return body
+}
 
 /** @param {HttpResponse} res */
 function isInvalidToken(res) {

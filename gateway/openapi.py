@@ -157,16 +157,11 @@ def build_document(version: str, routes: Sequence[Route]) -> dict[str, Any]:
         parameters = [{"name": name, "in": "path", "required": True,
                        "schema": {"type": "string"}}
                       for name in re.findall(r"\{([^}:]+)", op.path)]
+        parameters += [param.openapi() for param in op.parameters]
         if parameters:
             item["parameters"] = parameters
         if op.access is Access.USER:
             item["security"] = [{BEARER: []}]
-        parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in re.findall(r"{(\w+)}", op.path)
-        ] + [param.openapi() for param in op.parameters]
-        if parameters:
-            item["parameters"] = parameters
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",

@@ -74,9 +74,51 @@ ROUTES: tuple[Route, ...] = (
         rpc=contract.PHONE, body=views.PhoneBody,
         errors=(*AUTH, *BODY, E.UNKNOWN_APP, E.NOT_SUPPORTED, E.INVALID_CODE,
                 E.INVALID_SIGNATURE, E.INVALID_PAYLOAD, E.RATE_LIMITED, E.PLATFORM_UNAVAILABLE,
-                E.APP_MISCONFIGURED, E.PHONE_IN_USE, *RPC),
-        description="WeChat: `{\"code\"}` from `<button open-type=\"getPhoneNumber\">`. "
-        "Alipay: `{\"response\"}` from `my.getPhoneNumber` as is.",
+                E.APP_MISCONFIGURED, E.PHONE_IN_USE, E.SESSION_KEY_EXPIRED, *RPC),
+        description="WeChat: `{\"code\"}` from `<button open-type=\"getPhoneNumber\">` "
+        "(with `component`: `fast` or `realtime`). Alipay: `{\"response\"}` from "
+        "`my.getPhoneNumber` as is. Douyin, Kuaishou, Baidu: `{\"encryptedData\", \"iv\"}` "
+        "of the phone button; Douyin's newer button: `{\"code\"}`. QQ: `not_supported`.",
+    ),
+    Route(
+        "GET", "/v1/identities", views.identities,
+        operation_id="identities", tag="account",
+        summary="The user's platform identities (platform, app, created, last login)",
+        rpc=contract.IDENTITIES, errors=(*AUTH, *RPC),
+        description="`openid` and `unionid` appear only for apps with `expose_openid`.",
+    ),
+    Route(
+        "POST", "/v1/identities", views.link_identity,
+        operation_id="link_identity", tag="account",
+        summary="Link another platform's identity: exchange its login code and attach it",
+        rpc=contract.LINK_IDENTITY, body=views.LinkBody,
+        errors=(*AUTH, *BODY, E.UNSUPPORTED_PLATFORM, E.UNKNOWN_APP, E.INVALID_CODE,
+                E.USER_BLOCKED, E.PLATFORM_UNAVAILABLE, E.APP_MISCONFIGURED,
+                E.IDENTITY_IN_USE, *RPC),
+        description="The code is exchanged as a login's is: once, and a retry of the same "
+        "request gets the same answer. An identity another user holds is `identity_in_use` "
+        "and nothing changes. A login through the linked identity lands in this user.",
+    ),
+    Route(
+        "DELETE", "/v1/identities/{id}", views.unlink_identity,
+        operation_id="unlink_identity", tag="account",
+        summary="Unlink one identity (never the last); its sessions end",
+        rpc=contract.UNLINK_IDENTITY,
+        errors=(*AUTH, E.IDENTITY_NOT_FOUND, E.LAST_IDENTITY, *RPC),
+    ),
+    Route(
+        "POST", "/v1/account/merge", privacy_views.merge_accounts,
+        operation_id="merge_accounts", tag="account",
+        summary="Merge another account the user proves they own into this one",
+        rpc=contract.MERGE_ACCOUNTS, body=privacy_views.MergeBody,
+        errors=(*AUTH, *BODY, E.REAUTHENTICATION_REQUIRED, *RPC),
+        description="The caller's token names the account to keep; `absorb_access_token`, an "
+        "access token of the account to absorb. Both tokens must come from logins within "
+        "`MPLOGIN_RECENT_LOGIN_WINDOW` (else `reauthentication_required`). Identities, the "
+        "phone number (when only the absorbed account has one), profile fields the kept "
+        "account lacks and consents move; the absorbed account is erased and every session of "
+        "both accounts other than the caller's ends. When both have a phone number the kept "
+        "account's stays; `conflicts` reports it.",
     ),
     # The user's rights over their data (docs/privacy.md).
     Route(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -21,16 +22,20 @@ from shared.keyring import JWKS_MAX_AGE
 from shared.messages import (
     B64,
     USER_AGENT_MAX,
+    AppId,
     ClientInfo,
     Code,
+    LinkParams,
     LoginParams,
     LoginRequest,
     LogoutParams,
+    PhoneComponent,
     PhoneParams,
     ProfileParams,
     RefreshParams,
     RefreshRequest,
     SessionParams,
+    UnlinkParams,
 )
 from shared.metrics import exposition
 from shared.platforms import PLATFORMS
@@ -74,11 +79,15 @@ class ProfileBody(_Body):
 
 
 class PhoneBody(_Body):
-    """The body of POST /v1/phone: WeChat's button ``code`` or Alipay's ``response``+``sign``."""
+    """The body of POST /v1/phone: WeChat's button ``code`` (with ``component``), Alipay's
+    ``response``+``sign``, or the ``encryptedData``+``iv`` of Douyin, Kuaishou and Baidu."""
 
     code: Code | None = None
     response: B64 | None = None
     sign: Sign | None = None
+    encryptedData: B64 | None = None
+    iv: Iv | None = None
+    component: PhoneComponent | None = None
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -231,8 +240,47 @@ async def phone(request: web.Request) -> web.Response:
     """POST /v1/phone: bind the phone number the platform vouches for."""
     who = caller(request)
     body = parse(PhoneBody, await read_json_object(request))
-    return await forward(request, contract.PHONE,
-                         PhoneParams(**who, code=body.code, response=body.response, sign=body.sign))
+    return await forward(request, contract.PHONE, PhoneParams(
+        **who, code=body.code, response=body.response, sign=body.sign,
+        encrypted_data=body.encryptedData, iv=body.iv, component=body.component,
+    ))
+
+
+class LinkBody(_Body):
+    """The body of POST /v1/identities: a login code from the platform to link."""
+
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    app_id: AppId | None = None
+    code: Code
+
+
+IDENTITY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What an identity id looks like (ids are listed by GET /v1/identities)."""
+
+
+async def identities(request: web.Request) -> web.Response:
+    """GET /v1/identities: the caller's identities."""
+    return await forward(request, contract.IDENTITIES, SessionParams(**caller(request)))
+
+
+async def link_identity(request: web.Request) -> web.Response:
+    """POST /v1/identities: exchange a login code and attach its identity to the caller."""
+    who = caller(request)
+    body = parse(LinkBody, await read_json_object(request))
+    if body.platform not in PLATFORMS:
+        raise MPLoginError(ErrorCode.UNSUPPORTED_PLATFORM)
+    return await forward(request, contract.LINK_IDENTITY, LinkParams(
+        **who, platform=body.platform, app_id=body.app_id, code=body.code))
+
+
+async def unlink_identity(request: web.Request) -> web.Response:
+    """DELETE /v1/identities/{id}: detach one identity (never the last)."""
+    who = caller(request)
+    identity_id = request.match_info.get("id", "")
+    if not IDENTITY_ID.fullmatch(identity_id):
+        raise MPLoginError(ErrorCode.IDENTITY_NOT_FOUND)
+    return await forward(request, contract.UNLINK_IDENTITY,
+                         UnlinkParams(**who, identity_id=identity_id))
 
 
 async def jwks(request: web.Request) -> web.Response:

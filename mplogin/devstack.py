@@ -237,6 +237,12 @@ async def _register_dev_apps(
             entry["private_key_file"] = files.secret_ref("alipay-app-private-key.pem")
             entry["alipay_public_key_file"] = files.secret_ref(
                 "alipay-platform-public-key.pem")
+            # The content-encryption key of phone numbers, known to the app and to Alipay.
+            aes_file = creds / "alipay-aes-key"
+            if not aes_file.exists():
+                write_private(aes_file, base64.b64encode(secrets.token_bytes(16)).decode())
+            register["aes_key_b64"] = aes_file.read_text(encoding="utf-8").strip()
+            entry["aes_key_file"] = files.secret_ref("alipay-aes-key")
         else:
             secret_file = creds / f"{app.platform}-secret"
             if not secret_file.exists():

@@ -57,6 +57,9 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image"
     CONTENT_REJECTED = "content_rejected"
     USER_NOT_RECENT = "user_not_recent"
+    IDENTITY_IN_USE = "identity_in_use"
+    LAST_IDENTITY = "last_identity"
+    IDENTITY_NOT_FOUND = "identity_not_found"
     QR_LOGIN_EXPIRED = "qr_login_expired"
     QR_LOGIN_CONFLICT = "qr_login_conflict"
     ALREADY_USED = "already_used"
@@ -93,6 +96,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_IMAGE: 422,
     ErrorCode.CONTENT_REJECTED: 422,
     ErrorCode.USER_NOT_RECENT: 409,
+    ErrorCode.IDENTITY_IN_USE: 409,
+    ErrorCode.LAST_IDENTITY: 409,
+    ErrorCode.IDENTITY_NOT_FOUND: 404,
     ErrorCode.QR_LOGIN_EXPIRED: 410,
     ErrorCode.QR_LOGIN_CONFLICT: 409,
     ErrorCode.ALREADY_USED: 410,
@@ -133,6 +139,9 @@ DEFAULT_MESSAGE: dict[ErrorCode, str] = {
     ErrorCode.CONTENT_REJECTED: "The platform's content check rejected this content.",
     ErrorCode.USER_NOT_RECENT: "The platform checks content only for users who opened the "
     "mini-program within the last two hours: open it again, then retry.",
+    ErrorCode.IDENTITY_IN_USE: "This platform identity already belongs to another user.",
+    ErrorCode.LAST_IDENTITY: "This is the user's only identity; it cannot be unlinked.",
+    ErrorCode.IDENTITY_NOT_FOUND: "The user has no identity with this id.",
     ErrorCode.QR_LOGIN_EXPIRED: "This QR login is unknown, expired or cancelled; show a new code.",
     ErrorCode.QR_LOGIN_CONFLICT: "This QR login is not in a state that allows this step.",
     ErrorCode.ALREADY_USED: "This QR login's session was already handed out.",

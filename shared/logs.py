@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -98,8 +99,28 @@ def _normalised(name: str) -> str:
 
 def is_secret_key(name: str) -> bool:
     """True when a field called ``name`` holds a secret and must not be logged."""
+    if len(name) <= _KEY_CACHE_MAX_LEN:
+        return _is_secret_key_cached(name)
+    return _is_secret_key(name)
+
+
+def _is_secret_key(name: str) -> bool:
     key = _normalised(name)
     return key in _SECRET_KEY_NAMES or any(part in key for part in _SECRET_KEY_PARTS)
+
+
+# Every line asks this of the same few field names many times (each field, each pair in the
+# rendered line): the answers are remembered, for names of a key's length (bounded memory).
+_KEY_CACHE_MAX_LEN = 64
+_is_secret_key_cached = lru_cache(maxsize=2048)(_is_secret_key)
+
+
+def _may_hold_secret(text: str) -> bool:
+    """False when no pattern of ``mask_text`` can match ``text``: each needs one of these (a
+    pair its ``:``, ``=`` or ``%3D``; a secret value its own prefix), so most field values (a
+    route, a method, an event name, a request id) skip the regular expressions."""
+    return ("=" in text or ":" in text or "%3" in text or "mplrt_" in text or "eyJ" in text
+            or "-----BEGIN" in text)
 
 
 def is_harmless(name: str, value: object) -> bool:
@@ -132,6 +153,8 @@ def _mask_pair(match: re.Match[str]) -> str:
 
 def mask_text(text: str) -> str:
     """``text`` with every secret-looking substring masked."""
+    if not _may_hold_secret(text):
+        return text
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
     for pair in _SECRET_PAIRS:

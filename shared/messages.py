@@ -84,12 +84,20 @@ class ProfileParams(SessionParams):
     response: Annotated[str, StringConstraints(min_length=1, max_length=16384)] | None = None
 
 
+PhoneComponent = Literal["fast", "realtime"]
+"""Which WeChat phone button produced a code: fast verification or real-time verification."""
+
+
 class PhoneParams(SessionParams):
-    """POST /v1/phone: WeChat's phone ``code``, or Alipay's encrypted ``response`` and ``sign``."""
+    """POST /v1/phone: WeChat's or Douyin's phone ``code``, Alipay's encrypted ``response`` and
+    ``sign``, or the ``encrypted_data`` and ``iv`` of Douyin, Kuaishou and Baidu."""
 
     code: Code | None = None
     response: B64 | None = None
     sign: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    encrypted_data: B64 | None = None
+    iv: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    component: PhoneComponent | None = None
 
 
 def _absent_if_none(value: object) -> bool:
@@ -210,6 +218,10 @@ class MeOut(_Strict):
                                                 description=(
         "What the user entered (avatar upload, nickname) with its moderation status, and where "
         "each profile field came from."))
+    phone_platform: str | None = Field(
+        default=None, description="The platform that vouched for the number; null when unbound.")
+    phone_verified_at: str | None = Field(
+        default=None, description="ISO 8601: when the platform vouched for the number.")
 
 
 class ProfileOut(_Strict):
@@ -222,6 +234,8 @@ class PhoneOut(_Strict):
     """POST /v1/phone: the bound number, masked."""
 
     phone: str = Field(examples=["+86138****0007"])
+    platform: str | None = Field(default=None, exclude_if=_absent_if_none,
+                                 description="The platform that vouched for the number.")
 
 
 class EchoParams(BaseModel):
@@ -292,6 +306,73 @@ class ConsentOut(_Strict):
     accepted_at: str | None
     withdrawn_at: str | None = Field(default=None, exclude_if=_absent_if_none)
     consent_required: list[ConsentRequirement]
+
+
+class LinkedIdentity(_Strict):
+    """One identity as ``GET /v1/identities`` lists it; openid/unionid only with expose_openid."""
+
+    id: str = Field(description="Opaque; the path parameter of DELETE /v1/identities/{id}.")
+    platform: str
+    app_id: str
+    anonymous: bool
+    openid: str | None = Field(default=None, exclude_if=_absent_if_none)
+    unionid: str | None = Field(default=None, exclude_if=_absent_if_none)
+    created_at: str | None = Field(default=None, description="ISO 8601, or null when unknown.")
+    last_login_at: str | None = Field(default=None,
+                                      description="ISO 8601, or null when never logged in.")
+
+
+class IdentitiesOut(_Strict):
+    """GET /v1/identities (and DELETE): the caller's identities."""
+
+    identities: list[LinkedIdentity]
+
+
+class LinkParams(SessionParams):
+    """POST /v1/identities: a login code of another platform or app, to attach to the caller."""
+
+    platform: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    app_id: AppId | None = None
+    code: Code
+
+
+class LinkOut(_Strict):
+    """POST /v1/identities: the identity attached, and all the caller's identities now."""
+
+    identity: LinkedIdentity
+    identities: list[LinkedIdentity]
+
+
+class UnlinkParams(SessionParams):
+    """DELETE /v1/identities/{id}."""
+
+    identity_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class MergeParams(AccountParams):
+    """POST /v1/account/merge: the kept account is the caller's; the absorbed one's token (its
+    user, session and login time, as the gateway verified them)."""
+
+    absorb_user_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    absorb_session_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    absorb_auth_time: int = Field(ge=0)
+
+
+class MergeOut(_Strict):
+    """POST /v1/account/merge: what moved, and how conflicts were settled."""
+
+    user_id: str = Field(description="The kept user (the caller's).")
+    absorbed_user_id: str
+    identities_moved: int = Field(ge=0)
+    phone: Literal["kept", "moved", "none"] = Field(
+        description="kept: the kept user's number stays (when both had one, the absorbed "
+        "user's number is dropped); moved: only the absorbed user had one, it moved; none.")
+    profile_fields_moved: list[str]
+    consents_moved: int = Field(ge=0)
+    sessions_ended: int = Field(ge=0)
+    conflicts: list[str] = Field(description="Each conflict and how the rule settled it.")
+
+
 # User-entered profile: avatar upload, nickname, moderation, platform pushes (docs/profile.md).
 
 AVATAR_UPLOAD_MAX = 8 * 1024 * 1024

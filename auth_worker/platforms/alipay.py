@@ -74,6 +74,10 @@ class AlipayAdapter(HttpAdapter):
     platform = "alipay"
     display_name = "Alipay"
 
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """An ``error_response`` node is Alipay's error body, whatever the HTTP status (§2)."""
+        return isinstance(data.get(ERROR_NODE), dict)
+
     def __init__(
         self,
         session: aiohttp.ClientSession,

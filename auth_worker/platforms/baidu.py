@@ -6,6 +6,9 @@ Baidu authenticates with the AppKey (``client_id``, ``app.app_key``) and the App
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from auth_worker.apps import AppConfig, configuration_error
 from auth_worker.platforms.base import HttpAdapter, PlatformIdentity, clip, text_field
 from shared.errors import ErrorCode
@@ -25,6 +28,12 @@ class BaiduAdapter(HttpAdapter):
 
     platform = "baidu"
     display_name = "Baidu"
+
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """An OAuth2 ``error`` string is Baidu's error body: the session-key endpoint answers it
+        with HTTP 400 (RFC 6749 §5.2, docs/platforms.md §4)."""
+        error = data.get("error")
+        return isinstance(error, str) and bool(error)
 
     async def exchange_code(
         self, app: AppConfig, code: str | None, *, anonymous_code: str | None = None

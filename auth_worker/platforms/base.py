@@ -8,8 +8,12 @@ backends shipped:
 - the URL (it may carry the AppSecret), the secret, the code and the session_key never reach
   a log line, an exception message or a ``repr``; transport exceptions are replaced, ``from
   None``, by a :class:`PlatformError` that carries none of them;
-- one total timeout per call, no redirects, HTTP status 200 and a JSON object are required;
-  the timeout is the adapter's, cut short by the caller's :func:`platform_deadline` if that
+- one total timeout per call, no redirects, and a JSON object is required; a reply with
+  another HTTP status than 200 is read too and handed to the adapter when its body is the
+  platform's documented error (``documented_error``: OAuth2-style endpoints answer 400/401
+  with ``{"error", "error_description"}``, RFC 6749 §5.2), so it is mapped through the error
+  table like any refusal; any other non-200 reply is PLATFORM_UNAVAILABLE (docs/platforms.md
+  §9); the timeout is the adapter's, cut short by the caller's :func:`platform_deadline` if that
   comes first (the login request's own deadline);
 - a reply that cannot be decoded, whatever the reason (bad UTF-8, bad JSON, nesting too deep
   for the parser), is a malformed reply: PLATFORM_UNAVAILABLE, never an internal error;
@@ -94,18 +98,22 @@ class PlatformAdapter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PlatformReply:
-    """A platform's HTTP 200 reply: the exact body text and the JSON object it holds."""
+    """A platform's reply: the exact body text, the JSON object it holds and the HTTP status
+    (200, or another status whose body is the platform's documented error)."""
 
     text: str = field(repr=False)
     data: dict[str, Any] = field(repr=False)
+    status: int = 200
 
 
 @dataclass(frozen=True, slots=True)
 class RawReply:
-    """A platform's HTTP 200 reply as bytes, with the content type it declared."""
+    """A platform's reply as bytes, with the content type it declared and its HTTP status
+    (200, unless the caller asked for error bodies too)."""
 
     body: bytes = field(repr=False)
     content_type: str
+    status: int = 200
 
 
 def clip(value: object, *hidden: str | None) -> str:
@@ -161,6 +169,14 @@ class HttpAdapter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(timeout={self._timeout.total})"
 
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """Whether ``data`` is this platform's documented error body (read whatever the status).
+
+        Each adapter names its own error fields (docs/platforms.md); the default accepts none,
+        so a platform that documents no error body on another status stays unavailable.
+        """
+        return False
+
     # -- checks before any request ------------------------------------------------------------
 
     def check_app(self, app: AppConfig) -> None:
@@ -203,9 +219,23 @@ class HttpAdapter:
         json_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> PlatformReply:
-        """Send one request to ``app.api_base + path``; any failure is PLATFORM_UNAVAILABLE."""
+        """Send one request to ``app.api_base + path``; any failure is PLATFORM_UNAVAILABLE,
+        except a non-200 reply whose body is the platform's documented error (docs/platforms.md
+        §9): that one is answered, with its status, for the adapter's error table."""
         raw = await self.call_raw(app, method, path, params=params, form=form,
-                                  json_body=json_body, headers=headers)
+                                  json_body=json_body, headers=headers, error_bodies=True)
+        return self.reply_of(app, path, raw)
+
+    def reply_of(self, app: AppConfig, path: str, raw: RawReply) -> PlatformReply:
+        """The JSON reply of a call made with ``error_bodies``: a 200's object, or a non-200
+        whose body is the documented error; anything else is PLATFORM_UNAVAILABLE."""
+        if raw.status != 200:
+            documented = self._error_body(raw.body)
+            if documented is not None:
+                return PlatformReply(text=documented[0], data=documented[1], status=raw.status)
+            self.log.warning("platform.unexpected_status", platform=self.platform,
+                             app_id=app.app_id, path=path, status=raw.status)
+            raise self.unavailable(f"{self.display_name} answered HTTP {raw.status}.")
         return self.parse_json(app, path, raw.body)
 
     def parse_json(self, app: AppConfig, path: str, body: bytes) -> PlatformReply:
@@ -232,11 +262,14 @@ class HttpAdapter:
         json_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         max_bytes: int = MAX_BODY_BYTES,
+        error_bodies: bool = False,
     ) -> RawReply:
         """The same guarded call, answering the body's bytes and content type as they came.
 
         For the APIs that answer an image on success and JSON on failure (mini-program
-        codes): the caller decides from the content type and the bytes.
+        codes): the caller decides from the content type and the bytes. A non-200 status is
+        PLATFORM_UNAVAILABLE, unless ``error_bodies``: then its body is read (bounded) and
+        answered with its status (``call`` looks for the documented error in it).
         """
         url = app.api_base + path
         status: int | None = None
@@ -261,7 +294,7 @@ class HttpAdapter:
             ) as response:
                 status = response.status
                 content_type = response.content_type
-                if status == 200:
+                if status == 200 or error_bodies:
                     async for chunk in response.content.iter_chunked(64 * 1024):
                         body += chunk
                         if len(body) > max_bytes:
@@ -279,7 +312,7 @@ class HttpAdapter:
         finally:
             if self.observer is not None:
                 self.observer.observe_platform_call(self.platform, time.perf_counter() - started)
-        if status != 200:
+        if status != 200 and (not error_bodies or too_large):
             self.log.warning("platform.unexpected_status", platform=self.platform,
                              app_id=app.app_id, path=path, status=status)
             raise self.unavailable(f"{self.display_name} answered HTTP {status}.")
@@ -287,7 +320,18 @@ class HttpAdapter:
             self.log.warning("platform.reply_too_large", platform=self.platform, app_id=app.app_id,
                              path=path, limit=max_bytes)
             raise self.malformed(app, path, "reply too large")
-        return RawReply(body=bytes(body), content_type=content_type)
+        return RawReply(body=bytes(body), content_type=content_type, status=status or 0)
+
+    def _error_body(self, body: bytes) -> tuple[str, dict[str, Any]] | None:
+        """The text and object of a non-200 body when it is the documented error, else None."""
+        try:
+            text = bytes(body).decode("utf-8")
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict) or not self.documented_error(data):
+            return None
+        return text, data
 
     # -- errors -------------------------------------------------------------------------------
 

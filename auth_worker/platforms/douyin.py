@@ -7,6 +7,9 @@ sent the real identity comes back with ``anonymous_openid`` filled too, so the t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
     HttpAdapter,
@@ -37,6 +40,10 @@ class DouyinAdapter(HttpAdapter):
 
     platform = "douyin"
     display_name = "Douyin"
+
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """A nonzero ``err_no`` is Douyin's error envelope, whatever the HTTP status (§3)."""
+        return platform_code_of(data.get("err_no")) not in (None, "0")
 
     async def exchange_code(
         self, app: AppConfig, code: str | None, *, anonymous_code: str | None = None

@@ -6,6 +6,9 @@ that they apply to code2session is UNCONFIRMED, so unknown results are PLATFORM_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
     HttpAdapter,
@@ -33,6 +36,10 @@ class KuaishouAdapter(HttpAdapter):
 
     platform = "kuaishou"
     display_name = "Kuaishou"
+
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """A ``result`` other than 1 is Kuaishou's error body, whatever the HTTP status (§5)."""
+        return platform_code_of(data.get("result")) not in (None, "1")
 
     async def exchange_code(
         self, app: AppConfig, code: str | None, *, anonymous_code: str | None = None

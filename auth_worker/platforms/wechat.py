@@ -8,6 +8,7 @@ reached WeChat only turns into 40163 "code been used".
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from auth_worker.apps import AppConfig
 from auth_worker.platforms.base import (
@@ -48,6 +49,10 @@ class WeChatAdapter(HttpAdapter):
     display_name = "WeChat"
     error_table: Mapping[str, ErrorCode] = ERROR_TABLE
     retry_after: Mapping[str, int] = RETRY_AFTER
+
+    def documented_error(self, data: Mapping[str, Any]) -> bool:
+        """A nonzero ``errcode`` is WeChat's error body, whatever the HTTP status (§1.1)."""
+        return platform_code_of(data.get("errcode", 0)) not in (None, "0")
 
     async def exchange_code(
         self, app: AppConfig, code: str | None, *, anonymous_code: str | None = None

@@ -24,6 +24,8 @@ const GATEWAY = process.env.MPLOGIN_GATEWAY
 const SANDBOX = process.env.MPLOGIN_SANDBOX
 /** The app under test on each platform: {"wechat": "<app_id>", ...}. */
 const APPS = JSON.parse(process.env.MPLOGIN_APPS || '{}')
+/** The Alipay app's AES key: the sandbox encrypts its phone payloads with it. */
+const ALIPAY_AES = process.env.MPLOGIN_ALIPAY_AES
 const skip = !(GATEWAY && SANDBOX && APPS.wechat) && 'set MPLOGIN_GATEWAY, MPLOGIN_SANDBOX and MPLOGIN_APPS'
 
 /** Every host the client runs on, with the platform it runs there. */
@@ -229,6 +231,51 @@ for (const { kind, platform } of HOSTS) {
       const again = await host.client.login()
       assert.equal(again.is_new, true)
       assert.notEqual(again.id, user.id)
+    })
+
+    test("bindPhone binds what the host's phone button gives, shown masked in me()", async () => {
+      const host = device()
+      await host.client.login()
+      const number = `139${String(Math.floor(Math.random() * 1e8)).padStart(8, "0")}`
+      const masked = `+86${number.slice(0, 3)}****${number.slice(-4)}`
+      if (platform === 'qq') {
+        // QQ documents no server-side phone flow.
+        await assert.rejects(host.client.bindPhone({ code: 'anything' }), (err) => err.code === 'not_supported')
+        return
+      }
+      const account = host.stored().user
+      let result
+      if (platform === 'wechat') {
+        result = { detail: await sandbox('phone_codes', { platform, app_id: APPS[platform], openid: host.openid, phone: number }) }
+      } else if (platform === 'alipay') {
+        result = await sandbox('alipay/phone_payload', { app_id: APPS[platform], mobile: number, aes_key_b64: ALIPAY_AES })
+      } else {
+        result = { detail: await sandbox('phone_payload', { platform, app_id: APPS[platform], openid: host.openid, phone: number }) }
+      }
+      const bound = await host.client.bindPhone(result)
+      assert.equal(bound.phone, masked)
+      const me = await host.client.me()
+      assert.equal(me.id, account.id)
+      assert.equal(me.phone, masked)
+      assert.equal(me.phone_platform, platform)
+    })
+
+    test('linkIdentity joins this host\'s identity to the user of another session; identities() lists both', async () => {
+      const first = device({ kind: 'wx', platform: 'wechat' })
+      const owner = await first.client.login()
+      const token = first.stored().access_token
+      const host = device()
+      const linked = await host.client.linkIdentity({ accessToken: token })
+      if (platform === 'wechat') {
+        // The same platform and app as the owner's own identity: a second WeChat identity.
+        assert.equal(linked.identities.length, 2)
+      } else {
+        assert.equal(linked.identity.platform, platform)
+      }
+      const again = device({ openid: host.openid })
+      assert.equal((await again.client.login()).id, owner.id, 'a login through the linked identity lands in the owner')
+      const listed = await again.client.identities()
+      assert.deepEqual(listed.identities.map((i) => i.platform).sort(), [platform, 'wechat'].sort())
     })
 
     test('a request without a session logs in first', async () => {

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 
-import { adapters, createClient, detectAdapter, MploginError } from '../mplogin.js'
+import { adapters, createClient, detectAdapter, MploginError, phoneBody } from '../mplogin.js'
 
 const SESSION = {
   access_token: 'at-1', token_type: 'Bearer', expires_in: 900,
@@ -340,5 +340,64 @@ describe('account and consents', () => {
     await c.withdrawConsent('a/b')
     assert.equal(gw.requests[1].url, 'https://gw.test/v1/consents/a%2Fb')
     assert.equal(gw.requests[1].method, 'DELETE')
+  })
+})
+
+describe('phones and identities', () => {
+  test('bindPhone sends each host\'s phone result in the shape /v1/phone takes', () => {
+    assert.deepEqual(phoneBody('wechat', { detail: { code: 'pc', errMsg: 'ok' } }, { component: 'fast' }),
+      { code: 'pc', component: 'fast' })
+    assert.deepEqual(phoneBody('wechat', { code: 'pc', encryptedData: 'e', iv: 'i' }), { code: 'pc' })
+    for (const platform of ['douyin', 'kuaishou', 'baidu']) {
+      // Douyin's newer button also gives a code: the encrypted pair is what is sent.
+      assert.deepEqual(phoneBody(platform, { code: 'pc', encryptedData: 'e', iv: 'i' }),
+        { encryptedData: 'e', iv: 'i' }, platform)
+    }
+    // Douyin's newer button gives a code alone: it is sent as is.
+    assert.deepEqual(phoneBody('douyin', { detail: { code: 'dy-code' } }), { code: 'dy-code' })
+    assert.deepEqual(phoneBody('alipay', { response: '{"response":"x","sign":"s"}' }),
+      { response: '{"response":"x","sign":"s"}' })
+    assert.throws(() => phoneBody('douyin', { errMsg: 'getPhoneNumber:fail auth deny' }),
+      (err) => err instanceof MploginError && err.code === 'invalid_request')
+  })
+
+  function signedIn(answers, login = async () => ({ code: 'link-code' })) {
+    const gw = fakeGateway([[200, SESSION], ...answers])
+    const c = createClient({
+      baseUrl: 'https://gw.test', platform: 'alipay', appId: '2021',
+      adapter: { login, request: gw.request, storage: memoryStorage() },
+    })
+    return { c, gw }
+  }
+
+  test('linkIdentity posts a fresh code of this host with the stored token', async () => {
+    const linked = { identity: { id: 'i2', platform: 'alipay' }, identities: [] }
+    const { c, gw } = signedIn([[200, linked]])
+    await c.login()
+    assert.deepEqual(await c.linkIdentity(), linked)
+    const sent = gw.requests[1]
+    assert.equal(sent.url, 'https://gw.test/v1/identities')
+    assert.equal(sent.method, 'POST')
+    assert.deepEqual(sent.data, { platform: 'alipay', code: 'link-code', app_id: '2021' })
+    assert.equal(sent.header.Authorization, 'Bearer at-1')
+  })
+
+  test('linkIdentity with another session\'s token uses that token, and reports refusals', async () => {
+    const { c, gw } = signedIn([error('identity_in_use', 409)])
+    await c.login()
+    await assert.rejects(c.linkIdentity({ accessToken: 'at-other' }),
+      (err) => err instanceof MploginError && err.code === 'identity_in_use' && err.status === 409)
+    assert.equal(gw.requests[1].header.Authorization, 'Bearer at-other')
+  })
+
+  test('identities() and bindPhone() are authenticated gateway calls', async () => {
+    const { c, gw } = signedIn([[200, { identities: [] }], [200, { phone: '+86138****0007' }]])
+    await c.login()
+    assert.deepEqual(await c.identities(), { identities: [] })
+    assert.deepEqual(await c.bindPhone({ response: 'r' }), { phone: '+86138****0007' })
+    assert.deepEqual(gw.requests.slice(1).map((r) => [r.method, r.url, r.data]), [
+      ['GET', 'https://gw.test/v1/identities', undefined],
+      ['POST', 'https://gw.test/v1/phone', { response: 'r' }],
+    ])
   })
 })

@@ -40,7 +40,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="added platform latencies in ms (0,50)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per step (4)")
     parser.add_argument("--users", type=int, default=None, help="test users in the pool (200)")
-    parser.add_argument("--configs", default="abc", help="which configurations: any of abc")
+    parser.add_argument("--configs", default="abcrm",
+                        help="which configurations: any of abc, r (token refresh), m (/v1/me)")
+    parser.add_argument("--log-level", default="WARNING", dest="log_level",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="the processes' log level (WARNING; INFO is a deployment's default "
+                        "and adds each request's log lines)")
     parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--target", default=None,

@@ -7,7 +7,7 @@ import itertools
 import os
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -67,6 +67,74 @@ def http_login_sender(http: aiohttp.ClientSession, base: str, app_id: str) -> Se
         body = orjson.dumps({"platform": "wechat", "app_id": app_id, "code": code})
         try:
             async with http.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                return str(resp.status)
+        except TimeoutError:
+            return "client_timeout"
+        except aiohttp.ClientError as exc:
+            return type(exc).__name__
+
+    return send
+
+
+async def sign_in(http: aiohttp.ClientSession, base: str, app_id: str, minter: CodeMinter,
+                  count: int, concurrency: int = 16) -> deque[tuple[str, str]]:
+    """Log ``count`` pool users in through ``base`` (unmeasured): their (access, refresh) pairs."""
+    supply = Supply()
+    await minter.fill(supply, count)
+    pairs: deque[tuple[str, str]] = deque()
+
+    async def user() -> None:
+        while (code := supply.take()) is not None:
+            body = {"platform": "wechat", "app_id": app_id, "code": code}
+            async with http.post(f"{base}/v1/login", json=body) as resp:
+                resp.raise_for_status()
+                data = await resp.json()
+            pairs.append((str(data["access_token"]), str(data["refresh_token"])))
+
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    return pairs
+
+
+def refresh_sender(http: aiohttp.ClientSession, base: str,
+                   pairs: deque[tuple[str, str]]) -> Send:
+    """POST /v1/token/refresh with a session's refresh token; the new pair goes back to the
+    pool, so each refresh token is spent once (a concurrent reuse would revoke the session)."""
+    url = f"{base}/v1/token/refresh"
+    headers = {"Content-Type": "application/json"}
+
+    async def send(_: str) -> str:
+        if not pairs:
+            # Every session of the pool is in flight or was lost to a failed refresh: wait a
+            # little rather than spin, and count it.
+            await asyncio.sleep(0.05)
+            return "no_session"
+        _, token = pairs.popleft()
+        try:
+            async with http.post(url, data=orjson.dumps({"refresh_token": token}),
+                                 headers=headers) as resp:
+                body = await resp.read()
+                if resp.status == 200:
+                    data = orjson.loads(body)
+                    pairs.append((str(data["access_token"]), str(data["refresh_token"])))
+                return str(resp.status)
+        except TimeoutError:
+            return "client_timeout"
+        except aiohttp.ClientError as exc:
+            return type(exc).__name__
+
+    return send
+
+
+def me_sender(http: aiohttp.ClientSession, base: str, pairs: deque[tuple[str, str]]) -> Send:
+    """GET /v1/me with the access tokens of the pool's sessions, in turn."""
+    url = f"{base}/v1/me"
+    headers = [{"Authorization": f"Bearer {access}"} for access, _ in pairs]
+    turn = itertools.cycle(headers)
+
+    async def send(_: str) -> str:
+        try:
+            async with http.get(url, headers=next(turn)) as resp:
                 await resp.read()
                 return str(resp.status)
         except TimeoutError:

@@ -52,9 +52,53 @@ def ratios(out: Json) -> Json:
     db = out.get("db", {}).get("inline_commands")
     if db and db.get("logins"):
         result["db_round_trips_per_login"] = round(db["commands_total"] / db["logins"], 3)
+    per_step = cpu_ratios(runs)
+    if per_step:
+        result["cpu_per_login_vs_inline"] = per_step
     return result
 
 
+def _cpu_ms_per_ok(step: Json, prefix: str) -> float | None:
+    """CPU ms per successful request of the processes named ``prefix...`` in one step."""
+    cpu = [float(v) for k, v in step.get("cpu_s", {}).items() if k.startswith(prefix)]
+    ok = int(step.get("ok") or 0)
+    if not cpu or not ok:
+        return None
+    return 1000 * sum(cpu) / ok
+
+
+def cpu_ratios(runs: Json) -> list[Json]:
+    """Per closed-loop step: the gateway's and the workers' CPU per login, each as a ratio to
+    the inline server's CPU per login at the same concurrency and platform latency of the same
+    run, and b/c (that step's throughputs)."""
+    rows: list[Json] = []
+    for name, run in runs.items():
+        if not name.startswith("b_pipeline_"):
+            continue
+        inline = runs.get("c_inline_" + name.removeprefix("b_pipeline_"))
+        if not inline:
+            continue
+        by_conc = {s["concurrency"]: s for s in inline["closed"]}
+        for b in run["closed"]:
+            c = by_conc.get(b["concurrency"])
+            if c is None:
+                continue
+            inl = _cpu_ms_per_ok(c, "inline")
+            gw, wk = _cpu_ms_per_ok(b, "gateway"), _cpu_ms_per_ok(b, "worker")
+            if not inl or gw is None or wk is None:
+                continue
+            rows.append({
+                "platform_latency_ms": run["platform_latency_ms"],
+                "concurrency": b["concurrency"],
+                "inline_ms": round(inl, 3), "gateway_ms": round(gw, 3), "worker_ms": round(wk, 3),
+                "gateway_x": round(gw / inl, 3), "worker_x": round(wk / inl, 3),
+                "b_over_c": round(b["throughput"] / c["throughput"], 3)
+                if c["throughput"] else None,
+            })
+    return rows
+
+
+TARGETS = {"gateway_x": 0.37, "worker_x": 0.87, "b_over_c": 0.75, "added_ms": 3.5}
 
 
 def report(text: str) -> None:
@@ -105,6 +149,18 @@ def final_report(out: Json) -> str:
         lines.append(f"pipeline's median added latency over a {added['platform_latency_ms']} ms "
                      f"platform (measured alone: {added['platform_own_p50_ms']} ms p50) at 1 in "
                      f"flight: {added['added_p50_ms']:.2f} ms")
+    rows = r.get("cpu_per_login_vs_inline") or []
+    if rows:
+        lines.append("CPU per login against the inline server's, per closed-loop step (same run; "
+                     f"targets at 0 ms, c=50: gateway <= {TARGETS['gateway_x']}x, worker <= "
+                     f"{TARGETS['worker_x']}x, b/c >= {TARGETS['b_over_c']}):")
+        lines.append(f"  {'step':<24}{'inline':>9}{'gateway':>9}{'worker':>9}"
+                     f"{'gw/inl':>8}{'wk/inl':>8}{'b/c':>7}")
+    for row in rows:
+        step = f"{row['platform_latency_ms']} ms, c={row['concurrency']}"
+        lines.append(f"  {step:<24}{row['inline_ms']:>7.2f}ms{row['gateway_ms']:>7.2f}ms"
+                     f"{row['worker_ms']:>7.2f}ms{row['gateway_x']:>8.2f}{row['worker_x']:>8.2f}"
+                     f"{row['b_over_c'] or 0:>7.2f}")
     echo = r.get("echo_round_trip_p50_ms")
     if echo:
         idle = next(k for k in echo if k.startswith("after_"))

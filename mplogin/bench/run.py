@@ -11,6 +11,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ from mplogin.bench.load import (
     echo_sender,
     http_login_sender,
     inline_db_stats,
+    me_sender,
     platform_own_p50,
+    refresh_sender,
     set_latency,
+    sign_in,
     warm_up,
 )
 from mplogin.bench.measure import Supply, closed_loop, paced
@@ -58,7 +62,7 @@ async def run_bench(args: argparse.Namespace) -> Json:
             "concurrency": opts.concurrency, "open_loop_fractions": opts.open_fractions,
             "platform_latencies_ms": opts.latencies_ms, "duration_s": opts.duration,
             "users": opts.users, "workers": opts.workers, "gateways": opts.gateways,
-            "target": args.target,
+            "target": args.target, "log_level": args.log_level,
             "queue_prefix": prefix,
             "limits": None if args.target else LIMITS_OFF,
         },
@@ -66,7 +70,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
     }
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="mplogin-bench-"))
-    stack = None if args.target else Stack(tmp=tmp, prefix=prefix, broker_url=broker)
+    stack = None if args.target else Stack(tmp=tmp, prefix=prefix, broker_url=broker,
+                                           log_level=args.log_level)
     failed = True
     connector = aiohttp.TCPConnector(limit=OPEN_LOOP_MAX_IN_FLIGHT + 100, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
@@ -137,6 +142,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
                         f"c_inline_{ms}ms", "inline (HTTP -> LoginService.login, no queue)",
                         inline, Supply(), "200", ms)
             await set_latency(control, sandbox, app_id, 0)
+            if stack is not None and ("r" in opts.configs or "m" in opts.configs):
+                out["runs"].update(await session_runs(stack, opts, http, minter))
             if stack is not None:
                 out["db"] = {"inline_commands": await inline_db_stats(control, stack.inline)}
                 report("\n")
@@ -164,6 +171,36 @@ async def run_bench(args: argparse.Namespace) -> Json:
     return out
 
 
+async def session_runs(stack: Stack, opts: Options, http: aiohttp.ClientSession,
+                       minter: CodeMinter) -> Json:
+    """Refresh (r) and GET /v1/me (m) through the gateway, closed loop, each for sessions of
+    its own (every pool user signed in once more, unmeasured): their CPU per request by process.
+
+    At most ``SESSION_RUNS_MAX_CONCURRENCY`` in flight, and never more than the pool's sessions.
+    """
+    users = len(minter.users)
+    steps = replace(opts, open_fractions=[], concurrency=[
+        c for c in opts.concurrency if c <= min(users, SESSION_RUNS_MAX_CONCURRENCY)])
+    runner = Runner(stack, steps, None)
+    out: Json = {}
+    if "r" in opts.configs:
+        pairs = await sign_in(http, stack.gateway, stack.app_id, minter, users)
+        out["r_refresh"] = await runner.run_config(
+            "r_refresh", "POST /v1/token/refresh (gateway -> broker -> worker)",
+            refresh_sender(http, stack.gateway, pairs), Supply("x"), "200", 0)
+    if "m" in opts.configs:
+        pairs = await sign_in(http, stack.gateway, stack.app_id, minter, users)
+        out["m_me"] = await runner.run_config(
+            "m_me", "GET /v1/me (token check in the gateway -> broker -> worker)",
+            me_sender(http, stack.gateway, pairs), Supply("x"), "200", 0)
+    return out
+
+
+SESSION_RUNS_MAX_CONCURRENCY = 50
+"""Refresh and /v1/me stop at 50 in flight: beyond, on the stand-in, refreshes queue past the
+login deadline (each is a find_one_and_update on the sessions, which grow with every login)."""
+
+
 def process_table(runner: Runner) -> Json:
     """CPU seconds and peak RSS of every process, read while they still run.
 
@@ -184,7 +221,7 @@ def options_from(args: argparse.Namespace) -> Options:
     """Defaults, and the smaller ones of ``--quick``."""
     quick = bool(args.quick)
     return Options(
-        concurrency=args.concurrency or ([1, 10] if quick else [1, 10, 50, 200]),
+        concurrency=args.concurrency or ([1, 10, 50] if quick else [1, 10, 50, 200]),
         open_fractions=args.open_loop if args.open_loop is not None
         else ([0.5] if quick else [0.5, 0.8]),
         latencies_ms=args.latencies if args.latencies is not None else [0, 50],

@@ -39,6 +39,9 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
     worker_metrics: list[str] = field(default_factory=list)
+    log_level: str = "WARNING"
+    """The processes' MPLOGIN_LOG_LEVEL: WARNING leaves out the per-request INFO lines that a
+    deployment at the default level (INFO) writes; ``--log-level INFO`` measures them."""
 
     @property
     def db_name(self) -> str:
@@ -120,7 +123,7 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1,
         "MPLOGIN_KEYS_DIR": str(files.keys),
         "MPLOGIN_DATA_DIR": str(stack.tmp / "data"),
         "MPLOGIN_SESSION_KEY_ENCRYPTION_KEY": generate_config_value(),
-        "MPLOGIN_LOG_LEVEL": "WARNING",
+        "MPLOGIN_LOG_LEVEL": stack.log_level,
         "MPLOGIN_GATEWAY_HOST": "127.0.0.1",
         "MPLOGIN_GATEWAY_PORT": str(gateway_port),
         "MPLOGIN_SANDBOX_HOST": "127.0.0.1",

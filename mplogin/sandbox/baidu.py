@@ -3,8 +3,11 @@
 The contract is docs/platforms.md §4.
 
 Choices where docs/platforms.md is silent or UNCONFIRMED:
-- Parameters come from the form body only (the documented form); the answer is HTTP 200 for
-  success and errors alike (docs/platforms.md §9).
+- Parameters come from the form body only (the documented form). The OAuth endpoints
+  (``jscode2sessionkey``, ``oauth/2.0/token``) answer success with HTTP 200 and their
+  ``{error, error_description}`` errors with HTTP 400, as an OAuth2 token endpoint does
+  (RFC 6749 §5.2, docs/platforms.md §4); the ``busy`` fault answers HTTP 503 with
+  ``server_error`` (the status of a busy Baidu is UNCONFIRMED).
 - Error strings follow Baidu OAuth2: ``invalid_request`` (missing parameter),
   ``invalid_client`` (unknown client_id or wrong sk), ``invalid_grant`` (unknown, expired,
   used or another app's code); the ``busy`` fault answers ``server_error`` (RFC 6749 name;
@@ -44,9 +47,15 @@ ERRORS: dict[str, tuple[str, str]] = {
 }
 
 
+OAUTH_ERROR_STATUS = 400
+"""The HTTP status of an OAuth2 error answer (RFC 6749 §5.2)."""
+BUSY_STATUS = 503
+
+
 def _error(key: str) -> web.Response:
     error, description = ERRORS[key]
-    return json_response({"error": error, "error_description": description})
+    status = BUSY_STATUS if key == "busy" else OAUTH_ERROR_STATUS
+    return json_response({"error": error, "error_description": description}, status=status)
 
 
 async def jscode2sessionkey(request: web.Request) -> web.Response:
@@ -93,7 +102,8 @@ async def oauth_token(request: web.Request) -> web.Response:
         return _error("missing")
     if params["grant_type"] != "client_credentials":
         return json_response(
-            {"error": "unsupported_grant_type", "error_description": "unsupported grant type"}
+            {"error": "unsupported_grant_type", "error_description": "unsupported grant type"},
+            status=OAUTH_ERROR_STATUS,
         )
     app = state.baidu_app_by_key(client_id)
     if app is None or not secrets.compare_digest(

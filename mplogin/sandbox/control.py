@@ -1,11 +1,11 @@
 """The sandbox-only control API under ``/sandbox/``: apps, codes, clock, faults, stats, reset.
 
 Routes: ``POST apps``, ``POST codes``, ``POST phone_codes``, ``POST profile_payload``,
-``POST alipay/phone_payload``, ``GET alipay/public_key``, ``POST scan`` (the camera of a QR
-login), ``POST clock``, ``POST reset``, ``POST|DELETE faults``, ``GET stats``;
-``/sandbox/redirected`` is where the redirect fault points. Faults take an optional
-``consume_code`` (default false) to mark the presented codes used although the answer is an
-error, as a platform that failed after consuming would.
+``POST alipay/phone_payload``, ``POST phone_payload``, ``GET alipay/public_key``, ``POST scan``
+(the camera of a QR login), ``POST clock``, ``POST reset``, ``POST|DELETE faults``,
+``GET stats``; ``/sandbox/redirected`` is where the redirect fault points. Faults take an
+optional ``consume_code`` (default false) to mark the presented codes used although the answer
+is an error, as a platform that failed after consuming would.
 JSON in, JSON out. Malformed requests answer 400 ``{"error": {"code", "message"}}``, unknown
 apps 404 in the same shape.
 """
@@ -37,6 +37,7 @@ from mplogin.sandbox.state import (
     IdentityField,
     SandboxApp,
     SandboxState,
+    TestUser,
     generate_rsa_key,
     load_public_key,
 )
@@ -58,6 +59,8 @@ class RegisterApp(_Strict):
     app_public_key_pem: str | None = None
     app_key: str | None = Field(default=None, min_length=1)
     identity_field: IdentityField = "open_id"
+    phone_public_key_pem: str | None = None  # Douyin: the app's RSA key for phone numbers
+    aes_key_b64: str | None = None  # Alipay: the app's content-encryption key, as set at Alipay
 
 
 class MintCode(_Strict):
@@ -93,7 +96,7 @@ class InjectFault(_Strict):
 class MintPhoneCode(_Strict):
     """Body of ``POST /sandbox/phone_codes``."""
 
-    platform: Literal["wechat"]
+    platform: Literal["wechat", "douyin"]
     app_id: str = Field(min_length=1)
     openid: str = Field(min_length=1)
     phone: str = Field(pattern=r"^[0-9]{5,15}$")
@@ -111,12 +114,23 @@ class ProfilePayload(_Strict):
     timestamp: int | None = None  # override of the watermark timestamp
 
 
+class PhonePayload(_Strict):
+    """Body of ``POST /sandbox/phone_payload``: getPhoneNumber's encryptedData and iv."""
+
+    platform: Literal["douyin", "kuaishou", "baidu"]
+    app_id: str = Field(min_length=1)
+    openid: str = Field(min_length=1)
+    phone: str = Field(pattern=r"^[0-9]{5,15}$")
+    country_code: str = Field(default="86", pattern=r"^[0-9]{1,4}$")
+    watermark_appid: str | None = None  # override, to test watermark checks
+
+
 class AlipayPhonePayload(_Strict):
     """Body of ``POST /sandbox/alipay/phone_payload``."""
 
     app_id: str = Field(min_length=1)
     mobile: str = Field(pattern=r"^[0-9]{5,15}$")
-    aes_key_b64: str
+    aes_key_b64: str | None = None  # default: the key registered with the app
     sub_code: str | None = None  # answer this error inside the ciphertext instead
     bad_signature: bool = False
 
@@ -191,8 +205,17 @@ async def register_app(request: web.Request) -> web.Response:
         except ValueError as exc:
             raise _bad(f"app_public_key_pem is not an RSA public key ({exc})") from None
         app.identity_field = body.identity_field
+        if body.aes_key_b64 is not None:
+            app.aes_key = _aes_key(body.aes_key_b64)
     elif not body.secret:
         raise _bad(f"secret is required for {body.platform}")
+    if body.phone_public_key_pem:
+        if body.platform != "douyin":
+            raise _bad("phone_public_key_pem applies only to douyin")
+        try:
+            app.phone_public_key = load_public_key(body.phone_public_key_pem)
+        except ValueError as exc:
+            raise _bad(f"phone_public_key_pem is not an RSA public key ({exc})") from None
     if body.platform == "baidu":
         if not body.app_key:
             raise _bad("app_key is required for baidu")
@@ -352,16 +375,24 @@ async def scan_code(request: web.Request) -> web.Response:
     return json_response({"scene": quote(scene, safe=""), "page": page})
 
 
-async def profile_payload(request: web.Request) -> web.Response:
-    """Build a profile's rawData/signature/encryptedData/iv with the user's current session_key."""
-    body = await _parse(request, ProfilePayload)
-    state = state_of(request)
-    app = _known_app(state, body.platform, body.app_id)
-    user = state.users.get((body.platform, body.app_id, body.openid))
+def _app_and_keyed_user(
+    state: SandboxState, platform: Platform, app_id: str, openid: str
+) -> tuple[SandboxApp, TestUser]:
+    """The app and the user whose current session_key encrypts their open data."""
+    app = _known_app(state, platform, app_id)
+    user = state.users.get((platform, app_id, openid))
     if user is None or not user.session_key:
         raise ControlRequestError(
             404, "unknown_user", "no such user with a session_key: mint a code for it first"
         )
+    return app, user
+
+
+async def profile_payload(request: web.Request) -> web.Response:
+    """Build a profile's rawData/signature/encryptedData/iv with the user's current session_key."""
+    body = await _parse(request, ProfilePayload)
+    state = state_of(request)
+    app, user = _app_and_keyed_user(state, body.platform, body.app_id, body.openid)
     payload = opendata.profile_payload(
         platform=body.platform,
         session_key=user.session_key,
@@ -373,17 +404,39 @@ async def profile_payload(request: web.Request) -> web.Response:
     return json_response(payload)
 
 
-async def alipay_phone_payload(request: web.Request) -> web.Response:
-    """Build the ``my.getPhoneNumber`` response string for an Alipay app."""
-    body = await _parse(request, AlipayPhonePayload)
+async def phone_payload(request: web.Request) -> web.Response:
+    """Build ``getPhoneNumber``'s encryptedData/iv with the user's current session_key."""
+    body = await _parse(request, PhonePayload)
     state = state_of(request)
-    _known_app(state, "alipay", body.app_id)
+    app, user = _app_and_keyed_user(state, body.platform, body.app_id, body.openid)
+    data = opendata.phone_open_data(
+        platform=body.platform, phone=body.phone, country_code=body.country_code,
+        watermark_appid=body.watermark_appid or app.app_id, timestamp=int(state.now()))
+    return json_response(opendata.encrypted_open_data(
+        platform=body.platform, session_key=user.session_key, data=data, app_key=app.app_key))
+
+
+def _aes_key(encoded: str) -> bytes:
     try:
-        aes_key = base64.b64decode(body.aes_key_b64, validate=True)
+        aes_key = base64.b64decode(encoded, validate=True)
     except (ValueError, binascii.Error):
         raise _bad("aes_key_b64 is not base64") from None
     if len(aes_key) not in (16, 24, 32):
         raise _bad("aes_key_b64 must decode to 16, 24 or 32 bytes")
+    return aes_key
+
+
+async def alipay_phone_payload(request: web.Request) -> web.Response:
+    """Build the ``my.getPhoneNumber`` response string for an Alipay app."""
+    body = await _parse(request, AlipayPhonePayload)
+    state = state_of(request)
+    app = _known_app(state, "alipay", body.app_id)
+    if body.aes_key_b64 is None:
+        if app.aes_key is None:
+            raise _bad("aes_key_b64 is required: no AES key was registered with this app")
+        aes_key = app.aes_key
+    else:
+        aes_key = _aes_key(body.aes_key_b64)
     if body.bad_signature and state.rogue_alipay_key is None:
         state.rogue_alipay_key = await asyncio.to_thread(generate_rsa_key)
     key = state.rogue_alipay_key if body.bad_signature else state.alipay_key
@@ -410,4 +463,5 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/sandbox/scan", scan_code)
     router.add_post("/sandbox/profile_payload", profile_payload)
     router.add_post("/sandbox/alipay/phone_payload", alipay_phone_payload)
+    router.add_post("/sandbox/phone_payload", phone_payload)
     router.add_route("*", REDIRECT_TARGET, redirected)

@@ -28,6 +28,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from mplogin.sandbox import douyin_phone
 from mplogin.sandbox.common import enter_exchange, json_response, state_of
 from mplogin.sandbox.state import CodeStatus, TokenStatus
 from mplogin.sandbox.wechat import code_png
@@ -159,5 +160,6 @@ APP_NAMES = frozenset({"toutiao", "douyin", "pipixia", "huoshan", "toutiao_lite"
 def add_routes(app: web.Application) -> None:
     """Mount the Douyin endpoints under ``/douyin``."""
     app.router.add_post("/douyin/api/apps/v2/jscode2session", jscode2session)
+    douyin_phone.add_routes(app)
     app.router.add_post("/douyin/api/apps/v2/token", access_token)
     app.router.add_post("/douyin/api/apps/qrcode", qr_code)

@@ -11,6 +11,10 @@ Choices where docs/platforms.md is silent or UNCONFIRMED:
   ``watermark: {appid, timestamp}`` (AES-128-CBC, PKCS#7, key = session_key).
 - Baidu: the plaintext is ``16 random bytes + 4-byte big-endian length + JSON(user_info) +
   app_key`` (AES-192-CBC, PKCS#7, key = the 24-byte session_key), with no watermark.
+- Phone numbers from ``getPhoneNumber`` (docs/platforms.md §11): Douyin and Kuaishou encrypt
+  ``{phoneNumber, purePhoneNumber, countryCode, watermark}`` as WeChat does (AES-128-CBC with
+  the session_key); Baidu encrypts ``{"mobile": …}`` in its AES-192 layout (the field name is
+  second-hand).
 - Alipay phone: the decrypted text is ``{"code":"10000","msg":"Success","mobile":…}``; an
   error plaintext uses ``subCode``/``subMsg`` keys (UNCONFIRMED); the envelope carries
   ``response``, ``sign``, ``sign_type``, ``encrypt_type`` and ``charset``.
@@ -105,3 +109,33 @@ def alipay_phone_response(
         "charset": "UTF-8",
     }
     return json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+
+
+def encrypted_open_data(
+    *, platform: str, session_key: str, data: dict[str, object], app_key: str | None = None
+) -> dict[str, str]:
+    """``{encryptedData, iv}`` of ``data`` (already watermarked where the platform does) under
+    the user's session_key, in the platform's layout."""
+    key = base64.b64decode(session_key)
+    iv = secrets.token_bytes(16)
+    text = json_text(data).encode("utf-8")
+    if platform == "baidu":
+        plaintext = (secrets.token_bytes(16) + struct.pack(">I", len(text)) + text
+                     + (app_key or "").encode("utf-8"))
+    else:
+        plaintext = text
+    return {
+        "encryptedData": base64.b64encode(aes_cbc_encrypt(key, iv, plaintext)).decode("ascii"),
+        "iv": base64.b64encode(iv).decode("ascii"),
+    }
+
+
+def phone_open_data(
+    *, platform: str, phone: str, country_code: str, watermark_appid: str, timestamp: int
+) -> dict[str, object]:
+    """What ``getPhoneNumber``'s encryptedData holds on ``platform`` (before encryption)."""
+    if platform == "baidu":
+        return {"mobile": phone}
+    number = phone if country_code == "86" else f"+{country_code}{phone}"
+    return {"phoneNumber": number, "purePhoneNumber": phone, "countryCode": country_code,
+            "watermark": {"appid": watermark_appid, "timestamp": timestamp}}

@@ -181,6 +181,8 @@ class SandboxApp:
     app_public_key: rsa.RSAPublicKey | None = None
     app_key: str | None = None
     identity_field: IdentityField = "open_id"
+    phone_public_key: rsa.RSAPublicKey | None = None  # Douyin: phone numbers are sealed for it
+    aes_key: bytes | None = field(default=None, repr=False)  # Alipay: phone payloads' AES key
 
     def __repr__(self) -> str:
         return f"SandboxApp(platform={self.platform!r}, app_id={self.app_id!r})"

@@ -40,10 +40,15 @@ from shared.messages import (
     EchoOut,
     EchoParams,
     ExportOut,
+    IdentitiesOut,
+    LinkOut,
+    LinkParams,
     LoginRequest,
     LogoutOut,
     LogoutParams,
     MeOut,
+    MergeOut,
+    MergeParams,
     NicknameParams,
     PhoneOut,
     PhoneParams,
@@ -64,6 +69,7 @@ from shared.messages import (
     SessionOut,
     SessionParams,
     SessionsOut,
+    UnlinkParams,
     UserProfileOut,
 )
 
@@ -98,6 +104,11 @@ AVATAR_FETCH = Method("avatar_fetch", AvatarFetchParams, AvatarFileOut)
 NICKNAME = Method("nickname", NicknameParams, UserProfileOut)
 PLATFORM_EVENT = Method("platform_event", PlatformEventParams, PlatformEventOut)
 
+IDENTITIES = Method("identities", SessionParams, IdentitiesOut)
+LINK_IDENTITY = Method("link_identity", LinkParams, LinkOut)
+UNLINK_IDENTITY = Method("unlink_identity", UnlinkParams, IdentitiesOut)
+MERGE_ACCOUNTS = Method("merge_accounts", MergeParams, MergeOut)
+
 QR_CREATE = Method("qr_create", QrCreateParams, QrCreateOut)
 QR_IMAGE = Method("qr_image", QrIdParams, QrImageOut)
 QR_POLL = Method("qr_poll", QrPollParams, QrPollOut)
@@ -131,8 +142,9 @@ ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
 
 _METHODS: tuple[Method[Any, Any], ...] = (
     LOGIN, REFRESH, LOGOUT, ME, PROFILE, PHONE, ECHO, DELETE_ACCOUNT, EXPORT_ACCOUNT, CONSENT,
-    AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, QR_CREATE, QR_IMAGE, QR_POLL, QR_SCAN,
-    QR_CONFIRM, QR_CANCEL, SESSIONS, *ADMIN_METHODS)
+    AVATAR_UPLOAD, AVATAR_FETCH, NICKNAME, PLATFORM_EVENT, IDENTITIES, LINK_IDENTITY,
+    UNLINK_IDENTITY, MERGE_ACCOUNTS, QR_CREATE, QR_IMAGE, QR_POLL, QR_SCAN, QR_CONFIRM, QR_CANCEL,
+    SESSIONS, *ADMIN_METHODS)
 
 CONTRACT: Mapping[str, Method[Any, Any]] = {method.name: method for method in _METHODS}
 """Every method a worker serves, by name."""

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from auth_worker.avatar_store import BUCKET, GridFSAvatarStorage
 from auth_worker.datamap import DATA_MAP
 from auth_worker.erasure import Erasure, hash_user_id
 from auth_worker.retention import purge_once, purge_session_keys
@@ -131,6 +132,25 @@ async def test_ended_sessions_lose_their_session_key_at_once_and_in_the_purge(
     assert [c["document"] for c in await store.db["consents"].find({}).to_list(None)] == ["b"]
     assert await store.sessions.find_one({"_id": "over"}) is None
     assert await store.sessions.find_one({"_id": "live"}) is not None
+
+
+async def test_an_erased_users_avatar_images_leave_the_bucket_and_others_stay(
+    erasure: Erasure,
+) -> None:
+    storage = GridFSAvatarStorage(erasure.db)
+    for user_id in ("u_pic_gone", "u_pic_stays"):
+        await erasure.store.ensure_user(user_id)
+        avatar_id = f"avatar-of-{user_id}"
+        await storage.put(avatar_id, b"\xff\xd8 image bytes of " + user_id.encode(), "image/jpeg")
+        await erasure.db["avatars"].insert_one({"_id": avatar_id, "user_id": user_id})
+    outcome = await erasure.erase_user("u_pic_gone", deadline=time.time() + 5)
+    assert outcome.status == "deleted"
+    assert await storage.get("avatar-of-u_pic_gone") is None
+    assert await erasure.db[f"{BUCKET}.chunks"].find_one(
+        {"files_id": "avatar-of-u_pic_gone"}) is None
+    assert await erasure.db["avatars"].find_one({"user_id": "u_pic_gone"}) is None
+    kept = await storage.get("avatar-of-u_pic_stays")
+    assert kept is not None and kept.data.endswith(b"u_pic_stays")
 
 
 async def test_the_users_events_lose_their_ids_pending_ones_move_and_user_deleted_is_written(

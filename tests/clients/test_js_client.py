@@ -9,6 +9,7 @@ client suite would look green while testing nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -31,6 +32,8 @@ NODE_TIMEOUT = 300.0
 APP_IDS = {"wechat": APP, "alipay": "2021009800000001", "douyin": "ttclient0000001",
            "kuaishou": "ksclient0000001", "baidu": "19980001", "qq": "1119980001"}
 BAIDU_APP_KEY = "clientbaiduappkey0001"
+ALIPAY_AES = base64.b64encode(os.urandom(16)).decode()
+"""The Alipay app's content-encryption key: the sandbox encrypts phone payloads with it."""
 
 
 def node_binary() -> str:
@@ -61,7 +64,9 @@ async def add_platform_apps(stack: ProcStack) -> None:
             platform_key.write_text(
                 (await stack.sandbox.control("GET", "alipay/public_key"))["public_key_pem"])
             entry |= {"private_key_file": str(private),
-                      "alipay_public_key_file": str(platform_key)}
+                      "alipay_public_key_file": str(platform_key),
+                      "aes_key_env": "CLIENT_ALIPAY_AES"}
+            stack.env["CLIENT_ALIPAY_AES"] = ALIPAY_AES
             creds["app_public_key_pem"] = key.public_key().public_bytes(
                 serialization.Encoding.PEM,
                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
@@ -95,6 +100,7 @@ async def test_js_client_against_the_gateway(proc_stack: ProcStack) -> None:
         "MPLOGIN_GATEWAY": stack.base,
         "MPLOGIN_SANDBOX": stack.sandbox.base,
         "MPLOGIN_APPS": json.dumps(APP_IDS),
+        "MPLOGIN_ALIPAY_AES": ALIPAY_AES,
     }
     # Asynchronously: the sandbox is served by this event loop.
     proc = await asyncio.create_subprocess_exec(

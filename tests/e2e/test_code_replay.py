@@ -153,7 +153,9 @@ async def test_a_code_replayed_after_the_window_is_invalid_code_without_reaching
     assert retried["user"] == answers[0][1]["user"]
 
     # Past MPLOGIN_CODE_REPLAY_WINDOW=1, counted from the claim's own creation time.
-    claim = await deployed.stack.db.sessions.find_one({"code_key": {"$exists": True}})
+    # This code's claim: the active one (the fixture's warm-up login left a failed claim).
+    claim = await deployed.stack.db.sessions.find_one(
+        {"code_key": {"$exists": True}, "state": "active"})
     deadline = time.monotonic() + 5
     while time.time() <= claim["created_ts"] + 1.0:
         assert time.monotonic() < deadline, "the replay window never passed"

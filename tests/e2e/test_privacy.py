@@ -149,6 +149,13 @@ async def test_export_then_delete_leaves_nothing_in_any_collection(
     assert "consent_required" not in second, "WX_B asks for no documents"
     other = await login(stack, sandbox, ALIPAY, "2088000000000777", platform="alipay")
     assert other["user"]["id"] != user_id
+    # An Alipay identity the user links (POST /v1/identities) goes with the account too.
+    linked_alipay = "2088000000000888"
+    minted = await sandbox.mint("alipay", ALIPAY, openid=linked_alipay)
+    status, body, _ = await call(stack, "POST", "/v1/identities", first["access_token"],
+                                 {"platform": "alipay", "app_id": ALIPAY,
+                                  "code": minted["code"]})
+    assert status == 200, body
     # Phone and profile (with an avatar).
     code = await sandbox.control("POST", "phone_codes", platform="wechat", app_id=WX_A,
                                  openid=openid_a, phone="13812340000")
@@ -183,7 +190,7 @@ async def test_export_then_delete_leaves_nothing_in_any_collection(
     export = await resp.json()
     assert export["user_id"] == user_id and export["created_at"]
     assert {(i["app_id"], i["openid"], i["unionid"]) for i in export["identities"]} == {
-        (WX_A, openid_a, unionid), (WX_B, openid_b, unionid)}
+        (WX_A, openid_a, unionid), (WX_B, openid_b, unionid), (ALIPAY, linked_alipay, None)}
     assert export["phone"] == "+8613812340000"
     fields = export["profile"]["fields"]
     assert fields["avatar_url"]["value"] == "https://example.com/mei.png"
@@ -200,6 +207,11 @@ async def test_export_then_delete_leaves_nothing_in_any_collection(
                         first["refresh_token"], refreshed["refresh_token"]):
         assert secret_word not in text
 
+    # The number is stored sealed, with its keyed hash: neither may outlive the account.
+    stored = await stack.db.users.find_one({"_id": user_id})
+    assert stored is not None and "13812340000" not in repr(stored)
+    phone_hash = str(stored["phone_hash"])
+
     # Delete; a retry answers the same.
     status, deleted, _ = await call(stack, "DELETE", "/v1/account", refreshed["access_token"])
     assert status == 200 and deleted["status"] == "deleted", deleted
@@ -212,7 +224,7 @@ async def test_export_then_delete_leaves_nothing_in_any_collection(
     searched = sorted(documents)
     assert {"users", "identities", "unions", "sessions", "consents", "login_history",
             "account_tombstones"} <= set(searched), searched
-    needles = [user_id, openid_a, openid_b, unionid, "13812340000"]
+    needles = [user_id, openid_a, openid_b, unionid, "13812340000", linked_alipay, phone_hash]
     assert mentions(documents, needles, user_id) == [], f"searched {searched}"
     # What stays by design: the user's own deletion in the audit log, and user.deleted.
     assert [(r["actor"], r["action"]) for r in documents["audit"]

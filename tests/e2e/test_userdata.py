@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.views import PhoneBody, ProfileBody
 from shared.messages import PhoneParams, ProfileParams
 from tests.conftest import Sandbox, Stack, StackFactory
+from tests.e2e.alipay_app import alipay_phone_app
 from tests.faults.conftest import APP as FAULT_APP
 from tests.faults.conftest import ProcStack, proc_stack  # noqa: F401 - a fixture, used by name
 
@@ -36,25 +34,13 @@ async def stack(
     monkeypatch.setenv("UD_WX_SECRET", secret)
     await sandbox.register("wechat", WX, secret=secret)
     await sandbox.register("baidu", BAIDU, secret=secret, app_key=BAIDU_APP_KEY)
-    app_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (tmp_path / "app.pem").write_text(app_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption()).decode())
-    public = app_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    await sandbox.register("alipay", ALIPAY, app_public_key_pem=public)
-    alipay_pub = (await sandbox.control("GET", "alipay/public_key"))["public_key_pem"]
-    (tmp_path / "alipay.pub").write_text(alipay_pub)
-    aes = base64.b64encode(os.urandom(16)).decode()
-    monkeypatch.setenv("UD_ALIPAY_AES", aes)
+    alipay, aes = await alipay_phone_app(sandbox, tmp_path, monkeypatch, ALIPAY, "UD_ALIPAY_AES")
     built = await make_stack(
         [{"platform": "wechat", "app_id": WX, "secret_env": "UD_WX_SECRET",
           "api_base": f"{sandbox.base}/wechat"},
          {"platform": "baidu", "app_id": BAIDU, "secret_env": "UD_WX_SECRET",
           "app_key": BAIDU_APP_KEY, "api_base": f"{sandbox.base}/baidu"},
-         {"platform": "alipay", "app_id": ALIPAY, "private_key_file": str(tmp_path / "app.pem"),
-          "alipay_public_key_file": str(tmp_path / "alipay.pub"), "aes_key_env": "UD_ALIPAY_AES",
-          "api_base": f"{sandbox.base}/alipay"}],
+         alipay],
         workers=2,
     )
     built.apps["alipay_aes"] = aes
@@ -323,9 +309,12 @@ async def test_a_phone_number_binds_to_one_user_only(stack: Stack, sandbox: Sand
         assert status == expected, body
     assert body is not None
     late = await stack.db.users.find_one({"_id": second["user"]["id"]})
-    assert "phone" not in late
+    assert "phone_hash" not in late and "phone_enc" not in late
     owner = await stack.db.users.find_one({"_id": first["user"]["id"]})
-    assert owner["phone"] == "+8613912345678"
+    assert "13912345678" not in str(owner), "stored encrypted, never in clear"
+    resp = await stack.client.get(
+        "/v1/me", headers={"Authorization": f"Bearer {first['access_token']}"})
+    assert (await resp.json())["phone"] == "+86139****5678"
 
 
 async def test_alipay_phone_payload_is_verified_and_decrypted(
@@ -350,11 +339,12 @@ def test_the_gateway_limits_the_open_data_fields_as_the_worker_does() -> None:
     pairs = [(ProfileBody, ProfileParams, {"rawData": "raw_data", "signature": "signature",
                                            "encryptedData": "encrypted_data", "iv": "iv",
                                            "response": "response"}),
-             (PhoneBody, PhoneParams, {"code": "code", "response": "response", "sign": "sign"})]
+             (PhoneBody, PhoneParams, {"code": "code", "response": "response", "sign": "sign",
+                                       "encryptedData": "encrypted_data", "iv": "iv"})]
     for body, params, names in pairs:
         ours = body.model_json_schema()["properties"]
         theirs = params.model_json_schema()["properties"]
-        assert set(ours) == set(names)
+        assert set(ours) - {"component"} == set(names)
         for field, param in names.items():
             assert ours[field]["anyOf"][0]["maxLength"] == theirs[param]["anyOf"][0]["maxLength"]
 

@@ -26,9 +26,13 @@ from shared.messages import (
     ConsentOut,
     DeleteAccountOut,
     ExportOut,
+    IdentitiesOut,
     IdentityOut,
+    LinkedIdentity,
+    LinkOut,
     LogoutOut,
     MeOut,
+    MergeOut,
     PhoneOut,
     PlatformEventOut,
     Profile,
@@ -56,6 +60,7 @@ _SESSION = SessionOut(
     user=UserOut(id="u1", is_new=False, platform="wechat", app_id="wx1"),
 )
 _PROFILE = Profile(nickname="n")
+_LINKED = LinkedIdentity(id="i1", platform="wechat", app_id="wx1", anonymous=False)
 REPLIES: dict[str, RpcReply] = {
     "login": RpcReply.success(_SESSION),
     "refresh": RpcReply.success(_SESSION),
@@ -77,6 +82,12 @@ REPLIES: dict[str, RpcReply] = {
     "avatar_fetch": RpcReply.success(AvatarFileOut(content_type="image/jpeg", data="/9j/",
                                                    etag='"e"', public=True)),
     "platform_event": RpcReply.success(PlatformEventOut(body="success")),
+    "identities": RpcReply.success(IdentitiesOut(identities=[_LINKED])),
+    "link_identity": RpcReply.success(LinkOut(identity=_LINKED, identities=[_LINKED])),
+    "unlink_identity": RpcReply.success(IdentitiesOut(identities=[_LINKED])),
+    "merge_accounts": RpcReply.success(MergeOut(
+        user_id="u1", absorbed_user_id="u2", identities_moved=1, phone="none",
+        profile_fields_moved=[], consents_moved=0, sessions_ended=1, conflicts=[])),
     "qr_create": RpcReply.success(QrCreateOut(
         id="AbCdEfGhIjKlMnOpQrStUvWx", poll_token="p" * 43, expires_in=120,
         image_url="/v1/qr-logins/AbCdEfGhIjKlMnOpQrStUvWx/image")),
@@ -164,6 +175,7 @@ def router_requests(app: web.Application) -> list[tuple[str, str]]:
             for name in (next(iter(openapi.docs_assets())), "missing.js", "../../views.py",
                          "swagger-ui", "%2e%2e/app.py"):
                 found.append((route.method, prefix + name))
+            found.append((route.method, path))  # the template itself, as a literal path
         else:
             found.append((route.method, path))
     return found

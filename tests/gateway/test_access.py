@@ -29,6 +29,7 @@ PRIVACY = ("/v1/account", "/v1/account/export", "/v1/consents", "/v1/consents/{d
 # (authenticated by their own signature, in the worker).
 CLIENT = {"/v1/login", "/v1/token/refresh", "/v1/avatars/{avatar_id}",
           "/v1/platform-events/{platform}/{app_id}"}
+ACCOUNT_ROUTES = ("/v1/identities", "/v1/identities/{id}", "/v1/account/merge")
 # QR login: the web page has no token yet; the phone acts with its session.
 QR_WEB = ("/v1/qr-logins", "/v1/qr-logins/{id}", "/v1/qr-logins/{id}/image")
 QR_PHONE = ("/v1/qr-logins/{id}/scan", "/v1/qr-logins/{id}/confirm", "/v1/qr-logins/{id}/cancel",
@@ -149,7 +150,8 @@ def test_only_the_table_exempts_a_route_and_the_document_says_which_are_limited(
     assert {p for p, a in by_path.items() if a is Access.EXEMPT} == EXEMPT
     assert {p for p, a in by_path.items() if a is Access.CLIENT} == {*CLIENT, *QR_WEB}
     assert {p for p, a in by_path.items() if a is Access.USER} == {
-        *AUTHENTICATED, *PRIVACY, *QR_PHONE, "/v1/profile/avatar", "/v1/profile/nickname"}
+        *AUTHENTICATED, *PRIVACY, *ACCOUNT_ROUTES, *QR_PHONE, "/v1/profile/avatar",
+        "/v1/profile/nickname"}
     assert len(ROUTES) == len({(r.method, r.path) for r in ROUTES}), "one entry per method+path"
     assert {r.path.replace("{name:.+}", "{name}") for r in ROUTES} == set(by_path)
     document = openapi.build_document("0", ROUTES)

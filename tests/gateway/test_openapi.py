@@ -137,6 +137,8 @@ def test_the_bearer_scheme_is_on_exactly_the_routes_that_take_a_token(
                        ("GET", "/v1/account/export"), ("POST", "/v1/consents"),
                        ("DELETE", "/v1/consents/{document}"), ("POST", "/v1/profile/avatar"),
                        ("PATCH", "/v1/profile"), ("POST", "/v1/profile/nickname"),
+                       ("GET", "/v1/identities"), ("POST", "/v1/identities"),
+                       ("DELETE", "/v1/identities/{id}"), ("POST", "/v1/account/merge"),
                        ("GET", "/v1/sessions"),
                        *(("POST", f"/v1/qr-logins/{{id}}/{step}")
                          for step in ("scan", "confirm", "cancel"))}

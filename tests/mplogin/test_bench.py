@@ -17,7 +17,9 @@ from mplogin.supervisor import listening_pids
 
 pytestmark = pytest.mark.processes  # starts mplogin (or node) processes
 
-RUNS = ("a_echo", "b_pipeline_0ms", "b_pipeline_50ms", "c_inline_0ms", "c_inline_50ms")
+RUNS = ("a_echo", "b_pipeline_0ms", "b_pipeline_50ms", "c_inline_0ms", "c_inline_50ms",
+        "r_refresh", "m_me")
+SESSION_RUNS = ("r_refresh", "m_me")
 STEP_KEYS = {"sent", "ok", "elapsed_s", "throughput", "p50_ms", "p95_ms", "p99_ms", "statuses",
              "errors", "mode", "cpu_s", "cpu_pct", "codes_exhausted"}
 
@@ -42,7 +44,8 @@ def test_quick_bench_completes_every_configuration_without_errors(
     assert set(data["runs"]) == set(RUNS)
     for name, run in data["runs"].items():
         assert [s["concurrency"] for s in run["closed"]] == [1, 10], name
-        assert [s["fraction"] for s in run["open"]] == [0.5], name
+        # Refresh and /v1/me run closed loop only, for the pool's sessions.
+        assert [s["fraction"] for s in run["open"]] == ([] if name in SESSION_RUNS else [0.5])
         for step in run["closed"] + run["open"]:
             assert set(step) >= STEP_KEYS, (name, step)
             assert step["ok"] > 0, (name, step)
@@ -73,6 +76,17 @@ def test_quick_bench_completes_every_configuration_without_errors(
         assert processes[name]["cpu_s"] is not None and processes[name]["peak_rss_mb"] > 0
     assert f"{data['options']['queue_prefix']}.requests" in data["cleanup"]["queues_deleted"]
     assert "b/a throughput" in done.stdout
+    # The gateway's and the worker's CPU per login, as ratios to the inline server's, per step.
+    rows = ratios["cpu_per_login_vs_inline"]
+    assert [(r["platform_latency_ms"], r["concurrency"]) for r in rows] == [
+        (0, 1), (0, 10), (50, 1), (50, 10)]
+    for row in rows:
+        assert row["inline_ms"] > 0 and row["gateway_ms"] > 0 and row["worker_ms"] > 0, row
+        assert abs(row["gateway_x"] - row["gateway_ms"] / row["inline_ms"]) < 0.01, row
+        assert row["b_over_c"] > 0, row
+    assert "CPU per login against the inline server's" in done.stdout
+    for name in SESSION_RUNS:
+        assert data["runs"][name]["cpu_ms_per_op"]["gateway"] > 0, name
 
     # At one in flight the pipeline's time is split by the processes' own histograms; the
     # worker counted exactly the logins of that step, and the platform's delay shows up.

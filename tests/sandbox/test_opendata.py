@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mplogin.sandbox.opendata import raw_data_signature
+from tests.sandbox.conftest import public_pem
 
 USER_INFO = {"nickName": "Band", "gender": 1, "city": "广州", "avatarUrl": "http://x/y.png"}
 
@@ -130,3 +131,63 @@ async def test_alipay_phone_payload_rejects_bad_keys(sb: Any, aes_key_b64: str) 
     answer = await sb.control("POST", "/sandbox/alipay/phone_payload", {
         "app_id": sb.app_ids["alipay"], "mobile": "15900000000", "aes_key_b64": aes_key_b64})
     assert answer.status == 400
+
+
+async def phone(sb: Any, platform: str, openid: str, **extra: Any) -> Any:
+    return await sb.control("POST", "/sandbox/phone_payload", {
+        "platform": platform, "app_id": sb.app_ids[platform], "openid": openid,
+        "phone": "13800138000", **extra})
+
+
+@pytest.mark.parametrize("platform", ["douyin", "kuaishou"])
+async def test_phone_payload_is_wechat_style_under_the_current_session_key(
+    sb: Any, platform: str
+) -> None:
+    await sb.mint(platform, sb.app_ids[platform], openid="oPhone")
+    current = await sb.mint(platform, sb.app_ids[platform], openid="oPhone")
+    answer = await phone(sb, platform, "oPhone", country_code="852")
+    assert answer.status == 200, answer.text
+    plain = json.loads(decrypt(base64.b64decode(current["session_key"]),
+                               base64.b64decode(answer.json["iv"]),
+                               base64.b64decode(answer.json["encryptedData"])))
+    assert plain["phoneNumber"] == "+85213800138000"
+    assert plain["purePhoneNumber"] == "13800138000" and plain["countryCode"] == "852"
+    assert plain["watermark"]["appid"] == sb.app_ids[platform]
+
+
+async def test_baidu_phone_payload_uses_the_aes192_layout(sb: Any) -> None:
+    minted = await sb.mint("baidu", sb.app_ids["baidu"], openid="bdPhone")
+    answer = await phone(sb, "baidu", "bdPhone")
+    assert answer.status == 200, answer.text
+    plain = decrypt(base64.b64decode(minted["session_key"]), base64.b64decode(answer.json["iv"]),
+                    base64.b64decode(answer.json["encryptedData"]))
+    (length,) = struct.unpack(">I", plain[16:20])
+    assert json.loads(plain[20:20 + length]) == {"mobile": "13800138000"}
+    assert plain[20 + length:] == b"bd-app-key-a"
+
+
+async def test_phone_payload_refuses_unknown_users_and_other_platforms(sb: Any) -> None:
+    assert (await phone(sb, "douyin", "nobody-here")).status == 404
+    bad = await sb.control("POST", "/sandbox/phone_payload", {
+        "platform": "qq", "app_id": "x", "openid": "o", "phone": "13800138000"})
+    assert bad.status == 400
+
+
+async def test_alipay_phone_payload_defaults_to_the_aes_key_registered_with_the_app(
+    sb: Any,
+) -> None:
+    app_id = sb.app_ids["alipay"]
+    answer = await sb.control("POST", "/sandbox/alipay/phone_payload",
+                              {"app_id": app_id, "mobile": "15900000001"})
+    assert answer.status == 400, "no key given and none registered"
+    aes_key = bytes(range(100, 116))
+    registered = await sb.register(platform="alipay", app_id=app_id,
+                                   app_public_key_pem=public_pem(sb.keys.app),
+                                   aes_key_b64=base64.b64encode(aes_key).decode())
+    assert registered.status == 200, registered.text
+    answer = await sb.control("POST", "/sandbox/alipay/phone_payload",
+                              {"app_id": app_id, "mobile": "15900000001"})
+    assert answer.status == 200, answer.text
+    envelope = json.loads(answer.json["response"])
+    plain = json.loads(decrypt(aes_key, bytes(16), base64.b64decode(envelope["response"])))
+    assert plain["mobile"] == "15900000001"

@@ -165,6 +165,55 @@
     $("upload-avatar").disabled = busy || !held.access;
     $("set-nickname").disabled = busy || !held.access;
     showConsents();
+    const app = currentApp();
+    const phoneFlow = app ? PHONE_FLOWS[app.platform] : undefined;
+    $("bind-phone").disabled = busy || !held.access || !phoneFlow;
+    $("phone-note").hidden = !app || Boolean(phoneFlow);
+    $("phone-note").textContent = app && !phoneFlow ? PHONE_NOTES[app.platform] || "" : "";
+    $("link").disabled = busy || !held.access || !linkApp();
+    $("identities").disabled = busy || !held.access;
+  }
+
+  // How the sandbox plays each platform's phone button (docs/platforms.md §11).
+  const PHONE_FLOWS = { wechat: "phone_codes", douyin: "phone_payload", kuaishou: "phone_payload",
+    baidu: "phone_payload", alipay: "alipay/phone_payload" };
+  const PHONE_NOTES = {
+    qq: "QQ documents no server-side phone flow: the gateway answers not_supported.",
+  };
+
+  function linkApp() {
+    return apps[Number($("link-app").value)] || null;
+  }
+
+  async function bindPhone() {
+    const app = currentApp();
+    const flow = PHONE_FLOWS[app.platform];
+    const openid = $("openid").value.trim();
+    const phone = $("phone").value.trim();
+    const body = app.platform === "alipay"
+      ? { app_id: app.app_id, mobile: phone } // Alipay's my.getPhoneNumber: no openid, its AES key
+      : { platform: app.platform, app_id: app.app_id, openid, phone };
+    const { status, data } = await call("POST", "/sandbox/" + flow, { body });
+    if (status !== 200 || !data) return;
+    const result = flow === "phone_codes" ? { code: data.code }
+      : app.platform === "alipay" ? { response: data.response }
+        : { encryptedData: data.encryptedData, iv: data.iv };
+    await call("POST", "/api/v1/phone", { token: held.access, body: result });
+  }
+
+  async function link() {
+    const other = linkApp();
+    const body = { platform: other.platform, app_id: other.app_id };
+    const openid = $("openid").value.trim();
+    if (openid) body.openid = openid;
+    const minted = await call("POST", "/sandbox/codes", { body });
+    if (minted.status !== 200 || !minted.data || !minted.data.code) return;
+    await call("POST", "/api/v1/identities", { token: held.access,
+      body: { platform: other.platform, app_id: other.app_id, code: minted.data.code } });
+  }
+
+  async function identities() {
+    await call("GET", "/api/v1/identities", { token: held.access });
   }
 
   // ---- the account panel -----------------------------------------------------------------
@@ -445,7 +494,12 @@
       const option = element("option", "", label);
       option.value = String(index);
       select.append(option);
+      const linked = element("option", "", label);
+      linked.value = String(index);
+      $("link-app").append(linked);
     });
+    if (apps.length > 1) $("link-app").value = "1";
+    $("link-app").addEventListener("change", show);
     select.addEventListener("change", () => {
       held.code = null;
       show();
@@ -455,6 +509,9 @@
     $("refresh").addEventListener("click", () => step(refresh));
     $("me").addEventListener("click", () => step(me));
     $("logout").addEventListener("click", () => step(logOut));
+    $("bind-phone").addEventListener("click", () => step(bindPhone));
+    $("link").addEventListener("click", () => step(link));
+    $("identities").addEventListener("click", () => step(identities));
     $("qr-scan").addEventListener("click", () => step(qrScan));
     $("qr-confirm").addEventListener("click", () => step(() => qrAnswer(true)));
     $("qr-cancel").addEventListener("click", () => step(() => qrAnswer(false)));
