@@ -27,6 +27,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
 from auth_worker.admin_service import AdminService
 from auth_worker.avatar_store import AvatarStorage
+from auth_worker.merge import MergeService
 from auth_worker.outbox import new_event, request_event_id
 from auth_worker.profile_store import ProfileStore
 from auth_worker.store import Store, utcnow
@@ -54,8 +55,9 @@ class AdminReview:
     """The handlers of the review-queue and conflicts methods of the contract."""
 
     def __init__(self, admin: AdminService, store: Store, profiles: ProfileStore,
-                 storage: AvatarStorage) -> None:
+                 storage: AvatarStorage, merge: MergeService | None = None) -> None:
         self.admin = admin
+        self.merge = merge
         self.store = store
         self.profiles = profiles
         self.storage = storage
@@ -71,6 +73,7 @@ class AdminReview:
         table.register(contract.ADMIN_REVIEW_AVATAR, self.avatar_image)
         table.register(contract.ADMIN_REVIEW_DECIDE, self.decide)
         table.register(contract.ADMIN_CONFLICTS, self.conflicts)
+        table.register(contract.ADMIN_RESOLVE_CONFLICT, self.resolve)
 
     # -- the moderation queue -------------------------------------------------------------
 
@@ -184,3 +187,33 @@ class AdminReview:
         await self.admin._done(key, params.caller, "conflicts.listed", None,
                                {"conflicts": len(listed)})
         return am.ConflictsOut(conflicts=listed)
+
+    async def resolve(self, params: am.ResolveConflictParams,
+                      ctx: CallContext) -> am.ResolveConflictOut:
+        """Merge a conflict's two users into the one the operator keeps (admin role), by
+        account merging's rules (auth_worker/merge.py); the absorbed user's erasure removes
+        the conflict records naming it."""
+        key = await self.admin._allow(params.caller, "admin", "conflict.resolved",
+                                      params.keep_user_id)
+        doc = await self.store.union_conflicts.find_one({"_id": params.conflict_id})
+        if doc is None:
+            raise MPLoginError(ErrorCode.NOT_FOUND, "No such unionid conflict.")
+        pair = (str(doc.get("holder_user_id")), str(doc.get("other_user_id")))
+        if params.keep_user_id not in pair:
+            raise MPLoginError(ErrorCode.INVALID_REQUEST,
+                               "keep_user_id must be one of the conflict's two users.")
+        absorb = pair[1] if params.keep_user_id == pair[0] else pair[0]
+        for user_id in (params.keep_user_id, absorb):
+            if await self.store.users.find_one({"_id": user_id}, projection={"_id": 1}) is None:
+                raise MPLoginError(ErrorCode.USER_NOT_FOUND,
+                                   f"User {user_id} of this conflict no longer exists.")
+        if self.merge is None or params.keep_user_id == absorb:
+            raise MPLoginError(ErrorCode.INVALID_REQUEST, "Nothing to merge.")
+        out = await self.merge.merge_users(params.keep_user_id, absorb, ctx)
+        await self.store.union_conflicts.delete_one({"_id": params.conflict_id})
+        result = am.ResolveConflictOut(**out.model_dump())
+        await self.admin._done(key, params.caller, "conflict.resolved", params.keep_user_id, {
+            "conflict_id": params.conflict_id, "absorbed_user_id": absorb,
+            "identities_moved": out.identities_moved, "phone": out.phone,
+            "sessions_ended": out.sessions_ended, "conflicts": out.conflicts})
+        return result

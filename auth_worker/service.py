@@ -262,7 +262,9 @@ class LoginService:
         table.register(contract.IDENTITIES, lambda params, ctx: identities.identities(params))
         table.register(contract.LINK_IDENTITY, identities.link)
         table.register(contract.UNLINK_IDENTITY, identities.unlink)
-        table.register(contract.MERGE_ACCOUNTS, MergeService(self).merge)
+        merge = MergeService(self)
+        table.register(contract.MERGE_ACCOUNTS, merge.merge)
+        self.review.merge = merge
         qr = self.qr
         table.register(contract.QR_CREATE, qr.create)
         table.register(contract.QR_IMAGE, lambda params, ctx: qr.image(params))

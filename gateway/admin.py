@@ -221,6 +221,19 @@ async def conflicts(request: web.Request) -> web.Response:
     return await _call(request, contract.ADMIN_CONFLICTS, limit=_limit(request))
 
 
+class ResolveBody(_Body):
+    """POST /admin/v1/conflicts/resolve: merge the conflict's users into ``keep_user_id``."""
+
+    conflict_id: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    keep_user_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+async def resolve_conflict(request: web.Request) -> web.Response:
+    """POST /admin/v1/conflicts/resolve."""
+    body = parse(ResolveBody, await read_json_object(request))
+    return await _call(request, contract.ADMIN_RESOLVE_CONFLICT, **body.model_dump())
+
+
 @functools.cache
 def console_files() -> dict[str, Path]:
     """The console's packaged files by name (listed once; nothing outside them is served)."""
@@ -304,6 +317,11 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/v1/conflicts", conflicts, A, operation_id="admin_conflicts",
           tag="admin", summary="Unionid conflicts: two users holding the same unionid, newest "
           "first", rpc=contract.ADMIN_CONFLICTS, errors=(*KEY, E.INVALID_REQUEST)),
+    Route("POST", "/admin/v1/conflicts/resolve", resolve_conflict, A,
+          operation_id="admin_resolve_conflict", tag="admin",
+          summary="Resolve a unionid conflict: merge its two users into the one kept, by "
+          "account merging's rules (admin)", rpc=contract.ADMIN_RESOLVE_CONFLICT,
+          body=ResolveBody, errors=(*KEY, *BODY, E.NOT_FOUND, E.USER_NOT_FOUND)),
     # Exempt: answered by this process alone, from memory or its packaged files.
     Route("GET", "/", console, Access.EXEMPT, operation_id="console", tag="console",
           summary="The operators' console", media_type="text/html"),

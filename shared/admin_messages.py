@@ -307,3 +307,23 @@ class ConflictsOut(_Strict):
     """The unionid conflicts."""
 
     conflicts: list[UnionConflict]
+
+
+class ResolveConflictParams(AdminParams):
+    """Resolve a unionid conflict: merge its two users into ``keep_user_id`` (one of them)."""
+
+    conflict_id: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    keep_user_id: UserId
+
+
+class ResolveConflictOut(_Strict):
+    """What the merge moved (account merging's rules, docs/admin.md)."""
+
+    user_id: str
+    absorbed_user_id: str
+    identities_moved: int
+    phone: str
+    profile_fields_moved: list[str]
+    consents_moved: int
+    sessions_ended: int
+    conflicts: list[str]

@@ -134,10 +134,12 @@ ADMIN_REVIEW_AVATAR = Method("admin_review_avatar", admin.ReviewAvatarParams,
 ADMIN_REVIEW_DECIDE = Method("admin_review_decide", admin.ReviewDecisionParams,
                              admin.ReviewDecisionOut)
 ADMIN_CONFLICTS = Method("admin_conflicts", admin.ConflictsParams, admin.ConflictsOut)
+ADMIN_RESOLVE_CONFLICT = Method("admin_resolve_conflict", admin.ResolveConflictParams,
+                                admin.ResolveConflictOut)
 ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
     ADMIN_WHOAMI, ADMIN_FIND, ADMIN_USER, ADMIN_END_SESSIONS, ADMIN_BLOCK, ADMIN_UNBLOCK,
     ADMIN_DELETE, ADMIN_AUDIT, ADMIN_REVIEW_QUEUE, ADMIN_REVIEW_AVATAR, ADMIN_REVIEW_DECIDE,
-    ADMIN_CONFLICTS,
+    ADMIN_CONFLICTS, ADMIN_RESOLVE_CONFLICT,
 )
 
 _METHODS: tuple[Method[Any, Any], ...] = (

@@ -454,3 +454,40 @@ async def test_unionid_conflicts_are_listed_newest_first(admin: Admin, sandbox: 
     assert status == 400 and body["error"]["code"] == "invalid_request"
     status, audit = await admin.call("GET", "/admin/v1/audit", "viewer")
     assert "conflicts.listed" in {e["action"] for e in audit["entries"]}
+
+
+async def test_an_admin_resolves_a_unionid_conflict_by_merging_into_the_user_kept(
+    admin: Admin, sandbox: Sandbox,
+) -> None:
+    store = Store(admin.stack.mongo, admin.stack.settings.mongo_db)  # type: ignore[arg-type]
+    (a, a_token), (b, b_token), (c, _) = [await _user(admin, sandbox) for _ in range(3)]
+    await store.record_union_conflict("wechat", APP, "u-merge-1", a, b)
+    conflict_id = f"wechat|u-merge-1|{b}"
+    path = "/admin/v1/conflicts/resolve"
+    status, body = await admin.call("POST", path, "operator",
+                                    {"conflict_id": conflict_id, "keep_user_id": b})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, body = await admin.call("POST", path, "admin",
+                                    {"conflict_id": conflict_id, "keep_user_id": c})
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    status, body = await admin.call("POST", path, "admin",
+                                    {"conflict_id": "wechat|nope|x", "keep_user_id": b})
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+    status, body = await admin.call("POST", path, "admin",
+                                    {"conflict_id": conflict_id, "keep_user_id": b})
+    assert status == 200, body
+    assert body["user_id"] == b and body["absorbed_user_id"] == a
+    assert body["identities_moved"] == 1
+    # A's identity now logs in as B; A is gone; the conflict is no longer listed.
+    assert await store.identities.count_documents({"user_id": a}) == 0
+    assert await store.identities.count_documents({"user_id": b}) == 2
+    status, _ = await admin.call("GET", f"/admin/v1/users/{a}", "viewer")
+    assert status == 404
+    assert await me(admin, a_token) == 401 and await me(admin, b_token) == 401
+    status, listed = await admin.call("GET", "/admin/v1/conflicts", "viewer")
+    assert conflict_id not in {x["id"] for x in listed["conflicts"]}
+    status, audit = await admin.call("GET", f"/admin/v1/audit?user_id={b}", "viewer")
+    resolved = [e for e in audit["entries"] if e["action"] == "conflict.resolved"]
+    assert len(resolved) == 1 and resolved[0]["detail"]["absorbed_user_id"] == a
+    assert resolved[0]["actor"].startswith("key:admin")

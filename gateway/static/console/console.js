@@ -234,9 +234,27 @@ async function reviewQueue() {
 
 async function conflicts() {
   const result = await api("GET", "/admin/v1/conflicts");
-  table($("conflicts"), ["platform", "unionid", "holder", "other user", "app", "seen"],
-    result.conflicts.map((c) => [c.platform, c.unionid, c.holder_user_id, c.other_user_id,
-      c.app, c.seen_at]));
+  const keepButton = (c, keep, label) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.addEventListener("click", guarded(async () => {
+      const absorbed = keep === c.holder_user_id ? c.other_user_id : c.holder_user_id;
+      if (!window.confirm(`Merge user ${absorbed} into ${keep}? ${absorbed} is deleted.`)) return;
+      const r = await api("POST", "/admin/v1/conflicts/resolve",
+        { conflict_id: c.id, keep_user_id: keep });
+      status(`Merged ${r.absorbed_user_id} into ${r.user_id}: ${r.identities_moved} identity(ies) moved.`);
+      await conflicts();
+    }));
+    return button;
+  };
+  table($("conflicts"), ["platform", "unionid", "holder", "other user", "app", "seen", "resolve (admin)"],
+    result.conflicts.map((c) => {
+      const actions = document.createElement("span");
+      actions.append(keepButton(c, c.holder_user_id, "Keep holder"),
+        keepButton(c, c.other_user_id, "Keep other"));
+      return [c.platform, c.unionid, c.holder_user_id, c.other_user_id, c.app, c.seen_at, actions];
+    }));
   status(`${result.conflicts.length} conflict(s).`);
 }
 
