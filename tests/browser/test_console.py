@@ -157,7 +157,7 @@ async def test_an_operator_sees_a_pending_avatar_in_the_review_queue_and_approve
             "[...document.querySelectorAll('#review tr')].map(r => r.innerText)"
             f".find(t => t.includes({user_id!r}))")
         assert "avatar" in row and "review" in row, row
-        await click(page, "#review button.review-approve")
+        await click(page, f"#review button.review-approve[data-user='{user_id}']")
         done = await page.wait_for(
             "(() => { const t = document.getElementById('status').textContent;"
             " return t.includes('approved') ? t : null; })()", what="the approval")

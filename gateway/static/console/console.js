@@ -205,14 +205,15 @@ function decideButton(item, decision) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = `review-${decision}`;
+  button.dataset.user = item.user_id;
   button.textContent = decision === "approve" ? "Approve" : "Reject";
   button.addEventListener("click", guarded(async () => {
     const body = { kind: item.kind, user_id: item.user_id, decision };
     if (item.kind === "avatar") body.avatar_id = item.avatar_id;
     else body.nickname = item.nickname;
     const result = await api("POST", "/admin/v1/review/decide", body);
-    status(`The ${item.kind} of ${item.user_id} is ${result.status}.`);
     await reviewQueue();
+    status(`The ${item.kind} of ${item.user_id} is ${result.status}.`);
   }));
   return button;
 }
@@ -243,8 +244,8 @@ async function conflicts() {
       if (!window.confirm(`Merge user ${absorbed} into ${keep}? ${absorbed} is deleted.`)) return;
       const r = await api("POST", "/admin/v1/conflicts/resolve",
         { conflict_id: c.id, keep_user_id: keep });
-      status(`Merged ${r.absorbed_user_id} into ${r.user_id}: ${r.identities_moved} identity(ies) moved.`);
       await conflicts();
+      status(`Merged ${r.absorbed_user_id} into ${r.user_id}: ${r.identities_moved} identity(ies) moved.`);
     }));
     return button;
   };
