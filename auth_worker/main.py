@@ -137,6 +137,7 @@ async def login_service(
                 service.qr.announce = qr_events.publish
             await service.profiles.profiles.ensure_indexes()
             await service.admin.keys.ensure_indexes()
+            await service.review.ensure_indexes()
             await service.audit.ensure_indexes()
             await service.outbox.ensure_indexes()
             await service.blocks.ensure_indexes()

@@ -88,19 +88,26 @@ class MergeService:
         if absorbed is None:
             raise MPLoginError(ErrorCode.INVALID_TOKEN,
                                "The session of absorb_access_token has ended; log in again.")
+        return await self.merge_users(keep, absorb, ctx, keep_session=params.session_id)
+
+    async def merge_users(self, keep: str, absorb: str, ctx: CallContext, *,
+                          keep_session: str | None = None) -> MergeOut:
+        """Absorb ``absorb`` into ``keep`` under both users' leases, by the rules above (also
+        an operator's resolution of a unionid conflict, auth_worker/admin_review.py: then no
+        session is spared)."""
         first, second = sorted((keep, absorb))
         first_lease = await self.lease.acquire(first, ctx)
         try:
             second_lease = await self.lease.acquire(second, ctx)
             try:
-                return await self._merge(keep, absorb, params.session_id,
+                return await self._merge(keep, absorb, keep_session,
                                          deadline=ctx.deadline - DATABASE_MARGIN)
             finally:
                 await self.lease.release(second, second_lease)
         finally:
             await self.lease.release(first, first_lease)
 
-    async def _merge(self, keep: str, absorb: str, caller_session: str, *,
+    async def _merge(self, keep: str, absorb: str, caller_session: str | None, *,
                      deadline: float) -> MergeOut:
         kept_user = await self.store.users.find_one({"_id": keep})
         absorbed_user = await self.store.users.find_one({"_id": absorb})

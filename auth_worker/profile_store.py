@@ -50,6 +50,11 @@ class ProfileStore:
                                         name="avatar_user")
         await self.avatars.create_index([("trace_id", ASCENDING)], sparse=True,
                                         name="avatar_trace")
+        # The moderation queue (auth_worker/admin_review.py) reads by status, never a scan.
+        await self.avatars.create_index([("status", ASCENDING), ("created_at", ASCENDING)],
+                                        name="avatar_status")
+        await self.users.create_index([("user_profile.nickname.status", ASCENDING)],
+                                      sparse=True, name="user_nickname_status")
         await self.nonces.create_index([("purge_at", ASCENDING)], expireAfterSeconds=0,
                                        name="push_nonce_purge")
         await self.early.create_index([("purge_at", ASCENDING)], expireAfterSeconds=0,

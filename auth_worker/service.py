@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from auth_worker.account import AccountService
+from auth_worker.admin_review import AdminReview
 from auth_worker.admin_service import AdminService, record_security_event
 from auth_worker.adminkeys import AdminKeys
 from auth_worker.apps import AppConfig, AppRegistry
@@ -192,6 +193,8 @@ class LoginService:
         self.profiles = UserProfileService(
             settings, ProfileStore(store), GridFSAvatarStorage(store.db), apps, self.account,
             Moderator(phone_source.api, phone_source.tokens, douyin))
+        self.review = AdminReview(self.admin, store, self.profiles.profiles,
+                                  self.profiles.storage)
         self.identities = IdentityService(self)
         codes = qr_codes if qr_codes is not None else {
             "wechat": WeChatCodeSource(phone_source.api, phone_source.tokens)}
@@ -259,7 +262,9 @@ class LoginService:
         table.register(contract.IDENTITIES, lambda params, ctx: identities.identities(params))
         table.register(contract.LINK_IDENTITY, identities.link)
         table.register(contract.UNLINK_IDENTITY, identities.unlink)
-        table.register(contract.MERGE_ACCOUNTS, MergeService(self).merge)
+        merge = MergeService(self)
+        table.register(contract.MERGE_ACCOUNTS, merge.merge)
+        self.review.merge = merge
         qr = self.qr
         table.register(contract.QR_CREATE, qr.create)
         table.register(contract.QR_IMAGE, lambda params, ctx: qr.image(params))
@@ -269,6 +274,7 @@ class LoginService:
         table.register(contract.QR_CANCEL, lambda params, ctx: qr.cancel(params))
         table.register(contract.SESSIONS, lambda params, ctx: qr.sessions(params))
         self.admin.register(table)
+        self.review.register(table)
         return table
 
     # -- the events of the account methods (written after the change; docs/events.md) --------

@@ -14,6 +14,7 @@ CDN, no inline script, a strict Content-Security-Policy, no framing, no referrer
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import mimetypes
 from pathlib import Path
@@ -27,6 +28,7 @@ from gateway.access import Access, Route
 from gateway.app import create_app
 from gateway.appkeys import TRUSTED_PROXIES
 from gateway.metrics import GatewayMetrics
+from gateway.profile_views import _result as rpc_result
 from gateway.ratelimit import client_address
 from gateway.schemas import Health, Ready
 from gateway.views import forward, healthz, metrics, parse, read_json_object, readyz
@@ -44,7 +46,7 @@ log = get_logger("mplogin.admin")
 
 CONSOLE_DIR = Path(__file__).parent / "static" / "console"
 CONSOLE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-               "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+               "img-src 'self' blob:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 CONSOLE_HEADERS = {
     "Content-Security-Policy": CONSOLE_CSP,
     "X-Frame-Options": "DENY",
@@ -176,6 +178,62 @@ async def audit(request: web.Request) -> web.Response:
                        limit=int(limit) if limit is not None else 100)
 
 
+class ReviewBody(_Body):
+    """POST /admin/v1/review/decide: approve or reject one avatar or nickname of the queue."""
+
+    kind: Literal["avatar", "nickname"]
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    decision: Literal["approve", "reject"]
+    avatar_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    nickname: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+
+def _limit(request: web.Request) -> int:
+    limit = _number(request, "limit")
+    return int(limit) if limit is not None else 100
+
+
+async def review_queue(request: web.Request) -> web.Response:
+    """GET /admin/v1/review?limit=."""
+    return await _call(request, contract.ADMIN_REVIEW_QUEUE, limit=_limit(request))
+
+
+async def review_avatar(request: web.Request) -> web.Response:
+    """GET /admin/v1/review/avatars/{avatar_id}: the image itself, for the reviewer."""
+    try:
+        params = am.ReviewAvatarParams(caller=caller(request),
+                                       avatar_id=request.match_info["avatar_id"])
+    except ValueError:
+        raise MPLoginError(E.NOT_FOUND, "No such avatar.") from None
+    image: am.ReviewAvatarOut = await rpc_result(request, contract.ADMIN_REVIEW_AVATAR, params)
+    return web.Response(body=base64.b64decode(image.data), content_type=image.content_type,
+                        headers={"Content-Disposition": "inline"})
+
+
+async def review_decide(request: web.Request) -> web.Response:
+    """POST /admin/v1/review/decide."""
+    body = parse(ReviewBody, await read_json_object(request))
+    return await _call(request, contract.ADMIN_REVIEW_DECIDE, **body.model_dump())
+
+
+async def conflicts(request: web.Request) -> web.Response:
+    """GET /admin/v1/conflicts?limit=."""
+    return await _call(request, contract.ADMIN_CONFLICTS, limit=_limit(request))
+
+
+class ResolveBody(_Body):
+    """POST /admin/v1/conflicts/resolve: merge the conflict's users into ``keep_user_id``."""
+
+    conflict_id: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    keep_user_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+async def resolve_conflict(request: web.Request) -> web.Response:
+    """POST /admin/v1/conflicts/resolve."""
+    body = parse(ResolveBody, await read_json_object(request))
+    return await _call(request, contract.ADMIN_RESOLVE_CONFLICT, **body.model_dump())
+
+
 @functools.cache
 def console_files() -> dict[str, Path]:
     """The console's packaged files by name (listed once; nothing outside them is served)."""
@@ -243,6 +301,27 @@ ADMIN_ROUTES: tuple[Route, ...] = (
     Route("GET", "/admin/v1/audit", audit, A, operation_id="admin_audit", tag="admin",
           summary="Audit records, newest first, by user and time (epoch seconds)",
           rpc=contract.ADMIN_AUDIT, errors=(*KEY, E.INVALID_REQUEST)),
+    Route("GET", "/admin/v1/review", review_queue, A, operation_id="admin_review_queue",
+          tag="admin", summary="The moderation queue: avatars and nicknames in review, and "
+          "pending ones whose platform verdict is overdue (oldest first)",
+          rpc=contract.ADMIN_REVIEW_QUEUE, errors=(*KEY, E.INVALID_REQUEST)),
+    Route("GET", "/admin/v1/review/avatars/{avatar_id}", review_avatar, A,
+          operation_id="admin_review_avatar", tag="admin",
+          summary="An avatar's image for the reviewer, whatever its status",
+          rpc=contract.ADMIN_REVIEW_AVATAR, errors=(*KEY, E.NOT_FOUND), media_type="image/jpeg"),
+    Route("POST", "/admin/v1/review/decide", review_decide, A,
+          operation_id="admin_review_decide", tag="admin",
+          summary="Approve (public, user.profile_updated) or reject (avatar deleted, nickname "
+          "removed) one waiting item (operator)", rpc=contract.ADMIN_REVIEW_DECIDE,
+          body=ReviewBody, errors=(*KEY, *BODY, E.NOT_FOUND)),
+    Route("GET", "/admin/v1/conflicts", conflicts, A, operation_id="admin_conflicts",
+          tag="admin", summary="Unionid conflicts: two users holding the same unionid, newest "
+          "first", rpc=contract.ADMIN_CONFLICTS, errors=(*KEY, E.INVALID_REQUEST)),
+    Route("POST", "/admin/v1/conflicts/resolve", resolve_conflict, A,
+          operation_id="admin_resolve_conflict", tag="admin",
+          summary="Resolve a unionid conflict: merge its two users into the one kept, by "
+          "account merging's rules (admin)", rpc=contract.ADMIN_RESOLVE_CONFLICT,
+          body=ResolveBody, errors=(*KEY, *BODY, E.NOT_FOUND, E.USER_NOT_FOUND)),
     # Exempt: answered by this process alone, from memory or its packaged files.
     Route("GET", "/", console, Access.EXEMPT, operation_id="console", tag="console",
           summary="The operators' console", media_type="text/html"),

@@ -218,3 +218,112 @@ class AuditOut(_Strict):
     """Audit records, newest first."""
 
     entries: list[AuditEntry]
+
+
+# -- the moderation queue and unionid conflicts (docs/admin.md) --------------------------------
+
+ReviewKind = Literal["avatar", "nickname"]
+AvatarId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+QUEUE_MAX = 200
+
+
+class ReviewQueueParams(AdminParams):
+    """The items waiting for a person's verdict, oldest first."""
+
+    limit: int = Field(default=100, ge=1, le=QUEUE_MAX)
+
+
+class ReviewItem(_Strict):
+    """One avatar or nickname waiting for review."""
+
+    kind: ReviewKind
+    user_id: str
+    status: str = Field(description="`review` (the platform asked for a person), or `pending` "
+                        "whose platform verdict is overdue.")
+    since: str | None = None
+    avatar_id: str | None = None
+    nickname: str | None = None
+    platform: str | None = None
+    app_id: str | None = None
+
+
+class ReviewQueueOut(_Strict):
+    """The moderation queue."""
+
+    items: list[ReviewItem]
+
+
+class ReviewAvatarParams(AdminParams):
+    """One avatar's image, for the reviewer's eyes (whatever its status)."""
+
+    avatar_id: AvatarId
+
+
+class ReviewAvatarOut(_Strict):
+    """An avatar's image (base64), as the admin listener serves it."""
+
+    content_type: str
+    data: str
+
+
+class ReviewDecisionParams(AdminParams):
+    """Approve or reject one item of the queue. ``avatar_id`` names the avatar; ``nickname``
+    the nickname reviewed (a nickname changed since is left alone)."""
+
+    kind: ReviewKind
+    user_id: UserId
+    decision: Literal["approve", "reject"]
+    avatar_id: AvatarId | None = None
+    nickname: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+
+class ReviewDecisionOut(_Strict):
+    """The item's status after the decision."""
+
+    kind: ReviewKind
+    user_id: str
+    status: str
+
+
+class ConflictsParams(AdminParams):
+    """Unionid conflicts, newest first."""
+
+    limit: int = Field(default=100, ge=1, le=QUEUE_MAX)
+
+
+class UnionConflict(_Strict):
+    """Two users holding identities with the same unionid of a platform."""
+
+    id: str
+    platform: str
+    app: str = Field(description="`platform/app_id` whose login met the conflict.")
+    unionid: str
+    holder_user_id: str = Field(description="The user the unionid points to.")
+    other_user_id: str = Field(description="The user who logged in with it on another app.")
+    seen_at: str | None = None
+
+
+class ConflictsOut(_Strict):
+    """The unionid conflicts."""
+
+    conflicts: list[UnionConflict]
+
+
+class ResolveConflictParams(AdminParams):
+    """Resolve a unionid conflict: merge its two users into ``keep_user_id`` (one of them)."""
+
+    conflict_id: Annotated[str, StringConstraints(min_length=1, max_length=300)]
+    keep_user_id: UserId
+
+
+class ResolveConflictOut(_Strict):
+    """What the merge moved (account merging's rules, docs/admin.md)."""
+
+    user_id: str
+    absorbed_user_id: str
+    identities_moved: int
+    phone: str
+    profile_fields_moved: list[str]
+    consents_moved: int
+    sessions_ended: int
+    conflicts: list[str]

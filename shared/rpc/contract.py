@@ -127,9 +127,19 @@ ADMIN_BLOCK = Method("admin_block", admin.BlockParams, admin.BlockOut)
 ADMIN_UNBLOCK = Method("admin_unblock", admin.TargetParams, admin.BlockOut)
 ADMIN_DELETE = Method("admin_delete", admin.TargetParams, admin.DeleteOut)
 ADMIN_AUDIT = Method("admin_audit", admin.AuditParams, admin.AuditOut)
+ADMIN_REVIEW_QUEUE = Method("admin_review_queue", admin.ReviewQueueParams,
+                            admin.ReviewQueueOut)
+ADMIN_REVIEW_AVATAR = Method("admin_review_avatar", admin.ReviewAvatarParams,
+                             admin.ReviewAvatarOut)
+ADMIN_REVIEW_DECIDE = Method("admin_review_decide", admin.ReviewDecisionParams,
+                             admin.ReviewDecisionOut)
+ADMIN_CONFLICTS = Method("admin_conflicts", admin.ConflictsParams, admin.ConflictsOut)
+ADMIN_RESOLVE_CONFLICT = Method("admin_resolve_conflict", admin.ResolveConflictParams,
+                                admin.ResolveConflictOut)
 ADMIN_METHODS: tuple[Method[Any, Any], ...] = (
     ADMIN_WHOAMI, ADMIN_FIND, ADMIN_USER, ADMIN_END_SESSIONS, ADMIN_BLOCK, ADMIN_UNBLOCK,
-    ADMIN_DELETE, ADMIN_AUDIT,
+    ADMIN_DELETE, ADMIN_AUDIT, ADMIN_REVIEW_QUEUE, ADMIN_REVIEW_AVATAR, ADMIN_REVIEW_DECIDE,
+    ADMIN_CONFLICTS, ADMIN_RESOLVE_CONFLICT,
 )
 
 _METHODS: tuple[Method[Any, Any], ...] = (

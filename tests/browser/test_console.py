@@ -18,6 +18,7 @@ from gateway.admin import create_admin_app
 from mplogin.standin import free_port
 from tests.browser.cdp import Browser, Page
 from tests.conftest import Sandbox, Stack, StackFactory
+from tests.e2e.test_avatar_nickname import jpeg, upload
 
 APP = "wxconsole00001"
 
@@ -118,3 +119,52 @@ async def test_an_operator_signs_in_finds_blocks_and_sees_the_audit_entry(
     status, body, _ = await stack.login(platform="wechat", code=refused["code"])
     assert (status, body["error"]["code"]) == (403, "user_blocked")
     assert body["error"]["message"] == "Blocked by support, ticket 42"
+
+
+async def test_an_operator_sees_a_pending_avatar_in_the_review_queue_and_approves_it(
+    stack: Stack, sandbox: Sandbox, browser: Browser, console_url: str,
+) -> None:
+    minted = await sandbox.mint("wechat", APP, openid=f"o_review_{uuid.uuid4().hex[:8]}")
+    status, session, _ = await stack.login(platform="wechat", code=minted["code"])
+    assert status == 200, session
+    user_id, access = session["user"]["id"], session["access_token"]
+    status, uploaded = await upload(stack, access, jpeg(), filename="a.jpg",
+                                    content_type="image/jpeg")
+    assert status == 200 and uploaded["avatar"]["status"] == "pending", uploaded
+    avatar_id = uploaded["avatar"]["id"]
+    # The platform's verdict: a person must look at it.
+    await stack.mongo[stack.settings.mongo_db]["avatars"].update_one(
+        {"_id": avatar_id}, {"$set": {"status": "review"}})
+    keys = AdminKeys(Store(stack.mongo, stack.settings.mongo_db))  # type: ignore[arg-type]
+    await keys.ensure_indexes()
+    key, _ = await keys.create(f"review-{uuid.uuid4().hex[:6]}", "operator")
+
+    async with browser.new_page() as page:
+        await page.send("Page.navigate", url=console_url)
+        await page.wait_for("document.readyState === 'complete' && "
+                            "!!document.getElementById('signin-form')", what="the console")
+        await fill(page, "key", key)
+        await click(page, "#signin-form button[type=submit]")
+        await page.wait_for("document.getElementById('whoami').textContent", what="signed in")
+        await click(page, "#review-load")
+        # The image itself is shown (fetched with the key, from a blob: URL the CSP allows).
+        loaded = await page.wait_for(
+            "(() => { const i = document.querySelector('#review img.review-avatar');"
+            " return i && i.complete && i.naturalWidth > 0 ? i.naturalWidth : null; })()",
+            what="the avatar under review")
+        assert loaded > 0
+        row = await page.evaluate(
+            "[...document.querySelectorAll('#review tr')].map(r => r.innerText)"
+            f".find(t => t.includes({user_id!r}))")
+        assert "avatar" in row and "review" in row, row
+        await click(page, f"#review button.review-approve[data-user='{user_id}']")
+        done = await page.wait_for(
+            "(() => { const t = document.getElementById('status').textContent;"
+            " return t.includes('approved') ? t : null; })()", what="the approval")
+        assert user_id in done
+        assert page.problems() == []
+
+    resp = await stack.client.get("/v1/me", headers={"Authorization": f"Bearer {access}"})
+    avatar = (await resp.json())["user_profile"]["avatar"]
+    assert avatar["status"] == "approved" and avatar["url"], avatar
+    assert (await stack.client.get(f"/v1/avatars/{avatar_id}")).status == 200

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from auth_worker.store import Store
 from gateway.admin import CONSOLE_CSP, create_admin_app
 from shared.keyring import rotate
 from tests.conftest import Sandbox, Stack, StackFactory
+from tests.e2e.test_avatar_nickname import jpeg, upload
 
 APP = "wxadmin0000001"
 
@@ -322,3 +324,170 @@ async def test_bad_admin_input_gets_a_stable_code_never_a_500(admin: Admin) -> N
         answer = await resp.json()
         assert resp.status == status, (path, body, answer)
         assert set(answer["error"]) == {"code", "message", "request_id"}
+
+
+# -- the moderation queue and unionid conflicts --------------------------------------------------
+
+
+async def _user(admin: Admin, sandbox: Sandbox) -> tuple[str, str]:
+    """A new user: (user id, access token)."""
+    status, body = await login(admin, sandbox, f"o{uuid.uuid4().hex[:20]}",
+                               f"u{uuid.uuid4().hex[:20]}")
+    assert status == 200, body
+    return str(body["user"]["id"]), str(body["access_token"])
+
+
+async def _profile(admin: Admin, access: str) -> dict[str, Any]:
+    resp = await admin.stack.client.get("/v1/me", headers={"Authorization": f"Bearer {access}"})
+    assert resp.status == 200
+    profile: dict[str, Any] = (await resp.json())["user_profile"]
+    return profile
+
+
+async def test_an_operator_approves_and_rejects_the_avatars_and_nicknames_waiting_for_review(
+    admin: Admin, sandbox: Sandbox,
+) -> None:
+    stack = admin.stack
+    db = stack.mongo[stack.settings.mongo_db]
+    await sandbox.control("POST", "moderation", app_id=APP, text="Maybe Name", suggest="review")
+    (a, a_token), (b, b_token), (c, c_token), (d, d_token), (e, e_token) = [
+        await _user(admin, sandbox) for _ in range(5)]
+    avatars = {}
+    for user_id, token in ((a, a_token), (b, b_token), (e, e_token)):
+        status, body = await upload(stack, token, jpeg(), filename="a.jpg",
+                                    content_type="image/jpeg")
+        assert status == 200 and body["avatar"]["status"] == "pending", body
+        avatars[user_id] = body["avatar"]["id"]
+    # The platform asked for a person on A's avatar; B's verdict is overdue; E's is not yet.
+    await db["avatars"].update_one({"_id": avatars[a]}, {"$set": {"status": "review"}})
+    await db["avatars"].update_one({"_id": avatars[b]}, {"$set": {
+        "created_at": datetime.now(UTC) - timedelta(minutes=10)}})
+    for token in (c_token, d_token):
+        resp = await stack.client.patch("/v1/profile", json={"nickname": "Maybe Name"},
+                                        headers={"Authorization": f"Bearer {token}"})
+        assert resp.status == 200 and (await resp.json())["nickname_status"] == "review"
+
+    status, queue = await admin.call("GET", "/admin/v1/review", "viewer")
+    assert status == 200, queue
+    listed = {(i["kind"], i["user_id"]): i for i in queue["items"]}
+    assert listed[("avatar", a)]["status"] == "review"
+    assert listed[("avatar", a)]["avatar_id"] == avatars[a]
+    assert listed[("avatar", b)]["status"] == "pending"
+    assert ("avatar", e) not in listed
+    assert listed[("nickname", c)]["nickname"] == "Maybe Name"
+    assert ("nickname", d) in listed
+
+    # The reviewer sees the image itself, not public yet.
+    resp = await admin.client.get(f"/admin/v1/review/avatars/{avatars[a]}",
+                                  headers={"Authorization": f"Bearer {admin.keys['viewer']}"})
+    assert resp.status == 200 and resp.content_type == "image/jpeg"
+    assert (await resp.read())[:2] == b"\xff\xd8"
+
+    def decision(kind: str, user_id: str, verdict: str, **more: str) -> dict[str, str]:
+        return {"kind": kind, "user_id": user_id, "decision": verdict, **more}
+
+    status, body = await admin.call("POST", "/admin/v1/review/decide", "viewer",
+                                    decision("avatar", a, "approve", avatar_id=avatars[a]))
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+    status, body = await admin.call("POST", "/admin/v1/review/decide", "operator",
+                                    decision("avatar", a, "approve", avatar_id=avatars[a]))
+    assert status == 200 and body["status"] == "approved", body
+    shown = (await _profile(admin, a_token))["avatar"]
+    assert shown["status"] == "approved" and shown["url"]
+    public = await stack.client.get(f"/v1/avatars/{avatars[a]}")
+    assert public.status == 200
+
+    status, body = await admin.call("POST", "/admin/v1/review/decide", "operator",
+                                    decision("avatar", b, "reject", avatar_id=avatars[b]))
+    assert status == 200 and body["status"] == "rejected", body
+    assert (await _profile(admin, b_token)).get("avatar") is None
+    assert await db["avatars"].find_one({"_id": avatars[b]}) is None
+    assert await db["avatar_files.files"].find_one({"_id": avatars[b]}) is None
+
+    status, body = await admin.call("POST", "/admin/v1/review/decide", "operator",
+                                    decision("nickname", c, "approve", nickname="Maybe Name"))
+    assert status == 200, body
+    assert (await _profile(admin, c_token))["nickname_status"] == "approved"
+    status, body = await admin.call("POST", "/admin/v1/review/decide", "operator",
+                                    decision("nickname", d, "reject", nickname="Maybe Name"))
+    assert status == 200, body
+    assert (await _profile(admin, d_token)).get("nickname") is None
+
+    # Settled items are no longer waiting: a second decision finds nothing, nor a wrong name.
+    for again in (decision("avatar", a, "reject", avatar_id=avatars[a]),
+                  decision("nickname", c, "reject", nickname="Maybe Name"),
+                  decision("avatar", e, "approve", avatar_id=avatars[a])):
+        status, body = await admin.call("POST", "/admin/v1/review/decide", "operator", again)
+        assert status == 404 and body["error"]["code"] == "not_found", body
+    assert (await _profile(admin, a_token))["avatar"]["status"] == "approved"
+    status, body = await admin.call("POST", "/admin/v1/review/decide", "operator",
+                                    decision("avatar", e, "approve"))
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    status, queue = await admin.call("GET", "/admin/v1/review", "viewer")
+    assert not {i["user_id"] for i in queue["items"]} & {a, b, c, d}
+
+    # Approvals change what others see: user.profile_updated for A and C, none for B and D.
+    updated = {doc["event"]["user_id"]: doc["event"]["data"]["fields"]
+               async for doc in db["outbox"].find({"event.type": "user.profile_updated"})}
+    assert updated == {a: ["avatar_url"], c: ["nickname"]}
+
+    for user_id, action in ((a, "review.avatar_approved"), (b, "review.avatar_rejected"),
+                            (c, "review.nickname_approved"), (d, "review.nickname_rejected")):
+        status, audit = await admin.call("GET", f"/admin/v1/audit?user_id={user_id}", "viewer")
+        assert [e["actor"].split("-")[0] for e in audit["entries"]
+                if e["action"] == action] == ["key:operator"], (action, audit)
+
+
+async def test_unionid_conflicts_are_listed_newest_first(admin: Admin, sandbox: Sandbox) -> None:
+    store = Store(admin.stack.mongo, admin.stack.settings.mongo_db)  # type: ignore[arg-type]
+    (a, _), (b, _), (c, _) = [await _user(admin, sandbox) for _ in range(3)]
+    await store.record_union_conflict("wechat", APP, "u-shared-1", a, b)
+    await store.record_union_conflict("wechat", "wxother000001", "u-shared-2", a, c)
+    status, body = await admin.call("GET", "/admin/v1/conflicts", "viewer")
+    assert status == 200, body
+    mine = [(x["unionid"], x["holder_user_id"], x["other_user_id"], x["app"])
+            for x in body["conflicts"] if x["holder_user_id"] == a]
+    assert mine == [("u-shared-2", a, c, "wechat/wxother000001"),
+                    ("u-shared-1", a, b, f"wechat/{APP}")]
+    status, body = await admin.call("GET", "/admin/v1/conflicts?limit=0", "viewer")
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    status, audit = await admin.call("GET", "/admin/v1/audit", "viewer")
+    assert "conflicts.listed" in {e["action"] for e in audit["entries"]}
+
+
+async def test_an_admin_resolves_a_unionid_conflict_by_merging_into_the_user_kept(
+    admin: Admin, sandbox: Sandbox,
+) -> None:
+    store = Store(admin.stack.mongo, admin.stack.settings.mongo_db)  # type: ignore[arg-type]
+    (a, a_token), (b, b_token), (c, _) = [await _user(admin, sandbox) for _ in range(3)]
+    await store.record_union_conflict("wechat", APP, "u-merge-1", a, b)
+    conflict_id = f"wechat|u-merge-1|{b}"
+    path = "/admin/v1/conflicts/resolve"
+    status, body = await admin.call("POST", path, "operator",
+                                    {"conflict_id": conflict_id, "keep_user_id": b})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, body = await admin.call("POST", path, "admin",
+                                    {"conflict_id": conflict_id, "keep_user_id": c})
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    status, body = await admin.call("POST", path, "admin",
+                                    {"conflict_id": "wechat|nope|x", "keep_user_id": b})
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+    status, body = await admin.call("POST", path, "admin",
+                                    {"conflict_id": conflict_id, "keep_user_id": b})
+    assert status == 200, body
+    assert body["user_id"] == b and body["absorbed_user_id"] == a
+    assert body["identities_moved"] == 1
+    # A's identity now logs in as B; A is gone; the conflict is no longer listed.
+    assert await store.identities.count_documents({"user_id": a}) == 0
+    assert await store.identities.count_documents({"user_id": b}) == 2
+    status, _ = await admin.call("GET", f"/admin/v1/users/{a}", "viewer")
+    assert status == 404
+    assert await me(admin, a_token) == 401 and await me(admin, b_token) == 401
+    status, listed = await admin.call("GET", "/admin/v1/conflicts", "viewer")
+    assert conflict_id not in {x["id"] for x in listed["conflicts"]}
+    status, audit = await admin.call("GET", f"/admin/v1/audit?user_id={b}", "viewer")
+    resolved = [e for e in audit["entries"] if e["action"] == "conflict.resolved"]
+    assert len(resolved) == 1 and resolved[0]["detail"]["absorbed_user_id"] == a
+    assert resolved[0]["actor"].startswith("key:admin")

@@ -182,6 +182,85 @@ async function audit() {
     result.entries.map((e) => [e.at, e.actor, e.action, e.user_id, e.ip, JSON.stringify(e.detail)]));
 }
 
+// The review queue: an avatar's image is fetched with the key and shown from a blob: URL
+// (an <img> cannot send the Authorization header); the URLs are released on every refresh.
+let reviewImages = [];
+
+async function reviewImage(avatarId) {
+  const resp = await fetch(`/admin/v1/review/avatars/${encodeURIComponent(avatarId)}`, {
+    headers: { Authorization: `Bearer ${adminKey}` }, credentials: "omit", cache: "no-store",
+  });
+  const img = document.createElement("img");
+  img.className = "review-avatar";
+  img.alt = `avatar ${avatarId}`;
+  if (resp.ok) {
+    const url = URL.createObjectURL(await resp.blob());
+    reviewImages.push(url);
+    img.src = url;
+  }
+  return img;
+}
+
+function decideButton(item, decision) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `review-${decision}`;
+  button.dataset.user = item.user_id;
+  button.textContent = decision === "approve" ? "Approve" : "Reject";
+  button.addEventListener("click", guarded(async () => {
+    const body = { kind: item.kind, user_id: item.user_id, decision };
+    if (item.kind === "avatar") body.avatar_id = item.avatar_id;
+    else body.nickname = item.nickname;
+    const result = await api("POST", "/admin/v1/review/decide", body);
+    await reviewQueue();
+    status(`The ${item.kind} of ${item.user_id} is ${result.status}.`);
+  }));
+  return button;
+}
+
+async function reviewQueue() {
+  const result = await api("GET", "/admin/v1/review");
+  for (const url of reviewImages) URL.revokeObjectURL(url);
+  reviewImages = [];
+  const rows = [];
+  for (const item of result.items) {
+    const what = item.kind === "avatar" ? await reviewImage(item.avatar_id) : item.nickname;
+    const actions = document.createElement("span");
+    actions.append(decideButton(item, "approve"), decideButton(item, "reject"));
+    rows.push([item.kind, what, item.user_id, item.status, item.since, actions]);
+  }
+  table($("review"), ["kind", "content", "user", "status", "since", ""], rows);
+  status(`${result.items.length} item(s) waiting for review.`);
+}
+
+async function conflicts() {
+  const result = await api("GET", "/admin/v1/conflicts");
+  const keepButton = (c, keep, label) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.addEventListener("click", guarded(async () => {
+      const absorbed = keep === c.holder_user_id ? c.other_user_id : c.holder_user_id;
+      if (!window.confirm(`Merge user ${absorbed} into ${keep}? ${absorbed} is deleted.`)) return;
+      const r = await api("POST", "/admin/v1/conflicts/resolve",
+        { conflict_id: c.id, keep_user_id: keep });
+      await conflicts();
+      status(`Merged ${r.absorbed_user_id} into ${r.user_id}: ${r.identities_moved} identity(ies) moved.`);
+    }));
+    return button;
+  };
+  table($("conflicts"), ["platform", "unionid", "holder", "other user", "app", "seen", "resolve (admin)"],
+    result.conflicts.map((c) => {
+      const actions = document.createElement("span");
+      actions.append(keepButton(c, c.holder_user_id, "Keep holder"),
+        keepButton(c, c.other_user_id, "Keep other"));
+      return [c.platform, c.unionid, c.holder_user_id, c.other_user_id, c.app, c.seen_at, actions];
+    }));
+  status(`${result.conflicts.length} conflict(s).`);
+}
+
+$("review-load").addEventListener("click", guarded(reviewQueue));
+$("conflicts-load").addEventListener("click", guarded(conflicts));
 $("signin-form").addEventListener("submit", guarded(signIn));
 $("signout").addEventListener("click", signOut);
 $("find-form").addEventListener("submit", guarded(find));
