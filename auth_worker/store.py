@@ -197,6 +197,10 @@ class Store:
         await self.sessions.create_index(
             [("previous_refresh_hash", ASCENDING)], sparse=True, name="session_previous_refresh"
         )
+        # Conflict records expire UNION_CONFLICT_DAYS after they were last seen (docs/privacy.md).
+        await self.union_conflicts.create_index(
+            [("purge_at", ASCENDING)], expireAfterSeconds=0, name="union_conflict_purge"
+        )
 
     # -- identities and users ------------------------------------------------------------
 

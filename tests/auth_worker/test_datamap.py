@@ -88,3 +88,17 @@ async def test_remembered_identities_are_used_only_while_notices_are_fresh(
     finally:
         await client.drop_database("mpltest_fence")
         await client.close()
+
+
+async def test_union_conflict_records_expire_by_a_ttl_index(mongo_url: str) -> None:
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        store = Store(client, f"mpldatamap{time.time_ns()}")
+        await store.ensure_indexes()
+        indexes = await store.union_conflicts.index_information()
+        ttl = [spec for spec in indexes.values() if "expireAfterSeconds" in spec]
+        assert [spec["key"] for spec in ttl] == [[("purge_at", 1)]], indexes
+        assert BY_COLLECTION["union_conflicts"].expires_on == "purge_at"
+        await client.drop_database(store.db.name)
+    finally:
+        await client.close()
