@@ -57,6 +57,23 @@ async def click(page: Page, selector: str) -> None:
     await page.evaluate(f"document.querySelector({selector!r}).click()")
 
 
+async def operator_key(stack: Stack, prefix: str) -> str:
+    """A new operator key, as `mplogin admin keys create` makes one."""
+    keys = AdminKeys(Store(stack.mongo, stack.settings.mongo_db))  # type: ignore[arg-type]
+    await keys.ensure_indexes()
+    key, _ = await keys.create(f"{prefix}-{uuid.uuid4().hex[:6]}", "operator")
+    return key
+
+
+async def sign_in(page: Page, console_url: str, key: str) -> None:
+    """Open the console and sign in with ``key``, as an operator would."""
+    await page.send("Page.navigate", url=console_url)
+    await page.wait_for("document.readyState === 'complete' && "
+                        "!!document.getElementById('signin-form')", what="the console")
+    await fill(page, "key", key)
+    await click(page, "#signin-form button[type=submit]")
+
+
 async def test_an_operator_signs_in_finds_blocks_and_sees_the_audit_entry(
     stack: Stack, sandbox: Sandbox, browser: Browser, console_url: str,
 ) -> None:
@@ -65,16 +82,10 @@ async def test_an_operator_signs_in_finds_blocks_and_sees_the_audit_entry(
     status, session, _ = await stack.login(platform="wechat", code=minted["code"])
     assert status == 200, session
     user_id = session["user"]["id"]
-    keys = AdminKeys(Store(stack.mongo, stack.settings.mongo_db))  # type: ignore[arg-type]
-    await keys.ensure_indexes()
-    key, _ = await keys.create(f"console-{uuid.uuid4().hex[:6]}", "operator")
+    key = await operator_key(stack, "console")
 
     async with browser.new_page() as page:
-        await page.send("Page.navigate", url=console_url)
-        await page.wait_for("document.readyState === 'complete' && "
-                            "!!document.getElementById('signin-form')", what="the console")
-        await fill(page, "key", key)
-        await click(page, "#signin-form button[type=submit]")
+        await sign_in(page, console_url, key)
         who: Any = await page.wait_for(
             "document.getElementById('whoami').textContent", what="signed in")
         assert who.endswith("(operator)")
@@ -135,16 +146,10 @@ async def test_an_operator_sees_a_pending_avatar_in_the_review_queue_and_approve
     # The platform's verdict: a person must look at it.
     await stack.mongo[stack.settings.mongo_db]["avatars"].update_one(
         {"_id": avatar_id}, {"$set": {"status": "review"}})
-    keys = AdminKeys(Store(stack.mongo, stack.settings.mongo_db))  # type: ignore[arg-type]
-    await keys.ensure_indexes()
-    key, _ = await keys.create(f"review-{uuid.uuid4().hex[:6]}", "operator")
+    key = await operator_key(stack, "review")
 
     async with browser.new_page() as page:
-        await page.send("Page.navigate", url=console_url)
-        await page.wait_for("document.readyState === 'complete' && "
-                            "!!document.getElementById('signin-form')", what="the console")
-        await fill(page, "key", key)
-        await click(page, "#signin-form button[type=submit]")
+        await sign_in(page, console_url, key)
         await page.wait_for("document.getElementById('whoami').textContent", what="signed in")
         await click(page, "#review-load")
         # The image itself is shown (fetched with the key, from a blob: URL the CSP allows).
