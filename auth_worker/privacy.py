@@ -11,13 +11,14 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address, ip_network
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ASCENDING, ReturnDocument
 
 from auth_worker.apps import AppRegistry
 from auth_worker.erasure import Erasure, Outcome
 from auth_worker.phones import Phones
 from auth_worker.profile import readable_profile
-from auth_worker.store import Store, now_ts, utcnow
+from auth_worker.store import Record, Store, now_ts, utcnow
 from shared.errors import ErrorCode, MPLoginError
 from shared.messages import (
     USER_AGENT_MAX,
@@ -105,13 +106,12 @@ class PrivacyService:
             "purge_at": now + timedelta(days=self.settings.login_history_days),
         }
 
-    async def record_login(self, user_id: str, platform: str, app_id: str,
-                           client: ClientInfo | None) -> Any:
-        """Record a login (its record's id); written before its session is activated
-        (auth_worker/erasure.py)."""
-        result = await self.history.insert_one(self.history_entry(user_id, "login", platform,
-                                                                  app_id, client))
-        return result.inserted_id
+    def login_record(self, user_id: str, platform: str, app_id: str,
+                     client: ClientInfo | None) -> Record:
+        """A login's history record, for the store to insert before the login's session is
+        activated (auth_worker/erasure.py), in the same command where the server allows."""
+        return self.history, {"_id": ObjectId(),
+                              **self.history_entry(user_id, "login", platform, app_id, client)}
 
     async def forget(self, record_id: Any) -> None:
         """Take back a history record (its login was refused after all)."""

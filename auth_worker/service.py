@@ -663,8 +663,9 @@ class LoginService:
     ) -> SessionOut:
         """Store the session (the claim itself when this request exchanged the code).
 
-        The login history comes first: once the claim is activated, everything this login
-        wrote about the user is in the database (what an erasure waits for).
+        The login history comes first, in the same command where the server allows: once the
+        claim is activated, everything this login wrote about the user is in the database (what
+        an erasure waits for).
         """
         try:
             # In memory (auth_worker/blocking.py): the login's round trips stay two.
@@ -675,8 +676,8 @@ class LoginService:
             log.info("login.blocked_user", platform=app.platform, app_id=app.app_id,
                      user_id=resolved.user.user_id)
             raise
-        history = await self.privacy.record_login(resolved.user.user_id, app.platform,
-                                                  app.app_id, client)
+        history = self.privacy.login_record(resolved.user.user_id, app.platform, app.app_id,
+                                            client)
         refresh = new_refresh_token()
         now = now_ts()
         fields = SessionFields(
@@ -697,9 +698,9 @@ class LoginService:
             auth_ts=now,
         )
         if family != session_id:
-            await self.store.insert_session(session_id, fields)
+            await self.store.insert_session(session_id, fields, record=history)
         else:
-            current = await self.store.activate_claim(session_id, fields)
+            current = await self.store.activate_claim(session_id, fields, record=history)
             if current is not None:
                 # A redelivery of this very message answered the claim with an error meanwhile
                 # (this worker looked dead to the broker): every request for this code gets
@@ -714,7 +715,7 @@ class LoginService:
                 # A replay never answered: nothing of it stays (its family may have ended with
                 # an erasure of the user, whose sweep may be over already).
                 await self.store.sessions.delete_one({"_id": session_id})
-                await self.privacy.forget(history)
+                await self.privacy.forget(history[1]["_id"])
             raise
         access, expires_in = self.issuer.mint_access(
             subject=resolved.user.user_id, session_id=session_id,

@@ -21,8 +21,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, InvalidOperation
+from pymongo.operations import InsertOne, UpdateOne
 
 from shared.logs import get_logger
 
@@ -31,6 +33,10 @@ log = get_logger("mplogin.store")
 Doc = dict[str, Any]
 UNION_CONFLICT_DAYS = 90
 """How long a unionid conflict is kept for an operator after it was last seen."""
+CLIENT_BULK_WRITE_WIRE_VERSION = 25
+"""MongoDB 8.0: one ``bulkWrite`` command may write to several collections, in order."""
+Record = tuple[AsyncCollection[dict[str, Any]], dict[str, Any]]
+"""A document to insert into its collection before a session write (a login's history record)."""
 T = TypeVar("T")
 
 
@@ -158,6 +164,9 @@ class Store:
         self.platform_tokens = self.db["platform_tokens"]
         self.spent_refresh = self.db["spent_refresh_tokens"]
         self.deliveries = self.db["redeliveries"]
+        self.client_bulk_write: bool | None = None
+        """Whether the server takes writes to several collections in one command (None: not
+        asked yet)."""
 
     async def ensure_indexes(self) -> None:
         """Create the indexes the correctness of the upserts relies on."""
@@ -389,27 +398,82 @@ class Store:
         )
         return result.modified_count == 1
 
-    async def activate_claim(self, session_id: str, fields: SessionFields) -> Doc | None:
-        """Turn this login's pending claim into an active session.
+    async def activate_claim(
+        self, session_id: str, fields: SessionFields, *, record: Record | None = None
+    ) -> Doc | None:
+        """Turn this login's pending claim into an active session, after inserting ``record``.
 
         Returns None when it did; otherwise the claim as it is now (``{"state": "gone"}`` if it
         was purged). Only a pending claim is activated: a claim already marked ``failed`` (a
         redelivery of this very message answered the error) keeps its error, so every request
         for the code gets the same answer.
         """
-        result = await self.sessions.update_one(
-            {"_id": session_id, "state": "pending"}, {"$set": fields.document()}
-        )
-        if result.modified_count == 1:
+        claim = {"_id": session_id, "state": "pending"}
+        update = {"$set": fields.document()}
+
+        async def activate() -> int:
+            return (await self.sessions.update_one(claim, update)).modified_count
+
+        modified = await self._record_then(
+            record, UpdateOne(claim, update, namespace=self.sessions.full_name), activate)
+        if modified == 1:
             return None
         current = await self.sessions.find_one({"_id": session_id})
         return current if current is not None else {"state": "gone"}
 
-    async def insert_session(self, session_id: str, fields: SessionFields) -> None:
-        """Store a new active session (a retried code's own session: it has no claim)."""
+    async def insert_session(
+        self, session_id: str, fields: SessionFields, *, record: Record | None = None
+    ) -> None:
+        """Store a new active session (a retried code's own session: it has no claim), after
+        inserting ``record``."""
         now = utcnow()
-        await self.sessions.insert_one({"_id": session_id, **fields.document(),
-                                        "created_at": now, "created_ts": now.timestamp()})
+        session = {"_id": session_id, **fields.document(), "created_at": now,
+                   "created_ts": now.timestamp()}
+
+        async def insert() -> int:
+            await self.sessions.insert_one(session)
+            return 0
+
+        await self._record_then(
+            record, InsertOne(session, namespace=self.sessions.full_name), insert)
+
+    async def _record_then(
+        self, record: Record | None, write: InsertOne[Doc] | UpdateOne,
+        alone: Callable[[], Awaitable[int]],
+    ) -> int:
+        """Insert ``record``, then apply ``write`` (which ``alone`` applies by itself); the
+        documents the write modified.
+
+        On MongoDB 8.0 and later both go in one ordered ``bulkWrite`` command: the write runs
+        only once the record is stored, as with two commands one after the other, and a login
+        keeps to two round trips (docs/bench.md). Older servers get the two commands.
+        """
+        if record is None:
+            return await alone()
+        collection, document = record
+        if await self._writes_in_one_command():
+            try:
+                result = await self.client.bulk_write(
+                    [InsertOne(document, namespace=collection.full_name), write], ordered=True)
+            except InvalidOperation:
+                # The driver refuses it, before sending anything, to a server older than 8.0:
+                # one downgraded since it was asked gets two commands from now on.
+                self.client_bulk_write = None
+                if await self._writes_in_one_command():
+                    raise
+            else:
+                return result.modified_count
+        await collection.insert_one(document)
+        return await alone()
+
+    async def _writes_in_one_command(self) -> bool:
+        """Whether the server is MongoDB 8.0 or later (asked once, then remembered)."""
+        if self.client_bulk_write is None:
+            hello = await self.db.command("hello")
+            wire = hello.get("maxWireVersion")
+            self.client_bulk_write = (isinstance(wire, int)
+                                      and wire >= CLIENT_BULK_WRITE_WIRE_VERSION)
+        return self.client_bulk_write
 
     async def rotate_refresh(
         self, refresh_hash: str, new_hash: str, *, idle_ttl: int, request_id: str

@@ -213,7 +213,7 @@ def test_infrastructure_images() -> None:
     services = _services()
     rabbit, mongo = services["rabbitmq"]["image"], services["mongo"]["image"]
     assert re.fullmatch(r"rabbitmq:(3\.13|4\.\d+)-management", _interpolate(rabbit, {}))
-    assert _interpolate(mongo, {}) == "mongo:7"
+    assert _interpolate(mongo, {}) == "mongo:8.0"
     assert _interpolate(rabbit, {"RABBITMQ_IMAGE": "local/rabbit:1"}) == "local/rabbit:1"
     assert _interpolate(mongo, {"MONGO_IMAGE": "local/mongo:1"}) == "local/mongo:1"
     build = services["gateway"]["build"]

@@ -207,9 +207,10 @@ async def test_a_replay_stored_after_its_family_ended_ends_itself(
         store = service.store
         store_session = store.insert_session
 
-        async def logout_lands_first(session_id: str, fields: SessionFields) -> None:
+        async def logout_lands_first(session_id: str, fields: SessionFields,
+                                     **kwargs: Any) -> None:
             assert await store.revoke_family(fields.family, reason="logout") == 1
-            await store_session(session_id, fields)
+            await store_session(session_id, fields, **kwargs)
 
         monkeypatch.setattr(store, "insert_session", logout_lands_first)
         context = CallContext(request_id="family-race", deadline=time.time() + 5,

@@ -505,12 +505,13 @@ async def test_a_guest_login_racing_its_promotion_ends_its_own_session(
     async with login_service(dep.stack.settings) as service:
         store_session = service.store.activate_claim
 
-        async def real_login_lands_first(session_id: str, fields: SessionFields) -> Any:
+        async def real_login_lands_first(session_id: str, fields: SessionFields,
+                                         **kwargs: Any) -> Any:
             status, real, _ = await dep.login(
                 "douyin", code=minted["code"], anonymous_code=minted["anonymous_code"])
             assert status == 200 and real["user"]["id"] == guest["user"]["id"], real
             promoted.append(real)
-            return await store_session(session_id, fields)
+            return await store_session(session_id, fields, **kwargs)
 
         monkeypatch.setattr(service.store, "activate_claim", real_login_lands_first)
         context = CallContext(request_id="guest-race", deadline=time.time() + 5,
