@@ -45,6 +45,10 @@ EXTRA_ENV = {
 }
 
 
+PHOTO = (300 * 1024, (1600, 1200))
+"""The photo uploaded: about so many bytes, so many pixels (docs/bench.md, "Avatar uploads")."""
+
+
 def photo(target_bytes: int, size: tuple[int, int]) -> bytes:
     """A JPEG of about ``target_bytes``: smooth gradients plus noise, like a phone photo."""
     width, height = size
@@ -74,16 +78,22 @@ async def login(http: aiohttp.ClientSession, stack: Stack) -> str:
         return str(body["access_token"])
 
 
+def upload_form(data: bytes) -> aiohttp.FormData:
+    """The multipart form of one upload of ``data``, as a mini-program's ``uploadFile`` sends it
+    (a form is spent once sent: one per request)."""
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename="photo.jpg", content_type="application/octet-stream")
+    return form
+
+
 ERRORS: Counter[str] = Counter()
 """Answers other than 200, by error code (a loaded machine's database may time out)."""
 
 
 async def upload(http: aiohttp.ClientSession, stack: Stack, access: str, data: bytes) -> float:
     """One multipart upload; its seconds (an error answer is counted in ERRORS)."""
-    form = aiohttp.FormData()
-    form.add_field("file", data, filename="photo.jpg", content_type="application/octet-stream")
     started = time.perf_counter()
-    async with http.post(f"{stack.gateway}/v1/profile/avatar", data=form,
+    async with http.post(f"{stack.gateway}/v1/profile/avatar", data=upload_form(data),
                          headers={"Authorization": f"Bearer {access}"}) as resp:
         text = await resp.text()
         if resp.status != 200:
@@ -115,7 +125,7 @@ def pids(stack: Stack) -> dict[str, int]:
 
 
 async def run(requests: int) -> dict[str, Any]:
-    small = photo(300 * 1024, (1600, 1200))
+    small = photo(*PHOTO)
     large = photo(2 * 1024 * 1024, (3000, 2250))
     with tempfile.TemporaryDirectory(prefix="mplogin-avatar-bench-") as tmp:
         stack = Stack(tmp=Path(tmp), prefix=f"mplbench-av-{uuid.uuid4().hex[:8]}",

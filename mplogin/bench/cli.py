@@ -40,8 +40,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="added platform latencies in ms (0,50)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per step (4)")
     parser.add_argument("--users", type=int, default=None, help="test users in the pool (200)")
-    parser.add_argument("--configs", default="abcrm",
-                        help="which configurations: any of abc, r (token refresh), m (/v1/me)")
+    parser.add_argument("--configs", default="abcrmuq",
+                        help="which configurations: any of abc, r (token refresh), m (/v1/me), "
+                        "u (avatar upload), q (QR login poll)")
     parser.add_argument("--log-level", default="WARNING", dest="log_level",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="the processes' log level (WARNING; INFO is a deployment's default "

@@ -128,19 +128,43 @@ def refresh_sender(http: aiohttp.ClientSession, base: str,
 
 def me_sender(http: aiohttp.ClientSession, base: str, pairs: deque[tuple[str, str]]) -> Send:
     """GET /v1/me with the access tokens of the pool's sessions, in turn."""
-    url = f"{base}/v1/me"
-    headers = [{"Authorization": f"Bearer {access}"} for access, _ in pairs]
-    turn = itertools.cycle(headers)
+    return turn_sender(http, "GET", deque((f"{base}/v1/me", bearer(access)) for access, _ in pairs))
+
+
+def bearer(access: str) -> dict[str, str]:
+    """The headers of a request made with the access token ``access``."""
+    return {"Authorization": f"Bearer {access}"}
+
+
+Target = tuple[str, dict[str, str]]
+"""A request's URL (with its query) and headers."""
+
+
+def turn_sender(http: aiohttp.ClientSession, method: str, targets: deque[Target],
+                body: Callable[[], Any] | None = None,
+                outcome: Callable[[int, bytes], str] | None = None) -> Send:
+    """``method`` to each of ``targets`` in turn (with a new ``body()`` each time), each in use
+    by one request at a time: a target goes back to the end of the queue once answered. The
+    answer is the HTTP status (or what ``outcome`` makes of it and the body) or the client
+    error's name."""
 
     async def send(_: str) -> str:
+        if not targets:
+            await asyncio.sleep(0.05)  # every target is in flight: more users than targets
+            return "no_target"
+        target = targets.popleft()
+        url, headers = target
         try:
-            async with http.get(url, headers=next(turn)) as resp:
-                await resp.read()
-                return str(resp.status)
+            async with http.request(method, url, headers=headers,
+                                    data=body() if body is not None else None) as resp:
+                data = await resp.read()
+                return outcome(resp.status, data) if outcome is not None else str(resp.status)
         except TimeoutError:
             return "client_timeout"
         except aiohttp.ClientError as exc:
             return type(exc).__name__
+        finally:
+            targets.append(target)
 
     return send
 
@@ -178,6 +202,8 @@ class Options:
     workers: int
     configs: str
     gateways: int = 1
+    line_concurrency: list[int] | None = None
+    """The closed-loop steps of the avatar (u) and QR poll (q) lines; None: ``concurrency``."""
 
 
 class Runner:

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
 from mplogin.bench.common import APP_ID, Json
 from mplogin.bench.proc import cpu_seconds, machine_info
@@ -89,11 +90,29 @@ async def create(http: aiohttp.ClientSession, stack: Stack) -> Json:
     return body
 
 
+async def create_many(http: aiohttp.ClientSession, stack: Stack, count: int) -> list[Json]:
+    """``count`` new QR logins, 8 created at a time (the sandbox draws each PNG in pure
+    Python)."""
+    creating = asyncio.Semaphore(8)
+
+    async def created() -> Json:
+        async with creating:
+            return await create(http, stack)
+
+    return list(await asyncio.gather(*(created() for _ in range(count))))
+
+
+def poll_target(stack: Stack, request: Json, state: str, wait: float) -> tuple[str, dict[str, str]]:
+    """The URL (with its query) and the headers of a poll of ``request``."""
+    url = URL(f"{stack.gateway}/v1/qr-logins/{request['id']}").with_query(
+        wait=str(wait), state=state)
+    return str(url), {"X-QR-Poll-Token": request["poll_token"]}
+
+
 async def poll(http: aiohttp.ClientSession, stack: Stack, request: Json, state: str,
                wait: float) -> tuple[int, Json]:
-    async with http.get(f"{stack.gateway}/v1/qr-logins/{request['id']}",
-                        params={"wait": str(wait), "state": state},
-                        headers={"X-QR-Poll-Token": request["poll_token"]}) as resp:
+    url, headers = poll_target(stack, request, state, wait)
+    async with http.get(url, headers=headers) as resp:
         return resp.status, await resp.json()
 
 
@@ -123,13 +142,7 @@ async def latency(http: aiohttp.ClientSession, stack: Stack, rounds: int) -> Jso
 async def idle(http: aiohttp.ClientSession, stack: Stack, pages: int, hold: float) -> Json:
     gateway_pid = next(c.pid for c in stack.children if c.name == "gateway")
     worker_pid = next(c.pid for c in stack.children if c.name.startswith("worker"))
-    creating = asyncio.Semaphore(8)  # the sandbox draws each PNG in pure Python
-
-    async def created() -> Json:
-        async with creating:
-            return await create(http, stack)
-
-    requests = await asyncio.gather(*(created() for _ in range(pages)))
+    requests = await create_many(http, stack, pages)
     stop = asyncio.Event()
     answered = 0
 

@@ -11,24 +11,30 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
+from mplogin.bench.avatar import PHOTO, photo, upload_form
 from mplogin.bench.common import (
     LIMITS_OFF,
     OPEN_LOOP_MAX_IN_FLIGHT,
     PACED_CALLS_MIN,
     SECRET_ENV,
     Json,
+    Send,
 )
 from mplogin.bench.load import (
     CodeMinter,
     Options,
     Runner,
+    bearer,
     db_ceiling,
     echo_sender,
     http_login_sender,
@@ -38,19 +44,20 @@ from mplogin.bench.load import (
     refresh_sender,
     set_latency,
     sign_in,
+    turn_sender,
     warm_up,
 )
 from mplogin.bench.measure import Supply, closed_loop, paced
 from mplogin.bench.proc import cpu_seconds, machine_info, peak_rss_mb
+from mplogin.bench.qrlogin import create_many, poll_target
 from mplogin.bench.report import ratios, report, report_header, report_step
 from mplogin.bench.stack import Stack, start_stack, stop_stack
 from mplogin.bench.stages import stage_reader
+from shared.settings import Settings
 
 
 async def run_bench(args: argparse.Namespace) -> Json:
     """Start the stack (unless --target), run every configuration and return all numbers."""
-    from shared.settings import Settings
-
     opts = options_from(args)
     settings = Settings(mode="development")
     broker = settings.broker_url.get_secret_value()
@@ -142,7 +149,8 @@ async def run_bench(args: argparse.Namespace) -> Json:
                         f"c_inline_{ms}ms", "inline (HTTP -> LoginService.login, no queue)",
                         inline, Supply(), "200", ms)
             await set_latency(control, sandbox, app_id, 0)
-            if stack is not None and ("r" in opts.configs or "m" in opts.configs):
+            if stack is not None and any(line.letter in opts.configs
+                                         for line in SESSION_LINES):
                 out["runs"].update(await session_runs(stack, opts, http, minter))
             if stack is not None:
                 out["db"] = {"inline_commands": await inline_db_stats(control, stack.inline)}
@@ -173,32 +181,114 @@ async def run_bench(args: argparse.Namespace) -> Json:
 
 async def session_runs(stack: Stack, opts: Options, http: aiohttp.ClientSession,
                        minter: CodeMinter) -> Json:
-    """Refresh (r) and GET /v1/me (m) through the gateway, closed loop, each for sessions of
-    its own (every pool user signed in once more, unmeasured): their CPU per request by process.
+    """Refresh (r), GET /v1/me (m), avatar uploads (u) and QR login polls (q) through the
+    gateway, closed loop, each on sessions (or QR logins) of its own made just before,
+    unmeasured: their CPU per request by process.
 
-    At most ``SESSION_RUNS_MAX_CONCURRENCY`` in flight, and never more than the pool's sessions.
+    At most ``SESSION_RUNS_MAX_CONCURRENCY`` in flight, never more than the pool's sessions, and
+    uploads at most ``AVATAR_MAX_CONCURRENCY`` (``line_levels``).
     """
     users = len(minter.users)
-    steps = replace(opts, open_fractions=[], concurrency=[
-        c for c in opts.concurrency if c <= min(users, SESSION_RUNS_MAX_CONCURRENCY)])
-    runner = Runner(stack, steps, None)
     out: Json = {}
-    if "r" in opts.configs:
-        pairs = await sign_in(http, stack.gateway, stack.app_id, minter, users)
-        out["r_refresh"] = await runner.run_config(
-            "r_refresh", "POST /v1/token/refresh (gateway -> broker -> worker)",
-            refresh_sender(http, stack.gateway, pairs), Supply("x"), "200", 0)
-    if "m" in opts.configs:
-        pairs = await sign_in(http, stack.gateway, stack.app_id, minter, users)
-        out["m_me"] = await runner.run_config(
-            "m_me", "GET /v1/me (token check in the gateway -> broker -> worker)",
-            me_sender(http, stack.gateway, pairs), Supply("x"), "200", 0)
+    for line in SESSION_LINES:
+        if line.letter not in opts.configs:
+            continue
+        levels = line_levels(line, opts, users)
+        runner = Runner(stack, replace(opts, open_fractions=[], concurrency=levels), None)
+        send = await line.prepare(http, stack, minter, max(levels))
+        out[line.name] = await runner.run_config(line.name, line.label, send, Supply("x"), "200", 0)
     return out
+
+
+def line_levels(line: SessionLine, opts: Options, users: int) -> list[int]:
+    """The concurrencies of a line's closed-loop steps: those of the run (for u and q, those of
+    ``opts.line_concurrency`` when set: ``--quick`` gives them one step each) up to the line's
+    most in flight and the pool's size; that most alone when none is left."""
+    most = min(users, line.most_in_flight)
+    chosen = opts.line_concurrency if line.letter in "uq" and opts.line_concurrency else None
+    return [c for c in chosen or opts.concurrency if c <= most] or [most]
+
+
+Prepare = Callable[[aiohttp.ClientSession, Stack, CodeMinter, int], Awaitable[Send]]
+"""Makes what a line's requests need (unmeasured) and its sender, for up to so many in flight."""
+
+
+async def _signed_in(http: aiohttp.ClientSession, stack: Stack,
+                     minter: CodeMinter) -> deque[tuple[str, str]]:
+    """Every pool user signed in once more: the (access, refresh) pairs."""
+    return await sign_in(http, stack.gateway, stack.app_id, minter, len(minter.users))
+
+
+async def _refresh(http: aiohttp.ClientSession, stack: Stack, minter: CodeMinter,
+                   _: int) -> Send:
+    return refresh_sender(http, stack.gateway, await _signed_in(http, stack, minter))
+
+
+async def _me(http: aiohttp.ClientSession, stack: Stack, minter: CodeMinter, _: int) -> Send:
+    return me_sender(http, stack.gateway, await _signed_in(http, stack, minter))
+
+
+async def _avatar(http: aiohttp.ClientSession, stack: Stack, minter: CodeMinter,
+                  _: int) -> Send:
+    # One photo for every upload: each is decoded and re-encoded all the same.
+    image = await asyncio.to_thread(photo, *PHOTO)  # that of mplogin.bench.avatar
+    pairs = await _signed_in(http, stack, minter)
+    url = f"{stack.gateway}/v1/profile/avatar"
+    return turn_sender(http, "POST", deque((url, bearer(access)) for access, _ in pairs),
+                       body=partial(upload_form, image))
+
+
+async def _qr_poll(http: aiohttp.ClientSession, stack: Stack, _: CodeMinter,
+                   in_flight: int) -> Send:
+    # One pending QR login per request in flight, as many pages would each poll their own.
+    requests = await create_many(http, stack, in_flight)
+    return turn_sender(http, "GET", deque(poll_target(stack, r, "pending", 0) for r in requests),
+                       outcome=_pending)
+
+
+def _pending(status: int, body: bytes) -> str:
+    """A poll's answer: ``200`` for a pending QR login, else the status and the state (a QR
+    login that expired during the steps is not the request measured)."""
+    if status != 200:
+        return str(status)
+    state = orjson.loads(body).get("state")
+    return "200" if state == "pending" else f"200:{state}"
+
+
+@dataclass(frozen=True)
+class SessionLine:
+    """One closed-loop line run on sessions (or QR logins) made for it."""
+
+    letter: str
+    name: str
+    label: str
+    prepare: Prepare
+    most_in_flight: int
 
 
 SESSION_RUNS_MAX_CONCURRENCY = 50
 """Refresh and /v1/me stop at 50 in flight: beyond, on the stand-in, refreshes queue past the
 login deadline (each is a find_one_and_update on the sessions, which grow with every login)."""
+
+AVATAR_MAX_CONCURRENCY: int = Settings.model_fields["avatar_uploads_in_flight"].default
+"""Uploads stop at the gateway's upload slots (``MPLOGIN_AVATAR_UPLOADS_IN_FLIGHT``, default 16;
+one more in flight is answered 429), so the stack keeps that setting at its default."""
+
+SESSION_LINES = (
+    SessionLine("r", "r_refresh", "POST /v1/token/refresh (gateway -> broker -> worker)",
+                _refresh, SESSION_RUNS_MAX_CONCURRENCY),
+    SessionLine("m", "m_me", "GET /v1/me (token check in the gateway -> broker -> worker)",
+                _me, SESSION_RUNS_MAX_CONCURRENCY),
+    SessionLine("u", "u_avatar",
+                "POST /v1/profile/avatar, a ~300 KB 1600x1200 JPEG as multipart/form-data "
+                "(gateway -> broker -> worker: decode, resize, re-encode, GridFS; moderation "
+                "on: each is sent to the sandbox's media_check_async)",
+                _avatar, AVATAR_MAX_CONCURRENCY),
+    SessionLine("q", "q_qrpoll",
+                "GET /v1/qr-logins/{id}?wait=0&state=pending with its X-QR-Poll-Token, on a "
+                "pending QR login: answered at once (gateway -> broker -> worker: one read)",
+                _qr_poll, SESSION_RUNS_MAX_CONCURRENCY),
+)
 
 
 def process_table(runner: Runner) -> Json:
@@ -230,4 +320,6 @@ def options_from(args: argparse.Namespace) -> Options:
         workers=args.workers,
         configs=args.configs if not args.target else "b",
         gateways=args.gateways,
+        # --quick keeps the avatar and QR poll lines to one short step each.
+        line_concurrency=[10] if quick and not args.concurrency else None,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -12,14 +13,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from mplogin.bench.cli import add_bench_arguments
+from mplogin.bench.run import SESSION_LINES, line_levels, options_from
 from mplogin.bench.stages import stage_breakdown, stage_totals
 from mplogin.supervisor import listening_pids
 
 pytestmark = pytest.mark.processes  # starts mplogin (or node) processes
 
 RUNS = ("a_echo", "b_pipeline_0ms", "b_pipeline_50ms", "c_inline_0ms", "c_inline_50ms",
-        "r_refresh", "m_me")
-SESSION_RUNS = ("r_refresh", "m_me")
+        "r_refresh", "m_me", "u_avatar", "q_qrpoll")
+SESSION_RUNS = ("r_refresh", "m_me", "u_avatar", "q_qrpoll")
 STEP_KEYS = {"sent", "ok", "elapsed_s", "throughput", "p50_ms", "p95_ms", "p99_ms", "statuses",
              "errors", "mode", "cpu_s", "cpu_pct", "codes_exhausted"}
 
@@ -87,6 +90,18 @@ def test_quick_bench_completes_every_configuration_without_errors(
     assert "CPU per login against the inline server's" in done.stdout
     for name in SESSION_RUNS:
         assert data["runs"][name]["cpu_ms_per_op"]["gateway"] > 0, name
+    # Avatar uploads and QR login polls: each line says what one request is, and the worker
+    # did each one's work (an upload's image work costs it more than a poll's one read).
+    lines = {name: data["runs"][name] for name in ("u_avatar", "q_qrpoll")}
+    assert "POST /v1/profile/avatar" in lines["u_avatar"]["label"]
+    assert "moderation on" in lines["u_avatar"]["label"]
+    assert "wait=0" in lines["q_qrpoll"]["label"]
+    for name, run in lines.items():
+        assert run["cpu_ms_per_op"]["worker-1"] > 0 and run["cpu_ms_per_op_total"] > 0, name
+    assert lines["u_avatar"]["cpu_ms_per_op"]["worker-1"] > lines["q_qrpoll"]["cpu_ms_per_op"][
+        "worker-1"]
+    table = done.stdout[done.stdout.index("CPU ms per successful request, by process"):]
+    assert "\n  u_avatar " in table and "\n  q_qrpoll " in table
 
     # At one in flight the pipeline's time is split by the processes' own histograms; the
     # worker counted exactly the logins of that step, and the platform's delay shows up.
@@ -97,6 +112,34 @@ def test_quick_bench_completes_every_configuration_without_errors(
         assert stages["platform_ms"] >= latency and stages["db_ms"] > 0, stages
         assert stages["worker_ms"] >= stages["platform_ms"] + stages["db_ms"], stages
     assert "where a pipeline login's time goes" in done.stdout
+
+
+def test_avatar_and_qr_poll_lines_take_their_steps_within_their_bounds() -> None:
+    lines = {line.letter: line for line in SESSION_LINES}
+    full = options_from(bench_args([]))
+    assert full.line_concurrency is None and "u" in full.configs and "q" in full.configs
+    # Uploads stop below the gateway's upload slots; polls at the session lines' 50.
+    assert line_levels(lines["u"], full, users=200) == [1, 10]
+    assert line_levels(lines["q"], full, users=200) == [1, 10, 50]
+    assert line_levels(lines["r"], full, users=200) == [1, 10, 50]
+    assert line_levels(lines["q"], full, users=20) == [1, 10]
+    # --quick: one step each for u and q, the others as before.
+    quick = options_from(bench_args(["--quick"]))
+    assert line_levels(lines["u"], quick, users=50) == [10]
+    assert line_levels(lines["q"], quick, users=50) == [10]
+    assert line_levels(lines["m"], quick, users=50) == [1, 10, 50]
+    # Concurrencies given on the command line hold for every line, within its bounds.
+    given = options_from(bench_args(["--quick", "--concurrency", "2,16,17,40"]))
+    assert line_levels(lines["u"], given, users=50) == [2, 16]
+    assert line_levels(lines["q"], given, users=30) == [2, 16, 17]
+    only_high = options_from(bench_args(["--concurrency", "200"]))
+    assert line_levels(lines["u"], only_high, users=200) == [16]
+
+
+def bench_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def exposition(observations: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]) -> str:
