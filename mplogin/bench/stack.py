@@ -49,6 +49,11 @@ class Stack:
         return self.prefix.replace("-", "_").replace(".", "_")
 
     @property
+    def inline_db_name(self) -> str:
+        """The inline server's database (its own: see ``start_stack``)."""
+        return self.db_name + "_inline"
+
+    @property
     def request_queue(self) -> str:
         """The request queue of this run's workers."""
         return f"{self.prefix}.requests"
@@ -158,7 +163,11 @@ async def start_stack(stack: Stack, workers: int, gateways: int = 1,
     # Several gateways on one port must each say so (SO_REUSEPORT is off by default).
     gateway_env = {**env, "MPLOGIN_GATEWAY_REUSE_PORT": "true"} if gateways > 1 else None
     gateway_children = [stack.spawn(name, ["gateway"], env=gateway_env) for name in gateway_names]
-    inline = stack.spawn("inline", ["inline", "--port", str(inline_port)], module="mplogin.bench")
+    # The inline server keeps its own database: each side's background work (above all the
+    # events relay, which one process per database does, docs/events.md) is then its own
+    # logins', charged to its own process, not the other side's.
+    inline = stack.spawn("inline", ["inline", "--port", str(inline_port)], module="mplogin.bench",
+                         env={**env, "MPLOGIN_MONGO_DB": stack.inline_db_name})
 
     async def gateways_listen() -> bool:
         # Several gateways on one port: every one of them must hold it.
@@ -189,8 +198,9 @@ async def stop_stack(stack: Stack) -> Json:
 
         client: AsyncMongoClient[Json] = AsyncMongoClient(
             stack.mongo_url, serverSelectionTimeoutMS=3000)
-        with contextlib.suppress(Exception):
-            await client.drop_database(stack.db_name)
+        for name in (stack.db_name, stack.inline_db_name):
+            with contextlib.suppress(Exception):
+                await client.drop_database(name)
         await client.close()
     return {"queues_deleted": deleted}
 
