@@ -295,8 +295,9 @@ class Relay:
         if not pending:
             return 0
         exchange = await self._ensure_exchange()
-
-        async def publish(event: dict[str, Any]) -> None:
+        outbox_ids: list[str] = []
+        session_ids: list[str] = []
+        for home, doc_id, event in pending:
             await exchange.publish(
                 aio_pika.Message(
                     orjson.dumps(event), content_type="application/json",
@@ -306,28 +307,10 @@ class Relay:
                 routing_key=str(event["type"]),
                 timeout=10,
             )  # returns once the broker confirmed it (the channel has publisher confirms)
-
-        # The whole batch is published at once and its confirms awaited together: the frames
-        # leave in order on the one channel (so consumers see the batch in order), in a few
-        # socket writes, instead of one broker round trip per event (docs/bench.md).
-        outcomes = await asyncio.gather(*(publish(event) for _, _, event in pending),
-                                        return_exceptions=True)
-        confirmed: dict[tuple[str, str], bool] = {}
-        for (home, doc_id, event), outcome in zip(pending, outcomes, strict=True):
-            ok = not isinstance(outcome, BaseException)
-            # A session carries up to two events: it is marked sent only once both were
-            # confirmed; an unconfirmed event stays pending and is published again.
-            confirmed[home, doc_id] = confirmed.get((home, doc_id), True) and ok
-            if ok and self.metrics is not None:
+            (outbox_ids if home == "outbox" else session_ids).append(doc_id)
+            if self.metrics is not None:
                 self.metrics.published.labels(str(event["type"])).inc()
-        outbox_ids = [doc_id for (home, doc_id), ok in confirmed.items()
-                      if ok and home == "outbox"]
-        session_ids = sorted(doc_id for (home, doc_id), ok in confirmed.items()
-                             if ok and home == "sessions")
-        await self.outbox.mark_sent(outbox_ids, session_ids)
-        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failed:
-            raise failed[0]  # logged and counted by run(); the rest is retried next pass
+        await self.outbox.mark_sent(outbox_ids, sorted(set(session_ids)))
         self.stats.published += len(pending)
         log.debug("events.published", count=len(pending))
         return len(pending)
