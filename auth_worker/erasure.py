@@ -111,7 +111,10 @@ class CacheFence:
         """Poll until cancelled; a failed poll leaves the memory unused until one succeeds."""
         while True:
             try:
-                await asyncio.wait_for(self.poll_once(), timeout=LEASE)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation
+                # that arrives as the poll completes, and this loop would then never stop.
+                async with asyncio.timeout(LEASE):
+                    await self.poll_once()
             except (PyMongoError, TimeoutError) as exc:
                 log.warning("erasure.notice_poll_failed", error=type(exc).__name__)
             await asyncio.sleep(POLL_INTERVAL)

@@ -251,7 +251,8 @@ async def _ping_database(db: AsyncDatabase[dict[str, object]], readiness: Worker
     answering: bool | None = None
     while True:
         try:
-            await asyncio.wait_for(db.command("ping"), timeout=readiness.ping_interval)
+            async with asyncio.timeout(readiness.ping_interval):  # not wait_for: see erasure.py
+                await db.command("ping")
         except (PyMongoError, TimeoutError) as exc:
             if answering is not False:  # one line per change, not one per ping
                 log.warning("db.ping_failed", error=type(exc).__name__)

@@ -154,8 +154,9 @@ class NodeTransportFactory(TransportFactory):
             try:
                 # One node that swallows packets must not use up the whole connect timeout.
                 if len(self._nodes) > 1:
-                    reader, writer = await asyncio.wait_for(
-                        inner.create(node, **kwargs), NODE_CONNECT_TIMEOUT)
+                    # asyncio.timeout keeps a cancellation that wait_for (Python 3.11) can drop.
+                    async with asyncio.timeout(NODE_CONNECT_TIMEOUT):
+                        reader, writer = await inner.create(node, **kwargs)
                 else:
                     reader, writer = await inner.create(node, **kwargs)
             except (OSError, TimeoutError) as exc:
