@@ -35,7 +35,7 @@ UNION_CONFLICT_DAYS = 90
 """How long a unionid conflict is kept for an operator after it was last seen."""
 CLIENT_BULK_WRITE_WIRE_VERSION = 25
 """MongoDB 8.0: one ``bulkWrite`` command may write to several collections, in order."""
-Record = tuple[AsyncCollection[dict[str, Any]], dict[str, Any]]
+Record = tuple[AsyncCollection[Doc], Doc]
 """A document to insert into its collection before a session write (a login's history record)."""
 T = TypeVar("T")
 
