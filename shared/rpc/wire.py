@@ -4,9 +4,11 @@ Connecting: the broker setting may name several nodes of one RabbitMQ cluster, c
 (``amqp://u:p@rabbit-1:5672/,amqp://u:p@rabbit-2:5672/``): every connection attempt, the first
 and each reconnect, opens its socket to the first node that answers, starting after the node
 it used last, so a process whose node is lost moves to another one (docs/scaling.md, cluster).
-Every socket gets a TCP user timeout: when a node vanishes from the network without closing its
-connections, the kernel gives up on unacknowledged data after ``TCP_USER_TIMEOUT_MS`` and the
-connection fails at once, instead of after three missed heartbeats.
+Every socket gets a TCP user timeout and TCP keepalive probes a second apart: when a node vanishes
+from the network without closing its connections, the kernel gives up on the connection once
+nothing has been acknowledged for ``TCP_USER_TIMEOUT_MS``, whether it has data to send (a
+publish, a heartbeat) or sits idle (a consumer waiting for deliveries: the unanswered keepalive
+probe counts), and the connection fails at once, instead of after three missed heartbeats.
 
 Framing: aiormq writes every queued frame with its own ``transport.write``, and an idle asyncio
 transport sends each one at once: one ``send`` system call per publish, per ack, per reply. On a
@@ -34,9 +36,16 @@ from aiormq.connection import TCPTransportFactory, TLSTransportFactory, Transpor
 from yarl import URL
 
 from shared.errors import BrokerUnreachableError
+from shared.logs import get_logger
+
+log = get_logger("mplogin.rpc")
 
 FLUSH_AT = 64 * 1024
 TCP_USER_TIMEOUT_MS = 5000
+# Probe an idle connection after a second without traffic, then every second; the user timeout
+# above decides when unanswered probes end it (tcp(7)). The probes are the kernel's, not ours.
+KEEPALIVE_IDLE_S = 1
+KEEPALIVE_INTERVAL_S = 1
 NODE_CONNECT_TIMEOUT = 3.0
 
 DEADLINE_HEADER = "x-deadline-ms"
@@ -160,11 +169,14 @@ class NodeTransportFactory(TransportFactory):
                 else:
                     reader, writer = await inner.create(node, **kwargs)
             except (OSError, TimeoutError) as exc:
+                log.warning("broker.node_unreachable", node=_where(node), error=type(exc).__name__)
                 failure = exc
                 continue
             self._next = (index + 1) % len(self._nodes)
             self.current = node
-            _set_user_timeout(writer)
+            if len(self._nodes) > 1:
+                log.info("broker.node_connected", node=_where(node))
+            _tune_socket(writer)
             if self._coalesce:
                 return reader, cast(asyncio.StreamWriter, CoalescingWriter(writer))
             return reader, writer
@@ -173,13 +185,25 @@ class NodeTransportFactory(TransportFactory):
         raise failure
 
 
-def _set_user_timeout(writer: asyncio.StreamWriter) -> None:
+def _where(node: URL) -> str:
+    """A node as logs name it: host and port, never the credentials of the URL."""
+    return f"{node.host}:{node.port}"
+
+
+def _tune_socket(writer: asyncio.StreamWriter) -> None:
+    """The user timeout and keepalive of a broker socket (Linux; elsewhere the defaults)."""
     sock = writer.get_extra_info("socket")
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if sock is None or option is None:
+    if sock is None:
         return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, TCP_USER_TIMEOUT_MS)
+    options = [(socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
+               (socket.IPPROTO_TCP, "TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+               (socket.IPPROTO_TCP, "TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+               (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_MS)]
+    for level, name, value in options:
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
 
 
 class CoalescingWriter:

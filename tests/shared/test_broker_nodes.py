@@ -15,7 +15,14 @@ from pydantic import ValidationError
 
 from mplogin.standin import free_port
 from shared.rpc import wire
-from shared.rpc.wire import TCP_USER_TIMEOUT_MS, NodeTransportFactory, broker_nodes, connect
+from shared.rpc.wire import (
+    KEEPALIVE_IDLE_S,
+    KEEPALIVE_INTERVAL_S,
+    TCP_USER_TIMEOUT_MS,
+    NodeTransportFactory,
+    broker_nodes,
+    connect,
+)
 from shared.settings import Settings
 
 
@@ -136,7 +143,7 @@ async def test_a_process_whose_node_is_lost_moves_to_another(rabbit_url: str, pr
         await connection.close()
 
 
-async def test_every_broker_socket_has_a_tcp_user_timeout(
+async def test_every_broker_socket_has_a_tcp_user_timeout_and_keepalive(
     rabbit_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not hasattr(socket, "TCP_USER_TIMEOUT"):
@@ -153,7 +160,12 @@ async def test_every_broker_socket_has_a_tcp_user_timeout(
     connection = await connect(rabbit_url, "nodes-timeout")
     try:
         assert len(sockets) == 1
-        value = sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-        assert value == TCP_USER_TIMEOUT_MS
+        sock = sockets[0]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == TCP_USER_TIMEOUT_MS
+        # An idle consumer sends nothing the user timeout could time: the probes are what an
+        # unreachable node leaves unanswered.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_S
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL_S
     finally:
         await connection.close()
