@@ -11,10 +11,18 @@ channel reopens the client declares a reply queue under a fresh name instead of 
 one: in a cluster the old one lives on the node the client was connected to, and when that node
 is cut off the network, re-declaring it on another node fails until the cluster declares the
 node down (docs/scaling.md, "RabbitMQ cluster"). The old queue expires by itself.
+
+Requests go out on a channel of their own, apart from the one consuming replies. When the broker
+refuses a request (``basic.nack``), that channel is replaced by a fresh one, at most once a
+second: in a cluster whose node leading the request queue was cut off, a channel that began
+publishing before the other nodes elected a new leader goes on being refused until the old node
+returns, while a channel opened after the election is accepted (docs/scaling.md). Replacing it
+costs the calls publishing on it at that moment, which were being refused anyway.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from typing import Any, Protocol
@@ -44,6 +52,7 @@ log = get_logger("mplogin.rpc")
 
 REPLY_QUEUE_EXPIRES_MS = 60_000
 REPLY_QUEUE_DECLARE_TIMEOUT = 5.0
+PUBLISHER_RENEW_INTERVAL = 1.0
 
 
 class RpcTransport(Protocol):
@@ -76,6 +85,10 @@ class RpcClient:
         self._name = name
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._publisher_since = 0.0
+        self._renewing: asyncio.Task[None] | None = None
+        self.publisher_renewals = 0
         self._reply_queue: AbstractQueue | None = None
         self._pending: dict[str, asyncio.Future[RpcReply]] = {}
         self._up = False
@@ -98,9 +111,10 @@ class RpcClient:
         self._connection = await connect(self._url, self._name)
         self._connection.close_callbacks.add(self._on_connection_close)
         self._connection.reconnect_callbacks.add(self._on_reconnect)
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, aio_pika.RobustChannel)  # noqa: S101 - robust connection
         self._channel = channel
+        self._publisher = await self._open_publisher()
         channel.close_callbacks.add(self._on_channel_close)
         channel.reopen_callbacks.add(self._on_channel_reopen)
         await self._open_reply_queue()
@@ -121,6 +135,39 @@ class RpcClient:
         )
         await queue.consume(self._on_reply, no_ack=True)
         self._reply_queue, self._reply_queue_name = queue, name
+
+    async def _open_publisher(self) -> AbstractRobustChannel:
+        """A channel for requests: publisher confirms, unroutable requests returned."""
+        assert self._connection is not None  # noqa: S101 - called once connected
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        assert isinstance(channel, aio_pika.RobustChannel)  # noqa: S101 - robust connection
+        self._publisher_since = time.monotonic()
+        return channel
+
+    def _refused(self) -> None:
+        """The broker refused a request: replace the publishing channel (once a second at most,
+        one replacement at a time)."""
+        if (self._closing or self._renewing is not None
+                or time.monotonic() - self._publisher_since < PUBLISHER_RENEW_INTERVAL):
+            return
+        self._renewing = asyncio.get_running_loop().create_task(self._renew_publisher())
+
+    async def _renew_publisher(self) -> None:
+        try:
+            fresh = await self._open_publisher()
+        except (AMQPError, ChannelInvalidStateError, ConnectionError, RuntimeError) as exc:
+            log.warning("rpc.publisher_renew_failed", error=type(exc).__name__)
+            self._publisher_since = time.monotonic()
+            return
+        finally:
+            self._renewing = None
+        old, self._publisher = self._publisher, fresh
+        self.publisher_renewals += 1
+        log.warning("rpc.publisher_renewed", reason="refused")
+        if old is not None:
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, ConnectionError,
+                                     RuntimeError):
+                await old.close()
 
     async def _reopen_reply_queue(self) -> None:
         """After the channel reopened: a new reply queue, then ready again. A declare the broker
@@ -143,8 +190,9 @@ class RpcClient:
         """Fail every pending call and close the connection."""
         self._up = False
         self._closing = True
-        if self._reopening is not None:
-            self._reopening.cancel()
+        for task in (self._reopening, self._renewing):
+            if task is not None:
+                task.cancel()
         self._fail_pending("the gateway is shutting down")
         if self._connection is not None:
             await self._connection.close()
@@ -200,7 +248,8 @@ class RpcClient:
         timeout: float,  # noqa: ASYNC109
     ) -> RpcReply:
         """Send ``method`` with ``params`` and wait at most ``timeout`` seconds for its reply."""
-        if not self._up or self._channel is None or self._reply_queue is None:
+        publisher = self._publisher
+        if not self._up or publisher is None or self._reply_queue is None:
             raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE)
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[RpcReply] = asyncio.get_running_loop().create_future()
@@ -220,13 +269,16 @@ class RpcClient:
         try:
             async with asyncio.timeout(timeout):
                 try:
-                    await self._channel.default_exchange.publish(
+                    await publisher.default_exchange.publish(
                         message, routing_key=self._request_queue, mandatory=True
                     )
                 except PublishError:
                     log.warning("rpc.unroutable", queue=self._request_queue)
                     raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None
-                except (DeliveryError, AMQPError, ChannelInvalidStateError, ConnectionError):
+                except DeliveryError:
+                    self._refused()
+                    raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None
+                except (AMQPError, ChannelInvalidStateError, ConnectionError):
                     raise MPLoginError(ErrorCode.SERVICE_UNAVAILABLE) from None
                 return await future
         except TimeoutError:
