@@ -169,7 +169,9 @@ class NodeTransportFactory(TransportFactory):
                 else:
                     reader, writer = await inner.create(node, **kwargs)
             except (OSError, TimeoutError) as exc:
-                log.warning("broker.node_unreachable", node=_where(node), error=type(exc).__name__)
+                if len(self._nodes) > 1:  # one node: aio-pika logs the failed attempt itself
+                    log.warning("broker.node_unreachable", node=_where(node),
+                                error=type(exc).__name__)
                 failure = exc
                 continue
             self._next = (index + 1) % len(self._nodes)
